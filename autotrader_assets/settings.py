@@ -1,0 +1,207 @@
+"""The one place that reads the environment.
+
+Two profiles:
+
+* ``local`` (the default, no configuration at all): everything lives under ``AUTOTRADER_HOME``
+  (``./.autotrader`` beside the project): a DuckDB warehouse file, the archive and model
+  artifacts on the local disk, the registry and deployment state in SQLite.
+* ``production``: registry and deployment state on PostgreSQL, archive and artifacts on S3,
+  serving on ECS. Connection strings and secrets come from environment variables only.
+
+This module deliberately imports nothing from Dagster so that ``deploy_ops`` callers (the CLI)
+can use it too.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Instruments of the embedded replay source. The first two are the canary instruments.
+DEFAULT_INSTRUMENTS: tuple[str, ...] = (
+    "BTCUSDT",
+    "ETHUSDT",
+    "SOLUSDT",
+    "BNBUSDT",
+    "XRPUSDT",
+    "ADAUSDT",
+    "DOGEUSDT",
+    "AVAXUSDT",
+)
+CANARY_INSTRUMENTS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+
+#: Feature columns produced by the dbt model ``bar_features`` (the model input, in order).
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "ret_1",
+    "ret_5",
+    "ret_15",
+    "ret_60",
+    "rv_15",
+    "rv_60",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pos_20",
+    "volume_z_60",
+    "range_hl",
+    "range_co",
+)
+
+
+class SettingsError(ValueError):
+    """Raised when the environment describes an impossible configuration."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every operational threshold in one place; shown in check metadata."""
+
+    # data quality
+    max_missing_fraction: float = 0.05
+    outlier_robust_z: float = 12.0
+    # drift (PSI)
+    psi_warn: float = 0.2
+    psi_critical: float = 0.3
+    # promotion gates
+    min_auc: float = 0.51
+    min_sharpe_no_production: float = 0.0
+    max_drawdown: float = 0.15
+    # rollout gates
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 200.0
+    max_sharpe_drop: float = 0.20
+    # circuit breaker
+    breaker_daily_loss: float = 0.05
+    breaker_drawdown: float = 0.15
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    home: Path
+    dagster_home: Path
+    warehouse_path: Path
+    archive_uri: str
+    artifacts_uri: str
+    registry_url: str
+    instruments: tuple[str, ...]
+    canary_instruments: tuple[str, ...]
+    replay_seed: int
+    start_date: str
+    market_source: str
+    fee_bps: float
+    slippage_bps: float
+    stage_seconds: float
+    serving_token: str | None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    aws_region: str = "us-east-1"
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def archive_is_s3(self) -> bool:
+        return self.archive_uri.startswith("s3://")
+
+    def ensure_dirs(self) -> None:
+        """Create the local directories this profile writes to."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        for uri in (self.archive_uri, self.artifacts_uri):
+            if "://" not in uri:
+                Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment (uncached; tests call this after monkeypatching)."""
+    env = (_env("AUTOTRADER_ENV", "local") or "local").lower()
+    if env not in ("local", "production"):
+        raise SettingsError(f"AUTOTRADER_ENV must be 'local' or 'production', got {env!r}")
+    home = Path(_env("AUTOTRADER_HOME", str(PROJECT_ROOT / ".autotrader"))).resolve()
+    dagster_home = Path(_env("DAGSTER_HOME", str(home / "dagster_home"))).resolve()
+    instruments_raw = _env("AUTOTRADER_INSTRUMENTS")
+    instruments = (
+        tuple(i.strip().upper() for i in instruments_raw.split(",") if i.strip())
+        if instruments_raw
+        else DEFAULT_INSTRUMENTS
+    )
+    if not instruments:
+        raise SettingsError("AUTOTRADER_INSTRUMENTS is empty")
+    canary = tuple(i for i in CANARY_INSTRUMENTS if i in instruments) or instruments[:1]
+
+    if env == "production":
+        registry_url = _env("AUTOTRADER_REGISTRY_URL")
+        archive_uri = _env("AUTOTRADER_ARCHIVE_URI")
+        artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI")
+        missing = [
+            name
+            for name, value in (
+                ("AUTOTRADER_REGISTRY_URL", registry_url),
+                ("AUTOTRADER_ARCHIVE_URI", archive_uri),
+                ("AUTOTRADER_ARTIFACTS_URI", artifacts_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise SettingsError("production profile needs " + ", ".join(missing))
+    else:
+        registry_url = _env("AUTOTRADER_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}")
+        archive_uri = _env("AUTOTRADER_ARCHIVE_URI", str(home / "archive"))
+        artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI", str(home / "artifacts"))
+
+    return Settings(
+        env=env,
+        home=home,
+        dagster_home=dagster_home,
+        warehouse_path=Path(_env("AUTOTRADER_WAREHOUSE", str(home / "warehouse.duckdb"))).resolve(),
+        archive_uri=archive_uri,
+        artifacts_uri=artifacts_uri,
+        registry_url=registry_url,
+        instruments=instruments,
+        canary_instruments=canary,
+        replay_seed=_env_int("AUTOTRADER_REPLAY_SEED", 7),
+        start_date=_env("AUTOTRADER_START_DATE", "2024-01-01"),
+        market_source=(_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower(),
+        fee_bps=_env_float("AUTOTRADER_FEE_BPS", 4.0),
+        slippage_bps=_env_float("AUTOTRADER_SLIPPAGE_BPS", 2.0),
+        stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
+        serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
+        aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached). Call ``get_settings.cache_clear()`` after env changes."""
+    return load_settings()
