@@ -1,0 +1,264 @@
+"""``autotrader registry``: inspect model versions and move them between stages.
+
+Every mutating command goes through ``deploy_ops.registry.ModelRegistry``, which writes the
+audit and stage-history rows in the same transaction as the change. Usage mistakes exit with
+code 2 (click's convention); domain refusals (unknown version, illegal transition, damaged
+artifact) exit with code 1 and a one-line message.
+"""
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+from typing import Any, Callable
+
+import click
+import sqlalchemy as sa
+
+from autotrader_assets.settings import SettingsError, get_settings
+from deploy_ops.artifacts import ArtifactNotFoundError
+from deploy_ops.modeling import ArtifactIntegrityError
+from deploy_ops.registry import (
+    STAGES,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    StageChange,
+    open_registry,
+)
+
+_PROMOTE_TARGETS = tuple(s for s in STAGES if s != "failed")
+
+
+def _default_actor() -> str:
+    # $USER first (what operators expect in audit rows), then the OS account name.
+    user = os.environ.get("USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # getpass raises different errors per platform when no name is known
+        return ""
+
+
+def _open() -> ModelRegistry:
+    settings = get_settings()
+    return open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region)
+
+
+def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn registry and configuration errors into one-line ``Error: ...`` messages, exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (RegistryError, ArtifactIntegrityError, ArtifactNotFoundError, SettingsError, ValueError) as exc:
+            raise click.ClickException(_one_line(str(exc))) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc)
+            raise click.ClickException(f"registry database error: {_one_line(detail)}") from exc
+
+    return wrapper
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
+    return value
+
+
+def _actor(actor: str | None) -> str:
+    actor = (actor or _default_actor()).strip()
+    if not actor:
+        raise click.UsageError("no actor: pass --actor NAME (or set $USER)")
+    return actor
+
+
+def _fmt_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
+    parts = []
+    for key in sorted(metrics)[:limit]:
+        value = metrics[key]
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    if len(metrics) > limit:
+        parts.append("...")
+    return " ".join(parts) or "-"
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _describe(mv: ModelVersion) -> None:
+    click.echo(f"version:      {mv.version}")
+    click.echo(f"name:         {mv.name}")
+    click.echo(f"stage:        {mv.stage}")
+    click.echo(f"created_at:   {mv.created_at.isoformat()}")
+    click.echo(f"description:  {mv.description or '-'}")
+    click.echo(f"artifact_uri: {mv.artifact_uri}")
+    click.echo(f"sha256:       {mv.sha256}")
+    for label, data in (("metrics", mv.metrics), ("params", mv.params), ("lineage", mv.lineage)):
+        click.echo(f"{label + ':':<13} {json.dumps(data, sort_keys=True) if data else '-'}")
+
+
+def _history_rows(changes: list[StageChange]) -> list[list[str]]:
+    return [
+        [
+            c.at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(c.version),
+            f"{c.from_stage or '(new)'} -> {c.to_stage}",
+            c.action,
+            c.actor,
+            c.reason or "-",
+        ]
+        for c in changes
+    ]
+
+
+@click.group(name="registry")
+def group() -> None:
+    """Model registry: list versions, promote, roll back, mark failed, show history."""
+
+
+@group.command(name="list")
+@click.option("--stage", type=click.Choice(STAGES), default=None, help="Only versions in this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_domain_errors
+def list_cmd(stage: str | None, as_json: bool) -> None:
+    """List model versions, oldest first."""
+    versions = _open().list_versions(stage)
+    if as_json:
+        click.echo(json.dumps([v.to_dict() for v in versions], indent=2, sort_keys=True))
+        return
+    if not versions:
+        click.echo("no model versions" + (f" in stage {stage}" if stage else ""))
+        return
+    _print_table(
+        ["VERSION", "NAME", "STAGE", "CREATED", "SHA256", "METRICS"],
+        [
+            [
+                str(v.version),
+                v.name,
+                v.stage,
+                v.created_at.strftime("%Y-%m-%d %H:%M"),
+                v.sha256[:12],
+                _fmt_metrics(v.metrics),
+            ]
+            for v in versions
+        ],
+    )
+
+
+@group.command(name="get")
+@click.argument("version", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_domain_errors
+def get_cmd(version: int, as_json: bool) -> None:
+    """Show one model version: stage, metrics, params, lineage and artifact."""
+    mv = _open().get(version)
+    if as_json:
+        click.echo(json.dumps(mv.to_dict(), indent=2, sort_keys=True))
+    else:
+        _describe(mv)
+
+
+@group.command(name="promote")
+@click.argument("version", type=int)
+@click.option("--to", "to", type=click.Choice(_PROMOTE_TARGETS), required=True, help="Target stage.")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@_domain_errors
+def promote_cmd(version: int, to: str, reason: str, actor: str | None) -> None:
+    """Move VERSION to another stage; promoting to production archives the current one."""
+    registry = _open()
+    before = registry.get(version)
+    previous = registry.get_production() if to == "production" else None
+    mv = registry.promote(version, to=to, actor=_actor(actor), reason=reason)
+    click.echo(f"version {mv.version}: {before.stage} -> {mv.stage}")
+    if previous is not None and previous.version != mv.version:
+        click.echo(f"version {previous.version}: production -> archived")
+
+
+@group.command(name="rollback")
+@click.option("--to", "to_version", type=int, required=True, help="Version to put back in production.")
+@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@click.option(
+    "--mark-failed", is_flag=True,
+    help="Mark the outgoing production version failed instead of archived.",
+)
+@_domain_errors
+def rollback_cmd(to_version: int, reason: str, actor: str | None, mark_failed: bool) -> None:
+    """Return production to an earlier (archived or staging) version."""
+    registry = _open()
+    previous = registry.get_production()
+    mv = registry.rollback(to_version, actor=_actor(actor), reason=reason, mark_failed=mark_failed)
+    if previous is not None:
+        click.echo(f"version {previous.version}: production -> {'failed' if mark_failed else 'archived'}")
+    click.echo(f"version {mv.version}: now production")
+
+
+@group.command(name="mark-failed")
+@click.argument("version", type=int)
+@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@_domain_errors
+def mark_failed_cmd(version: int, reason: str, actor: str | None) -> None:
+    """Mark VERSION failed so it can never be promoted or rolled back to."""
+    registry = _open()
+    before = registry.get(version)
+    mv = registry.mark_failed(version, actor=_actor(actor), reason=reason)
+    click.echo(f"version {mv.version}: {before.stage} -> {mv.stage}")
+
+
+@group.command(name="history")
+@click.argument("version", type=int, required=False)
+@click.option("--production", "production_only", is_flag=True,
+              help="Show which version held production, when, and why.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_domain_errors
+def history_cmd(version: int | None, production_only: bool, as_json: bool) -> None:
+    """Show stage changes (of VERSION, or of all versions), oldest first."""
+    registry = _open()
+    if production_only:
+        if version is not None:
+            raise click.UsageError("--production shows all versions; do not pass VERSION")
+        periods = registry.production_history()
+        if as_json:
+            click.echo(json.dumps([p.to_dict() for p in periods], indent=2, sort_keys=True))
+            return
+        if not periods:
+            click.echo("no version has held production yet")
+            return
+        _print_table(
+            ["VERSION", "SINCE", "UNTIL", "BY", "REASON", "ENDED"],
+            [
+                [
+                    str(p.version),
+                    p.since.strftime("%Y-%m-%d %H:%M:%S"),
+                    p.until.strftime("%Y-%m-%d %H:%M:%S") if p.until else "(current)",
+                    f"{p.action}/{p.actor}",
+                    p.reason or "-",
+                    f"{p.ended_by_action}/{p.ended_by_actor}: {p.ended_reason or '-'}" if p.until else "-",
+                ]
+                for p in periods
+            ],
+        )
+        return
+    changes = registry.history(version)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in changes], indent=2, sort_keys=True))
+        return
+    if not changes:
+        click.echo("no stage changes recorded")
+        return
+    _print_table(["AT", "VERSION", "CHANGE", "ACTION", "ACTOR", "REASON"], _history_rows(changes))

@@ -1,0 +1,43 @@
+"""The one Definitions object of the autotrader code location."""
+from __future__ import annotations
+
+import dagster as dg
+
+from autotrader_assets.defs.features import feature_assets
+from autotrader_assets.defs.features.project import dbt_resource
+from autotrader_assets.defs.market_data import (
+    market_data_assets,
+    market_data_checks,
+    market_data_jobs,
+    market_data_schedules,
+)
+from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
+from autotrader_assets.resources import default_resources
+from autotrader_assets.settings import Settings, get_settings
+
+
+def build_resources(settings: Settings | None = None) -> dict:
+    """Every resource the code location needs, for the given settings."""
+    s = settings or get_settings()
+    resources = default_resources(s)
+    resources.update(
+        archive=ArchiveResource(uri=s.archive_uri, region_name=s.aws_region),
+        market_source=MarketSourceResource(name=s.market_source, seed=s.replay_seed),
+        dbt=dbt_resource(s.warehouse_path, s.home / "dbt_profiles"),
+    )
+    return resources
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    s = settings or get_settings()
+    return dg.Definitions(
+        assets=[*market_data_assets, *feature_assets],
+        asset_checks=[*market_data_checks],
+        jobs=[*market_data_jobs],
+        schedules=[*market_data_schedules],
+        resources=build_resources(s),
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

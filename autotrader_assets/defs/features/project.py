@@ -1,0 +1,65 @@
+"""The dbt project handle: manifest preparation and a profiles.yml bound to our warehouse."""
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+from dagster_dbt import DbtCliResource, DbtProject
+
+from autotrader_assets.settings import PROJECT_ROOT
+
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+
+_PROFILE_TEMPLATE = """# Written by autotrader_assets.defs.features.project; do not edit.
+autotrader:
+  target: dagster
+  outputs:
+    dagster:
+      type: duckdb
+      path: "{path}"
+      threads: 1
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def dbt_project() -> DbtProject:
+    """The dbt project, its manifest prepared (``dbt parse``) when missing or under ``dagster dev``."""
+    project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+    project.prepare_if_dev()
+    if not project.manifest_path.exists():
+        # A fresh clone without CI artefacts: build the manifest now rather than fail to load.
+        project.preparer.prepare(project)
+    return project
+
+
+def write_profiles(warehouse_path: str | Path, profiles_dir: str | Path) -> Path:
+    """Write a profiles.yml pointing dbt at ``warehouse_path``; returns the folder."""
+    profiles_dir = Path(profiles_dir)
+    profiles_dir.mkdir(parents=True, exist_ok=True)
+    content = _PROFILE_TEMPLATE.format(path=str(Path(warehouse_path).resolve()).replace('"', '\\"'))
+    target = profiles_dir / "profiles.yml"
+    if not target.exists() or target.read_text() != content:
+        target.write_text(content)
+    return profiles_dir
+
+
+def dbt_executable() -> str:
+    """The dbt installed beside this interpreter (the venv), even when the venv is not on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("dbt")
+    if found is None:
+        raise RuntimeError("dbt is not installed: run `make install` (dbt-core + dbt-duckdb)")
+    return found
+
+
+def dbt_resource(warehouse_path: str | Path, profiles_dir: str | Path) -> DbtCliResource:
+    """A dbt CLI resource that reads and writes the given DuckDB warehouse."""
+    return DbtCliResource(
+        project_dir=str(DBT_PROJECT_DIR),
+        profiles_dir=str(write_profiles(warehouse_path, profiles_dir)),
+        dbt_executable=dbt_executable(),
+    )

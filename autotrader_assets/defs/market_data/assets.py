@@ -1,0 +1,232 @@
+"""Market-data assets and checks: ``market_bars`` partitioned by date x instrument."""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+
+from autotrader_assets.defs.market_data.partitions import context_partitions, market_partitions
+from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
+from autotrader_assets.defs.market_data.validation import (
+    find_gaps,
+    missing_fraction,
+    return_outliers,
+    validate_bars,
+)
+from autotrader_assets.defs.market_data.warehouse import read_partition, replace_partitions
+from autotrader_assets.resources import WarehouseResource
+from autotrader_assets.settings import get_settings
+
+#: Partitions written to the warehouse per transaction during large backfills.
+WRITE_CHUNK = 64
+#: Bars of yesterday are expected by 00:30 UTC.
+FRESHNESS_DEADLINE_CRON = "30 0 * * *"
+
+
+def _md_table(df: pd.DataFrame, limit: int = 20) -> str:
+    if df.empty:
+        return "(none)"
+    return df.head(limit).to_markdown(index=False) if _has_tabulate() else df.head(limit).to_string(index=False)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dg.asset(
+    partitions_def=market_partitions(),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="market_data",
+    kinds={"duckdb", "parquet"},
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron=FRESHNESS_DEADLINE_CRON, lower_bound_delta=dt.timedelta(hours=24)
+    ),
+    owners=["team:quant-data"],
+    tags={"domain": "market_data"},
+)
+def market_bars(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    archive: ArchiveResource,
+    market_source: MarketSourceResource,
+) -> dg.MaterializeResult:
+    """One-minute OHLCV bars per day and instrument: archived raw, then loaded into the warehouse."""
+    parts = context_partitions(context)
+    source = market_source.get_source()
+    store = archive.store()
+    total_rows, written_parts, pending = 0, 0, {}
+    missing: dict[str, float] = {}
+    context.log.info(f"fetching {len(parts)} partition(s) from source '{market_source.name}'")
+
+    def flush() -> None:
+        nonlocal total_rows, written_parts
+        with warehouse.connect() as con:
+            total_rows += replace_partitions(con, pending)
+        written_parts += len(pending)
+        context.log.info(f"loaded {written_parts}/{len(parts)} partitions ({total_rows:,} bars)")
+        pending.clear()
+
+    for date, instrument in parts:
+        start = pd.Timestamp(date, tz="UTC")
+        bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
+        # The archive is written first: it is what a data rollback restores from.
+        store.write(date, instrument, bars)
+        pending[(date, instrument)] = bars
+        missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
+        if len(pending) >= WRITE_CHUNK:
+            flush()
+    if pending:
+        flush()
+
+    worst = max(missing.items(), key=lambda kv: kv[1]) if missing else ("", 0.0)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(total_rows),
+            "partitions": dg.MetadataValue.int(len(parts)),
+            "source": market_source.name,
+            "archive": dg.MetadataValue.path(store.uri),
+            "warehouse": dg.MetadataValue.path(warehouse.path),
+            "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),
+            "worst_missing_partition": worst[0],
+        }
+    )
+
+
+def _read_selected(context, warehouse: WarehouseResource) -> dict[tuple[str, str], pd.DataFrame]:
+    out = {}
+    with warehouse.connect(read_only=False) as con:
+        for date, instrument in context_partitions(context):
+            out[(date, instrument)] = read_partition(con, date, instrument, ordered=False)
+    return out
+
+
+@dg.asset_check(
+    asset=market_bars,
+    partitions_def=market_partitions(),
+    blocking=True,
+    description="pandera schema: types, no NaN, positive prices, high/low consistent, volume >= 0, "
+    "unique increasing timestamps inside the partition. Blocks features on failure.",
+)
+def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    failed: list[str] = []
+    cases = []
+    rows = 0
+    for (date, instrument), df in _read_selected(context, warehouse).items():
+        report = validate_bars(df, date=date)
+        rows += report.n_rows
+        if report.n_rows == 0:
+            failed.append(f"{date}|{instrument}")
+            cases.append(pd.DataFrame([{"partition": f"{date}|{instrument}", "column": None, "check": "partition is empty", "failure_case": None, "index": None}]))
+        elif not report.passed:
+            failed.append(f"{date}|{instrument}")
+            fc = report.failure_cases[["column", "check", "failure_case", "index"]].copy()
+            fc.insert(0, "partition", f"{date}|{instrument}")
+            cases.append(fc)
+    all_cases = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame()
+    if not all_cases.empty:
+        all_cases["failure_case"] = all_cases["failure_case"].astype(str)
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rows_checked": rows,
+            "failed_partitions": dg.MetadataValue.json(failed),
+            "failure_count": len(all_cases),
+            "failure_cases": dg.MetadataValue.md(_md_table(all_cases, 50)),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=market_bars,
+    partitions_def=market_partitions(),
+    description="Completeness: WARN when more than the allowed fraction of the day's minutes is missing.",
+)
+def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    limit = get_settings().thresholds.max_missing_fraction
+    fractions, gaps = {}, []
+    for (date, instrument), df in _read_selected(context, warehouse).items():
+        key = f"{date}|{instrument}"
+        fractions[key] = round(missing_fraction(df), 4)
+        g = find_gaps(df)
+        if not g.empty:
+            gaps.append(g.assign(partition=key))
+    bad = {k: v for k, v in fractions.items() if v > limit}
+    gaps_df = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame()
+    return dg.AssetCheckResult(
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "max_missing_fraction_allowed": limit,
+            "worst_missing_fraction": max(fractions.values(), default=0.0),
+            "partitions_over_limit": dg.MetadataValue.json(bad),
+            "gaps": dg.MetadataValue.md(_md_table(gaps_df.sort_values("missing_bars", ascending=False) if not gaps_df.empty else gaps_df)),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=market_bars,
+    partitions_def=market_partitions(),
+    description="Outliers: WARN on 1-minute log returns beyond the robust z-score bound, listing the bars.",
+)
+def market_bars_outliers(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bound = get_settings().thresholds.outlier_robust_z
+    found = []
+    for (date, instrument), df in _read_selected(context, warehouse).items():
+        out = return_outliers(df, bound)
+        if not out.empty:
+            found.append(out[["ts", "instrument", "close", "log_return", "robust_z"]])
+    rows = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    if not rows.empty:
+        rows["ts"] = rows["ts"].astype(str)
+        rows = rows.reindex(rows["robust_z"].abs().sort_values(ascending=False).index)
+    return dg.AssetCheckResult(
+        passed=rows.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "robust_z_bound": bound,
+            "outlier_count": len(rows),
+            "outliers": dg.MetadataValue.md(_md_table(rows, 30)),
+        },
+    )
+
+
+def expected_latest_date(now: dt.datetime) -> str:
+    """The newest date whose bars must exist at ``now``: yesterday once the deadline passed."""
+    now = now.astimezone(dt.timezone.utc)
+    deadline = now.replace(hour=0, minute=30, second=0, microsecond=0)
+    days_back = 1 if now >= deadline else 2
+    return (now.date() - dt.timedelta(days=days_back)).isoformat()
+
+
+@dg.asset_check(
+    asset=market_bars,
+    description="Freshness: by 00:30 UTC, yesterday's partition exists for every instrument.",
+)
+def market_bars_freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    expected = expected_latest_date(dt.datetime.now(dt.timezone.utc))
+    materialized = context.instance.get_materialized_partitions(market_bars.key)
+    have = {}
+    for key in materialized:
+        date, _, instrument = str(key).partition("|")
+        if date > have.get(instrument, ""):
+            have[instrument] = date
+    stale = {i: have.get(i, "never") for i in get_settings().instruments if have.get(i, "") < expected}
+    return dg.AssetCheckResult(
+        passed=not stale,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "expected_latest_date": expected,
+            "latest_date_by_instrument": dg.MetadataValue.json(have),
+            "stale_instruments": dg.MetadataValue.json(stale),
+            "deadline_cron": FRESHNESS_DEADLINE_CRON,
+        },
+    )
+
+
+market_data_checks = [market_bars_schema, market_bars_completeness, market_bars_outliers, market_bars_freshness]

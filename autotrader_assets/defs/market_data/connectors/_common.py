@@ -1,0 +1,70 @@
+"""Helpers every connector shares: the requested time window and the final normalized frame."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from autotrader_assets.defs.market_data.schema import MalformedPayloadError, normalize_bars
+
+ONE_MINUTE = pd.Timedelta(minutes=1)
+
+
+def utc_timestamp(value: Any, name: str) -> pd.Timestamp:
+    """Coerce ``value`` to a UTC Timestamp; naive values are taken to be UTC already."""
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a timestamp, got {value!r}") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"{name} must be a timestamp, got NaT")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def utc_range(start: Any, end: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Validate a half-open ``[start, end)`` request window and return it in UTC."""
+    start_ts = utc_timestamp(start, "start")
+    end_ts = utc_timestamp(end, "end")
+    if end_ts < start_ts:
+        raise ValueError(f"end {end_ts.isoformat()} is before start {start_ts.isoformat()}")
+    return start_ts, end_ts
+
+
+def to_epoch_ms(ts: pd.Timestamp) -> int:
+    """Milliseconds since the epoch of a tz-aware timestamp."""
+    return int(ts.value // 1_000_000)
+
+
+def normalize_raw(raw: pd.DataFrame, instrument: str, source: str) -> pd.DataFrame:
+    """:func:`normalize_bars` that also accepts an empty frame without columns."""
+    if raw.empty:
+        raw = pd.DataFrame(
+            {
+                "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
+                **{c: pd.Series([], dtype="float64") for c in ("open", "high", "low", "close", "volume")},
+            }
+        )
+    return normalize_bars(raw, instrument, source)
+
+
+def finish(
+    raw: pd.DataFrame, instrument: str, source: str, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
+    """Normalize ``raw`` (ts + OHLCV columns) and keep only bars opening in ``[start, end)``."""
+    bars = normalize_raw(raw, instrument, source)
+    inside = (bars["ts"] >= start) & (bars["ts"] < end)
+    return bars.loc[inside].reset_index(drop=True)
+
+
+def finite_number(value: Any, where: str, name: str) -> float:
+    """A JSON number or numeric string as a finite float; anything else is a malformed payload."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MalformedPayloadError(f"{where}: {name} {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise MalformedPayloadError(f"{where}: {name} {value!r} is not a number") from exc
+    if not math.isfinite(number):
+        raise MalformedPayloadError(f"{where}: {name} {value!r} is not finite")
+    return number

@@ -1,0 +1,103 @@
+"""Data-quality rules for 1-minute bars, as pure functions the asset checks call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+MINUTES_PER_DAY = 1440
+
+
+def bar_schema(date: str | None = None) -> pa.DataFrameSchema:
+    """The pandera schema for one partition; with ``date``, timestamps must fall on that day."""
+    ts_checks = [
+        pa.Check(lambda s: s.is_unique, element_wise=False, error="timestamps are not unique"),
+        pa.Check(
+            lambda s: s.is_monotonic_increasing, element_wise=False, error="timestamps are not increasing"
+        ),
+    ]
+    if date is not None:
+        start = pd.Timestamp(date, tz="UTC")
+        end = start + pd.Timedelta(days=1)
+        ts_checks.append(
+            pa.Check(lambda s: (s >= start) & (s < end), error=f"timestamp outside partition date {date}")
+        )
+    positive = [pa.Check.gt(0)]
+    return pa.DataFrameSchema(
+        {
+            "ts": pa.Column("datetime64[ns, UTC]", checks=ts_checks, nullable=False),
+            "instrument": pa.Column(str, nullable=False),
+            "open": pa.Column(float, checks=positive, nullable=False),
+            "high": pa.Column(float, checks=positive, nullable=False),
+            "low": pa.Column(float, checks=positive, nullable=False),
+            "close": pa.Column(float, checks=positive, nullable=False),
+            "volume": pa.Column(float, checks=[pa.Check.ge(0)], nullable=False),
+            "source": pa.Column(str, nullable=False),
+        },
+        checks=[
+            pa.Check(
+                lambda df: df["high"] >= np.maximum(df["open"], df["close"]),
+                error="high below max(open, close)",
+            ),
+            pa.Check(
+                lambda df: df["low"] <= np.minimum(df["open"], df["close"]),
+                error="low above min(open, close)",
+            ),
+        ],
+        strict=True,
+        ordered=False,
+        coerce=False,
+    )
+
+
+@dataclass
+class SchemaReport:
+    passed: bool
+    n_rows: int
+    n_failures: int
+    failure_cases: pd.DataFrame  # schema_context, column, check, check_number, failure_case, index
+
+
+def validate_bars(df: pd.DataFrame, date: str | None = None) -> SchemaReport:
+    """Lazily validate a partition, collecting every failure instead of stopping at the first."""
+    try:
+        bar_schema(date).validate(df, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases.copy()
+        return SchemaReport(False, len(df), len(cases), cases)
+    return SchemaReport(True, len(df), 0, pd.DataFrame())
+
+
+def missing_fraction(df: pd.DataFrame, expected_minutes: int = MINUTES_PER_DAY) -> float:
+    """Fraction of the expected 1-minute bars that are absent (duplicates do not count twice)."""
+    present = df["ts"].nunique() if len(df) else 0
+    return max(0.0, 1.0 - present / expected_minutes)
+
+
+def find_gaps(df: pd.DataFrame, min_minutes: int = 2) -> pd.DataFrame:
+    """Runs of missing minutes of at least ``min_minutes`` bars (start, end, missing bars)."""
+    if len(df) < 2:
+        return pd.DataFrame(columns=["after", "before", "missing_bars"])
+    ts = df["ts"].sort_values().reset_index(drop=True)
+    step = ts.diff().dt.total_seconds().div(60).fillna(1)
+    mask = step > min_minutes
+    return pd.DataFrame(
+        {"after": ts.shift(1)[mask].astype(str), "before": ts[mask].astype(str), "missing_bars": (step[mask] - 1).astype(int)}
+    ).reset_index(drop=True)
+
+
+def return_outliers(df: pd.DataFrame, z_bound: float) -> pd.DataFrame:
+    """Bars whose log return is beyond ``z_bound`` robust z-scores (median / MAD * 1.4826)."""
+    if len(df) < 3:
+        return df.iloc[0:0].assign(log_return=[], robust_z=[])
+    ordered = df.sort_values("ts")
+    r = np.log(ordered["close"]).diff()
+    med = r.median()
+    mad = (r - med).abs().median() * 1.4826
+    if not np.isfinite(mad) or mad == 0:
+        return df.iloc[0:0].assign(log_return=[], robust_z=[])
+    z = (r - med) / mad
+    out = ordered.assign(log_return=r, robust_z=z)
+    return out[z.abs() > z_bound]

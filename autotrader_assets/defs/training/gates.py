@@ -1,0 +1,197 @@
+"""Promotion gates: pure functions that each test one property of a candidate model.
+
+Every gate returns ``(passed, metadata)``; the metadata always carries the measured value(s),
+the threshold(s) applied and, on failure, a human-readable ``reason``. The Dagster asset checks
+on ``candidate_model`` and the ``registered_model`` asset (which re-checks before writing to
+the registry) both call these, so a model can only reach the registry by passing all of them.
+
+No Dagster imports.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from deploy_ops.modeling import ModelBundle
+
+GateResult = tuple[bool, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LeakageThresholds:
+    """What counts as "too good to be true" for direction-of-return models on minute bars.
+
+    Honest models on 1-minute returns live a few hundredths above AUC 0.5; a feature that
+    peeks at the future lifts AUC towards 1. A model trained on *shuffled* labels cannot have
+    learned anything, so its AUC on the real test labels must sit near 0.5 -- if it does not,
+    information is reaching predictions by some path other than the labels. And a model that
+    does clearly better on unseen rows than on the rows it was fitted on has seen the test set.
+    """
+
+    max_plausible_auc: float = 0.75
+    max_gap_to_shuffled: float = 0.20
+    max_shuffled_deviation: float = 0.10
+    max_test_over_train: float = 0.05
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _not_measured(name: str, value: Any, meta: dict[str, Any]) -> GateResult:
+    return False, {**meta, "reason": f"{name} is not a finite number ({value!r}), so the gate cannot pass"}
+
+
+def auc_gate(test_auc: float, floor: float) -> GateResult:
+    """Test-period AUC must be strictly above ``floor`` (settings ``min_auc``)."""
+    meta = {"test_auc": test_auc, "auc_floor": floor}
+    if not _finite(test_auc):
+        return _not_measured("test AUC", test_auc, meta)
+    passed = float(test_auc) > floor
+    if not passed:
+        meta["reason"] = f"test AUC {float(test_auc):.4f} is not above the floor {floor:.4f}"
+    return passed, meta
+
+
+def sharpe_vs_production_gate(
+    candidate_sharpe: float,
+    production_sharpe: float | None,
+    floor_without_production: float,
+    production_version: int | None = None,
+) -> GateResult:
+    """Backtest Sharpe must not be worse than production's on the *same* test rows; with no
+    production model yet it must reach ``floor_without_production``
+    (settings ``min_sharpe_no_production``)."""
+    meta: dict[str, Any] = {
+        "candidate_sharpe": candidate_sharpe,
+        "production_sharpe": production_sharpe,
+        "production_version": production_version,
+        "sharpe_floor_without_production": floor_without_production,
+    }
+    if not _finite(candidate_sharpe):
+        return _not_measured("candidate Sharpe", candidate_sharpe, meta)
+    if production_sharpe is None:
+        meta["compared_to"] = "floor (no production model)"
+        passed = float(candidate_sharpe) >= floor_without_production
+        if not passed:
+            meta["reason"] = (
+                f"Sharpe {float(candidate_sharpe):.3f} is below the floor {floor_without_production:.3f} "
+                "required when there is no production model"
+            )
+        return passed, meta
+    if not _finite(production_sharpe):
+        return _not_measured("production Sharpe", production_sharpe, meta)
+    meta["compared_to"] = f"production v{production_version}" if production_version is not None else "production"
+    passed = float(candidate_sharpe) >= float(production_sharpe)
+    if not passed:
+        meta["reason"] = (
+            f"Sharpe {float(candidate_sharpe):.3f} is worse than production's {float(production_sharpe):.3f} "
+            "on the same test period"
+        )
+    return passed, meta
+
+
+def max_drawdown_gate(max_drawdown: float, limit: float) -> GateResult:
+    """Backtest max drawdown (a fraction; sign ignored) must stay under ``limit``."""
+    meta = {"max_drawdown": max_drawdown, "max_drawdown_limit": limit}
+    if not _finite(max_drawdown):
+        return _not_measured("max drawdown", max_drawdown, meta)
+    depth = abs(float(max_drawdown))
+    passed = depth < limit
+    if not passed:
+        meta["reason"] = f"max drawdown {depth:.2%} is not under the limit {limit:.2%}"
+    return passed, meta
+
+
+def weights_finite_gate(bundle: ModelBundle) -> GateResult:
+    """Every weight, buffer and scaler statistic must be finite (no NaN/Inf from a diverged fit)."""
+    bad: list[str] = []
+    n_values = 0
+    for name, tensor in bundle.model.state_dict().items():
+        values = tensor.detach().cpu().numpy()
+        n_values += values.size
+        if not np.isfinite(values).all():
+            bad.append(name)
+    for name, values in (("scaler.mean", bundle.scaler.mean), ("scaler.std", bundle.scaler.std)):
+        values = np.asarray(values, dtype=np.float64)
+        n_values += values.size
+        if not np.isfinite(values).all():
+            bad.append(name)
+    meta: dict[str, Any] = {"n_values_checked": int(n_values), "non_finite_tensors": bad}
+    if bad:
+        meta["reason"] = f"non-finite values in {', '.join(bad)}"
+    return not bad, meta
+
+
+def output_shape_range_gate(bundle: ModelBundle, probe: np.ndarray) -> GateResult:
+    """On a probe batch of ``n`` feature rows the model must return ``n`` finite values in [0, 1]."""
+    probe = np.asarray(probe, dtype=np.float64)
+    if probe.ndim != 2 or len(probe) == 0:
+        raise ValueError(f"the probe batch must be a non-empty 2-D array, got shape {probe.shape}")
+    meta: dict[str, Any] = {"probe_rows": int(len(probe)), "expected_shape": [int(len(probe))], "range": [0.0, 1.0]}
+    try:
+        out = np.asarray(bundle.predict_proba(probe))
+    except (ValueError, RuntimeError) as exc:
+        # A model that cannot answer a well-formed batch fails this gate; the error is the reason.
+        meta["reason"] = f"prediction on the probe batch raised {type(exc).__name__}: {exc}"
+        return False, meta
+    meta["output_shape"] = list(out.shape)
+    problems = []
+    if out.shape != (len(probe),):
+        problems.append(f"shape {tuple(out.shape)} != ({len(probe)},)")
+    finite = np.isfinite(out)
+    if not finite.all():
+        problems.append(f"{int((~finite).sum())} non-finite outputs")
+    if finite.any():
+        meta["output_min"] = float(out[finite].min())
+        meta["output_max"] = float(out[finite].max())
+        if (out[finite] < 0).any() or (out[finite] > 1).any():
+            problems.append("outputs outside [0, 1]")
+    if problems:
+        meta["reason"] = "; ".join(problems)
+    return not problems, meta
+
+
+def leakage_gate(
+    test_auc: float,
+    shuffled_auc: float,
+    train_auc: float,
+    thresholds: LeakageThresholds = LeakageThresholds(),
+) -> GateResult:
+    """Flag a model whose performance is implausible for the problem (see LeakageThresholds)."""
+    meta: dict[str, Any] = {
+        "test_auc": test_auc,
+        "shuffled_label_auc": shuffled_auc,
+        "train_auc": train_auc,
+        **asdict(thresholds),
+    }
+    for name, value in (("test AUC", test_auc), ("shuffled-label AUC", shuffled_auc), ("train AUC", train_auc)):
+        if not _finite(value):
+            return _not_measured(name, value, meta)
+    test_auc, shuffled_auc, train_auc = float(test_auc), float(shuffled_auc), float(train_auc)
+    meta["gap_to_shuffled"] = test_auc - shuffled_auc
+    meta["test_minus_train"] = test_auc - train_auc
+    reasons = []
+    if test_auc > thresholds.max_plausible_auc:
+        reasons.append(f"test AUC {test_auc:.3f} exceeds the plausible maximum {thresholds.max_plausible_auc:.3f}")
+    if test_auc - shuffled_auc > thresholds.max_gap_to_shuffled:
+        reasons.append(
+            f"test AUC beats the shuffled-label baseline by {test_auc - shuffled_auc:.3f} "
+            f"(> {thresholds.max_gap_to_shuffled:.3f})"
+        )
+    if abs(shuffled_auc - 0.5) > thresholds.max_shuffled_deviation:
+        reasons.append(
+            f"a model trained on shuffled labels scores AUC {shuffled_auc:.3f} on the real labels "
+            f"(more than {thresholds.max_shuffled_deviation:.3f} from 0.5)"
+        )
+    if test_auc - train_auc > thresholds.max_test_over_train:
+        reasons.append(
+            f"test AUC {test_auc:.3f} beats train AUC {train_auc:.3f} by more than {thresholds.max_test_over_train:.3f}"
+        )
+    meta["leakage_suspected"] = bool(reasons)
+    if reasons:
+        meta["reason"] = "; ".join(reasons)
+    return not reasons, meta
