@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ autotrader:
 @functools.lru_cache(maxsize=1)
 def dbt_project() -> DbtProject:
     """The dbt project, its manifest prepared (``dbt parse``) when missing or under ``dagster dev``."""
+    # dagster-dbt's manifest preparer looks for `dbt` on PATH; a venv that is not activated
+    # (``.venv/bin/dagster ...``) still has it beside the interpreter.
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
     project.prepare_if_dev()
     if not project.manifest_path.exists():

@@ -1,0 +1,78 @@
+"""`autotrader data`: validate warehouse partitions and inspect the archive."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import click
+
+from autotrader_assets.settings import get_settings
+
+
+def _date_range(start: str, end: str) -> list[str]:
+    from autotrader_assets.defs.market_data.archive import validate_date
+
+    a, b = dt.date.fromisoformat(validate_date(start)), dt.date.fromisoformat(validate_date(end))
+    if b < a:
+        raise click.BadParameter(f"--end {end} is before --start {start}")
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+@click.group(name="data")
+def group() -> None:
+    """Market data: validate partitions, list the archive."""
+
+
+@group.command("validate")
+@click.option("--start", required=True, help="First date, YYYY-MM-DD.")
+@click.option("--end", default=None, help="Last date (default: --start).")
+@click.option("--instrument", "instruments", multiple=True, help="Instrument (repeatable; default: all configured).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json: bool) -> None:
+    """Run the pandera schema and completeness rules on warehouse partitions.
+
+    Exits 1 when any partition fails the schema or is missing.
+    """
+    import duckdb
+
+    from autotrader_assets.defs.market_data.archive import validate_instrument
+    from autotrader_assets.defs.market_data.validation import missing_fraction, validate_bars
+    from autotrader_assets.defs.market_data.warehouse import read_partition
+
+    settings = get_settings()
+    try:
+        dates = _date_range(start, end or start)
+        insts = [validate_instrument(i) for i in (instruments or settings.instruments)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not settings.warehouse_path.exists():
+        raise click.ClickException(f"no warehouse at {settings.warehouse_path}: run `make run` first")
+    report, bad = [], 0
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        with click.progressbar([(d, i) for d in dates for i in insts], label="validating", file=click.get_text_stream("stderr")) as items:
+            for date, inst in items:
+                df = read_partition(con, date, inst, ordered=False)
+                res = validate_bars(df, date=date)
+                ok = res.passed and res.n_rows > 0
+                bad += not ok
+                report.append(
+                    {
+                        "date": date,
+                        "instrument": inst,
+                        "rows": res.n_rows,
+                        "schema_passed": ok,
+                        "failures": int(res.n_failures) if res.n_rows else "partition missing",
+                        "missing_fraction": round(missing_fraction(df), 4),
+                    }
+                )
+    finally:
+        con.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for r in report:
+            flag = "ok  " if r["schema_passed"] else "FAIL"
+            click.echo(f"{flag} {r['date']} {r['instrument']:<10} rows={r['rows']:>5} missing={r['missing_fraction']:.2%} failures={r['failures']}")
+    if bad:
+        raise click.ClickException(f"{bad} partition(s) failed validation")
