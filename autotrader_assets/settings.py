@@ -191,7 +191,7 @@ def load_settings() -> Settings:
         instruments=instruments,
         canary_instruments=canary,
         replay_seed=_env_int("AUTOTRADER_REPLAY_SEED", 7),
-        start_date=_env("AUTOTRADER_START_DATE", "2024-01-01"),
+        start_date=_env("AUTOTRADER_START_DATE", "2017-01-01"),
         market_source=(_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower(),
         fee_bps=_env_float("AUTOTRADER_FEE_BPS", 4.0),
         slippage_bps=_env_float("AUTOTRADER_SLIPPAGE_BPS", 2.0),

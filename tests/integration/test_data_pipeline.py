@@ -1,0 +1,126 @@
+"""The data pipeline through Dagster: replay/file source -> market_bars (+archive, checks) -> dbt features."""
+from __future__ import annotations
+
+import duckdb
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from autotrader_assets.defs.market_data.replay import ReplaySource
+from autotrader_assets.defs.market_data.resources import MarketSourceResource
+from tests.pipeline_support import check_results, run_data_pipeline, shared_file, temp_resources
+
+pytestmark = pytest.mark.slow
+
+
+def _counts(db: str, table: str) -> dict[tuple[str, str], int]:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        rows = con.execute(f"select cast(date as varchar), instrument, count(*) from {table} group by all").fetchall()
+    finally:
+        con.close()
+    return {(d, i): n for d, i, n in rows}
+
+
+def test_two_instruments_two_dates_rows_archive_and_checks(tmp_path):
+    resources = temp_resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-02|ETHUSDT")
+    assert result.success
+
+    replay = ReplaySource(seed=11)
+    expected = {(d, i): len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")}
+    db = str(tmp_path / "warehouse.duckdb")
+    assert _counts(db, "market_bars") == expected
+    assert _counts(db, "bar_features") == expected
+
+    # every partition is archived and the archive holds exactly what the warehouse holds
+    for (date, inst), n in expected.items():
+        archived = pd.read_parquet(tmp_path / "archive" / date / f"{inst}.parquet")
+        assert len(archived) == n
+        pd.testing.assert_frame_equal(
+            archived.reset_index(drop=True), replay.day_bars(inst, date).reset_index(drop=True), check_dtype=False
+        )
+
+    checks = check_results(result)
+    assert [c.passed for c in checks["market_bars_schema"]] == [True]
+    assert checks["market_bars_schema"][0].metadata["rows_checked"].value == sum(expected.values())
+    assert all(c.passed for c in checks["unique_combination_bar_features_instrument__ts"])
+    assert all(c.passed for c in checks["accepted_range_bar_features_rsi_14__100__0"])
+
+    # features use the previous day as warm-up: the second date has no NULL features
+    con = duckdb.connect(db, read_only=True)
+    nulls_day2 = con.execute("select count(*) from bar_features where date = '2024-03-02' and ret_60 is null").fetchone()[0]
+    nulls_day1 = con.execute("select count(*) from bar_features where date = '2024-03-01' and ret_60 is null").fetchone()[0]
+    con.close()
+    assert nulls_day2 == 0
+    assert nulls_day1 == 2 * 60  # only the first 60 bars of each instrument's history
+
+
+def test_rerunning_a_partition_replaces_it(tmp_path):
+    resources = temp_resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    run_data_pipeline(resources, instance, "2024-03-05|BTCUSDT", "2024-03-05|BTCUSDT")
+    first = _counts(str(tmp_path / "warehouse.duckdb"), "bar_features")
+    run_data_pipeline(resources, instance, "2024-03-05|BTCUSDT", "2024-03-05|BTCUSDT")
+    assert _counts(str(tmp_path / "warehouse.duckdb"), "market_bars") == first
+    assert _counts(str(tmp_path / "warehouse.duckdb"), "bar_features") == first
+
+
+class _CorruptReplay:
+    """The replay source with one NaN close and one high below the open."""
+
+    def fetch_bars(self, instrument, start, end):
+        df = ReplaySource(seed=11).fetch_bars(instrument, start, end)
+        df.loc[10, "close"] = np.nan
+        df.loc[20, "high"] = df.loc[20, "open"] * 0.5
+        return df
+
+
+class CorruptSourceResource(MarketSourceResource):
+    def get_source(self):
+        return _CorruptReplay()
+
+
+def test_corrupt_partition_is_blocked_before_features(tmp_path):
+    resources = temp_resources(tmp_path, market_source=CorruptSourceResource(name="corrupt"))
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-01|BTCUSDT", raise_on_error=False)
+    assert not result.success
+
+    schema = check_results(result)["market_bars_schema"][0]
+    assert not schema.passed
+    assert schema.severity == dg.AssetCheckSeverity.ERROR
+    assert schema.metadata["failed_partitions"].value == ["2024-03-01|BTCUSDT"]
+    cases = schema.metadata["failure_cases"].value
+    assert "close" in cases and "high below max(open, close)" in cases
+
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    has_features = con.execute(
+        "select count(*) from information_schema.tables where table_name = 'bar_features'"
+    ).fetchone()[0]
+    con.close()
+    assert has_features == 0, "bad bars must never reach the feature models"
+    # the raw data is not lost: it is archived for inspection
+    assert (tmp_path / "archive" / "2024-03-01" / "BTCUSDT.parquet").exists()
+
+
+def test_pipeline_on_real_btc_minutes(tmp_path):
+    path = shared_file("crypto_1m", "BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv")
+    resources = temp_resources(
+        tmp_path, market_source=MarketSourceResource(name="file", file_path=str(path))
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_data_pipeline(resources, instance, "2022-01-10|BTCUSDT", "2022-01-11|BTCUSDT")
+    assert result.success
+    counts = _counts(str(tmp_path / "warehouse.duckdb"), "bar_features")
+    assert counts == {("2022-01-10", "BTCUSDT"): 1440, ("2022-01-11", "BTCUSDT"): 1440}
+    checks = check_results(result)
+    assert checks["market_bars_schema"][0].passed
+    assert checks["market_bars_completeness"][0].passed  # the file is contiguous
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    rsi = con.execute("select min(rsi_14), max(rsi_14), avg(rv_60) from bar_features where date = '2022-01-11'").fetchone()
+    con.close()
+    assert 0 <= rsi[0] < rsi[1] <= 100
+    assert 0 < rsi[2] < 0.01  # 1-minute BTC volatility is a fraction of a percent
