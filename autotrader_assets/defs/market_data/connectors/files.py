@@ -58,7 +58,7 @@ def read_bar_file(path: PathArg) -> pd.DataFrame:
     path = Path(path)
     name = path.name.lower()
     if not path.is_file():
-        raise FileNotFoundError(f"bar file {path} does not exist")
+        raise FileNotFoundError(f"bar file {path} does not exist or is not a file")
     if name.endswith((".parquet", ".pq")):
         return _table_to_bars(pd.read_parquet(path), str(path), header_lines=None)
     if name.endswith(".zip"):
@@ -157,7 +157,12 @@ def _numeric_column(values: pd.Series, name: str, where: Any) -> pd.Series:
     bad = ~np.isfinite(numbers.to_numpy())
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise MalformedPayloadError(f"{where(row)}: {name} {values.iloc[row]!r} is not a number")
+        value = values.iloc[row]
+        if pd.isna(value):
+            raise MalformedPayloadError(f"{where(row)}: {name} is empty")
+        if isinstance(value, np.generic):
+            value = value.item()
+        raise MalformedPayloadError(f"{where(row)}: {name} {value!r} is not a number")
     return numbers.reset_index(drop=True)
 
 
