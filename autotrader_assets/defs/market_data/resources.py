@@ -4,7 +4,6 @@ from __future__ import annotations
 import dagster as dg
 
 from autotrader_assets.defs.market_data.archive import open_archive
-from autotrader_assets.defs.market_data.replay import ReplaySource
 
 
 class MarketSourceResource(dg.ConfigurableResource):
@@ -21,9 +20,10 @@ class MarketSourceResource(dg.ConfigurableResource):
     base_url: str | None = None
 
     def get_source(self):
-        if self.name == "replay":
-            return ReplaySource(seed=self.seed, mode=self.replay_mode)
         from autotrader_assets.defs.market_data.connectors import get_source
+
+        if self.name == "replay":
+            return get_source("replay", seed=self.seed, mode=self.replay_mode)
 
         kwargs = {}
         if self.file_path:

@@ -36,6 +36,7 @@ SOURCE_FACTORIES: dict[str, Callable[..., BarSource] | str] = {
     "ibkr": IbkrSource,
     "alpaca": AlpacaSource,
     "file": FileSource,
+    "replay": "autotrader_assets.defs.market_data.replay:ReplaySource",
 }
 
 
