@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from autotrader_assets.instance import local_instance
 from autotrader_assets.settings import get_settings
@@ -51,12 +50,10 @@ def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> Sta
 
 def run_data_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, dates: list[str], instruments: list[str]) -> StageReport:
     """Market bars and dbt features for dates x instruments in one single-run backfill."""
+    from autotrader_assets.defs.market_data.partitions import range_tags
+
     job = defs.resolve_job_def("data_pipeline")
-    ordered = sorted(instruments)
-    tags = {
-        ASSET_PARTITION_RANGE_START_TAG: f"{dates[0]}|{ordered[0]}",
-        ASSET_PARTITION_RANGE_END_TAG: f"{dates[-1]}|{ordered[-1]}",
-    }
+    tags = range_tags(dates[0], dates[-1], instruments)
     t0 = time.perf_counter()
     result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
     return _report("data_pipeline", result, time.perf_counter() - t0)

@@ -76,3 +76,42 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
             click.echo(f"{flag} {r['date']} {r['instrument']:<10} rows={r['rows']:>5} missing={r['missing_fraction']:.2%} failures={r['failures']}")
     if bad:
         raise click.ClickException(f"{bad} partition(s) failed validation")
+
+
+@group.command("restore")
+@click.option("--date", "date", required=True, help="Date to restore, YYYY-MM-DD.")
+@click.option("--end", default=None, help="Last date of a range (default: --date).")
+@click.option("--instrument", default=None, help="One instrument (default: every configured instrument).")
+@click.option("--reason", required=True, help="Why the data is being rolled back (kept in the run tags).")
+def restore(date: str, end: str | None, instrument: str | None, reason: str) -> None:
+    """Data rollback: restore archived partitions over the warehouse and rebuild features.
+
+    Runs the Dagster `data_rollback` job on the local instance. Nothing is overwritten unless
+    every selected partition has an archive.
+    """
+    from autotrader_assets.defs.market_data.archive import validate_date, validate_instrument
+    from autotrader_assets.defs.market_data.partitions import range_tags
+    from autotrader_assets.instance import local_instance
+
+    settings = get_settings()
+    try:
+        first = validate_date(date)
+        last = validate_date(end or date)
+        insts = [validate_instrument(instrument)] if instrument else None
+        tags = range_tags(first, last, insts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not reason.strip():
+        raise click.BadParameter("--reason must not be empty")
+    from autotrader_assets.definitions import defs
+
+    tags["autotrader/reason"] = reason.strip()
+    click.echo(f"restoring {first}..{last} {instrument or 'all instruments'} from {settings.archive_uri}")
+    result = defs.resolve_job_def("data_rollback").execute_in_process(
+        instance=local_instance(settings), tags=tags, raise_on_error=False
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_failure), None)
+        msg = failure.message if failure is not None else "see the run in the Dagster UI"
+        raise click.ClickException(f"data rollback failed (run {result.run_id}): {msg}")
+    click.echo(f"restored; features rebuilt (run {result.run_id})")

@@ -37,6 +37,21 @@ def _has_tabulate() -> bool:
     return True
 
 
+class MarketBarsConfig(dg.Config):
+    """``restore_from_archive``: reload the partitions from the archive instead of the source
+    (the data rollback); the archive is then read, never rewritten."""
+
+    restore_from_archive: bool = False
+
+
+#: Run tag that turns a market_bars run into a data rollback (set by the data_rollback job).
+RESTORE_TAG = "autotrader/restore_from_archive"
+
+
+class ArchiveMissingError(RuntimeError):
+    """A data rollback asked for partitions that have no archive; nothing was overwritten."""
+
+
 @dg.asset(
     partitions_def=market_partitions(),
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -50,17 +65,29 @@ def _has_tabulate() -> bool:
 )
 def market_bars(
     context: dg.AssetExecutionContext,
+    config: MarketBarsConfig,
     warehouse: WarehouseResource,
     archive: ArchiveResource,
     market_source: MarketSourceResource,
 ) -> dg.MaterializeResult:
     """One-minute OHLCV bars per day and instrument: archived raw, then loaded into the warehouse."""
     parts = context_partitions(context)
-    source = market_source.get_source()
     store = archive.store()
+    restoring = config.restore_from_archive or context.run.tags.get(RESTORE_TAG) == "true"
+    if restoring:
+        absent = [f"{d}|{i}" for d, i in parts if not store.exists(d, i)]
+        if absent:
+            # Checked for every partition before the first write: a rollback is all or nothing.
+            raise ArchiveMissingError(
+                f"no archive for {len(absent)} partition(s), nothing restored: {', '.join(absent[:20])}"
+            )
+        source_name = f"archive ({store.uri})"
+    else:
+        source = market_source.get_source()
+        source_name = market_source.name
     total_rows, written_parts, pending = 0, 0, {}
     missing: dict[str, float] = {}
-    context.log.info(f"fetching {len(parts)} partition(s) from source '{market_source.name}'")
+    context.log.info(f"{'restoring' if restoring else 'fetching'} {len(parts)} partition(s) from {source_name}")
 
     def flush() -> None:
         nonlocal total_rows, written_parts
@@ -71,10 +98,13 @@ def market_bars(
         pending.clear()
 
     for date, instrument in parts:
-        start = pd.Timestamp(date, tz="UTC")
-        bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
-        # The archive is written first: it is what a data rollback restores from.
-        store.write(date, instrument, bars)
+        if restoring:
+            bars = store.read(date, instrument)
+        else:
+            start = pd.Timestamp(date, tz="UTC")
+            bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
+            # The archive is written first: it is what a data rollback restores from.
+            store.write(date, instrument, bars)
         pending[(date, instrument)] = bars
         missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
         if len(pending) >= WRITE_CHUNK:
@@ -87,7 +117,8 @@ def market_bars(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(total_rows),
             "partitions": dg.MetadataValue.int(len(parts)),
-            "source": market_source.name,
+            "source": source_name,
+            "restored_from_archive": restoring,
             "archive": dg.MetadataValue.path(store.uri),
             "warehouse": dg.MetadataValue.path(warehouse.path),
             "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),

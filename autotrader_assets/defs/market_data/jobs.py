@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from autotrader_assets.defs.market_data.assets import market_bars, market_bars_freshness
+from autotrader_assets.defs.market_data.assets import RESTORE_TAG, market_bars, market_bars_freshness
 from autotrader_assets.defs.market_data.partitions import market_partitions, partition_key
 from autotrader_assets.settings import get_settings
 
@@ -15,6 +15,17 @@ data_pipeline_job = dg.define_asset_job(
     - dg.AssetSelection.groups("training", "deployment", "trading", "monitoring"),
     partitions_def=market_partitions(),
     description="market_bars -> dbt staging and feature models, for the selected date x instrument partitions.",
+)
+
+data_rollback_job = dg.define_asset_job(
+    name="data_rollback",
+    selection=dg.AssetSelection.assets(market_bars).downstream(depth=None)
+    - dg.AssetSelection.groups("training", "deployment", "trading", "monitoring"),
+    partitions_def=market_partitions(),
+    # A job tag, not run config: single-run backfill jobs cannot carry a PartitionedConfig.
+    tags={RESTORE_TAG: "true"},
+    description="Restore the selected date x instrument partitions from the archive over the warehouse, "
+    "then rebuild the feature models downstream of them. Refuses (writing nothing) if any archive is missing.",
 )
 
 freshness_job = dg.define_asset_job(

@@ -43,3 +43,30 @@ def context_partitions(context) -> list[tuple[str, str]]:
     """Every (date, instrument) a run or backfill selected, sorted by date then instrument."""
     keys = context.partition_keys if context.has_partition_key_range or not context.has_partition_key else [context.partition_key]
     return sorted({split_key(k) for k in keys})
+
+
+def range_tags(first_date: str, last_date: str, instruments: list[str] | tuple[str, ...] | None = None) -> dict[str, str]:
+    """Run tags selecting dates [first_date, last_date] x instruments as one single-run backfill.
+
+    A multi-partition range is a rectangle in each dimension's own order, so the instrument
+    bounds are taken from the partitions definition's order, not alphabetically; the rectangle
+    must contain exactly the requested instruments.
+    """
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    order = list(market_partitions().get_partitions_def_for_dimension("instrument").get_partition_keys())
+    wanted = list(instruments) if instruments else order
+    unknown = [i for i in wanted if i not in order]
+    if unknown:
+        raise ValueError(f"unknown instrument(s) {unknown}; configured: {order}")
+    idx = sorted(order.index(i) for i in wanted)
+    if idx != list(range(idx[0], idx[-1] + 1)):
+        raise ValueError(
+            f"instruments {wanted} are not contiguous in the partition order {order}; run them separately"
+        )
+    if last_date < first_date:
+        raise ValueError(f"last date {last_date} is before first date {first_date}")
+    return {
+        ASSET_PARTITION_RANGE_START_TAG: f"{first_date}|{order[idx[0]]}",
+        ASSET_PARTITION_RANGE_END_TAG: f"{last_date}|{order[idx[-1]]}",
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from autotrader_assets.defs.market_data.schema import BAR_COLUMNS
+from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, empty_bars
 
 MARKET_BARS_DDL = """
 create table if not exists market_bars (
@@ -65,7 +65,11 @@ def read_partition(
     ``ordered=False`` keeps the stored (insertion) order, which is what the schema check must
     see to catch out-of-order rows.
     """
-    ensure_market_bars(con)
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_name = 'market_bars'"
+    ).fetchone()[0]
+    if not exists:
+        return empty_bars()
     order = " order by ts" if ordered else ""
     df = con.execute(
         "select ts, instrument, open, high, low, close, volume, source from market_bars "
