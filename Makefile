@@ -40,6 +40,7 @@ ui: install
 bench: install
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/backtest.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/paper_trading.py

@@ -13,7 +13,7 @@ from autotrader_assets.defs.market_data.validation import (
     return_outliers,
     validate_bars,
 )
-from autotrader_assets.defs.market_data.warehouse import read_partition, replace_partitions
+from autotrader_assets.defs.market_data.warehouse import read_partitions, replace_partitions
 from autotrader_assets.resources import WarehouseResource
 from autotrader_assets.settings import get_settings
 
@@ -127,12 +127,17 @@ def market_bars(
     )
 
 
-def _read_selected(context, warehouse: WarehouseResource) -> dict[tuple[str, str], pd.DataFrame]:
-    out = {}
-    with warehouse.connect(read_only=False) as con:
-        for date, instrument in context_partitions(context):
-            out[(date, instrument)] = read_partition(con, date, instrument, ordered=False)
-    return out
+def _read_selected(context, warehouse: WarehouseResource) -> tuple[list[tuple[str, str]], pd.DataFrame]:
+    parts = context_partitions(context)
+    with warehouse.connect(read_only=True) as con:
+        return parts, read_partitions(con, parts)
+
+
+def _by_partition(parts: list[tuple[str, str]], df: pd.DataFrame):
+    """(date, instrument, frame) for every selected partition, empty frames included."""
+    groups = dict(tuple(df.groupby(["date", "instrument"], sort=False))) if len(df) else {}
+    for date, instrument in parts:
+        yield date, instrument, groups.get((date, instrument), df.iloc[0:0])
 
 
 @dg.asset_check(
@@ -143,31 +148,36 @@ def _read_selected(context, warehouse: WarehouseResource) -> dict[tuple[str, str
     "unique increasing timestamps inside the partition. Blocks features on failure.",
 )
 def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    failed: list[str] = []
-    cases = []
-    rows = 0
-    for (date, instrument), df in _read_selected(context, warehouse).items():
-        report = validate_bars(df, date=date)
-        rows += report.n_rows
-        if report.n_rows == 0:
-            failed.append(f"{date}|{instrument}")
-            cases.append(pd.DataFrame([{"partition": f"{date}|{instrument}", "column": None, "check": "partition is empty", "failure_case": None, "index": None}]))
-        elif not report.passed:
-            failed.append(f"{date}|{instrument}")
-            fc = report.failure_cases[["column", "check", "failure_case", "index"]].copy()
-            fc.insert(0, "partition", f"{date}|{instrument}")
-            cases.append(fc)
-    all_cases = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame()
-    if not all_cases.empty:
-        all_cases["failure_case"] = all_cases["failure_case"].astype(str)
+    parts, df = _read_selected(context, warehouse)
+    report = validate_bars(df)
+    present = set(zip(df["date"], df["instrument"])) if len(df) else set()
+    empty = [f"{d}|{i}" for d, i in parts if (d, i) not in present]
+    cases = report.failure_cases
+    failed: list[str] = list(empty)
+    if not report.passed:
+        cases = cases[["column", "check", "failure_case", "index"]].copy()
+        idx = pd.to_numeric(cases["index"], errors="coerce")
+        valid = idx.notna() & idx.isin(df.index)
+        part = pd.Series("(frame)", index=cases.index, dtype="object")
+        part[valid] = (df.loc[idx[valid], "date"] + "|" + df.loc[idx[valid], "instrument"]).to_numpy()
+        cases.insert(0, "partition", part)
+        cases["failure_case"] = cases["failure_case"].astype(str)
+        failed = sorted(set(failed) | set(part[valid]))
+    else:
+        cases = pd.DataFrame()
+    if empty:
+        cases = pd.concat(
+            [cases, pd.DataFrame({"partition": empty, "check": "partition is empty"})], ignore_index=True
+        )
     return dg.AssetCheckResult(
         passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
-            "rows_checked": rows,
+            "rows_checked": report.n_rows,
+            "partitions_checked": len(parts),
             "failed_partitions": dg.MetadataValue.json(failed),
-            "failure_count": len(all_cases),
-            "failure_cases": dg.MetadataValue.md(_md_table(all_cases, 50)),
+            "failure_count": len(cases),
+            "failure_cases": dg.MetadataValue.md(_md_table(cases, 50)),
         },
     )
 
@@ -180,7 +190,8 @@ def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: Wareho
 def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     limit = get_settings().thresholds.max_missing_fraction
     fractions, gaps = {}, []
-    for (date, instrument), df in _read_selected(context, warehouse).items():
+    parts, frame = _read_selected(context, warehouse)
+    for date, instrument, df in _by_partition(parts, frame):
         key = f"{date}|{instrument}"
         fractions[key] = round(missing_fraction(df), 4)
         g = find_gaps(df)
@@ -208,7 +219,8 @@ def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: 
 def market_bars_outliers(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bound = get_settings().thresholds.outlier_robust_z
     found = []
-    for (date, instrument), df in _read_selected(context, warehouse).items():
+    parts, frame = _read_selected(context, warehouse)
+    for _date, _instrument, df in _by_partition(parts, frame):
         out = return_outliers(df, bound)
         if not out.empty:
             found.append(out[["ts", "instrument", "close", "log_return", "robust_z"]])

@@ -67,7 +67,7 @@ def read_partition(
     """
     exists = con.execute(
         "select count(*) from information_schema.tables where table_name = 'market_bars'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not exists:
         return empty_bars()
     order = " order by ts" if ordered else ""
@@ -78,3 +78,26 @@ def read_partition(
     ).df()
     df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
     return df[BAR_COLUMNS]
+
+
+def read_partitions(con: duckdb.DuckDBPyConnection, parts: list[tuple[str, str]]) -> pd.DataFrame:
+    """Rows of many (date, instrument) partitions in one query, in stored order, with a
+    ``date`` column (YYYY-MM-DD) so checks can tell the partitions apart."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_name = 'market_bars'"
+    ).fetchall()[0][0]
+    if not exists or not parts:
+        return empty_bars().assign(date=pd.Series([], dtype="object"))
+    wanted = pd.DataFrame(parts, columns=["date", "instrument"])
+    wanted["date"] = pd.to_datetime(wanted["date"]).dt.date
+    con.register("_wanted_parts", wanted)
+    try:
+        df = con.execute(
+            "select m.ts, m.instrument, m.open, m.high, m.low, m.close, m.volume, m.source, "
+            "strftime(m.date, '%Y-%m-%d') as date from market_bars m "
+            "semi join _wanted_parts w on m.date = w.date and m.instrument = w.instrument"
+        ).df()
+    finally:
+        con.unregister("_wanted_parts")
+    df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+    return df[[*BAR_COLUMNS, "date"]]
