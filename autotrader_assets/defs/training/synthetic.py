@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 from autotrader_assets.settings import FEATURE_COLUMNS
 
@@ -28,16 +29,23 @@ def random_walk_bars(
     bar_minutes: int = 1,
     vol: float = 0.001,
     start_price: float = 100.0,
+    ar1: float = 0.0,
 ) -> pd.DataFrame:
-    """Driftless 1-minute OHLCV random walks: columns instrument, ts (naive UTC), date, OHLCV."""
+    """Driftless 1-minute OHLCV random walks: columns instrument, ts (naive UTC), date, OHLCV.
+
+    ``ar1`` > 0 makes each log return carry a share of the previous one (momentum): a small,
+    honest, learnable edge. With ``ar1 = 0`` nothing is predictable.
+    """
     if days < 1 or not instruments:
         raise ValueError("need at least one day and one instrument")
+    if not -1.0 < ar1 < 1.0:
+        raise ValueError(f"ar1 must be in (-1, 1) for a stationary return process, got {ar1}")
     rng = np.random.default_rng(seed)
     n = days * 24 * 60 // bar_minutes
     ts = pd.date_range(pd.Timestamp(start), periods=n, freq=f"{bar_minutes}min")
     frames = []
     for instrument in instruments:
-        log_ret = rng.normal(0.0, vol, size=n)
+        log_ret = lfilter([1.0], [1.0, -ar1], rng.normal(0.0, vol, size=n))
         close = start_price * np.exp(np.cumsum(log_ret))
         open_ = np.concatenate([[start_price], close[:-1]])
         wiggle = np.abs(rng.normal(0.0, vol / 2, size=n))
@@ -70,7 +78,9 @@ def _features_one(bars: pd.DataFrame) -> pd.DataFrame:
     delta = close.diff()
     gain = delta.clip(lower=0).rolling(14, min_periods=14).mean()
     loss = (-delta.clip(upper=0)).rolling(14, min_periods=14).mean()
-    out["rsi_14"] = 100 - 100 / (1 + gain / loss.replace(0, np.nan))
+    total = gain + loss
+    # 14 straight up-moves are RSI 100, not undefined; a flat window is neutral (as in dbt).
+    out["rsi_14"] = (100 * gain / total.where(total > 0)).fillna(50.0).where(total.notna())
     ema12 = close.ewm(span=12, adjust=False, min_periods=12).mean()
     ema26 = close.ewm(span=26, adjust=False, min_periods=26).mean()
     out["macd"] = ema12 - ema26

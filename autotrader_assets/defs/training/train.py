@@ -100,6 +100,10 @@ class FoldReport:
         }
 
 
+#: ``on_fold(report)`` after each fold finishes.
+FoldCallback = Callable[[FoldReport], None]
+
+
 @dataclass
 class TrainingResult:
     """The candidate bundle (last fold's model) and what every fold measured."""
@@ -279,6 +283,7 @@ def train_walk_forward(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     label_column: str = "label",
+    on_fold: FoldCallback | None = None,
 ) -> TrainingResult:
     """Fit one model per fold of ``plan``; the last fold's model becomes the candidate."""
     x = feature_matrix(frame, feature_columns)
@@ -290,16 +295,18 @@ def train_walk_forward(
             x[fold.train_idx], y[fold.train_idx], x[fold.val_idx], y[fold.val_idx],
             feature_columns, config, on_epoch=on_epoch, label=f"fold {fold.index}",
         )
-        reports.append(
-            FoldReport(
-                index=fold.index,
-                split=fold.describe(),
-                curve=curve,
-                val_metrics=classification_metrics(y[fold.val_idx], bundle.predict_proba(x[fold.val_idx])),
-                train_metrics=classification_metrics(y[fold.train_idx], bundle.predict_proba(x[fold.train_idx])),
-            )
+        report = FoldReport(
+            index=fold.index,
+            split=fold.describe(),
+            curve=curve,
+            val_metrics=classification_metrics(y[fold.val_idx], bundle.predict_proba(x[fold.val_idx])),
+            train_metrics=classification_metrics(y[fold.train_idx], bundle.predict_proba(x[fold.train_idx])),
         )
-    assert bundle is not None  # plan.folds is never empty (purged_walk_forward enforces n_folds >= 1)
+        reports.append(report)
+        if on_fold is not None:
+            on_fold(report)
+    if bundle is None:
+        raise ValueError("the walk-forward plan has no folds")
     return TrainingResult(bundle=bundle, folds=reports)
 
 
