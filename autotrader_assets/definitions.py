@@ -12,6 +12,7 @@ from autotrader_assets.defs.market_data import (
     market_data_schedules,
 )
 from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
+from autotrader_assets.defs.training import training_assets, training_checks, training_job
 from autotrader_assets.resources import default_resources
 from autotrader_assets.settings import Settings, get_settings
 
@@ -31,9 +32,9 @@ def build_resources(settings: Settings | None = None) -> dict:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or get_settings()
     return dg.Definitions(
-        assets=[*market_data_assets, *feature_assets],
-        asset_checks=[*market_data_checks],
-        jobs=[*market_data_jobs],
+        assets=[*market_data_assets, *feature_assets, *training_assets],
+        asset_checks=[*market_data_checks, *training_checks],
+        jobs=[*market_data_jobs, training_job],
         schedules=[*market_data_schedules],
         resources=build_resources(s),
         executor=dg.in_process_executor,

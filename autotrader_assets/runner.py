@@ -59,6 +59,24 @@ def run_data_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, dates:
     return _report("data_pipeline", result, time.perf_counter() - t0)
 
 
+#: Training run config of `make run`: a 15-minute label horizon, and 30% of the window held out
+#: so the test-period Sharpe rests on several daily returns.
+TRAINING_RUN_CONFIG = {
+    "ops": {
+        "training_dataset": {"config": {"horizon": 15}},
+        "candidate_model": {"config": {"test_fraction": 0.3, "long_threshold": 0.6, "short_threshold": 0.4}},
+    }
+}
+
+
+def run_training(defs: dg.Definitions, instance: dg.DagsterInstance) -> StageReport:
+    """training_dataset -> candidate_model (+ promotion gates) -> registered_model."""
+    job = defs.resolve_job_def("training_job")
+    t0 = time.perf_counter()
+    result = job.execute_in_process(instance=instance, run_config=TRAINING_RUN_CONFIG, raise_on_error=False)
+    return _report("training", result, time.perf_counter() - t0)
+
+
 def warehouse_summary(path: str) -> dict[str, object]:
     import duckdb
 
@@ -81,7 +99,7 @@ def warehouse_summary(path: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Materialize the autotrader asset graph on the embedded default.")
-    parser.add_argument("--days", type=int, default=int(__import__("os").environ.get("AUTOTRADER_RUN_DAYS", "7")))
+    parser.add_argument("--days", type=int, default=int(__import__("os").environ.get("AUTOTRADER_RUN_DAYS", "14")))
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -92,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     instruments = list(settings.instruments)
     print(f"autotrader: {len(dates)} day(s) {dates[0]}..{dates[-1]} x {len(instruments)} instrument(s), source={settings.market_source}")
     reports = [run_data_pipeline(defs, instance, dates, instruments)]
+    if reports[-1].success:
+        reports.append(run_training(defs, instance))
 
     print("\n=== summary ===")
     ok = True

@@ -55,7 +55,7 @@ class ReplaySource:
     gap_probability: float = 0.002
     outage_probability: float = 0.03
     jump_intensity_per_day: float = 1.5
-    momentum: float = 0.3
+    momentum: float = 0.2
 
     def __post_init__(self) -> None:
         if self.mode not in ("realistic", "random_walk"):
@@ -142,7 +142,7 @@ class ReplaySource:
         var = np.exp(log_p) * (sigma_bar**2 + omega * np.cumsum(np.exp(-log_p)))
         ret = np.sqrt(var) * eps
         # A latent OU drift gives the weak, learnable momentum real intraday markets show.
-        phi = 0.985
+        phi = 0.995
         eta = rng.standard_normal(n) * sigma_bar * self.momentum * np.sqrt(1 - phi**2)
         drift = lfilter([1.0], [1.0, -phi], eta)
         jumps = rng.poisson(self.jump_intensity_per_day / n, n)
