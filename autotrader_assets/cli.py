@@ -12,7 +12,7 @@ import sys
 import click
 
 #: Command modules, one per group. Add a module name here when you add a group.
-COMMAND_MODULES: tuple[str, ...] = ("data", "registry")
+COMMAND_MODULES: tuple[str, ...] = ("data", "registry", "breaker", "deploy")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,328 @@
+"""Paper trading as Dagster assets: ``paper_trading`` (by date), ``trading_performance``, the
+``circuit_breaker`` check, the circuit-breaker sensor and ``paper_trading_job``.
+
+The deployment-state store (routing table, slots, events, breaker) lives at the registry URL,
+so the ``registry`` resource's ``url`` is the store every definition here opens.
+"""
+import datetime as dt
+import functools
+import math
+from typing import Any, List, Optional
+
+import dagster as dg
+import pandas as pd
+
+from autotrader_assets.defs.trading import performance as perf
+from autotrader_assets.defs.trading.alerts import ROLLBACK_JOB, pending_rollbacks
+from autotrader_assets.defs.trading.paper import PaperParams, SignalParams
+from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
+from autotrader_assets.resources import RegistryResource, WarehouseResource
+from autotrader_assets.settings import Settings, get_settings
+from deploy_ops.backtest import DEFAULT_INITIAL_EQUITY
+from deploy_ops.breaker import BreakerStatus, BreakerStore
+
+
+@functools.lru_cache(maxsize=8)
+def _daily(start_date: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=start_date, timezone="UTC")
+
+
+def trading_partitions() -> dg.DailyPartitionsDefinition:
+    """One partition per UTC day from the settings' start date (shared by asset and job)."""
+    return _daily(get_settings().start_date)
+
+
+class PaperTradingConfig(dg.Config):
+    """Run config of ``paper_trading``; unset costs and instruments come from the settings."""
+
+    instruments: Optional[List[str]] = None
+    initial_equity: float = DEFAULT_INITIAL_EQUITY
+    long_threshold: float = 0.55
+    short_threshold: float = 0.45
+    allow_short: bool = True
+    sizing: str = "fixed"
+    max_position: float = 1.0
+    fee_bps: Optional[float] = None
+    slippage_bps: Optional[float] = None
+
+
+def paper_params(config: PaperTradingConfig, settings: Settings) -> PaperParams:
+    """The account's parameters: run config over settings, breaker limits from the thresholds."""
+    return PaperParams(
+        fee_bps=settings.fee_bps if config.fee_bps is None else float(config.fee_bps),
+        slippage_bps=settings.slippage_bps if config.slippage_bps is None else float(config.slippage_bps),
+        initial_equity=float(config.initial_equity),
+        signal=SignalParams(
+            long_threshold=config.long_threshold,
+            short_threshold=config.short_threshold,
+            allow_short=config.allow_short,
+            sizing=config.sizing,
+            max_position=config.max_position,
+        ),
+        daily_loss_limit=settings.thresholds.breaker_daily_loss,
+        drawdown_limit=settings.thresholds.breaker_drawdown,
+    )
+
+
+def _days_frame(report: PaperRunReport) -> pd.DataFrame:
+    rows = []
+    for r in report.results:
+        curve = r.account_curve()
+        rows.append(
+            {
+                "date": r.date.isoformat(),
+                "open_equity": r.day_open_equity,
+                "end_equity": r.end.equity,
+                "pnl": r.end.equity - r.day_open_equity,
+                "max_day_loss": float(curve["day_loss"].max()),
+                "max_drawdown": float(curve["drawdown"].max()),
+                "fills": int(len(r.portfolio.fills)),
+                "orders_blocked": "yes" if r.blocked_at_start else "no",
+                "trip": r.trip.at.isoformat() if r.trip else "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _serving_frame(report: PaperRunReport) -> pd.DataFrame:
+    rows = []
+    for date, by_instrument in report.serving.items():
+        for name, info in sorted(by_instrument.items()):
+            rows.append({"date": date.isoformat(), "instrument": name, "slot": info["slot"] or "-",
+                         "model_version": info["model_version"] or "-", "requests": info["n_requests"],
+                         "latency_ms": round(info["latency_ms"], 1)})
+    return pd.DataFrame(rows)
+
+
+def _day_metadata(report: PaperRunReport, date: dt.date) -> dict[str, Any]:
+    r = next(x for x in report.results if x.date == date)
+    meta: dict[str, Any] = {
+        "date": date.isoformat(),
+        "day_open_equity": r.day_open_equity,
+        "end_equity": r.end.equity,
+        "day_pnl": r.end.equity - r.day_open_equity,
+        "n_fills": int(len(r.portfolio.fills)),
+        "orders_blocked": r.blocked_at_start,
+    }
+    if r.blocked_at_start:
+        meta["no_new_orders"] = f"No new orders on {date}: {r.block_reason}. Positions stay flat."
+    if r.trip is not None:
+        meta["circuit_breaker_trip"] = dg.MetadataValue.json(r.trip.to_details())
+    return meta
+
+
+def breaker_metadata(status: BreakerStatus) -> dict[str, Any]:
+    """Check and sensor metadata for a breaker status: reason, equity, drawdown, day loss, tripped_at."""
+    details = status.details or {}
+    return {
+        "tripped": status.tripped,
+        "reason": status.reason or "-",
+        "tripped_at": status.tripped_at.isoformat() if status.tripped_at else "-",
+        "equity": details.get("equity"),
+        "drawdown": details.get("drawdown"),
+        "day_loss": details.get("day_loss"),
+        "trip_id": status.trip_id,
+        "reset_by": status.reset_by or "-",
+        "reset_at": status.reset_at.isoformat() if status.reset_at else "-",
+    }
+
+
+def _clean(meta: dict[str, Any]) -> dict[str, Any]:
+    # Dagster metadata rejects None; a float NaN would render as "NaN" and mislead.
+    out = {}
+    for key, value in meta.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out[key] = "-"
+        else:
+            out[key] = value
+    return out
+
+
+@dg.asset(
+    partitions_def=trading_partitions(),
+    deps=[
+        dg.AssetDep(
+            "bar_features",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date"),
+        ),
+        dg.AssetDep("production_deployment"),
+    ],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="trading",
+    kinds={"python", "duckdb"},
+)
+def paper_trading(
+    context: dg.AssetExecutionContext,
+    config: PaperTradingConfig,
+    warehouse: WarehouseResource,
+    registry: RegistryResource,
+) -> dg.MaterializeResult:
+    """The deployed model trading on paper: each day's fills, positions and PnL, behind a circuit breaker."""
+    settings = get_settings()
+    params = paper_params(config, settings)
+    instruments = list(config.instruments) if config.instruments else list(settings.instruments)
+    report = run_paper_trading(
+        warehouse.connect,
+        registry.url,
+        context.partition_keys,
+        instruments,
+        params,
+        token=settings.serving_token,
+        run_id=context.run_id,
+        log=context.log.info,
+    )
+    # Later dates were rewritten in the warehouse; record them so their partitions show as fresh.
+    for date in report.recomputed_later:
+        meta = _day_metadata(report, date)
+        meta["recomputed_from"] = report.work[0].isoformat()
+        context.log_event(
+            dg.AssetMaterialization(asset_key=context.asset_key, partition=date.isoformat(), metadata=_clean(meta))
+        )
+    for date, outcome in report.trips:
+        trip_meta = breaker_metadata(outcome.status)
+        trip_meta.update(newly_tripped=outcome.newly_tripped, outcome=outcome.why, trip_date=date.isoformat())
+        context.log_event(
+            dg.AssetObservation(asset_key=context.asset_key, partition=date.isoformat(), metadata=_clean(trip_meta))
+        )
+        log = context.log.error if outcome.newly_tripped else context.log.warning
+        log(f"circuit breaker ({outcome.why}) on {date}: {outcome.status.reason}")
+
+    last = report.results[-1]
+    selected_last = next(r for r in reversed(report.results) if r.date in set(report.selected))
+    blocked = [f"No new orders on {r.date}: {r.block_reason}. Positions stay flat." for r in report.results
+               if r.blocked_at_start]
+    metadata: dict[str, Any] = {
+        "dates_computed": dg.MetadataValue.json([d.isoformat() for d in report.work]),
+        "recomputed_later_dates": dg.MetadataValue.json([d.isoformat() for d in report.recomputed_later]),
+        "instruments": dg.MetadataValue.json(instruments),
+        "end_equity": dg.MetadataValue.float(last.end.equity),
+        "day_pnl": dg.MetadataValue.float(selected_last.end.equity - selected_last.day_open_equity),
+        "n_fills": dg.MetadataValue.int(sum(len(r.portfolio.fills) for r in report.results)),
+        "days": dg.MetadataValue.md(perf.markdown_table(_days_frame(report))),
+        "serving": dg.MetadataValue.md(perf.markdown_table(_serving_frame(report))),
+        "orders_blocked": dg.MetadataValue.md("\n".join(f"- {b}" for b in blocked) if blocked else "none"),
+        "circuit_breaker": dg.MetadataValue.json(report.breaker_after.to_dict()),
+        "rows_written": dg.MetadataValue.int(report.rows_written),
+        "seconds": dg.MetadataValue.json({k: round(v, 4) for k, v in report.seconds.items()}),
+    }
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=paper_trading,
+    name="circuit_breaker",
+    blocking=False,
+    description="Fails with ERROR while the circuit breaker is tripped: trading stays halted until an "
+    "approved `autotrader breaker reset`.",
+)
+def circuit_breaker_check(registry: RegistryResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    status = BreakerStore(registry.url).status()
+    metadata = breaker_metadata(status)
+    if warehouse.table_exists("paper_account_state"):
+        with warehouse.connect() as con:
+            latest = con.execute(
+                "select date, end_equity, max_drawdown, max_day_loss, peak_equity from paper_account_state "
+                "order by date desc limit 1"
+            ).fetchone()
+        if latest is not None:
+            date, equity, max_dd, max_loss, peak = latest
+            metadata.update(
+                latest_date=str(date), latest_equity=float(equity), latest_max_drawdown=float(max_dd),
+                latest_max_day_loss=float(max_loss), peak_equity=float(peak),
+            )
+    return dg.AssetCheckResult(
+        passed=not status.tripped,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"circuit breaker tripped: {status.reason}" if status.tripped else "circuit breaker armed"),
+        metadata=_clean(metadata),
+    )
+
+
+@dg.asset(deps=[paper_trading], group_name="trading", kinds={"python", "duckdb"})
+def trading_performance(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, registry: RegistryResource
+) -> dg.MaterializeResult:
+    """Trading-desk view of the paper account: PnL, Sharpe, drawdown, win rate, positions and charts."""
+    with warehouse.connect() as con:
+        history = perf.load_history(con)
+    if history.empty:
+        raise dg.Failure("the paper account has no history yet: materialize paper_trading for a date first")
+    summary = perf.overall(history)
+    daily = perf.daily_table(history)
+    instruments = perf.instrument_table(history)
+    with warehouse.connect() as con:
+        perf.write_daily(con, daily)
+    initial = float(history.account["day_open_equity"].iloc[0])
+    equity = pd.Series(history.equity["equity"].to_numpy(), index=pd.DatetimeIndex(history.equity["ts"]))
+    trips = [pd.Timestamp(t).tz_localize("UTC") for t in history.account["trip_at"].dropna()]
+    limit = get_settings().thresholds.breaker_drawdown
+    status = BreakerStore(registry.url).status()
+    context.log.info(
+        f"paper account: equity {summary['current_equity']:.2f}, pnl {summary['total_pnl']:.2f}, "
+        f"{summary['n_fills']} fills over {summary['n_dates']} date(s)"
+    )
+    pf = summary["profit_factor"]
+    sharpe = summary["sharpe"]
+    metadata: dict[str, Any] = {
+        "current_equity": dg.MetadataValue.float(summary["current_equity"]),
+        "total_pnl": dg.MetadataValue.float(summary["total_pnl"]),
+        "daily_pnl": dg.MetadataValue.float(summary["daily_pnl"]),
+        "total_return": dg.MetadataValue.float(summary["total_return"]),
+        "sharpe": dg.MetadataValue.float(sharpe["value"]) if sharpe["value"] is not None else sharpe["reason"],
+        "sharpe_convention": dg.MetadataValue.json(sharpe),
+        "win_rate": dg.MetadataValue.float(summary["win_rate"]) if summary["win_rate"] is not None else "no closed trades",
+        "max_drawdown": dg.MetadataValue.float(summary["max_drawdown"]["value"]),
+        "profit_factor": (pf["value"] if isinstance(pf["value"], str) else dg.MetadataValue.float(pf["value"]))
+        if pf["value"] is not None else pf["reason"],
+        "trades_per_minute": dg.MetadataValue.float(summary["trades_per_minute"]),
+        "n_fills": dg.MetadataValue.int(summary["n_fills"]),
+        "n_trades": dg.MetadataValue.int(summary["n_trades"]),
+        "fees_paid": dg.MetadataValue.float(summary["fees_paid"]),
+        "summary": dg.MetadataValue.json(summary),
+        "positions": dg.MetadataValue.md(perf.markdown_table(instruments)),
+        "daily": dg.MetadataValue.md(perf.markdown_table(daily.tail(60))),
+        "equity_curve": dg.MetadataValue.md(perf.png_markdown(perf.equity_png(equity, initial, trips), "equity curve")),
+        "drawdown_plot": dg.MetadataValue.md(perf.png_markdown(perf.drawdown_png(equity, initial, limit), "drawdown")),
+        "circuit_breaker": dg.MetadataValue.json(status.to_dict()),
+    }
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB) -> dg.SensorDefinition:
+    """The sensor that answers a breaker trip with an alert event and the emergency rollback job.
+
+    The job is referenced by name only; the Definitions it is loaded into must contain it."""
+
+    @dg.sensor(
+        name="circuit_breaker_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Circuit-breaker trips in the deployment event log -> alert event + emergency rollback run.",
+    )
+    def circuit_breaker_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
+        cursor = int(context.cursor) if context.cursor else 0
+        store = BreakerStore(registry.url)
+        requests, skipped, new_cursor = pending_rollbacks(store, cursor, job_name)
+        for note in skipped:
+            context.log.info(note)
+        context.update_cursor(str(new_cursor))
+        if not requests:
+            return dg.SkipReason(
+                "no new circuit-breaker trips" if not skipped else "; ".join(skipped)
+            )
+        return [
+            dg.RunRequest(run_key=req.run_key, job_name=job_name, tags=req.tags) for req in requests
+        ]
+
+    return circuit_breaker_sensor
+
+
+circuit_breaker_sensor = build_circuit_breaker_sensor()
+
+paper_trading_job = dg.define_asset_job(
+    "paper_trading_job",
+    selection=dg.AssetSelection.assets(paper_trading, trading_performance),
+    partitions_def=trading_partitions(),
+    description="Paper-trade the selected date(s) (and every later computed date), then refresh the metrics.",
+)
