@@ -126,9 +126,9 @@ class Trip:
         """One line for people: which limit broke and by how much."""
         parts = []
         if "daily_loss" in self.reasons:
-            parts.append(f"daily loss {self.day_loss:.2%} > {self.daily_loss_limit:.2%} of the day's opening equity")
+            parts.append(f"daily loss {self.day_loss:.3%} > {self.daily_loss_limit:.2%} of the day's opening equity")
         if "drawdown" in self.reasons:
-            parts.append(f"drawdown {self.drawdown:.2%} > {self.drawdown_limit:.2%} from the equity peak")
+            parts.append(f"drawdown {self.drawdown:.3%} > {self.drawdown_limit:.2%} from the equity peak")
         return "; ".join(parts)
 
     def to_details(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_daily_loss_trips_at_the_first_bar_beyond_the_limit_not_at_it():
     assert trip.reasons == ("daily_loss",)
     assert trip.day_loss == pytest.approx(0.0501)
     assert trip.equity == 94.99
-    assert "daily loss 5.01%" in trip.reason
+    assert "daily loss 5.010% > 5.00%" in trip.reason
 
 
 def test_daily_loss_is_measured_against_each_days_own_open():
