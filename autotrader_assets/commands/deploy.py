@@ -1,0 +1,279 @@
+"""``autotrader deploy``: serving status, gated rollouts, traffic switches and rollbacks.
+
+Every command opens the same stack the Dagster assets use (``defs/deployment/stack.py``):
+registry and deployment state from settings, local slot processes or ECS by profile. Usage
+mistakes exit with code 2; refusals and failed rollouts exit with code 1 and say why.
+"""
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+from typing import Any, Callable
+
+import click
+
+from autotrader_assets.settings import get_settings
+
+_SLOTS = ("blue", "green")
+
+
+def _default_actor() -> str:
+    user = os.environ.get("USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # getpass raises different errors per platform when no name is known
+        return ""
+
+
+def _actor(actor: str | None) -> str:
+    actor = (actor or _default_actor()).strip()
+    if not actor:
+        raise click.UsageError("no actor: pass --actor NAME (or set $USER)")
+    return actor
+
+
+def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
+    return value
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise click.BadParameter("must be a positive number of seconds", ctx=ctx, param=param)
+    return value
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Refusals and infrastructure failures become one-line ``Error: ...`` messages, exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlalchemy as sa
+
+        from deploy_ops.artifacts import ArtifactNotFoundError
+        from deploy_ops.ecs_deployer import DeploymentError
+        from deploy_ops.local_deployer import SlotInUseError, SlotStartError
+        from deploy_ops.modeling import ArtifactIntegrityError
+        from deploy_ops.registry import RegistryError
+        from deploy_ops.rollback import RollbackError
+        from deploy_ops.rollout import RolloutError
+        from deploy_ops.state import DeploymentInProgressError, StateError
+
+        try:
+            return fn(*args, **kwargs)
+        except (RegistryError, RollbackError, RolloutError, DeploymentInProgressError, StateError, SlotStartError,
+                SlotInUseError, DeploymentError, ArtifactIntegrityError, ArtifactNotFoundError, LookupError,
+                ValueError) as exc:
+            raise click.ClickException(_one_line(str(exc))) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise click.ClickException(f"state database error: {_one_line(str(getattr(exc, 'orig', None) or exc))}") from exc
+
+    return wrapper
+
+
+def _stack(stage_seconds: float | None = None):
+    from autotrader_assets.defs.deployment.stack import stack_from_settings
+
+    return stack_from_settings(get_settings(), stage_seconds=stage_seconds)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@click.group(name="deploy")
+def group() -> None:
+    """Serving slots and model rollouts: status, rollout, traffic switch, rollbacks."""
+
+
+@group.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--events", "n_events", default=10, show_default=True, type=click.IntRange(0, 1000),
+              help="How many recent warning/critical events to show.")
+@_domain_errors
+def status_cmd(as_json: bool, n_events: int) -> None:
+    """Production version, slots (with a live health probe), routing, deployments and recent events."""
+    from autotrader_assets.defs.deployment.stack import event_rows, summarize_slots
+    from deploy_ops.state import DEFAULT_ROUTE
+
+    stack = _stack()
+    production = stack.registry.get_production()
+    slots = summarize_slots(stack)
+    routes = stack.state.routing_table()
+    default = routes.get(DEFAULT_ROUTE)
+    per_slot = {s: sorted(i for i in stack.policy.instruments if routes.get(i, default) == s) for s in _SLOTS}
+    active = stack.state.active_deployment()
+    deployments = stack.state.deployments(limit=5)
+    # The log pages oldest-first; looking back over the last 500 ids finds the recent ones cheaply.
+    events = stack.state.events_since(max(0, stack.state.last_event_id() - 500), min_severity="warning",
+                                      limit=1000)[-n_events:] if n_events else []
+    if as_json:
+        click.echo(json.dumps({
+            "backend": stack.backend.kind,
+            "production_version": production.version if production else None,
+            "slots": slots,
+            "routing": routes,
+            "instruments_by_slot": per_slot,
+            "active_deployment": _deployment_dict(active) if active else None,
+            "recent_deployments": [_deployment_dict(d) for d in deployments],
+            "events": event_rows(events),
+        }, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"backend:    {stack.backend.kind}")
+    click.echo(f"production: {'version ' + str(production.version) if production else 'none (the first rollout bootstraps)'}")
+    click.echo(f"routing:    default -> {default or '(none)'}; " +
+               "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in _SLOTS))
+    if active is not None:
+        click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}")
+    click.echo("")
+    if slots:
+        _table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
+               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else f"DOWN ({s['detail'][:60]})",
+                 s["url"] or "-", str(s["pid"] or "-"), ",".join(per_slot.get(s["slot"], [])) or "-"] for s in slots])
+    else:
+        click.echo("no slot has ever been started")
+    if deployments:
+        click.echo("")
+        _table(["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
+               [[str(d.id), d.version, d.slot or "-", d.status, d.stage, d.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                 _one_line(d.reason or "-")[:80]] for d in deployments])
+    if events:
+        click.echo("")
+        _table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
+               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, _one_line(e.message)[:100]]
+                for e in events])
+
+
+def _deployment_dict(d: Any) -> dict[str, Any]:
+    return {"id": d.id, "version": d.version, "slot": d.slot, "status": d.status, "stage": d.stage,
+            "started_at": d.started_at.isoformat(), "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+            "reason": d.reason}
+
+
+@group.command(name="list-versions")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_domain_errors
+def list_versions_cmd(as_json: bool) -> None:
+    """Model versions with their stage and the slot serving each, newest first."""
+    stack = _stack()
+    slots = stack.state.slots()
+    serving = {}
+    for slot, info in slots.items():
+        if info.is_ready and info.version is not None:
+            serving.setdefault(info.version, []).append(slot)
+    versions = list(reversed(stack.registry.list_versions()))
+    rows = [{"version": v.version, "stage": v.stage, "name": v.name, "created_at": v.created_at.isoformat(),
+             "sha256": v.sha256, "serving_slots": sorted(serving.get(str(v.version), []))} for v in versions]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no model versions registered")
+        return
+    _table(["VERSION", "STAGE", "NAME", "CREATED", "SHA256", "SERVING"],
+           [[str(r["version"]), r["stage"], r["name"], r["created_at"][:19].replace("T", " "), r["sha256"][:12],
+             ",".join(r["serving_slots"]) or "-"] for r in rows])
+
+
+@group.command(name="rollout")
+@click.argument("version", type=int)
+@click.option("--stage-seconds", type=float, default=None, callback=_positive,
+              help="Seconds each traffic stage watches live traffic (default: settings, AUTOTRADER_STAGE_SECONDS).")
+@click.option("--traffic-rows", type=click.IntRange(2, 100_000), default=240, show_default=True,
+              help="Newest bar_features rows per instrument replayed through the slots.")
+@click.option("--actor", default=None, callback=_nonblank, help="Who runs it (default: $USER).")
+@_domain_errors
+def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None) -> None:
+    """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
+    from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
+    from deploy_ops.rollout import plan_stages
+
+    actor = _actor(actor)
+    settings = get_settings()
+    stack = _stack(stage_seconds)
+    bootstrap = stack.registry.get_production() is None
+    names = ["pre_deploy_checks", "deploy", "smoke_test",
+             *[p.name for p in plan_stages(stack.policy, bootstrap=bootstrap)], "finalize"]
+    traffic = WarehouseTrafficSource(settings.warehouse_path, stack.policy.instruments, rows=traffic_rows)
+    failures: list[str] = []
+    with click.progressbar(length=len(names), label=f"rollout of version {version}", show_pos=True,
+                           item_show_func=lambda s: s, file=click.get_text_stream("stderr")) as bar:
+
+        def progress(stage: str, report: Any) -> None:
+            if report is None:
+                bar.update(0, stage)
+                return
+            bar.update(1, stage)
+            if not report.passed:
+                failures.append(f"{stage}: {report.reason}")
+
+        report = stack.controller(actor=actor, progress=progress).run(version, traffic)
+    click.echo(report.markdown())
+    if not report.succeeded:
+        raise click.ClickException(f"rollout of version {version} {report.outcome}: {_one_line(report.reason or '')}")
+    click.echo(f"version {version} serves 100% of traffic from slot {report.candidate_slot}")
+
+
+@group.command(name="switch-traffic")
+@click.option("--to", "to_slot", type=click.Choice(_SLOTS), required=True, help="Slot to receive every instrument.")
+@click.option("--reason", default="manual traffic switch", show_default=True, callback=_nonblank)
+@click.option("--force", is_flag=True, help="Switch even if the slot does not serve the production version.")
+@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@_domain_errors
+def switch_traffic_cmd(to_slot: str, reason: str, force: bool, actor: str | None) -> None:
+    """Send every instrument to one slot now (it must be ready and healthy)."""
+    from deploy_ops.rollback import switch_traffic
+
+    stack = _stack()
+    table = switch_traffic(stack.registry, stack.state, stack.backend, to_slot, actor=_actor(actor), reason=reason,
+                           force=force)
+    click.echo(f"all traffic -> {to_slot} ({len(table)} route(s))")
+
+
+@group.command(name="rollback")
+@click.option("--to", "to_version", type=int, required=True, help="Version to return production to.")
+@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
+@click.option("--mark-failed", is_flag=True, help="Also mark the version leaving production as failed.")
+@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@_domain_errors
+def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | None) -> None:
+    """Return production to a named version, served from a freshly started slot."""
+    from deploy_ops.rollback import manual_rollback
+
+    stack = _stack()
+    report = manual_rollback(stack.registry, stack.state, stack.backend, to_version, reason=reason,
+                             actor=_actor(actor), mark_current_failed=mark_failed)
+    for action in report.actions:
+        click.echo(f"- {action}")
+    click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
+
+
+@group.command(name="emergency-rollback")
+@click.option("--reason", default="emergency rollback to the last known-good version", show_default=True,
+              callback=_nonblank)
+@click.option("--keep-current", is_flag=True, help="Archive the current production version instead of failing it.")
+@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@_domain_errors
+def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -> None:
+    """Everything to the last known-good version, now (minimal checks)."""
+    from deploy_ops.rollback import emergency_rollback
+
+    stack = _stack()
+    report = emergency_rollback(stack.registry, stack.state, stack.backend, reason=reason, actor=_actor(actor),
+                                mark_current_failed=not keep_current)
+    for action in report.actions:
+        click.echo(f"- {action}")
+    click.echo(f"production is version {report.to_version}, served from slot {report.slot}")

@@ -1,0 +1,228 @@
+"""The deployment stack -- state store, slot backend, rollout policy -- built from settings, and
+the warehouse traffic source a rollout replays. Plain Python (no Dagster imports): the Dagster
+resource and the ``autotrader deploy`` CLI build the same objects through these functions.
+
+The deployment state lives beside the registry (same database URL). The slot backend follows
+the profile: local processes under ``<AUTOTRADER_HOME>/slots`` in ``local``, ECS services
+behind the ALB in ``production``, configured by the JSON document in ``AUTOTRADER_ECS_CONFIG``
+(inline, or ``@/path/to/file.json``)::
+
+    {"deployer": {<EcsDeployerConfig fields>}, "endpoints": {"blue": "https://...", "green": "https://..."}}
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import duckdb
+import pandas as pd
+
+from autotrader_assets.settings import Settings, SettingsError
+from deploy_ops.registry import ModelRegistry, open_registry
+from deploy_ops.rollout import (
+    EcsBackend,
+    LocalBackend,
+    ProgressCallback,
+    RolloutController,
+    RolloutPolicy,
+    SlotBackend,
+)
+from deploy_ops.state import DeploymentStateStore
+
+ECS_CONFIG_ENV = "AUTOTRADER_ECS_CONFIG"
+BACKENDS = ("local", "ecs")
+FEATURE_TABLE = "bar_features"
+_BAR_COLUMNS = ("instrument", "ts", "date", "open", "high", "low", "close", "volume")
+
+
+@dataclass
+class DeploymentStack:
+    """Everything a rollout or rollback needs, opened together."""
+
+    registry: ModelRegistry
+    state: DeploymentStateStore
+    backend: SlotBackend
+    policy: RolloutPolicy
+
+    def controller(self, *, actor: str, progress: ProgressCallback | None = None) -> RolloutController:
+        return RolloutController(self.registry, self.state, self.backend, self.policy, actor=actor, progress=progress)
+
+
+def build_policy(
+    *,
+    instruments: Sequence[str],
+    canary_instruments: Sequence[str],
+    stage_seconds: float,
+    max_error_rate: float,
+    max_p99_latency_ms: float,
+    max_sharpe_drop: float,
+    fee_bps: float,
+    slippage_bps: float,
+    requests_per_second: float = 100.0,
+) -> RolloutPolicy:
+    return RolloutPolicy(
+        instruments=tuple(instruments), canary_instruments=tuple(canary_instruments), stage_seconds=stage_seconds,
+        max_error_rate=max_error_rate, max_p99_latency_ms=max_p99_latency_ms, max_sharpe_drop=max_sharpe_drop,
+        fee_bps=fee_bps, slippage_bps=slippage_bps, requests_per_second=requests_per_second,
+    )
+
+
+def policy_from_settings(settings: Settings, stage_seconds: float | None = None) -> RolloutPolicy:
+    t = settings.thresholds
+    return build_policy(
+        instruments=settings.instruments, canary_instruments=settings.canary_instruments,
+        stage_seconds=settings.stage_seconds if stage_seconds is None else stage_seconds,
+        max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms, max_sharpe_drop=t.max_sharpe_drop,
+        fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
+    )
+
+
+def backend_for_env(env: str) -> str:
+    """local profile -> local processes; production -> ECS."""
+    return "ecs" if env == "production" else "local"
+
+
+def parse_ecs_config(text: str) -> dict[str, Any]:
+    """The ECS deployment document: inline JSON or ``@path``; validated for shape here."""
+    text = (text or "").strip()
+    if not text:
+        raise SettingsError(f"the ECS backend needs {ECS_CONFIG_ENV} (JSON with 'deployer' and 'endpoints')")
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SettingsError(f"{ECS_CONFIG_ENV} names {path}, which cannot be read: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{ECS_CONFIG_ENV} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("deployer"), dict) \
+            or not isinstance(document.get("endpoints"), dict):
+        raise SettingsError(f"{ECS_CONFIG_ENV} must be an object with 'deployer' and 'endpoints' objects")
+    return document
+
+
+def ecs_config_from_environment() -> str:
+    """The raw ECS document (settings has no field for it yet, so it is read here)."""
+    return os.environ.get(ECS_CONFIG_ENV, "")
+
+
+def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
+                 ecs_config: str = "") -> SlotBackend:
+    if kind == "local":
+        from deploy_ops.local_deployer import LocalDeployer
+
+        return LocalBackend(LocalDeployer(state, workdir), registry)
+    if kind == "ecs":
+        from deploy_ops.ecs_deployer import EcsDeployer, EcsDeployerConfig
+
+        document = parse_ecs_config(ecs_config)
+        try:
+            config = EcsDeployerConfig(**document["deployer"])
+        except TypeError as exc:
+            raise SettingsError(f"{ECS_CONFIG_ENV} 'deployer' has unknown or missing fields: {exc}") from exc
+        return EcsBackend(EcsDeployer(config), state, document["endpoints"])
+    raise SettingsError(f"deployment backend must be one of {BACKENDS}, got {kind!r}")
+
+
+def open_stack(
+    registry: ModelRegistry,
+    *,
+    state_url: str,
+    backend: str,
+    workdir: str | os.PathLike[str],
+    policy: RolloutPolicy,
+    ecs_config: str = "",
+) -> DeploymentStack:
+    state = DeploymentStateStore(state_url)
+    return DeploymentStack(registry, state, open_backend(backend, state, registry, workdir=workdir,
+                                                         ecs_config=ecs_config), policy)
+
+
+def stack_from_settings(settings: Settings, *, stage_seconds: float | None = None) -> DeploymentStack:
+    registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region)
+    kind = backend_for_env(settings.env)
+    return open_stack(
+        registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
+        policy=policy_from_settings(settings, stage_seconds),
+        ecs_config=ecs_config_from_environment() if kind == "ecs" else "",
+    )
+
+
+def with_stage_seconds(stack: DeploymentStack, seconds: float | None) -> DeploymentStack:
+    return stack if seconds is None else replace(stack, policy=replace(stack.policy, stage_seconds=float(seconds)))
+
+
+class WarehouseTrafficSource:
+    """The newest ``rows`` rows of ``bar_features`` per instrument, read once (one read-only
+    connection) on first use, so a rollout never holds the warehouse open between stages."""
+
+    def __init__(self, path: str | os.PathLike[str], instruments: Sequence[str], rows: int = 240):
+        if rows < 2:
+            raise ValueError(f"rows must be >= 2, got {rows}")
+        self.path = str(path)
+        self.instruments = list(instruments)
+        self.rows = int(rows)
+        self._frames: dict[str, pd.DataFrame] | None = None
+
+    def _load(self) -> dict[str, pd.DataFrame]:
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"warehouse {self.path} does not exist; materialize the feature assets first")
+        con = duckdb.connect(self.path, read_only=True)
+        try:
+            tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+            if FEATURE_TABLE not in tables:
+                raise LookupError(f"warehouse {self.path} has no {FEATURE_TABLE} table; materialize the feature assets first")
+            frame = con.execute(
+                f"select * exclude (rn) from (select *, row_number() over (partition by instrument order by ts desc) rn "
+                f"from {FEATURE_TABLE} where list_contains(?::varchar[], instrument)) where rn <= ? order by instrument, ts",
+                [self.instruments, self.rows],
+            ).df()
+        finally:
+            con.close()
+        return {i: g.reset_index(drop=True) for i, g in frame.groupby("instrument", sort=False)}
+
+    def __call__(self, instrument: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if self._frames is None:
+            self._frames = self._load()
+        frame = self._frames.get(instrument)
+        if frame is None or frame.empty:
+            raise LookupError(f"{FEATURE_TABLE} has no rows for {instrument}")
+        bars = frame[[c for c in _BAR_COLUMNS if c in frame.columns and c != "instrument"]].copy()
+        bars["ts"] = pd.to_datetime(bars["ts"], utc=True)
+        features = frame[[c for c in frame.columns if c not in _BAR_COLUMNS]]
+        return features, bars
+
+
+def resolve_version(registry: ModelRegistry, version: int | None) -> int:
+    """The version to roll out: the one given, else the newest staging version."""
+    if version is not None:
+        return int(version)
+    newest = registry.get_by_stage("staging")
+    if newest is None:
+        raise LookupError("no staging version to deploy; register one (materialize registered_model) or name one")
+    return newest.version
+
+
+def summarize_slots(stack: DeploymentStack) -> list[dict[str, Any]]:
+    """Each recorded slot with a live health probe, for status views."""
+    out = []
+    for slot, info in sorted(stack.state.slots().items()):
+        if info.status == "ready":
+            check = stack.backend.check(slot, info.version)
+            healthy, detail = check.ok, check.detail
+        else:
+            healthy, detail = False, info.status
+        out.append({"slot": slot, "status": info.status, "version": info.version, "url": info.url, "pid": info.pid,
+                    "healthy": healthy, "detail": detail,
+                    "updated_at": info.updated_at.isoformat() if info.updated_at else None})
+    return out
+
+
+def event_rows(events: Sequence[Any]) -> list[Mapping[str, Any]]:
+    return [{"id": e.id, "at": e.at.isoformat(), "kind": e.kind, "severity": e.severity, "message": e.message}
+            for e in events]

@@ -1,0 +1,205 @@
+"""The Dagster side of deployment: ``production_deployment`` materialized against a temporary
+registry, state store and DuckDB warehouse with real slot processes; the rollback jobs; the
+deployment-failure sensor evaluated on a really failed run."""
+from __future__ import annotations
+
+import zlib
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from autotrader_assets.defs.deployment import (
+    DeploymentStackResource,
+    deployment_assets,
+    deployment_failure_sensor,
+    deployment_jobs,
+    deployment_resource,
+    deployment_sensors,
+    production_deployment,
+)
+from autotrader_assets.resources import RegistryResource, WarehouseResource, default_resources
+from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
+from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from tests.integration.test_rollout import CANARY, INSTRUMENTS, make_stack, predict_everywhere, register, teardown_stack
+
+N_ROWS = 300
+WARMUP = 60
+
+
+def write_bar_features(path) -> None:
+    """``bar_features`` as the dbt model lays it out, with ``ret_1`` predicting the next bar."""
+    frames = []
+    for instrument in INSTRUMENTS:
+        rng = np.random.default_rng(zlib.crc32(instrument.encode()))
+        signal = rng.normal(size=N_ROWS)
+        # signal[t] moves the open of bar t+2: the bar a position decided at t is held over
+        r = np.concatenate([[0.0005 * rng.normal()], 0.003 * signal + 0.0005 * rng.normal(size=N_ROWS)])
+        opens = 50.0 * np.cumprod(np.concatenate([[1.0], 1.0 + r]))
+        frame = pd.DataFrame({
+            "instrument": instrument,
+            "ts": pd.date_range("2024-05-01", periods=N_ROWS, freq="1min"),
+            "open": opens[:N_ROWS], "close": opens[1: N_ROWS + 1],
+        })
+        frame["date"] = frame["ts"].dt.date
+        frame["high"] = frame[["open", "close"]].max(axis=1) * 1.0004
+        frame["low"] = frame[["open", "close"]].min(axis=1) * 0.9996
+        frame["volume"] = rng.lognormal(3, 0.5, size=N_ROWS)
+        for j, name in enumerate(FEATURE_COLUMNS):
+            frame[name] = signal if j == 0 else rng.normal(size=N_ROWS)
+        frame.loc[: WARMUP - 1, list(FEATURE_COLUMNS)] = np.nan  # warm-up rows are NULL
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.register("frame", table)
+        con.execute("create table bar_features as select * from frame")
+    finally:
+        con.close()
+
+
+def feature_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
+    n = len(FEATURE_COLUMNS)
+    model = build_model("logistic", n)
+    with torch.no_grad():
+        model.linear.weight.zero_()
+        model.linear.weight[0, 0] = weight
+        model.linear.bias[:] = bias
+    return ModelBundle(model=model, model_class="logistic", model_kwargs={},
+                       scaler=StandardScaler(mean=np.zeros(n), std=np.ones(n)), feature_names=list(FEATURE_COLUMNS))
+
+
+@pytest.fixture
+def env(tmp_path):
+    stack = make_stack(tmp_path)
+    warehouse = tmp_path / "warehouse.duckdb"
+    write_bar_features(warehouse)
+    resources = {
+        "registry": RegistryResource(url=stack.url, artifacts_uri=str(tmp_path / "artifacts")),
+        "deployment": DeploymentStackResource(
+            state_url=stack.url, backend="local", workdir=str(tmp_path / "slots"), instruments=list(INSTRUMENTS),
+            canary_instruments=list(CANARY), stage_seconds=1.0, requests_per_second=150,
+        ),
+        "warehouse": WarehouseResource(path=str(warehouse)),
+    }
+    v1 = register(stack.registry, feature_bundle(3.0))
+    stack.registry.promote(v1.version, actor="test", reason="initial production")
+    stack.backend.start("blue", stack.registry.get(v1.version))
+    stack.state.switch_all("blue")
+    stack.resources = resources
+    stack.v1 = v1
+    yield stack
+    teardown_stack(stack)
+
+
+def _config(**config):
+    return {"ops": {"production_deployment": {"config": config}}}
+
+
+def test_definitions_name_everything(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
+    for name in ("AUTOTRADER_ENV", "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARTIFACTS_URI", "AUTOTRADER_INSTRUMENTS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    resources = {**default_resources(settings), "deployment": deployment_resource(settings)}
+    assert resources["deployment"].state_url == settings.registry_url  # state lives beside the registry
+    assert resources["deployment"].backend == "local"
+    assert resources["deployment"].canary_instruments == ["BTCUSDT", "ETHUSDT"]
+    defs = dg.Definitions(assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors,
+                          resources=resources)
+    assert [a.key for a in deployment_assets] == [dg.AssetKey("production_deployment")]
+    assert sorted(j.name for j in deployment_jobs) == ["deployment_pipeline", "emergency_rollback", "model_rollback"]
+    assert [s.name for s in deployment_sensors] == ["deployment_failure_sensor"]
+    spec = production_deployment.specs_by_key[dg.AssetKey("production_deployment")]
+    assert dg.AssetKey("registered_model") in {d.asset_key for d in spec.deps}
+    assert spec.description and "\n" not in spec.description.strip()
+    assert defs.resolve_job_def("model_rollback").name == "model_rollback"
+
+
+@pytest.mark.slow
+def test_production_deployment_materializes_a_gated_rollout(env):
+    v2 = register(env.registry, feature_bundle(3.0, bias=0.02))
+    result = dg.materialize([production_deployment], resources=env.resources, run_config=_config(),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    metadata = result.asset_materializations_for_node("production_deployment")[0].metadata
+    assert metadata["outcome"].value == "succeeded"
+    assert metadata["version"].value == v2.version  # default: the newest staging version
+    table = metadata["gate_readings"].value
+    for stage in ("canary", "pct_25", "pct_50", "pct_100"):
+        assert f"| {stage} | pass |" in table
+    report = metadata["report"].data
+    assert [s["stage"] for s in report["stages"]][-1] == "finalize"
+    canary = next(s for s in report["stages"] if s["stage"] == "canary")
+    assert {g["gate"] for g in canary["gates"]} >= {"health", "error_rate", "p99_latency_ms", "sharpe"}
+    assert canary["sharpe"]["live"] > 0 and canary["traffic"]["candidate"]["errors"] == 0
+    assert env.registry.get_production().version == v2.version
+    assert env.registry.history(v2.version)[-1].actor.startswith("dagster:")
+    assert predict_everywhere(env.state, len(FEATURE_COLUMNS)) == {i: str(v2.version) for i in INSTRUMENTS}
+
+
+@pytest.mark.slow
+def test_rolled_back_rollout_fails_the_run_and_the_sensor_secures_traffic(env):
+    anti = register(env.registry, feature_bundle(-3.0))
+    defs = dg.Definitions(assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors,
+                          resources=env.resources)
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("deployment_pipeline").execute_in_process(
+        run_config=_config(version=anti.version), instance=instance, raise_on_error=False)
+
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert "rolled_back" in failure.user_failure_data.description
+    assert "| canary | **FAIL** |" in failure.user_failure_data.metadata["gate_readings"].value
+    # the rollback finished before the run failed
+    assert env.registry.get(anti.version).stage == "failed"
+    assert set(env.state.routing_table().values()) == {"blue"}
+    assert env.state.get_slot("green").status == "stopped"
+
+    env.state.set_routes({"BTCUSDT": "green"})  # as if a half-finished switch had been left behind
+    context = dg.build_run_status_sensor_context(
+        sensor_name="deployment_failure_sensor", dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance, dagster_run=result.dagster_run, resources=env.resources,
+    ).for_run_failure()
+    deployment_failure_sensor(context)
+
+    critical = env.state.events_since(0, kinds=["deployment_run_failed"])
+    assert len(critical) == 1 and critical[0].severity == "critical"
+    assert critical[0].details["run_id"] == result.run_id
+    assert set(env.state.routing_table().values()) == {"blue"}
+    ensured = env.state.events_since(0, kinds=["production_serving_ensured"])[-1]
+    assert ensured.details["slot"] == "blue" and "all routes -> blue" in ensured.details["actions"]
+    assert predict_everywhere(env.state, len(FEATURE_COLUMNS)) == {i: str(env.v1.version) for i in INSTRUMENTS}
+
+
+@pytest.mark.slow
+def test_model_rollback_and_emergency_rollback_jobs(env):
+    v2 = register(env.registry, feature_bundle(3.0, bias=0.05))
+    defs = dg.Definitions(jobs=deployment_jobs, resources=env.resources)
+    instance = dg.DagsterInstance.ephemeral()
+
+    manual = defs.resolve_job_def("model_rollback").execute_in_process(
+        run_config={"ops": {"rollback_model": {"config": {"to_version": v2.version, "reason": "hotfix model",
+                                                          "actor": "bob"}}}}, instance=instance)
+    assert manual.success
+    assert manual.output_for_node("rollback_model")["slot"] == "green"
+    assert env.registry.get_production().version == v2.version
+    assert env.registry.audit(v2.version)[-1].reason == "hotfix model"
+    assert predict_everywhere(env.state, len(FEATURE_COLUMNS)) == {i: str(v2.version) for i in INSTRUMENTS}
+
+    emergency = defs.resolve_job_def("emergency_rollback").execute_in_process(instance=instance)
+    assert emergency.success
+    out = emergency.output_for_node("rollback_to_last_known_good")
+    assert (out["to_version"], out["slot"], out["actor"]) == (env.v1.version, "blue", f"dagster:{emergency.run_id}")
+    assert env.registry.get_production().version == env.v1.version
+    assert env.registry.get(v2.version).stage == "failed"
+    assert predict_everywhere(env.state, len(FEATURE_COLUMNS)) == {i: str(env.v1.version) for i in INSTRUMENTS}
+
+    refused = defs.resolve_job_def("model_rollback").execute_in_process(
+        run_config={"ops": {"rollback_model": {"config": {"to_version": v2.version, "reason": "again"}}}},
+        instance=instance, raise_on_error=False)
+    assert not refused.success  # a failed version is never served again
+    assert "it is marked failed" in refused.get_step_failure_events()[0].step_failure_data.error.to_string()

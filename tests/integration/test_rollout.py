@@ -1,0 +1,618 @@
+"""The rollout controller against real serving processes on loopback (and ECS/ALB on moto).
+
+Models are logistic bundles on synthetic bars where feature ``f0`` predicts the next bar's
+return: a positive weight on ``f0`` trades profitably, a negative one loses, so the Sharpe gate
+has a real difference to see. The helpers here are shared by ``test_rollback.py`` and by the
+controller subprocess of the interrupted-rollout test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deploy_ops.client import RoutedClient, ServingClient
+from deploy_ops.local_deployer import LocalDeployer
+from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from deploy_ops.registry import open_registry
+from deploy_ops.rollout import (
+    LocalBackend,
+    RolloutController,
+    RolloutPolicy,
+    histogram_quantile,
+    parse_serving_metrics,
+    plan_stages,
+    server_delta,
+    sharpe_gate,
+)
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INSTRUMENTS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT")
+CANARY = ("BTCUSDT", "ETHUSDT")
+FEATURES = ["f0", "f1", "f2"]
+TRAFFIC_STAGES = ["canary", "pct_25", "pct_50", "pct_100"]
+
+
+# ------------------------------------------------------------------------------ shared helpers
+
+
+def synthetic_market(instrument: str, n: int = 240, signal: float = 0.003, noise: float = 0.0005):
+    """Feature rows and 1-minute bars where ``f0`` at bar t predicts the open-to-open return of the
+    bar the backtest holds a position for (filled at t+1's open, marked until t+2's open)."""
+    rng = np.random.default_rng(zlib.crc32(instrument.encode()))
+    f0 = rng.normal(size=n)
+    r = np.empty(n + 1)
+    r[0] = noise * rng.normal()
+    r[1:] = signal * f0 + noise * rng.normal(size=n)
+    opens = 100.0 * np.cumprod(np.concatenate([[1.0], 1.0 + r]))
+    o, c = opens[:n], opens[1: n + 1]
+    bars = pd.DataFrame({
+        "ts": pd.date_range("2024-03-01", periods=n, freq="1min", tz="UTC"),
+        "open": o, "high": np.maximum(o, c) * 1.0005, "low": np.minimum(o, c) * 0.9995, "close": c,
+        "volume": rng.lognormal(3.0, 0.5, size=n),
+    })
+    features = pd.DataFrame({"f0": f0, "f1": rng.normal(size=n), "f2": rng.normal(size=n)})
+    features.iloc[:5] = np.nan  # warm-up rows, as bar_features has them
+    return features, bars
+
+
+def traffic_source(instrument: str):
+    return synthetic_market(instrument)
+
+
+def logistic_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
+    """P(up) = sigmoid(weight * f0 + bias): weight > 0 is the good model, < 0 the anti-model."""
+    model = build_model("logistic", len(FEATURES))
+    with torch.no_grad():
+        model.linear.weight[:] = torch.tensor([[weight, 0.0, 0.0]])
+        model.linear.bias[:] = bias
+    return ModelBundle(model=model, model_class="logistic", model_kwargs={},
+                       scaler=StandardScaler(mean=np.zeros(len(FEATURES)), std=np.ones(len(FEATURES))),
+                       feature_names=list(FEATURES), metadata={"weight": weight, "bias": bias})
+
+
+def rollout_policy(**overrides) -> RolloutPolicy:
+    kwargs = dict(instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0, requests_per_second=150,
+                  min_requests=10, health_interval_seconds=0.2, lease_timeout_seconds=30)
+    kwargs.update(overrides)
+    return RolloutPolicy(**kwargs)
+
+
+
+
+def pid_running(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_running(pid)
+
+
+def register(registry, bundle: ModelBundle, stage: str = "staging"):
+    return registry.register(bundle, metrics={"auc": 0.6}, params={}, lineage={"test": True}, stage=stage,
+                             actor="test", reason="trained in a test")
+
+
+def make_stack(tmp_path: Path) -> SimpleNamespace:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"  # state lives beside the registry, as in production
+    registry = open_registry(url, str(tmp_path / "artifacts"))
+    state = DeploymentStateStore(url)
+    deployer = LocalDeployer(state, tmp_path / "slots", ready_timeout=60, stop_grace=3)
+    backend = LocalBackend(deployer, registry)
+    return SimpleNamespace(url=url, registry=registry, state=state, deployer=deployer, backend=backend, tmp=tmp_path)
+
+
+def teardown_stack(stack: SimpleNamespace) -> None:
+    """Stop every slot recorded in the store (also ones another process started); fail on leaks."""
+    for slot, info in stack.state.slots().items():
+        if info.pid and pid_running(info.pid):
+            stack.deployer.stop_slot(slot, force=True)
+    leaked = [info.pid for info in stack.state.slots().values() if info.pid and not wait_dead(info.pid, 5)]
+    assert leaked == [], f"slot processes left running: {leaked}"
+
+
+def serve_production(stack: SimpleNamespace, bundle: ModelBundle, slot: str = "blue"):
+    """Register ``bundle``, promote it and serve it from ``slot`` with every route on it."""
+    mv = register(stack.registry, bundle)
+    stack.registry.promote(mv.version, actor="test", reason="initial production")
+    stack.backend.start(slot, stack.registry.get(mv.version))
+    stack.state.switch_all(slot)
+    return stack.registry.get(mv.version)
+
+
+def predict_everywhere(state: DeploymentStateStore, n_features: int = len(FEATURES)) -> dict[str, str]:
+    """Ask the router for every instrument; return the version that answered each."""
+    rows = np.zeros((2, n_features))
+    with RoutedClient(state, cache_seconds=0) as client:
+        return {i: client.predict(i, rows).model_version for i in INSTRUMENTS}
+
+
+def predict_5xx(url: str) -> int:
+    with ServingClient(url) as client:
+        parsed = parse_serving_metrics(client.metrics_text())
+    return int(sum(v for k, v in parsed["by_status"].items() if k.startswith("5")))
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = make_stack(tmp_path)
+    yield s
+    teardown_stack(s)
+
+
+def controller_for(stack, policy=None, **kwargs) -> RolloutController:
+    return RolloutController(stack.registry, stack.state, stack.backend, policy or rollout_policy(), actor="tester", **kwargs)
+
+
+# ------------------------------------------------------------------------------- pure functions
+
+
+def test_plan_stages_grows_from_canaries_to_everything():
+    policy = RolloutPolicy(instruments=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT",
+                                        "AVAXUSDT"), canary_instruments=("BTCUSDT", "ETHUSDT"))
+    plans = plan_stages(policy)
+    assert [p.name for p in plans] == TRAFFIC_STAGES
+    assert [len(p.candidate_instruments) for p in plans] == [2, 2, 4, 8]
+    assert [p.weight_percent for p in plans] == [10, 25, 50, 100]
+    assert [p.all_traffic for p in plans] == [False, False, False, True]
+    for earlier, later in zip(plans, plans[1:]):
+        assert set(earlier.candidate_instruments) <= set(later.candidate_instruments)
+    boot = plan_stages(policy, bootstrap=True)
+    assert [(p.name, p.all_traffic, p.compare_sharpe) for p in boot] == [("bootstrap", True, False)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(canary_instruments=("DOGEUSDT",)), "not among the instruments"),
+    (dict(percentages=(50, 25, 100)), "must rise strictly"),
+    (dict(percentages=(25, 50)), "end at 100"),
+    (dict(stage_seconds=0), "stage_seconds must be a positive"),
+    (dict(max_error_rate=1.5), "max_error_rate must be within"),
+])
+def test_policy_rejects_bad_settings(kwargs, message):
+    base = dict(instruments=INSTRUMENTS, canary_instruments=CANARY)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        RolloutPolicy(**base)
+
+
+def test_sharpe_gate_floor_follows_the_sign_of_the_live_sharpe():
+    assert sharpe_gate(2.0, 1.7, 0.2).passed  # 15% below
+    assert not sharpe_gate(2.0, 1.5, 0.2).passed  # 25% below
+    assert sharpe_gate(-1.0, -1.1, 0.2).passed  # floor -1.2
+    assert not sharpe_gate(-1.0, -1.3, 0.2).passed
+    assert not sharpe_gate(1.0, None, 0.2).passed  # a candidate that never trades earns nothing
+    assert sharpe_gate(None, None, 0.2).passed
+
+
+def test_server_metrics_parsing_and_quantiles():
+    text = "\n".join([
+        "# TYPE autotrader_serving_requests_total counter",
+        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="200"} 98.0',
+        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="500"} 2.0',
+        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/health",status="200"} 7.0',
+        "# TYPE autotrader_serving_request_duration_seconds histogram",
+        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.001"} 50.0',
+        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.01"} 90.0',
+        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.3"} 100.0',
+        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="+Inf"} 100.0',
+        'autotrader_serving_request_duration_seconds_sum{slot="green",model_version="2",endpoint="/predict"} 1.0',
+        'autotrader_serving_request_duration_seconds_count{slot="green",model_version="2",endpoint="/predict"} 100.0',
+    ]) + "\n"
+    after = parse_serving_metrics(text)
+    assert after["by_status"] == {"200": 98.0, "500": 2.0}
+    assert histogram_quantile(0.5, after["buckets"]) == pytest.approx(0.001)
+    assert histogram_quantile(0.99, after["buckets"]) == pytest.approx(0.01 + 0.29 * 0.9)
+    delta = server_delta({"by_status": {"200": 48.0}, "buckets": {0.001: 20.0, 0.01: 40.0, 0.3: 48.0,
+                                                                    float("inf"): 48.0}}, after)
+    assert (delta["requests"], delta["errors_5xx"]) == (52, 2)
+    assert delta["error_rate"] == pytest.approx(2 / 52)
+
+
+# ------------------------------------------------------------------------- refusals (no process)
+
+
+def test_pre_deploy_checks_refuse_without_touching_anything(stack):
+    candidate = register(stack.registry, logistic_bundle(3.0), stage="candidate")
+    controller = controller_for(stack)
+    report = controller.run(candidate.version, traffic_source)
+    assert report.outcome == "refused"
+    gates = {g.gate: g for g in report.stages[0].gates}
+    assert not gates["stage_is_staging"].passed and "only staging versions" in gates["stage_is_staging"].detail
+    assert gates["artifact_verifies"].passed and gates["traffic_available"].passed
+
+    unknown = controller.run(99, traffic_source)
+    assert not {g.gate: g for g in unknown.stages[0].gates}["version_exists"].passed
+
+    # production exists, but nothing serves it: the rollout refuses and says how to restore
+    prod = register(stack.registry, logistic_bundle(3.0, bias=0.1))
+    stack.registry.promote(prod.version, actor="test", reason="setup")
+    staged = register(stack.registry, logistic_bundle(3.0, bias=0.2))
+    report = controller.run(staged.version, traffic_source)
+    health = {g.gate: g for g in report.stages[0].gates}["system_healthy"]
+    assert report.outcome == "refused" and not health.passed
+    assert f"deploy rollback --to {prod.version}" in health.detail
+
+    def broken_source(instrument):
+        features, bars = synthetic_market(instrument)
+        return features.iloc[:10], bars
+
+    refused = controller.run(staged.version, broken_source)
+    assert "10 feature rows but 240 bars" in {g.gate: g for g in refused.stages[0].gates}["traffic_available"].detail
+
+    assert stack.state.slots() == {}  # nothing was started
+    assert stack.registry.get(staged.version).stage == "staging"  # a refusal does not fail the model
+    deployments = stack.state.deployments()
+    assert [d.status for d in deployments] == ["failed"] * 4
+    refusals = stack.state.events_since(0, kinds=["rollout_refused"])
+    assert len(refusals) == 4 and all(e.severity == "warning" for e in refusals)
+
+
+# ------------------------------------------------------------------------------ real processes
+
+
+@pytest.mark.slow
+def test_clean_rollout_to_100_percent(stack):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    blue_pid = stack.state.get_slot("blue").pid
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
+    seen: list[tuple[str, bool | None]] = []
+    controller = controller_for(stack, progress=lambda stage, rep: seen.append((stage, None if rep is None else rep.passed)))
+
+    report = controller.run(v2.version, traffic_source)
+
+    assert report.outcome == "succeeded", report.markdown()
+    assert (report.mode, report.live_slot, report.candidate_slot) == ("blue_green", "blue", "green")
+    assert [s.stage for s in report.stages] == [
+        "pre_deploy_checks", "deploy", "smoke_test", *TRAFFIC_STAGES, "finalize"]
+    assert [s for s, passed in seen if passed] == [s.stage for s in report.stages]
+    plans = {p.name: p for p in plan_stages(controller.policy)}
+    for name in TRAFFIC_STAGES:
+        stage = report.stage(name)
+        assert stage.candidate_instruments == list(plans[name].candidate_instruments)
+        cand, live = stage.traffic["candidate"], stage.traffic["live"]
+        assert cand["requests"] >= 10 and cand["errors"] == 0 and live["errors"] == 0
+        assert cand["p99_ms"] < 200
+        assert stage.server["candidate"]["requests"] >= cand["requests"]  # the slot saw what we sent
+        assert stage.sharpe["coverage"] == 1.0 and stage.sharpe["live"] > 0
+        assert abs(stage.sharpe["candidate"] - stage.sharpe["live"]) <= 0.2 * stage.sharpe["live"]
+        assert {g.gate for g in stage.gates} >= {"health", "error_rate", "p99_latency_ms", "sharpe"}
+    assert report.stage("smoke_test").gate("known_answer").value < 1e-5
+    assert "| canary | pass |" in report.markdown()
+    assert json.loads(report.to_json())["outcome"] == "succeeded"
+
+    assert stack.registry.get_production().version == v2.version
+    assert stack.registry.get(v1.version).stage == "archived"
+    assert "gates passed at" in stack.registry.history(v2.version)[-1].reason
+    assert set(stack.state.routing_table().values()) == {"green"}
+    assert stack.state.get_slot("blue").status == "stopped" and wait_dead(blue_pid)
+    assert predict_everywhere(stack.state) == {i: str(v2.version) for i in INSTRUMENTS}
+    assert stack.state.deployments()[0].status == "succeeded"
+    kinds = [e.kind for e in stack.state.events_since(0)]
+    assert kinds.count("rollout_stage_passed") >= 6 and kinds[-1] == "rollout_succeeded"
+    assert controller.live_slot() == "green"  # roles swap: the next rollout goes to blue
+
+
+@pytest.mark.slow
+def test_bootstrap_then_next_rollout_goes_to_the_other_slot(stack):
+    v1 = register(stack.registry, logistic_bundle(3.0))
+    controller = controller_for(stack)
+    first = controller.run(v1.version, traffic_source)
+    assert first.outcome == "succeeded", first.markdown()
+    assert (first.mode, first.candidate_slot, first.live_slot) == ("bootstrap", "blue", None)
+    assert [s.stage for s in first.stages] == ["pre_deploy_checks", "deploy", "smoke_test", "bootstrap", "finalize"]
+    boot = first.stage("bootstrap")
+    assert boot.candidate_instruments == list(INSTRUMENTS)
+    assert boot.gate("sharpe").passed and "bootstrap" in boot.gate("sharpe").detail
+    assert boot.gate("error_rate").passed and boot.traffic["candidate"]["requests"] >= 10
+    assert stack.registry.get_production().version == v1.version
+    assert stack.state.routing_table()[DEFAULT_ROUTE] == "blue"
+
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=-0.02))
+    second = controller.run(v2.version, traffic_source)
+    assert second.outcome == "succeeded", second.markdown()
+    assert (second.live_slot, second.candidate_slot) == ("blue", "green")
+    assert stack.state.get_slot("blue").status == "stopped"
+    assert controller.live_slot() == "green"
+
+
+@pytest.mark.slow
+def test_green_returning_errors_rolls_back_at_the_canary(stack):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
+    report = controller_for(stack).run(v2.version, traffic_source,
+                                       candidate_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.25"})
+
+    assert report.outcome == "rolled_back", report.markdown()
+    assert report.failed_stage == "canary"
+    gate = report.stage("canary").gate("error_rate")
+    assert not gate.passed and gate.value > 0.01 and "injected fault" in gate.detail
+    assert report.stage("canary").traffic["live"]["errors"] == 0
+    failed = stack.registry.get(v2.version)
+    assert failed.stage == "failed" and "error_rate" in stack.registry.history(v2.version)[-1].reason
+    assert stack.registry.get_production().version == v1.version
+    assert set(stack.state.routing_table().values()) == {"blue"}
+    assert stack.state.get_slot("green").status == "stopped"
+    assert not pid_running(stack.state.get_slot("green").pid)
+    event = stack.state.events_since(0, kinds=["rollout_rolled_back"])[-1]
+    assert event.severity == "critical" and event.details["stage"] == "canary"
+    assert stack.state.deployments()[0].status == "rolled_back"
+    assert predict_everywhere(stack.state) == {i: str(v1.version) for i in INSTRUMENTS}
+
+
+@pytest.mark.slow
+def test_green_killed_mid_rollout_rolls_back_and_blue_never_fails(stack):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
+    killed: list[int] = []
+
+    def kill_green_at_25(stage, rep):
+        if stage == "pct_25" and rep is None:
+            pid = stack.state.get_slot("green").pid
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    report = controller_for(stack, progress=kill_green_at_25).run(v2.version, traffic_source)
+
+    assert killed and report.outcome == "rolled_back", report.markdown()
+    assert report.failed_stage == "pct_25"
+    assert [s.stage for s in report.stages if s.passed][-1] == "canary"
+    health = report.stage("pct_25").gate("health")
+    assert not health.passed and "not running" in health.detail
+    for stage in report.stages:
+        if "live" in stage.traffic:
+            assert stage.traffic["live"]["errors"] == 0, stage.traffic["live"]
+    assert predict_5xx(stack.state.get_slot("blue").url) == 0
+    assert stack.registry.get(v2.version).stage == "failed"
+    assert set(stack.state.routing_table().values()) == {"blue"}
+    assert stack.state.get_slot("green").status == "stopped"
+    assert predict_everywhere(stack.state) == {i: str(v1.version) for i in INSTRUMENTS}
+
+
+@pytest.mark.slow
+def test_slow_green_trips_the_p99_gate(stack):
+    serve_production(stack, logistic_bundle(3.0))
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
+    report = controller_for(stack).run(v2.version, traffic_source, candidate_env={"AUTOTRADER_FAULT_LATENCY_MS": "260"})
+    assert report.outcome == "rolled_back", report.markdown()
+    assert report.failed_stage == "canary"
+    gate = report.stage("canary").gate("p99_latency_ms")
+    assert not gate.passed and gate.value > 250 and gate.threshold == 200
+    assert report.stage("canary").gate("error_rate").passed  # slow, not failing
+    assert report.stage("canary").server["candidate"]["p99_ms"] > 200  # the slot's own histogram agrees
+    assert stack.registry.get(v2.version).stage == "failed"
+    assert set(stack.state.routing_table().values()) == {"blue"}
+
+
+@pytest.mark.slow
+def test_worse_model_trips_the_sharpe_gate(stack):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    anti = register(stack.registry, logistic_bundle(-3.0))
+    report = controller_for(stack).run(anti.version, traffic_source)
+    assert report.outcome == "rolled_back", report.markdown()
+    assert report.failed_stage == "canary"
+    canary = report.stage("canary")
+    assert canary.gate("error_rate").passed and canary.gate("p99_latency_ms").passed
+    gate = canary.gate("sharpe")
+    assert not gate.passed
+    assert canary.sharpe["live"] > 0 > canary.sharpe["candidate"]
+    assert canary.sharpe["instruments"] == list(CANARY)
+    assert canary.sharpe["live_backtest"]["n_fills"] > 0  # costs were paid on real fills
+    assert stack.registry.get(anti.version).stage == "failed"
+    assert stack.registry.get_production().version == v1.version
+    assert set(stack.state.routing_table().values()) == {"blue"}
+
+
+_CONTROLLER_SCRIPT = """
+import json, sys
+from pathlib import Path
+from tests.integration.test_rollout import make_stack, rollout_policy, traffic_source
+from deploy_ops.rollout import RolloutController
+args = json.loads(sys.argv[1])
+stack = make_stack(Path(args["tmp"]))
+controller = RolloutController(stack.registry, stack.state, stack.backend,
+                               rollout_policy(stage_seconds=60.0, stage_timeout_seconds=120.0), actor="doomed")
+controller.run(args["version"], traffic_source)
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_rollout_is_recovered_by_the_next_controller(stack):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
+    log = open(stack.tmp / "controller.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CONTROLLER_SCRIPT, json.dumps({"tmp": str(stack.tmp), "version": v2.version})],
+        cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            dep = stack.state.active_deployment()
+            # the stage is recorded a moment before its routes: wait for both
+            if dep is not None and dep.stage == "canary" and stack.state.routing_table().get("BTCUSDT") == "green":
+                break
+            assert proc.poll() is None, (stack.tmp / "controller.log").read_text()
+            time.sleep(0.1)
+        else:
+            pytest.fail("the controller never reached the canary: " + (stack.tmp / "controller.log").read_text())
+        controller = controller_for(stack)
+        with pytest.raises(DeploymentInProgressError, match="owner"):
+            controller.recover_interrupted()  # its owner is alive: hands off
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    green_pid = stack.state.get_slot("green").pid
+    assert pid_running(green_pid)  # the half-deployed slot outlived its controller
+
+    recovery = controller.recover_interrupted()
+
+    assert recovery is not None and recovery.outcome == "rolled_back" and recovery.stage == "canary"
+    assert recovery.live_slot == "blue"
+    assert set(stack.state.routing_table().values()) == {"blue"}
+    assert wait_dead(green_pid) and stack.state.get_slot("green").status == "stopped"
+    dep = stack.state.deployments()[0]
+    assert dep.status == "failed" and "interrupted at stage canary" in dep.reason
+    event = stack.state.events_since(0, kinds=["rollout_interrupted"])[-1]
+    assert event.severity == "critical" and event.details["owner"].endswith(f":{proc.pid}")
+    assert stack.registry.get(v2.version).stage == "staging"  # interrupted, never judged
+    assert stack.registry.get_production().version == v1.version
+    assert predict_everywhere(stack.state) == {i: str(v1.version) for i in INSTRUMENTS}
+    assert controller.recover_interrupted() is None  # nothing left to recover
+
+
+# ------------------------------------------------------------------------------ ECS on moto
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent",
+                        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("MOTO_ECS_SERVICE_RUNNING", raising=False)
+    import boto3
+    from moto import mock_aws
+
+    from deploy_ops.ecs_deployer import EcsDeployer, EcsDeployerConfig
+
+    with mock_aws():
+        region = "us-east-1"
+        ec2, ecs, elbv2 = (boto3.client(n, region_name=region) for n in ("ec2", "ecs", "elbv2"))
+        boto3.client("s3", region_name=region).create_bucket(Bucket="autotrader-models")
+        vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{i}.0/24", AvailabilityZone=f"{region}{az}")
+                   ["Subnet"]["SubnetId"] for i, az in enumerate("ab")]
+        sg = ec2.create_security_group(GroupName="serving", Description="serving", VpcId=vpc)["GroupId"]
+        lb = elbv2.create_load_balancer(Name="serving", Subnets=subnets, SecurityGroups=[sg], Scheme="internal",
+                                        Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
+        tg = {slot: elbv2.create_target_group(Name=f"serving-{slot}", Protocol="HTTP", Port=8080, VpcId=vpc,
+                                              TargetType="ip", HealthCheckPath="/health")
+              ["TargetGroups"][0]["TargetGroupArn"] for slot in ("blue", "green")}
+        listener = elbv2.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80,
+                                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["blue"]}]
+                                         )["Listeners"][0]["ListenerArn"]
+        ecs.create_cluster(clusterName="autotrader")
+        for i, slot in enumerate(("blue", "green")):
+            # What ECS does for a load-balanced service and moto does not: register the task IP.
+            elbv2.register_targets(TargetGroupArn=tg[slot], Targets=[{"Id": f"10.30.0.{10 + i}", "Port": 8080}])
+        config = EcsDeployerConfig(
+            cluster="autotrader", service_prefix="serving", task_family="serving", container_name="serving",
+            image="123456789012.dkr.ecr.us-east-1.amazonaws.com/serving:1", cpu=256, memory=512,
+            subnets=subnets, security_groups=[sg], listener_arn=listener, blue_target_group_arn=tg["blue"],
+            green_target_group_arn=tg["green"], region=region,
+            execution_role_arn="arn:aws:iam::123456789012:role/exec",
+            serving_token_secret_arn="arn:aws:ssm:us-east-1:123456789012:parameter/serving-token",
+            stable_timeout_seconds=60, poll_interval_seconds=5,
+        )
+        clock = _Clock()
+        deployer = EcsDeployer(config, ecs_client=ecs, elbv2_client=elbv2, sleep=clock.sleep, clock=clock)
+        yield SimpleNamespace(deployer=deployer, ecs=ecs)
+
+
+def _ecs_stack(tmp_path, aws, green_env=None):
+    """Registry artifacts on (moto) S3; ECS services on moto; the containers' serving app runs as
+    local processes behind the per-slot endpoints, since moto runs no containers."""
+    from deploy_ops.rollout import EcsBackend
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    registry = open_registry(url, "s3://autotrader-models/models")
+    state = DeploymentStateStore(url)
+    v1 = register(registry, logistic_bundle(3.0))
+    registry.promote(v1.version, actor="test", reason="initial production")
+    v2 = register(registry, logistic_bundle(3.0, bias=0.02))
+    tasks_state = DeploymentStateStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    tasks = LocalDeployer(tasks_state, tmp_path / "tasks", ready_timeout=60, stop_grace=3)
+    endpoints = {}
+    for slot, mv, env in (("blue", v1, None), ("green", v2, green_env)):
+        path = tmp_path / f"task-{slot}.pt"
+        path.write_bytes(registry.artifacts.get(mv.artifact_uri, mv.sha256))
+        endpoints[slot] = tasks.start_slot(slot, path, mv.sha256, str(mv.version), env=env).url
+    backend = EcsBackend(aws.deployer, state, endpoints)
+    backend.start("blue", v1)
+    state.switch_all("blue")
+    backend.set_weights({"blue": 100, "green": 0})
+    return SimpleNamespace(registry=registry, state=state, backend=backend, tasks=tasks, v1=v1, v2=v2)
+
+
+def _desired(aws, slot):
+    return aws.ecs.describe_services(cluster="autotrader", services=[f"serving-{slot}"])["services"][0]["desiredCount"]
+
+
+@pytest.mark.slow
+def test_ecs_rollout_walks_the_alb_weights_and_scales_blue_to_zero(tmp_path, aws):
+    s = _ecs_stack(tmp_path, aws)
+    try:
+        weights: dict[str, dict] = {}
+
+        def record(stage, rep):
+            if rep is not None and stage in TRAFFIC_STAGES:
+                weights[stage] = aws.deployer.current_weights()
+
+        report = RolloutController(s.registry, s.state, s.backend, rollout_policy(), progress=record).run(
+            s.v2.version, traffic_source)
+        assert report.outcome == "succeeded", report.markdown()
+        assert {k: v["green"] for k, v in weights.items()} == {"canary": 10, "pct_25": 25, "pct_50": 50, "pct_100": 100}
+        assert report.stage("canary").server["alb_weights"] == {"blue": 90, "green": 10}
+        assert aws.deployer.current_weights() == {"blue": 0, "green": 100}
+        assert (_desired(aws, "blue"), _desired(aws, "green")) == (0, 1)
+        assert aws.deployer.slot_health("green").version == str(s.v2.version)
+        assert s.registry.get_production().version == s.v2.version
+        assert s.state.get_slot("blue").status == "stopped"
+    finally:
+        s.tasks.stop_all()
+
+
+@pytest.mark.slow
+def test_ecs_rollback_returns_weights_to_blue_and_scales_green_to_zero(tmp_path, aws):
+    s = _ecs_stack(tmp_path, aws, green_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.3"})
+    try:
+        report = RolloutController(s.registry, s.state, s.backend, rollout_policy()).run(s.v2.version, traffic_source)
+        assert report.outcome == "rolled_back", report.markdown()
+        assert report.failed_stage == "canary"
+        assert aws.deployer.current_weights() == {"blue": 100, "green": 0}
+        assert (_desired(aws, "blue"), _desired(aws, "green")) == (1, 0)
+        assert s.registry.get(s.v2.version).stage == "failed"
+        assert s.registry.get_production().version == s.v1.version
+        assert set(s.state.routing_table().values()) == {"blue"}
+    finally:
+        s.tasks.stop_all()
