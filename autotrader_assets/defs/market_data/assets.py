@@ -1,6 +1,7 @@
 """Market-data assets and checks: ``market_bars`` partitioned by date x instrument."""
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import pandas as pd
@@ -8,9 +9,10 @@ import pandas as pd
 from autotrader_assets.defs.market_data.partitions import context_partitions, market_partitions
 from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
 from autotrader_assets.defs.market_data.validation import (
-    find_gaps,
+    find_gaps_many,
     missing_fraction,
-    return_outliers,
+    missing_fractions,
+    return_outliers_many,
     validate_bars,
 )
 from autotrader_assets.defs.market_data.warehouse import read_partitions, replace_partitions
@@ -18,7 +20,7 @@ from autotrader_assets.resources import WarehouseResource
 from autotrader_assets.settings import get_settings
 
 #: Partitions written to the warehouse per transaction during large backfills.
-WRITE_CHUNK = 64
+WRITE_CHUNK = 256
 #: Bars of yesterday are expected by 00:30 UTC.
 FRESHNESS_DEADLINE_CRON = "30 0 * * *"
 
@@ -97,20 +99,29 @@ def market_bars(
         context.log.info(f"loaded {written_parts}/{len(parts)} partitions ({total_rows:,} bars)")
         pending.clear()
 
-    for date, instrument in parts:
-        if restoring:
-            bars = store.read(date, instrument)
-        else:
-            start = pd.Timestamp(date, tz="UTC")
-            bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
-            # The archive is written first: it is what a data rollback restores from.
-            store.write(date, instrument, bars)
-        pending[(date, instrument)] = bars
-        missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
-        if len(pending) >= WRITE_CHUNK:
+    # Archive writes (Parquet encoding, S3 puts) release the GIL: overlap them with fetching.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive") as pool:
+        writes = []
+        for date, instrument in parts:
+            if restoring:
+                bars = store.read(date, instrument)
+            else:
+                start = pd.Timestamp(date, tz="UTC")
+                bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
+                writes.append(pool.submit(store.write, date, instrument, bars))
+            pending[(date, instrument)] = bars
+            missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
+            if len(pending) >= WRITE_CHUNK:
+                # The archive of a chunk is complete before the warehouse sees it: it is what
+                # a data rollback restores from.
+                for w in writes:
+                    w.result()
+                writes.clear()
+                flush()
+        for w in writes:
+            w.result()
+        if pending:
             flush()
-    if pending:
-        flush()
 
     worst = max(missing.items(), key=lambda kv: kv[1]) if missing else ("", 0.0)
     return dg.MaterializeResult(
@@ -189,16 +200,10 @@ def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: Wareho
 )
 def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     limit = get_settings().thresholds.max_missing_fraction
-    fractions, gaps = {}, []
     parts, frame = _read_selected(context, warehouse)
-    for date, instrument, df in _by_partition(parts, frame):
-        key = f"{date}|{instrument}"
-        fractions[key] = round(missing_fraction(df), 4)
-        g = find_gaps(df)
-        if not g.empty:
-            gaps.append(g.assign(partition=key))
+    fractions = missing_fractions(frame, parts)
+    gaps_df = find_gaps_many(frame)
     bad = {k: v for k, v in fractions.items() if v > limit}
-    gaps_df = pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame()
     return dg.AssetCheckResult(
         passed=not bad,
         severity=dg.AssetCheckSeverity.WARN,
@@ -218,13 +223,8 @@ def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: 
 )
 def market_bars_outliers(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bound = get_settings().thresholds.outlier_robust_z
-    found = []
     parts, frame = _read_selected(context, warehouse)
-    for _date, _instrument, df in _by_partition(parts, frame):
-        out = return_outliers(df, bound)
-        if not out.empty:
-            found.append(out[["ts", "instrument", "close", "log_return", "robust_z"]])
-    rows = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    rows = return_outliers_many(frame, bound)[["ts", "instrument", "close", "log_return", "robust_z"]]
     if not rows.empty:
         rows["ts"] = rows["ts"].astype(str)
         rows = rows.reindex(rows["robust_z"].abs().sort_values(ascending=False).index)

@@ -44,7 +44,8 @@ def bar_schema() -> pa.DataFrameSchema:
                 error="timestamps are not increasing",
             ),
             pa.Check(
-                lambda df: df["ts"].dt.strftime("%Y-%m-%d") == df["date"],
+                lambda df: df["ts"].dt.floor("D").dt.tz_localize(None)
+                == pd.to_datetime(df["date"], format="%Y-%m-%d", cache=True),
                 error="timestamp outside partition date",
             ),
             pa.Check(
@@ -115,4 +116,47 @@ def return_outliers(df: pd.DataFrame, z_bound: float) -> pd.DataFrame:
         return df.iloc[0:0].assign(log_return=[], robust_z=[])
     z = (r - med) / mad
     out = ordered.assign(log_return=r, robust_z=z)
+    return out[z.abs() > z_bound]
+
+
+def missing_fractions(df: pd.DataFrame, parts: list[tuple[str, str]], expected_minutes: int = MINUTES_PER_DAY) -> dict[str, float]:
+    """``missing_fraction`` for many partitions at once (``df`` has a ``date`` column)."""
+    present = df.groupby(["date", "instrument"])["ts"].nunique() if len(df) else pd.Series(dtype=float)
+    out = {}
+    for date, instrument in parts:
+        n = int(present.get((date, instrument), 0))
+        out[f"{date}|{instrument}"] = round(max(0.0, 1.0 - n / expected_minutes), 4)
+    return out
+
+
+def find_gaps_many(df: pd.DataFrame, min_minutes: int = 2) -> pd.DataFrame:
+    """Gaps of every partition in one vectorised pass (``df`` has a ``date`` column)."""
+    cols = ["partition", "after", "before", "missing_bars"]
+    if len(df) < 2:
+        return pd.DataFrame(columns=cols)
+    d = df.sort_values(["date", "instrument", "ts"])
+    same = (d["date"] == d["date"].shift()) & (d["instrument"] == d["instrument"].shift())
+    step = d["ts"].diff().dt.total_seconds().div(60)
+    mask = same & (step > min_minutes)
+    return pd.DataFrame(
+        {
+            "partition": (d["date"] + "|" + d["instrument"])[mask],
+            "after": d["ts"].shift(1)[mask].astype(str),
+            "before": d["ts"][mask].astype(str),
+            "missing_bars": (step[mask] - 1).astype(int),
+        }
+    ).reset_index(drop=True)
+
+
+def return_outliers_many(df: pd.DataFrame, z_bound: float) -> pd.DataFrame:
+    """``return_outliers`` per partition, vectorised with grouped medians."""
+    if len(df) < 3:
+        return df.iloc[0:0].assign(log_return=[], robust_z=[])
+    d = df.sort_values(["date", "instrument", "ts"])
+    key = [d["date"], d["instrument"]]
+    r = np.log(d["close"]).groupby(key).diff()
+    med = r.groupby(key).transform("median")
+    mad = (r - med).abs().groupby(key).transform("median") * 1.4826
+    z = (r - med) / mad.where(mad > 0)
+    out = d.assign(log_return=r, robust_z=z)
     return out[z.abs() > z_bound]

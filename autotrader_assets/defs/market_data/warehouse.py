@@ -34,27 +34,34 @@ def replace_partitions(con: duckdb.DuckDBPyConnection, frames: dict[tuple[str, s
     """Replace each (date, instrument) partition with its frame, all in one transaction.
 
     Re-running a partition therefore never leaves duplicates or a half-written day behind.
-    Returns the number of rows written.
+    One delete and one insert cover every partition, so a large backfill is not a loop of
+    small statements. Returns the number of rows written.
     """
     ensure_market_bars(con)
-    rows = 0
+    if not frames:
+        return 0
+    keys = pd.DataFrame(list(frames.keys()), columns=["date", "instrument"])
+    keys["date"] = pd.to_datetime(keys["date"]).dt.date
+    incoming = pd.concat([to_warehouse_frame(df, date) for (date, _), df in frames.items()], ignore_index=True)
+    con.register("_incoming_keys", keys)
+    con.register("_incoming_bars", incoming)
     con.execute("begin transaction")
     try:
-        for (date, instrument), df in frames.items():
-            con.execute("delete from market_bars where date = ? and instrument = ?", [date, instrument])
-            wh = to_warehouse_frame(df, date)
-            con.register("_incoming_bars", wh)
-            con.execute(
-                "insert into market_bars (ts, date, instrument, open, high, low, close, volume, source) "
-                "select ts, date, instrument, open, high, low, close, volume, source from _incoming_bars"
-            )
-            con.unregister("_incoming_bars")
-            rows += len(wh)
+        con.execute(
+            "delete from market_bars where (date, instrument) in (select (date, instrument) from _incoming_keys)"
+        )
+        con.execute(
+            "insert into market_bars (ts, date, instrument, open, high, low, close, volume, source) "
+            "select ts, date, instrument, open, high, low, close, volume, source from _incoming_bars"
+        )
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise
-    return rows
+    finally:
+        con.unregister("_incoming_keys")
+        con.unregister("_incoming_bars")
+    return len(incoming)
 
 
 def read_partition(
