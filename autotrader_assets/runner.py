@@ -77,6 +77,50 @@ def run_training(defs: dg.Definitions, instance: dg.DagsterInstance) -> StageRep
     return _report("training", result, time.perf_counter() - t0)
 
 
+def run_deployment(defs: dg.Definitions, instance: dg.DagsterInstance) -> StageReport:
+    """production_deployment: blue/green rollout of the newest staging model, gated stage by stage."""
+    job = defs.resolve_job_def("deployment_pipeline")
+    t0 = time.perf_counter()
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    return _report("deployment", result, time.perf_counter() - t0)
+
+
+def run_paper_trading(defs: dg.Definitions, instance: dg.DagsterInstance, dates: list[str]) -> StageReport:
+    """paper_trading over ``dates`` (one single-run backfill) and trading_performance."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    job = defs.resolve_job_def("paper_trading_job")
+    tags = {ASSET_PARTITION_RANGE_START_TAG: dates[0], ASSET_PARTITION_RANGE_END_TAG: dates[-1]}
+    run_config = {"ops": {"paper_trading": {"config": PAPER_TRADING_CONFIG}}}
+    t0 = time.perf_counter()
+    result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
+    return _report("paper_trading", result, time.perf_counter() - t0)
+
+
+#: Paper trading uses the thresholds the model's backtest was gated with.
+PAPER_TRADING_CONFIG = {"long_threshold": 0.6, "short_threshold": 0.4}
+
+
+def trading_summary(path: str) -> list[str]:
+    import duckdb
+
+    con = duckdb.connect(path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        if "paper_account_state" not in tables:
+            return []
+        rows = con.execute(
+            "select cast(date as varchar), day_open_equity, end_equity, n_fills, trip_reason "
+            "from paper_account_state order by date"
+        ).fetchall()
+    finally:
+        con.close()
+    return [
+        f"  {d}  equity {o:>12,.2f} -> {e:>12,.2f}  ({(e / o - 1):+.2%})  fills={n}" + (f"  BREAKER: {trip}" if trip else "")
+        for d, o, e, n, trip in rows
+    ]
+
+
 def warehouse_summary(path: str) -> dict[str, object]:
     import duckdb
 
@@ -100,6 +144,7 @@ def warehouse_summary(path: str) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Materialize the autotrader asset graph on the embedded default.")
     parser.add_argument("--days", type=int, default=int(__import__("os").environ.get("AUTOTRADER_RUN_DAYS", "14")))
+    parser.add_argument("--paper-days", type=int, default=3, help="Most recent days to paper-trade (out of sample).")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -112,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     reports = [run_data_pipeline(defs, instance, dates, instruments)]
     if reports[-1].success:
         reports.append(run_training(defs, instance))
+    if reports[-1].success:
+        reports.append(run_deployment(defs, instance))
+    if reports[-1].success:
+        paper_dates = dates[-args.paper_days:]
+        reports.append(run_paper_trading(defs, instance, paper_dates))
 
     print("\n=== summary ===")
     ok = True
@@ -124,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    check not passed: {failed}")
     for table, info in warehouse_summary(str(settings.warehouse_path)).items():
         print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}")
+    paper = trading_summary(str(settings.warehouse_path))
+    if paper:
+        print("paper account:")
+        print("\n".join(paper))
     print(f"warehouse:   {settings.warehouse_path}")
     print(f"archive:     {settings.archive_uri}")
     print(f"DAGSTER_HOME {settings.dagster_home}  (browse it with `make ui`)")
+    print("serving slots keep running: `autotrader deploy status`; stop them with `autotrader deploy stop --reason TEXT`" if ok else "")
     return 0 if ok else 1
 
 

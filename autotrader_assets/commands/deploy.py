@@ -277,3 +277,30 @@ def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -
     for action in report.actions:
         click.echo(f"- {action}")
     click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
+
+
+@group.command(name="stop")
+@click.option("--slot", "slots", type=click.Choice([*_SLOTS, "all"]), default="all", show_default=True)
+@click.option("--reason", required=True, callback=_nonblank, help="Why serving stops (recorded as an event).")
+@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@_domain_errors
+def stop_cmd(slots: str, reason: str, actor: str | None) -> None:
+    """Stop local serving processes (e.g. after `make run`); the routing table is left as it is.
+
+    Predictions for instruments routed to a stopped slot fail until a slot is started again
+    (`autotrader deploy rollback --to VERSION` or a new rollout).
+    """
+    stack = _stack()
+    deployer = getattr(stack.backend, "deployer", None)
+    if getattr(stack.backend, "kind", "") != "local" or deployer is None:
+        raise click.ClickException("`deploy stop` manages local slot processes; on ECS scale the services instead")
+    who = _actor(actor)
+    for slot in (_SLOTS if slots == "all" else (slots,)):
+        info = stack.state.get_slot(slot)
+        if info is None or info.status == "stopped":
+            click.echo(f"{slot}: not running")
+            continue
+        deployer.stop_slot(slot, force=True)
+        stack.state.record_event("slot_stopped", f"{slot} stopped by {who}: {reason}", severity="warning",
+                                 details={"slot": slot, "actor": who, "reason": reason})
+        click.echo(f"{slot}: stopped")
