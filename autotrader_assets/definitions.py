@@ -5,6 +5,11 @@ import warnings
 
 import dagster as dg
 
+# Preview/beta notices on APIs we pin exactly (partitioned checks, backfill policies) are noise
+# for users of the CLI and UI; upgrades are checked by the tests that list the definitions.
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
 from autotrader_assets.defs.features import feature_assets
 from autotrader_assets.defs.features.project import dbt_resource
 from autotrader_assets.defs.market_data import (
@@ -23,13 +28,8 @@ from autotrader_assets.defs.deployment import (
 from autotrader_assets.defs.trading import trading_assets, trading_checks, trading_jobs, trading_sensors
 from autotrader_assets.defs.training import training_assets, training_checks, training_job
 from autotrader_assets.resources import default_resources
+from autotrader_assets.schedules import performance_report_job, platform_schedules
 from autotrader_assets.settings import Settings, get_settings
-
-
-# Preview/beta notices on APIs we pin exactly (partitioned checks, backfill policies) are noise
-# for users of the CLI and UI; upgrades are checked by the tests that list the definitions.
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 def build_resources(settings: Settings | None = None) -> dict:
@@ -50,8 +50,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets],
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],
-        jobs=[*market_data_jobs, training_job, *deployment_jobs, *trading_jobs],
-        schedules=[*market_data_schedules],
+        jobs=[*market_data_jobs, training_job, *deployment_jobs, *trading_jobs, performance_report_job],
+        schedules=[*market_data_schedules, *platform_schedules],
         sensors=[*deployment_sensors, *trading_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,

@@ -1,0 +1,105 @@
+"""The code location loads, and holds exactly the assets, checks, jobs, sensors and schedules we ship."""
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from autotrader_assets.definitions import defs
+
+ASSETS = {
+    "market_bars", "stg_market_bars", "bar_features", "training_dataset", "candidate_model", "registered_model",
+    "production_deployment", "paper_trading", "trading_performance",
+}
+CHECKS = {
+    ("market_bars", "market_bars_schema"), ("market_bars", "market_bars_completeness"),
+    ("market_bars", "market_bars_outliers"), ("market_bars", "market_bars_freshness"),
+    ("stg_market_bars", "not_null_stg_market_bars_close"), ("stg_market_bars", "not_null_stg_market_bars_ts"),
+    ("stg_market_bars", "not_null_stg_market_bars_instrument"),
+    ("stg_market_bars", "accepted_range_stg_market_bars_close__False__0"),
+    ("bar_features", "unique_combination_bar_features_instrument__ts"),
+    ("bar_features", "not_null_bar_features_instrument"), ("bar_features", "not_null_bar_features_ts"),
+    ("bar_features", "not_null_bar_features_date"), ("bar_features", "not_null_bar_features_close"),
+    ("bar_features", "accepted_range_bar_features_rsi_14__100__0"),
+    ("bar_features", "accepted_range_bar_features_range_hl__0"),
+    ("bar_features", "accepted_range_bar_features_rv_60__0"),
+    ("bar_features", "accepted_range_bar_features_ret_1__1___1"),
+    ("candidate_model", "auc_floor"), ("candidate_model", "sharpe_vs_production"),
+    ("candidate_model", "max_drawdown"), ("candidate_model", "weights_finite"),
+    ("candidate_model", "output_shape_range"), ("candidate_model", "leakage"),
+    ("paper_trading", "circuit_breaker"),
+}
+JOBS = {
+    "data_pipeline", "data_rollback", "market_data_freshness", "training_job", "deployment_pipeline",
+    "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report",
+}
+SENSORS = {"deployment_failure_sensor", "circuit_breaker_sensor"}
+SCHEDULES = {
+    "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
+    "weekly_performance_report",
+}
+
+
+@pytest.fixture(scope="module")
+def repo():
+    return defs.get_repository_def()
+
+
+def test_assets(repo):
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == ASSETS
+
+
+def test_checks(repo):
+    assert {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys} == CHECKS
+
+
+def test_blocking_checks_guard_the_flow(repo):
+    blocking = {
+        (spec.asset_key.to_user_string(), spec.name)
+        for ad in repo.asset_graph.assets_defs
+        for spec in ad.check_specs
+        if spec.blocking
+    }
+    blocking |= {
+        (spec.asset_key.to_user_string(), spec.name)
+        for cd in defs.asset_checks or []
+        for spec in cd.check_specs
+        if spec.blocking
+    }
+    for gate in ["auc_floor", "sharpe_vs_production", "max_drawdown", "weights_finite", "output_shape_range", "leakage"]:
+        assert ("candidate_model", gate) in blocking
+    assert ("market_bars", "market_bars_schema") in blocking
+
+
+def test_jobs_sensors_schedules(repo):
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOBS
+    assert {s.name for s in repo.sensor_defs} == SENSORS
+    assert {s.name for s in repo.schedule_defs} == SCHEDULES
+
+
+def test_every_asset_has_a_description(repo):
+    for key in repo.asset_graph.get_all_asset_keys():
+        node = repo.asset_graph.get(key)
+        assert node.description, f"{key.to_user_string()} has no business docstring"
+
+
+def test_partitions_are_compatible(repo):
+    bars = repo.asset_graph.get(dg.AssetKey("market_bars")).partitions_def
+    feats = repo.asset_graph.get(dg.AssetKey("bar_features")).partitions_def
+    assert bars == feats and isinstance(bars, dg.MultiPartitionsDefinition)
+    assert {d.name for d in bars.partitions_defs} == {"date", "instrument"}
+
+
+def test_daily_schedules_request_yesterday():
+    repo = defs.get_repository_def()
+    sched = {s.name: s for s in repo.schedule_defs}
+    when = dt.datetime(2024, 5, 2, 0, 10, tzinfo=dt.timezone.utc)
+    ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo)
+    reqs = list(sched["daily_data_pipeline"].evaluate_tick(ctx).run_requests)
+    assert len(reqs) == 8 and {r.partition_key.keys_by_dimension["date"] for r in reqs} == {"2024-05-01"}
+    ctx = dg.build_schedule_context(
+        scheduled_execution_time=when.replace(minute=40), repository_def=repo
+    )
+    (paper,) = sched["daily_paper_trading"].evaluate_tick(ctx).run_requests
+    assert paper.partition_key == "2024-05-01"
