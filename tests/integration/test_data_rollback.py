@@ -86,3 +86,37 @@ def test_restore_refuses_without_archive_and_overwrites_nothing(tmp_path):
 def test_restore_rejects_unknown_or_tricky_instruments(bad):
     with pytest.raises(ValueError):
         range_tags("2024-04-01", "2024-04-01", bad)
+
+
+def test_successful_rollback_requests_paper_trading_recompute(tmp_path):
+    """The reprocess sensor asks paper trading to redo the first already-traded restored date."""
+    from autotrader_assets.defs.trading.rollback_sensor import data_rollback_reprocess_sensor
+    from autotrader_assets.resources import WarehouseResource
+
+    resources = temp_resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_data_pipeline(resources, instance, "2024-04-01|BTCUSDT", "2024-04-03|BTCUSDT").success
+    result = _rollback(resources, instance, "2024-04-02", "2024-04-03", ["BTCUSDT"])
+    assert result.success
+
+    warehouse = WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
+
+    def evaluate():
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="data_rollback_reprocess_sensor",
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            dagster_event=result.get_run_success_event(),
+            resources={"warehouse": warehouse},
+        )
+        return data_rollback_reprocess_sensor(ctx)
+
+    assert isinstance(evaluate(), dg.SkipReason)  # nothing paper-traded yet
+
+    with warehouse.connect() as con:
+        con.execute("create table paper_account_state (date date, end_equity double)")
+        con.execute("insert into paper_account_state values ('2024-04-01', 1), ('2024-04-03', 1), ('2024-04-04', 1)")
+    request = evaluate()
+    assert isinstance(request, dg.RunRequest)
+    assert request.partition_key == "2024-04-03"  # first traded date on/after the first restored date
+    assert request.run_key == f"reprocess-after-{result.run_id}"

@@ -34,7 +34,7 @@ JOBS = {
     "data_pipeline", "data_rollback", "market_data_freshness", "training_job", "deployment_pipeline",
     "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report",
 }
-SENSORS = {"deployment_failure_sensor", "circuit_breaker_sensor"}
+SENSORS = {"deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor"}
 SCHEDULES = {
     "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
     "weekly_performance_report",

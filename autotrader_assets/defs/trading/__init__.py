@@ -11,10 +11,12 @@ from autotrader_assets.defs.trading.assets import (
     trading_performance,
 )
 
+from autotrader_assets.defs.trading.rollback_sensor import data_rollback_reprocess_sensor
+
 trading_assets = [paper_trading, trading_performance]
 trading_checks = [circuit_breaker_check]
 trading_jobs = [paper_trading_job]
-trading_sensors = [circuit_breaker_sensor]
+trading_sensors = [circuit_breaker_sensor, data_rollback_reprocess_sensor]
 
 __all__ = [
     "PaperTradingConfig",
