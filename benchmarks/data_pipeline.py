@@ -94,6 +94,7 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     )
     pipeline_s = time.perf_counter() - t0
     assert result.success
+    steps = step_seconds(result)
 
     db = str(workdir / "warehouse.duckdb")
     con = duckdb.connect(db)
@@ -116,7 +117,16 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     archive_files = sum(1 for _ in (workdir / "archive").rglob("*.parquet"))
     return {
         "bars": bars, "features": feats, "raw_rows": raw_rows, "pipeline_s": pipeline_s, "raw_s": raw_s,
-        "archive_files": archive_files, "max_feature_diff": diff,
+        "archive_files": archive_files, "max_feature_diff": diff, "steps": steps,
+    }
+
+
+def step_seconds(result) -> dict[str, float]:
+    """Wall seconds per step of the run (from the STEP_SUCCESS events)."""
+    return {
+        ev.step_key: ev.event_specific_data.duration_ms / 1000
+        for ev in result.all_events
+        if ev.event_type_value == "STEP_SUCCESS"
     }
 
 
@@ -135,6 +145,7 @@ def main() -> int:
         print(f"raw duckdb sql           {r['bars'] / r['raw_s']:>12,.0f} bars/s   {r['raw_s']:8.2f} s")
         print(f"ratio pipeline/raw       {r['pipeline_s'] / r['raw_s']:>12.2f}x  (target <= 3x)")
         print(f"features match raw SQL   max |diff| = {r['max_feature_diff']:.3g}")
+        print("steps: " + ", ".join(f"{k.replace('market_bars_market_bars_', 'check_')} {v:.1f}s" for k, v in r["steps"].items()))
         print(f"peak RSS                 {self_mb:,.0f} MiB this process, {child_mb:,.0f} MiB largest child (dbt)", flush=True)
     return 0
 
