@@ -67,6 +67,8 @@ class ReplaySource:
         start, end = _utc(start), _utc(end)
         if end <= start:
             return empty_bars()
+        if start == start.floor("D") and end == start + pd.Timedelta(days=1):
+            return self.day_bars(instrument, start)  # one whole partition: nothing to cut
         frames = []
         day = start.floor("D")
         while day < end:
