@@ -83,7 +83,14 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
 @click.option("--end", default=None, help="Last date of a range (default: --date).")
 @click.option("--instrument", default=None, help="One instrument (default: every configured instrument).")
 @click.option("--reason", required=True, help="Why the data is being rolled back (kept in the run tags).")
-def restore(date: str, end: str | None, instrument: str | None, reason: str) -> None:
+@click.option(
+    "--version",
+    "archive_version",
+    default="latest",
+    show_default=True,
+    help="Archive version: latest, previous (the file a re-fetch replaced), or a stamp from `data archive-versions`.",
+)
+def restore(date: str, end: str | None, instrument: str | None, reason: str, archive_version: str) -> None:
     """Data rollback: restore archived partitions over the warehouse and rebuild features.
 
     Runs the Dagster `data_rollback` job on the local instance. Nothing is overwritten unless
@@ -105,7 +112,12 @@ def restore(date: str, end: str | None, instrument: str | None, reason: str) -> 
         raise click.BadParameter("--reason must not be empty")
     from autotrader_assets.definitions import defs
 
+    from autotrader_assets.defs.market_data.archive import is_version_stamp
+
+    if archive_version not in ("latest", "previous") and not is_version_stamp(archive_version):
+        raise click.BadParameter(f"--version {archive_version!r}: use latest, previous or a stamp")
     tags["autotrader/reason"] = reason.strip()
+    tags["autotrader/archive_version"] = archive_version
     click.echo(f"restoring {first}..{last} {instrument or 'all instruments'} from {settings.archive_uri}")
     result = defs.resolve_job_def("data_rollback").execute_in_process(
         instance=local_instance(settings), tags=tags, raise_on_error=False
@@ -115,3 +127,23 @@ def restore(date: str, end: str | None, instrument: str | None, reason: str) -> 
         msg = failure.message if failure is not None else "see the run in the Dagster UI"
         raise click.ClickException(f"data rollback failed (run {result.run_id}): {msg}")
     click.echo(f"restored; features rebuilt (run {result.run_id})")
+
+
+@group.command("archive-versions")
+@click.option("--date", "date", required=True, help="Partition date, YYYY-MM-DD.")
+@click.option("--instrument", required=True, help="Instrument, e.g. BTCUSDT.")
+def archive_versions(date: str, instrument: str) -> None:
+    """List the superseded archive files of a partition (oldest first), for `data restore --version`."""
+    from autotrader_assets.defs.market_data.archive import open_archive, validate_date, validate_instrument
+
+    try:
+        validate_date(date)
+        validate_instrument(instrument)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    store = open_archive(get_settings().archive_uri)
+    if not store.exists(date, instrument):
+        raise click.ClickException(f"no archive for {date} {instrument} in {store.uri}")
+    click.echo(f"latest    {store.location(date, instrument)}")
+    for stamp in store.versions(date, instrument):
+        click.echo(f"{stamp}")

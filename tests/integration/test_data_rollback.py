@@ -120,3 +120,28 @@ def test_successful_rollback_requests_paper_trading_recompute(tmp_path):
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2024-04-03"  # first traded date on/after the first restored date
     assert request.run_key == f"reprocess-after-{result.run_id}"
+
+
+def test_restore_previous_version_after_a_bad_refetch(tmp_path):
+    """A re-fetch that brought bad data replaced the archive; the previous version restores it."""
+    from autotrader_assets.defs.market_data.resources import MarketSourceResource
+
+    resources = temp_resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_data_pipeline(resources, instance, "2024-04-01|BTCUSDT", "2024-04-01|BTCUSDT").success
+    db = str(tmp_path / "warehouse.duckdb")
+    good = _features(db, "2024-04-01", "BTCUSDT")
+
+    resources["market_source"] = MarketSourceResource(name="replay", seed=99)  # the "vendor fix"
+    assert run_data_pipeline(resources, instance, "2024-04-01|BTCUSDT", "2024-04-01|BTCUSDT").success
+    assert not _features(db, "2024-04-01", "BTCUSDT")["close"].equals(good["close"])
+
+    defs = dg.Definitions(assets=data_assets_and_checks()[:2], asset_checks=data_assets_and_checks()[2:],
+                          jobs=[data_rollback_job], resources=resources)
+    tags = {**range_tags("2024-04-01", "2024-04-01", ["BTCUSDT"]), "autotrader/archive_version": "previous"}
+    assert defs.resolve_job_def("data_rollback").execute_in_process(instance=instance, tags=tags).success
+    pd.testing.assert_frame_equal(_features(db, "2024-04-01", "BTCUSDT"), good)
+    # the bad file is not lost either: it is now the previous version
+    from autotrader_assets.defs.market_data.archive import LocalArchive
+
+    assert len(LocalArchive(tmp_path / "archive").versions("2024-04-01", "BTCUSDT")) == 2

@@ -169,3 +169,33 @@ def test_replace_partitions_is_idempotent_and_atomic(tmp_path, day):
     # the failed transaction left the first partition as it was
     assert con.execute("select count(*) from market_bars").fetchone()[0] == len(day)
     con.close()
+
+
+def test_archive_keeps_superseded_versions(tmp_path, day):
+    store = LocalArchive(tmp_path)
+    store.write("2024-02-01", "BTCUSDT", day)
+    store.write("2024-02-01", "BTCUSDT", day)  # same bytes: nothing to keep
+    assert store.versions("2024-02-01", "BTCUSDT") == []
+    revised = day.assign(close=day["close"] * 1.01)
+    store.write("2024-02-01", "BTCUSDT", revised)
+    (stamp,) = store.versions("2024-02-01", "BTCUSDT")
+    pd.testing.assert_frame_equal(store.read("2024-02-01", "BTCUSDT"), revised)
+    pd.testing.assert_frame_equal(store.read("2024-02-01", "BTCUSDT", version="previous"), day)
+    pd.testing.assert_frame_equal(store.read("2024-02-01", "BTCUSDT", version=stamp), day)
+    with pytest.raises(ValueError, match="invalid archive version"):
+        store.read("2024-02-01", "BTCUSDT", version="../../etc/passwd")
+    with pytest.raises(ArchiveError, match="no earlier archive version"):
+        store.read("2024-02-02", "BTCUSDT", version="previous")
+
+
+def test_s3_archive_keeps_superseded_versions(day, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="bars")
+        store = S3Archive("s3://bars/archive", client)
+        store.write("2024-02-01", "BTCUSDT", day)
+        store.write("2024-02-01", "BTCUSDT", day.iloc[:100])
+        assert len(store.versions("2024-02-01", "BTCUSDT")) == 1
+        pd.testing.assert_frame_equal(store.read("2024-02-01", "BTCUSDT", version="previous"), day)

@@ -48,52 +48,129 @@ def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+_VERSION_RE = re.compile(r"^\d{8}T\d{12}Z$")
+
+
+def is_version_stamp(text: str) -> bool:
+    """Whether ``text`` names an archive version (as listed by ``versions``)."""
+    return bool(_VERSION_RE.fullmatch(text))
+
+
+def new_version_stamp() -> str:
+    """A sortable UTC stamp naming a superseded archive file (microseconds keep them unique)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def version_key(date: str, instrument: str, version: str) -> str:
+    if not _VERSION_RE.fullmatch(version):
+        raise ValueError(f"invalid archive version {version!r}: expected a stamp like 20240301T120000000000Z")
+    return f"{validate_date(date)}/.versions/{validate_instrument(instrument)}/{version}.parquet"
+
+
 class ArchiveStore(Protocol):
     uri: str
 
     def write(self, date: str, instrument: str, df: pd.DataFrame) -> str: ...
 
-    def read(self, date: str, instrument: str) -> pd.DataFrame: ...
+    def read(self, date: str, instrument: str, version: str | None = None) -> pd.DataFrame: ...
 
     def exists(self, date: str, instrument: str) -> bool: ...
+
+    def versions(self, date: str, instrument: str) -> list[str]: ...
 
     def location(self, date: str, instrument: str) -> str: ...
 
 
-class LocalArchive:
+class _VersionedArchive:
+    """Writes never destroy data: a partition whose new bytes differ from the archived ones has
+    its old file kept under ``<date>/.versions/<instrument>/<stamp>.parquet`` first, so a data
+    rollback can return to what was there before a bad re-fetch."""
+
+    uri: str
+
+    # storage primitives of the backend
+    def _get(self, key: str) -> bytes | None: ...
+
+    def _put(self, key: str, data: bytes) -> None: ...
+
+    def _list(self, prefix: str) -> list[str]: ...
+
+    def _where(self, key: str) -> str: ...
+
+    def location(self, date: str, instrument: str) -> str:
+        return self._where(archive_key(date, instrument))
+
+    def write(self, date: str, instrument: str, df: pd.DataFrame) -> str:
+        key = archive_key(date, instrument)
+        data = frame_to_parquet_bytes(df)
+        current = self._get(key)
+        if current == data:
+            return self._where(key)
+        if current is not None:
+            self._put(version_key(date, instrument, new_version_stamp()), current)
+        self._put(key, data)
+        return self._where(key)
+
+    def read(self, date: str, instrument: str, version: str | None = None) -> pd.DataFrame:
+        """The archived partition; ``version`` = a stamp from :meth:`versions` or ``"previous"``."""
+        if version in (None, "latest"):
+            key = archive_key(date, instrument)
+        else:
+            if version == "previous":
+                found = self.versions(date, instrument)
+                if not found:
+                    raise ArchiveError(f"no earlier archive version for {date} {instrument}")
+                version = found[-1]
+            key = version_key(date, instrument, version)
+        data = self._get(key)
+        if data is None:
+            raise ArchiveError(f"no archive for {date} {instrument} at {self._where(key)}")
+        return pd.read_parquet(io.BytesIO(data))
+
+    def exists(self, date: str, instrument: str) -> bool:
+        return self._get(archive_key(date, instrument)) is not None
+
+    def versions(self, date: str, instrument: str) -> list[str]:
+        """Stamps of the superseded files of a partition, oldest first."""
+        prefix = f"{validate_date(date)}/.versions/{validate_instrument(instrument)}/"
+        names = [k[len(prefix):-len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet")]
+        return sorted(n for n in names if _VERSION_RE.fullmatch(n))
+
+
+class LocalArchive(_VersionedArchive):
     """Archive on the local disk; writes are atomic (temp file + rename)."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.uri = str(self.root)
 
-    def location(self, date: str, instrument: str) -> str:
-        return str(self.root / archive_key(date, instrument))
+    def _where(self, key: str) -> str:
+        return str(self.root / key)
 
-    def write(self, date: str, instrument: str, df: pd.DataFrame) -> str:
-        path = Path(self.location(date, instrument))
+    def _get(self, key: str) -> bytes | None:
+        path = self.root / key
+        return path.read_bytes() if path.exists() else None
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(frame_to_parquet_bytes(df))
+                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return str(path)
 
-    def read(self, date: str, instrument: str) -> pd.DataFrame:
-        path = Path(self.location(date, instrument))
-        if not path.exists():
-            raise ArchiveError(f"no archive for {date} {instrument} at {path}")
-        return pd.read_parquet(path)
-
-    def exists(self, date: str, instrument: str) -> bool:
-        return Path(self.location(date, instrument)).exists()
+    def _list(self, prefix: str) -> list[str]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return []
+        return [prefix + p.name for p in folder.iterdir() if p.is_file()]
 
 
-class S3Archive:
+class S3Archive(_VersionedArchive):
     """Archive under ``s3://bucket/prefix``; the client comes from dagster-aws' S3Resource or boto3."""
 
     def __init__(self, uri: str, client):
@@ -104,27 +181,28 @@ class S3Archive:
             raise ValueError(f"s3 uri without a bucket: {uri!r}")
         self.uri, self.bucket, self.prefix, self.client = uri, bucket, prefix.strip("/"), client
 
-    def _key(self, date: str, instrument: str) -> str:
-        key = archive_key(date, instrument)
+    def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def location(self, date: str, instrument: str) -> str:
-        return f"s3://{self.bucket}/{self._key(date, instrument)}"
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full(key)}"
 
-    def write(self, date: str, instrument: str, df: pd.DataFrame) -> str:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(date, instrument), Body=frame_to_parquet_bytes(df))
-        return self.location(date, instrument)
-
-    def read(self, date: str, instrument: str) -> pd.DataFrame:
+    def _get(self, key: str) -> bytes | None:
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(date, instrument))
-        except self.client.exceptions.NoSuchKey as exc:
-            raise ArchiveError(f"no archive for {date} {instrument} at {self.location(date, instrument)}") from exc
-        return pd.read_parquet(io.BytesIO(obj["Body"].read()))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return obj["Body"].read()
 
-    def exists(self, date: str, instrument: str) -> bool:
-        resp = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(date, instrument), MaxKeys=1)
-        return resp.get("KeyCount", 0) > 0
+    def _put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def _list(self, prefix: str) -> list[str]:
+        full = self._full(prefix)
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys += [prefix + obj["Key"][len(full):] for obj in page.get("Contents", [])]
+        return keys
 
 
 def open_archive(uri: str, s3_client=None) -> LocalArchive | S3Archive:

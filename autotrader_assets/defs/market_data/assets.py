@@ -44,10 +44,14 @@ class MarketBarsConfig(dg.Config):
     (the data rollback); the archive is then read, never rewritten."""
 
     restore_from_archive: bool = False
+    archive_version: str = "latest"
 
 
 #: Run tag that turns a market_bars run into a data rollback (set by the data_rollback job).
 RESTORE_TAG = "autotrader/restore_from_archive"
+#: Optional run tag of a data rollback: which archive version to restore ("latest", "previous"
+#: or a stamp listed by `autotrader data archive-versions`).
+ARCHIVE_VERSION_TAG = "autotrader/archive_version"
 
 
 class ArchiveMissingError(RuntimeError):
@@ -76,14 +80,20 @@ def market_bars(
     parts = context_partitions(context)
     store = archive.store()
     restoring = config.restore_from_archive or context.run.tags.get(RESTORE_TAG) == "true"
+    version = context.run.tags.get(ARCHIVE_VERSION_TAG, config.archive_version)
     if restoring:
-        absent = [f"{d}|{i}" for d, i in parts if not store.exists(d, i)]
+        if version == "latest":
+            absent = [f"{d}|{i}" for d, i in parts if not store.exists(d, i)]
+        elif version == "previous":
+            absent = [f"{d}|{i}" for d, i in parts if not store.versions(d, i)]
+        else:
+            absent = [f"{d}|{i}" for d, i in parts if version not in store.versions(d, i)]
         if absent:
             # Checked for every partition before the first write: a rollback is all or nothing.
             raise ArchiveMissingError(
-                f"no archive for {len(absent)} partition(s), nothing restored: {', '.join(absent[:20])}"
+                f"no archive ({version}) for {len(absent)} partition(s), nothing restored: {', '.join(absent[:20])}"
             )
-        source_name = f"archive ({store.uri})"
+        source_name = f"archive ({store.uri}, version {version})"
     else:
         source = market_source.get_source()
         source_name = market_source.name
@@ -104,7 +114,11 @@ def market_bars(
         writes = []
         for date, instrument in parts:
             if restoring:
-                bars = store.read(date, instrument)
+                bars = store.read(date, instrument, version=version)
+                if version != "latest":
+                    # The restored version becomes current again; the file it replaces is kept
+                    # as a version, so this rollback can itself be undone.
+                    writes.append(pool.submit(store.write, date, instrument, bars))
             else:
                 start = pd.Timestamp(date, tz="UTC")
                 bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
