@@ -7,33 +7,19 @@ mistakes exit with code 2; refusals and failed rollouts exit with code 1 and say
 from __future__ import annotations
 
 import functools
-import getpass
 import json
-import os
 from typing import Any, Callable
 
 import click
+
+from autotrader_assets.commands._common import resolve_actor as _actor
 
 from autotrader_assets.settings import get_settings
 
 _SLOTS = ("blue", "green")
 
 
-def _default_actor() -> str:
-    user = os.environ.get("USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # getpass raises different errors per platform when no name is known
-        return ""
 
-
-def _actor(actor: str | None) -> str:
-    actor = (actor or _default_actor()).strip()
-    if not actor:
-        raise click.UsageError("no actor: pass --actor NAME (or set $USER)")
-    return actor
 
 
 def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -8,12 +8,12 @@ artifact) exit with code 1 and a one-line message.
 from __future__ import annotations
 
 import functools
-import getpass
 import json
-import os
 from typing import Any, Callable
 
 import click
+
+from autotrader_assets.commands._common import resolve_actor as _actor
 import sqlalchemy as sa
 
 from autotrader_assets.settings import SettingsError, get_settings
@@ -30,16 +30,6 @@ from deploy_ops.registry import (
 
 _PROMOTE_TARGETS = tuple(s for s in STAGES if s != "failed")
 
-
-def _default_actor() -> str:
-    # $USER first (what operators expect in audit rows), then the OS account name.
-    user = os.environ.get("USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # getpass raises different errors per platform when no name is known
-        return ""
 
 
 def _open() -> ModelRegistry:
@@ -74,11 +64,6 @@ def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
-def _actor(actor: str | None) -> str:
-    actor = (actor or _default_actor()).strip()
-    if not actor:
-        raise click.UsageError("no actor: pass --actor NAME (or set $USER)")
-    return actor
 
 
 def _fmt_metrics(metrics: dict[str, Any], limit: int = 4) -> str:

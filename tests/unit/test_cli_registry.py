@@ -198,7 +198,7 @@ def test_history_all_one_and_production(three_versions):
 
 def test_no_actor_is_a_usage_error(three_versions, monkeypatch):
     monkeypatch.delenv("USER", raising=False)
-    monkeypatch.setattr("autotrader_assets.commands.registry.getpass.getuser", lambda: "")
+    monkeypatch.setattr("autotrader_assets.commands._common.getpass.getuser", lambda: "")
     result = run("promote", "2", "--to", "production")
     assert result.exit_code == 2
     assert "pass --actor" in result.output
