@@ -14,6 +14,7 @@ Two safety rules:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -374,12 +375,12 @@ class LocalDeployer:
 
     @staticmethod
     def _is_serving_pid(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, owned by someone else: the cmdline check decides
+        # PermissionError means the pid exists but belongs to someone else: the cmdline check decides.
+        with contextlib.suppress(PermissionError):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
         if _is_zombie(pid):
             return False
         cmdline = _read_cmdline(pid)
