@@ -97,8 +97,8 @@ def run_paper_trading(defs: dg.Definitions, instance: dg.DagsterInstance, dates:
     return _report("paper_trading", result, time.perf_counter() - t0)
 
 
-#: Paper trading uses the thresholds the model's backtest was gated with.
-PAPER_TRADING_CONFIG = {"long_threshold": 0.6, "short_threshold": 0.4}
+#: Paper trading takes its signal thresholds from the production model's registry params.
+PAPER_TRADING_CONFIG: dict = {}
 
 
 def trading_summary(path: str) -> list[str]:

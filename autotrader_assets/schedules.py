@@ -28,7 +28,6 @@ def daily_paper_trading(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(
         run_key=f"paper-{day}",
         partition_key=day,
-        run_config={"ops": {"paper_trading": {"config": {"long_threshold": 0.6, "short_threshold": 0.4}}}},
     )
 
 

@@ -66,7 +66,7 @@ def training_config(seed: int = 7, **dataset) -> dict:
 
 
 def paper_config(**overrides) -> dict:
-    """`make run`'s PAPER_TRADING_CONFIG: the thresholds the model's backtest was gated with."""
+    """`make run`'s PAPER_TRADING_CONFIG (empty: thresholds come from the production model's params)."""
     return {"ops": {"paper_trading": {"config": {**PAPER_TRADING_CONFIG, **overrides}}}}
 
 

@@ -363,3 +363,12 @@ def test_the_sensor_requests_a_rollback_only_for_a_trip_still_in_force(tmp_path)
     assert [e.details["reason"] for e in store.events.events_since(0, kinds=[ALERT_EVENT])] == ["new loss"]
     assert pending_rollbacks(store, cursor) == ([], [], cursor)
     make_engine(url).dispose()
+
+
+def test_signal_thresholds_follow_the_production_model_unless_configured():
+    from autotrader_assets.defs.trading.assets import PaperTradingConfig, resolve_signal
+
+    gated = {"long_threshold": 0.6, "short_threshold": 0.4, "allow_short": False}
+    assert resolve_signal(PaperTradingConfig(), gated) == gated
+    assert resolve_signal(PaperTradingConfig(long_threshold=0.7), gated) == {**gated, "long_threshold": 0.7}
+    assert resolve_signal(PaperTradingConfig(), {}) == {"long_threshold": 0.55, "short_threshold": 0.45, "allow_short": True}

@@ -37,25 +37,48 @@ class PaperTradingConfig(dg.Config):
 
     instruments: Optional[List[str]] = None
     initial_equity: float = DEFAULT_INITIAL_EQUITY
-    long_threshold: float = 0.55
-    short_threshold: float = 0.45
-    allow_short: bool = True
+    # None: the thresholds the production model's backtest was gated with (registry params), so
+    # paper trading trades the signal that was validated; 0.55/0.45 if the model has none.
+    long_threshold: Optional[float] = None
+    short_threshold: Optional[float] = None
+    allow_short: Optional[bool] = None
     sizing: str = "fixed"
     max_position: float = 1.0
     fee_bps: Optional[float] = None
     slippage_bps: Optional[float] = None
 
 
-def paper_params(config: PaperTradingConfig, settings: Settings) -> PaperParams:
+DEFAULT_SIGNAL = {"long_threshold": 0.55, "short_threshold": 0.45, "allow_short": True}
+
+
+def resolve_signal(config: PaperTradingConfig, model_params: Optional[dict] = None) -> dict:
+    """Signal thresholds: the run config where set, else the production model's gated params,
+    else the defaults."""
+    model_params = model_params or {}
+    out = {}
+    for key, default in DEFAULT_SIGNAL.items():
+        value = getattr(config, key)
+        out[key] = value if value is not None else model_params.get(key, default)
+    return out
+
+
+def production_params(registry: "RegistryResource") -> dict:
+    """Params of the production model in the registry ({} when nothing is in production)."""
+    production = registry.open().get_production()
+    return dict(production.params) if production is not None else {}
+
+
+def paper_params(config: PaperTradingConfig, settings: Settings, model_params: Optional[dict] = None) -> PaperParams:
     """The account's parameters: run config over settings, breaker limits from the thresholds."""
+    signal = resolve_signal(config, model_params)
     return PaperParams(
         fee_bps=settings.fee_bps if config.fee_bps is None else float(config.fee_bps),
         slippage_bps=settings.slippage_bps if config.slippage_bps is None else float(config.slippage_bps),
         initial_equity=float(config.initial_equity),
         signal=SignalParams(
-            long_threshold=config.long_threshold,
-            short_threshold=config.short_threshold,
-            allow_short=config.allow_short,
+            long_threshold=float(signal["long_threshold"]),
+            short_threshold=float(signal["short_threshold"]),
+            allow_short=bool(signal["allow_short"]),
             sizing=config.sizing,
             max_position=config.max_position,
         ),
@@ -159,7 +182,11 @@ def paper_trading(
 ) -> dg.MaterializeResult:
     """The deployed model trading on paper: each day's fills, positions and PnL, behind a circuit breaker."""
     settings = get_settings()
-    params = paper_params(config, settings)
+    params = paper_params(config, settings, production_params(registry))
+    context.log.info(
+        f"signal: long > {params.signal.long_threshold}, short < {params.signal.short_threshold}, "
+        f"allow_short={params.signal.allow_short}"
+    )
     instruments = list(config.instruments) if config.instruments else list(settings.instruments)
     report = run_paper_trading(
         warehouse.connect,

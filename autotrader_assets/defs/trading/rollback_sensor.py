@@ -52,6 +52,5 @@ def data_rollback_reprocess_sensor(context: dg.RunStatusSensorContext, warehouse
     return dg.RunRequest(
         run_key=f"reprocess-after-{run.run_id}",
         partition_key=start,
-        run_config={"ops": {"paper_trading": {"config": {"long_threshold": 0.6, "short_threshold": 0.4}}}},
         tags={"autotrader/reason": f"data rollback {run.run_id}"},
     )
