@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 export AUTOTRADER_HOME ?= $(CURDIR)/.autotrader
 export DAGSTER_HOME ?= $(AUTOTRADER_HOME)/dagster_home
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Offline by design: no usage telemetry from dbt or Dagster.
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DAGSTER_DISABLE_TELEMETRY := 1
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast ui bench lint clean dbt-parse
