@@ -121,6 +121,73 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     }
 
 
+def run_stages(n_bars: int, workdir: Path) -> dict:
+    """The same work without the orchestrator: replay -> pandera (one lazy validation) ->
+    archive -> warehouse -> one `dbt build`. What is left of the Dagster figure is Dagster's
+    per-partition bookkeeping (one materialization event per partition and asset)."""
+    import json
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import duckdb
+    import pandas as pd
+
+    from autotrader_assets.defs.features.project import DBT_PROJECT_DIR, dbt_executable, write_profiles
+    from autotrader_assets.defs.market_data.archive import LocalArchive
+    from autotrader_assets.defs.market_data.replay import ReplaySource
+    from autotrader_assets.defs.market_data.validation import validate_bars
+    from autotrader_assets.defs.market_data.warehouse import replace_partitions
+    from autotrader_assets.settings import DEFAULT_INSTRUMENTS
+
+    instruments = list(DEFAULT_INSTRUMENTS)
+    days = math.ceil(n_bars / (1440 * len(instruments)))
+    dates = [(dt.date(2020, 1, 1) + dt.timedelta(days=d)).isoformat() for d in range(days)]
+    source, archive = ReplaySource(seed=11), LocalArchive(workdir / "archive")
+    db = workdir / "warehouse.duckdb"
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    frames = {(d, i): source.day_bars(i, d) for d in dates for i in instruments}
+    timings["replay"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report = validate_bars(pd.concat([f.assign(date=d) for (d, _), f in frames.items()], ignore_index=True))
+    assert report.passed
+    timings["pandera"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda kv: archive.write(kv[0][0], kv[0][1], kv[1]), frames.items()))
+    timings["archive"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    con = duckdb.connect(str(db))
+    items = list(frames.items())
+    for k in range(0, len(items), 256):
+        replace_partitions(con, dict(items[k:k + 256]))
+    con.close()
+    timings["warehouse"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    profiles = write_profiles(db, workdir / "dbt_profiles")
+    subprocess.run(
+        [dbt_executable(), "build", "--quiet", "--profiles-dir", str(profiles), "--target-path", str(workdir / "dbt_target"),
+         "--vars", json.dumps({"dates": dates, "instruments": instruments})],
+        cwd=DBT_PROJECT_DIR, check=True, env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    )
+    timings["dbt"] = time.perf_counter() - t
+
+    con = duckdb.connect(str(db))
+    bars = con.execute("select count(*) from market_bars").fetchall()[0][0]
+    raw = []
+    for _ in range(3):
+        t = time.perf_counter()
+        con.execute(RAW_FEATURES_SQL)
+        raw.append(time.perf_counter() - t)
+    con.close()
+    return {"bars": bars, "total_s": sum(timings.values()), "raw_s": min(raw), "timings": timings}
+
+
 def step_seconds(result) -> dict[str, float]:
     """Wall seconds per step of the run (from the STEP_SUCCESS events)."""
     return {
@@ -147,6 +214,12 @@ def main() -> int:
         print(f"features match raw SQL   max |diff| = {r['max_feature_diff']:.3g}")
         print("steps: " + ", ".join(f"{k.replace('market_bars_market_bars_', 'check_')} {v:.1f}s" for k, v in r["steps"].items()))
         print(f"peak RSS                 {self_mb:,.0f} MiB this process, {child_mb:,.0f} MiB largest child (dbt)", flush=True)
+        with tempfile.TemporaryDirectory(prefix="atbench-") as tmp:
+            s = run_stages(n, Path(tmp))
+        print(f"stages without dagster   {s['bars'] / s['total_s']:>12,.0f} bars/s   {s['total_s']:8.2f} s   "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+        print(f"raw duckdb sql (again)   {s['bars'] / s['raw_s']:>12,.0f} bars/s   {s['raw_s']:8.2f} s")
+        print(f"ratio stages/raw         {s['total_s'] / s['raw_s']:>12.2f}x", flush=True)
     return 0
 
 
