@@ -124,3 +124,39 @@ def test_pipeline_on_real_btc_minutes(tmp_path):
     con.close()
     assert 0 <= rsi[0] < rsi[1] <= 100
     assert 0 < rsi[2] < 0.01  # 1-minute BTC volatility is a fraction of a percent
+
+
+def test_features_use_no_future_bars(tmp_path):
+    """Rewriting the afternoon's bars must not change a single morning feature value."""
+    import json
+    import subprocess
+
+    from autotrader_assets.defs.features.project import DBT_PROJECT_DIR, dbt_executable
+
+    resources = temp_resources(tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT").success
+    db = str(tmp_path / "warehouse.duckdb")
+    query = "select * from bar_features where date = '2024-03-02' and hour(ts) < 12 order by ts"
+    con = duckdb.connect(db, read_only=True)
+    before = con.execute(query).df()
+    con.close()
+
+    con = duckdb.connect(db)
+    con.execute(
+        "update market_bars set close = close * 1.3, high = high * 1.3, volume = volume * 5 "
+        "where date = '2024-03-02' and hour(ts) >= 12"
+    )
+    con.close()
+    subprocess.run(
+        [dbt_executable(), "run", "--quiet", "--profiles-dir", str(tmp_path / "dbt_profiles"),
+         "--target-path", str(tmp_path / "dbt_target"),
+         "--vars", json.dumps({"dates": ["2024-03-02"], "instruments": ["BTCUSDT"]})],
+        cwd=DBT_PROJECT_DIR, check=True,
+    )
+    con = duckdb.connect(db, read_only=True)
+    after = con.execute(query).df()
+    changed = con.execute("select count(*) from bar_features where date = '2024-03-02' and hour(ts) >= 12 and close > 0").fetchall()[0][0]
+    con.close()
+    assert len(before) > 600 and changed > 0
+    pd.testing.assert_frame_equal(before, after)
