@@ -160,3 +160,40 @@ def test_features_use_no_future_bars(tmp_path):
     con.close()
     assert len(before) > 600 and changed > 0
     pd.testing.assert_frame_equal(before, after)
+
+
+class _CorruptBtcOnly:
+    """Replay bars, with a NaN close in BTCUSDT only."""
+
+    def fetch_bars(self, instrument, start, end):
+        df = ReplaySource(seed=11).fetch_bars(instrument, start, end)
+        if instrument == "BTCUSDT":
+            df.loc[10, "close"] = np.nan
+        return df
+
+
+class CorruptBtcSourceResource(MarketSourceResource):
+    def get_source(self):
+        return _CorruptBtcOnly()
+
+
+def test_checks_read_large_selections_in_chunks(tmp_path, monkeypatch):
+    """With one partition per chunk, the checks still see every partition and name the bad one."""
+    from autotrader_assets.defs.market_data import assets as market_assets
+
+    monkeypatch.setattr(market_assets, "CHECK_CHUNK", 1)
+    resources = temp_resources(tmp_path, market_source=CorruptBtcSourceResource(name="corrupt"))
+    result = run_data_pipeline(
+        resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|ETHUSDT", raise_on_error=False
+    )
+    assert not result.success
+    checks = check_results(result)
+    schema = checks["market_bars_schema"][0]
+    assert schema.metadata["failed_partitions"].value == ["2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT"]
+    assert schema.metadata["partitions_checked"].value == 4
+    replay = ReplaySource(seed=11)
+    assert schema.metadata["rows_checked"].value == sum(
+        len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")
+    )
+    completeness = checks["market_bars_completeness"][0]
+    assert completeness.metadata["worst_missing_fraction"].value < 0.05
