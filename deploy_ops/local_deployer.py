@@ -14,7 +14,6 @@ Two safety rules:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -27,6 +26,7 @@ from typing import Callable, Mapping
 
 import requests
 
+from deploy_ops.procs import pid_running
 from deploy_ops.state import SLOTS, DeploymentStateStore, SlotInfo, StateError
 
 #: Resolves a registry model version to ``(local bundle path, sha256)``.
@@ -75,14 +75,6 @@ def _read_cmdline(pid: int) -> str | None:
         return None
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    # The state letter follows the last ')' (the command name may itself contain parentheses).
-    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
 class LocalDeployer:
@@ -375,13 +367,8 @@ class LocalDeployer:
 
     @staticmethod
     def _is_serving_pid(pid: int) -> bool:
-        # PermissionError means the pid exists but belongs to someone else: the cmdline check decides.
-        with contextlib.suppress(PermissionError):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-        if _is_zombie(pid):
+        # A pid owned by someone else counts as running: the cmdline check decides.
+        if not pid_running(pid):
             return False
         cmdline = _read_cmdline(pid)
         return cmdline is not None and _SERVING_MODULE in cmdline

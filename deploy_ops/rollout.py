@@ -78,6 +78,7 @@ from deploy_ops.backtest import run_portfolio, signals_to_positions
 from deploy_ops.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.metrics import sharpe_ratio
 from deploy_ops.modeling import ModelBundle
+from deploy_ops.procs import pid_running
 from deploy_ops.registry import PRODUCTION, STAGING, ModelRegistry, ModelVersion, RegistryError
 from deploy_ops.state import (
     DEFAULT_ROUTE,
@@ -820,20 +821,6 @@ class LeaseStore:
                      row.live_slot, row.candidate_slot, row.previous_version)
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-
 
 def lease_is_alive(lease: Lease | None, started_at: dt.datetime, timeout: float) -> bool:
     """Whether a running deployment's owner is still there to finish it."""
@@ -844,7 +831,7 @@ def lease_is_alive(lease: Lease | None, started_at: dt.datetime, timeout: float)
     if (now - lease.heartbeat_at).total_seconds() > timeout:
         return False
     if lease.owner_host == socket.gethostname():
-        return _pid_exists(lease.owner_pid)
+        return pid_running(lease.owner_pid)
     return True
 
 

@@ -64,3 +64,12 @@ def make_bundle() -> Callable[..., "ModelBundle"]:
         )
 
     return _make
+
+
+@pytest.fixture
+def mocked():
+    """``responses`` intercepting every HTTP call of the test (nothing reaches the network)."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps

@@ -18,6 +18,7 @@ from deploy_ops.client import RoutedClient, ServingError
 from deploy_ops.local_deployer import LocalDeployer, SlotInUseError, SlotStartError
 from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
+from deploy_ops.procs import pid_running
 
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
 
@@ -33,14 +34,6 @@ def make_bundle(path: Path, seed: int) -> tuple[str, ModelBundle]:
     return bundle.save(str(path)), bundle
 
 
-def pid_running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 @pytest.fixture
@@ -184,25 +177,25 @@ def test_a_reused_pid_is_never_signalled(state, tmp_path):
 def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(state, tmp_path):
     """A slot stuck in shutdown must still go away: SIGKILL after the grace period."""
     # The marker argument makes the cmdline look like a serving process, as a wedged one would.
-    stubborn = subprocess.Popen(
+    term_ignoring = subprocess.Popen(
         [sys.executable, "-c",
          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
          "deploy_ops.serving"],
         stdout=subprocess.PIPE, start_new_session=True,
     )
     try:
-        assert stubborn.stdout.readline() == b"up\n"  # the SIGTERM handler is installed
-        state.set_slot("green", status="ready", version="v1", url="http://127.0.0.1:9", pid=stubborn.pid)
+        assert term_ignoring.stdout.readline() == b"up\n"  # the SIGTERM handler is installed
+        state.set_slot("green", status="ready", version="v1", url="http://127.0.0.1:9", pid=term_ignoring.pid)
         deployer = LocalDeployer(state, tmp_path / "slots")  # not the parent: the /proc path is used
         assert deployer.is_alive("green")
         started = time.monotonic()
         assert deployer.stop_slot("green", grace=0.5).status == "stopped"
         assert 0.5 <= time.monotonic() - started < 10
-        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+        assert term_ignoring.wait(timeout=10) == -signal.SIGKILL
     finally:
-        if stubborn.poll() is None:
-            stubborn.kill()
-            stubborn.wait(timeout=10)
+        if term_ignoring.poll() is None:
+            term_ignoring.kill()
+            term_ignoring.wait(timeout=10)
 
 
 def test_port_already_taken_is_reported(state, deployer, bundles):

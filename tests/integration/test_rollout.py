@@ -36,6 +36,7 @@ from deploy_ops.rollout import (
     server_delta,
     sharpe_gate,
 )
+from deploy_ops.procs import pid_running
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -92,15 +93,6 @@ def rollout_policy(**overrides) -> RolloutPolicy:
 
 
 
-def pid_running(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def wait_dead(pid: int, timeout: float = 10.0) -> bool:

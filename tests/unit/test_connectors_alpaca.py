@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import pytest
-import responses
 
 from autotrader_assets.defs.market_data.connectors import AlpacaSource, MissingCredentialsError, get_source
 from autotrader_assets.defs.market_data.connectors.alpaca import (
@@ -17,6 +15,7 @@ from autotrader_assets.defs.market_data.connectors.alpaca import (
 )
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
+from tests.connector_support import FakeClock, query
 
 BASE = "https://data.alpaca.test"
 STOCK_BARS = BASE + "/v2/stocks/AAPL/bars"
@@ -24,21 +23,6 @@ CRYPTO_BARS = BASE + "/v1beta3/crypto/us/bars"
 KEY_ID = "PKTESTKEYID0000000001"
 SECRET = "s3cr3t-alpaca-secret-key-value"
 T0 = pd.Timestamp("2024-01-02 14:30", tz="UTC")
-
-
-class FakeClock:
-    """Wall clock that moves only when the code under test sleeps."""
-
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def bar(ts: pd.Timestamp, price: float = 185.0) -> dict:
@@ -51,16 +35,6 @@ def bar(ts: pd.Timestamp, price: float = 185.0) -> dict:
 
 def minute(i: int) -> pd.Timestamp:
     return T0 + pd.Timedelta(minutes=i)
-
-
-def query(call) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(call.request.url).query).items()}
-
-
-@pytest.fixture
-def mocked():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 @pytest.fixture

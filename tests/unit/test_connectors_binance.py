@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -14,35 +12,13 @@ from autotrader_assets.defs.market_data.connectors import BinanceSource, get_sou
 from autotrader_assets.defs.market_data.connectors.binance import WEIGHT_HEADER, parse_kline_rows
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
+from tests.connector_support import FakeClock, query, shared_data_dir
 
 BASE = "https://api.binance.test"
 KLINES = BASE + "/api/v3/klines"
 T0 = pd.Timestamp("2024-01-02 00:00", tz="UTC")
 T0_MS = int(T0.value // 1_000_000)
 MIN_MS = 60_000
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("AUTOTRADER_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared market data folder {path} is absent (set AUTOTRADER_SHARED_DATA to run)")
-    return path
-
-
-class FakeClock:
-    """Wall clock that moves only when the code under test sleeps."""
-
-    def __init__(self, now: float):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def kline(open_ms: int, price: float = 100.0, volume: float = 1.5) -> list:
@@ -72,16 +48,6 @@ def serve_klines(rows: list[list], weights: list[int] | None = None):
         return 200, headers, json.dumps(page)
 
     return callback
-
-
-def query(call) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(call.request.url).query).items()}
-
-
-@pytest.fixture
-def mocked():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 @pytest.fixture

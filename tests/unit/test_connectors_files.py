@@ -12,17 +12,10 @@ import pytest
 from autotrader_assets.defs.market_data.connectors import FileSource, get_source, parse_times
 from autotrader_assets.defs.market_data.connectors import files as files_module
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
+from tests.connector_support import shared_data_dir
 
 T0 = pd.Timestamp("2024-01-02 00:00", tz="UTC")
 T0_MS = int(T0.value // 1_000_000)
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("AUTOTRADER_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared market data folder {path} is absent (set AUTOTRADER_SHARED_DATA to run)")
-    return path
 
 
 def minute(i: int) -> pd.Timestamp:

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import requests
-import responses
 
 from autotrader_assets.defs.market_data.connectors.http import (
     ConnectorError,
@@ -16,29 +15,9 @@ from autotrader_assets.defs.market_data.connectors.http import (
     redact_url,
 )
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
+from tests.connector_support import FakeClock
 
 URL = "https://api.example.test/v1/bars"
-
-
-class FakeClock:
-    """Wall clock that moves only when the code under test sleeps."""
-
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def mocked():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -15,35 +13,13 @@ from autotrader_assets.defs.market_data.connectors import IbkrSource, get_source
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.connectors.ibkr import period_for
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
+from tests.connector_support import FakeClock, query, shared_data_dir
 
 GATEWAY = "https://gateway.test:5000"
 HISTORY = GATEWAY + "/v1/api/iserver/marketdata/history"
 SEARCH = GATEWAY + "/v1/api/iserver/secdef/search"
 DAY = pd.Timestamp("2021-01-05", tz="UTC")
 T0 = pd.Timestamp("2021-01-05 14:30", tz="UTC")
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("AUTOTRADER_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared market data folder {path} is absent (set AUTOTRADER_SHARED_DATA to run)")
-    return path
-
-
-class FakeClock:
-    """Wall clock that moves only when the code under test sleeps."""
-
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def ms(ts: pd.Timestamp) -> int:
@@ -79,16 +55,6 @@ def serve_history(bars: list[dict], anchor: str = "start"):
         return 200, {}, json.dumps(history(page))
 
     return callback
-
-
-def query(call) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(call.request.url).query).items()}
-
-
-@pytest.fixture
-def mocked():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 @pytest.fixture
