@@ -141,8 +141,15 @@ class IllegalTransitionError(RegistryError):
     """The requested stage change is not allowed from the version's current stage."""
 
 
+class _Record:
+    """``to_dict``: a JSON-ready form of a dataclass record, datetimes as ISO-8601 strings."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in asdict(self).items()}
+
+
 @dataclass(frozen=True)
-class ModelVersion:
+class ModelVersion(_Record):
     """One registered model version as stored in the registry."""
 
     version: int
@@ -156,15 +163,9 @@ class ModelVersion:
     created_at: dt.datetime
     description: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (timestamps as ISO-8601 strings)."""
-        out = asdict(self)
-        out["created_at"] = self.created_at.isoformat()
-        return out
-
 
 @dataclass(frozen=True)
-class StageChange:
+class StageChange(_Record):
     """One row of the stage history: ``version`` moved ``from_stage -> to_stage``."""
 
     id: int
@@ -176,15 +177,9 @@ class StageChange:
     reason: str
     at: dt.datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = asdict(self)
-        out["at"] = self.at.isoformat()
-        return out
-
 
 @dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(_Record):
     """One registry mutation: who did what to which version, why, and the details."""
 
     id: int
@@ -195,15 +190,9 @@ class AuditEntry:
     details: dict[str, Any]
     at: dt.datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = asdict(self)
-        out["at"] = self.at.isoformat()
-        return out
-
 
 @dataclass(frozen=True)
-class ProductionPeriod:
+class ProductionPeriod(_Record):
     """A span during which one version held production; ``until`` is None while it still does."""
 
     version: int
@@ -216,13 +205,6 @@ class ProductionPeriod:
     ended_by_actor: str | None = None
     ended_reason: str | None = None
     ended_to_stage: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = asdict(self)
-        out["since"] = self.since.isoformat()
-        out["until"] = self.until.isoformat() if self.until else None
-        return out
 
 
 @dataclass
