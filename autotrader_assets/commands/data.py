@@ -18,6 +18,10 @@ def _date_range(start: str, end: str) -> list[str]:
     return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
+#: Partitions validated per warehouse read.
+VALIDATE_CHUNK = 64
+
+
 @click.group(name="data")
 def group() -> None:
     """Market data: validate partitions, list the archive."""
@@ -36,8 +40,8 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
     import duckdb
 
     from autotrader_assets.defs.market_data.archive import validate_instrument
-    from autotrader_assets.defs.market_data.validation import missing_fraction, validate_bars
-    from autotrader_assets.defs.market_data.warehouse import read_partition
+    from autotrader_assets.defs.market_data.validation import missing_fractions, partition_failures
+    from autotrader_assets.defs.market_data.warehouse import read_partitions
 
     settings = get_settings()
     try:
@@ -47,25 +51,33 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
         raise click.BadParameter(str(exc)) from exc
     if not settings.warehouse_path.exists():
         raise click.ClickException(f"no warehouse at {settings.warehouse_path}: run `make run` first")
+    pairs = [(d, i) for d in dates for i in insts]
     report, bad = [], 0
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     try:
-        with click.progressbar([(d, i) for d in dates for i in insts], label="validating", file=click.get_text_stream("stderr")) as items:
-            for date, inst in items:
-                df = read_partition(con, date, inst, ordered=False)
-                res = validate_bars(df, date=date)
-                ok = res.passed and res.n_rows > 0
-                bad += not ok
-                report.append(
-                    {
-                        "date": date,
-                        "instrument": inst,
-                        "rows": res.n_rows,
-                        "schema_passed": ok,
-                        "failures": int(res.n_failures) if res.n_rows else "partition missing",
-                        "missing_fraction": round(missing_fraction(df), 4),
-                    }
-                )
+        with click.progressbar(length=len(pairs), label="validating", file=click.get_text_stream("stderr")) as bar:
+            for k in range(0, len(pairs), VALIDATE_CHUNK):
+                chunk = pairs[k : k + VALIDATE_CHUNK]
+                df = read_partitions(con, chunk)
+                _rows, failed, cases = partition_failures(chunk, df)
+                per_part_cases = cases.groupby("partition").size() if not cases.empty else {}
+                per_part_rows = df.groupby(["date", "instrument"]).size() if len(df) else {}
+                fractions = missing_fractions(df, chunk)
+                for date, inst in chunk:
+                    key = f"{date}|{inst}"
+                    rows = int(per_part_rows.get((date, inst), 0))
+                    bad += key in failed
+                    report.append(
+                        {
+                            "date": date,
+                            "instrument": inst,
+                            "rows": rows,
+                            "schema_passed": key not in failed,
+                            "failures": int(per_part_cases.get(key, 0)) if rows else "partition missing",
+                            "missing_fraction": fractions[key],
+                        }
+                    )
+                bar.update(len(chunk))
     finally:
         con.close()
     if as_json:

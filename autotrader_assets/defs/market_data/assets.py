@@ -12,8 +12,8 @@ from autotrader_assets.defs.market_data.validation import (
     find_gaps_many,
     missing_fraction,
     missing_fractions,
+    partition_failures,
     return_outliers_many,
-    validate_bars,
 )
 from autotrader_assets.defs.market_data.warehouse import read_partitions, replace_partitions
 from autotrader_assets.resources import WarehouseResource
@@ -26,17 +26,7 @@ FRESHNESS_DEADLINE_CRON = "30 0 * * *"
 
 
 def _md_table(df: pd.DataFrame, limit: int = 20) -> str:
-    if df.empty:
-        return "(none)"
-    return df.head(limit).to_markdown(index=False) if _has_tabulate() else df.head(limit).to_string(index=False)
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return "(none)" if df.empty else df.head(limit).to_markdown(index=False)
 
 
 class MarketBarsConfig(dg.Config):
@@ -167,27 +157,6 @@ def _selected_chunks(context, warehouse: WarehouseResource):
             yield chunk, read_partitions(con, chunk)
 
 
-def _schema_failures(parts: list[tuple[str, str]], df: pd.DataFrame) -> tuple[int, set[str], pd.DataFrame]:
-    """Rows checked, failed partition keys and failure cases (with their partition) of one chunk."""
-    report = validate_bars(df)
-    present = set(zip(df["date"], df["instrument"])) if len(df) else set()
-    empty = [f"{d}|{i}" for d, i in parts if (d, i) not in present]
-    failed = set(empty)
-    cases = pd.DataFrame()
-    if not report.passed:
-        cases = report.failure_cases[["column", "check", "failure_case", "index"]].copy()
-        idx = pd.to_numeric(cases["index"], errors="coerce")
-        valid = idx.notna() & idx.isin(df.index)
-        part = pd.Series("(frame)", index=cases.index, dtype="object")
-        part[valid] = (df.loc[idx[valid], "date"] + "|" + df.loc[idx[valid], "instrument"]).to_numpy()
-        cases.insert(0, "partition", part)
-        cases["failure_case"] = cases["failure_case"].astype(str)
-        failed |= set(part[valid])
-    if empty:
-        cases = pd.concat([cases, pd.DataFrame({"partition": empty, "check": "partition is empty"})], ignore_index=True)
-    return report.n_rows, failed, cases
-
-
 @dg.asset_check(
     asset=market_bars,
     partitions_def=market_partitions(),
@@ -198,7 +167,7 @@ def _schema_failures(parts: list[tuple[str, str]], df: pd.DataFrame) -> tuple[in
 def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     rows, n_parts, n_cases, failed, kept = 0, 0, 0, set(), []
     for parts, df in _selected_chunks(context, warehouse):
-        n, bad, cases = _schema_failures(parts, df)
+        n, bad, cases = partition_failures(parts, df)
         rows, n_parts, n_cases = rows + n, n_parts + len(parts), n_cases + len(cases)
         failed |= bad
         if sum(map(len, kept)) < MAX_CASES and not cases.empty:

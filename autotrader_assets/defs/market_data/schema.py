@@ -1,8 +1,7 @@
-"""The normalized bar frame every source returns, and its pandera schema."""
+"""The normalized bar frame every source returns (its pandera schema is in ``validation``)."""
 from __future__ import annotations
 
 import pandas as pd
-import pandera.pandas as pa
 
 #: Columns of the normalized frame, in order. ``ts`` is the bar *open* time in UTC.
 BAR_COLUMNS: list[str] = ["ts", "instrument", "open", "high", "low", "close", "volume", "source"]

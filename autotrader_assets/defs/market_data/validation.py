@@ -86,6 +86,31 @@ def validate_bars(df: pd.DataFrame, date: str | None = None) -> SchemaReport:
     return SchemaReport(True, len(df), 0, pd.DataFrame())
 
 
+def partition_failures(parts: list[tuple[str, str]], df: pd.DataFrame) -> tuple[int, set[str], pd.DataFrame]:
+    """Validate the rows of many partitions at once (``df`` has a ``date`` column).
+
+    Returns the rows checked, the failed ``date|instrument`` keys (an empty partition fails) and
+    the failure cases with their partition.
+    """
+    report = validate_bars(df)
+    present = set(zip(df["date"], df["instrument"])) if len(df) else set()
+    empty = [f"{d}|{i}" for d, i in parts if (d, i) not in present]
+    failed = set(empty)
+    cases = pd.DataFrame()
+    if not report.passed:
+        cases = report.failure_cases[["column", "check", "failure_case", "index"]].copy()
+        idx = pd.to_numeric(cases["index"], errors="coerce")
+        valid = idx.notna() & idx.isin(df.index)
+        part = pd.Series("(frame)", index=cases.index, dtype="object")
+        part[valid] = (df.loc[idx[valid], "date"] + "|" + df.loc[idx[valid], "instrument"]).to_numpy()
+        cases.insert(0, "partition", part)
+        cases["failure_case"] = cases["failure_case"].astype(str)
+        failed |= set(part[valid])
+    if empty:
+        cases = pd.concat([cases, pd.DataFrame({"partition": empty, "check": "partition is empty"})], ignore_index=True)
+    return report.n_rows, failed, cases
+
+
 def missing_fraction(df: pd.DataFrame, expected_minutes: int = MINUTES_PER_DAY) -> float:
     """Fraction of the expected 1-minute bars that are absent (duplicates do not count twice)."""
     present = df["ts"].nunique() if len(df) else 0
