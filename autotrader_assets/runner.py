@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from autotrader_assets.defs.training import TRAINING_RECIPE
 from autotrader_assets.instance import local_instance
 from autotrader_assets.settings import get_settings
 
@@ -59,14 +60,8 @@ def run_data_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, dates:
     return _report("data_pipeline", result, time.perf_counter() - t0)
 
 
-#: Training run config of `make run`: a 15-minute label horizon, and 30% of the window held out
-#: so the test-period Sharpe rests on several daily returns.
-TRAINING_RUN_CONFIG = {
-    "ops": {
-        "training_dataset": {"config": {"horizon": 15}},
-        "candidate_model": {"config": {"test_fraction": 0.3, "long_threshold": 0.6, "short_threshold": 0.4}},
-    }
-}
+#: Training run config of `make run`: the platform's training recipe.
+TRAINING_RUN_CONFIG = TRAINING_RECIPE
 
 
 def run_training(defs: dg.Definitions, instance: dg.DagsterInstance) -> StageReport:

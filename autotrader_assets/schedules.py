@@ -1,15 +1,14 @@
 """Schedules that tie the domains together (each domain's own schedules live beside it)."""
+import copy
 import datetime as dt
 
 import dagster as dg
 
+from autotrader_assets.defs.training import TRAINING_RECIPE
+
 #: Weekly retrain on the last 28 days of features, Sunday 02:00 UTC, after the nightly data run.
-WEEKLY_TRAINING_CONFIG = {
-    "ops": {
-        "training_dataset": {"config": {"last_n_days": 28, "horizon": 15}},
-        "candidate_model": {"config": {"test_fraction": 0.3, "long_threshold": 0.6, "short_threshold": 0.4}},
-    }
-}
+WEEKLY_TRAINING_CONFIG = copy.deepcopy(TRAINING_RECIPE)
+WEEKLY_TRAINING_CONFIG["ops"]["training_dataset"]["config"]["last_n_days"] = 28
 
 weekly_training = dg.ScheduleDefinition(
     name="weekly_training",

@@ -103,3 +103,11 @@ def test_daily_schedules_request_yesterday():
     )
     (paper,) = sched["daily_paper_trading"].evaluate_tick(ctx).run_requests
     assert paper.partition_key == "2024-05-01"
+
+
+def test_training_recipe_is_valid_config_for_the_training_job():
+    from autotrader_assets.schedules import WEEKLY_TRAINING_CONFIG
+
+    job = defs.resolve_job_def("training_job")
+    dg.validate_run_config(job, WEEKLY_TRAINING_CONFIG)
+    assert WEEKLY_TRAINING_CONFIG["ops"]["training_dataset"]["config"]["last_n_days"] == 28
