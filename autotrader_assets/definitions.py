@@ -25,10 +25,15 @@ from autotrader_assets.defs.deployment import (
     deployment_resource,
     deployment_sensors,
 )
-from autotrader_assets.defs.trading import trading_assets, trading_checks, trading_jobs, trading_sensors
-from autotrader_assets.defs.training import training_assets, training_checks, training_job
+from autotrader_assets.defs.trading import (
+    trading_assets,
+    trading_checks,
+    trading_jobs,
+    trading_schedules,
+    trading_sensors,
+)
+from autotrader_assets.defs.training import training_assets, training_checks, training_jobs, training_schedules
 from autotrader_assets.resources import default_resources
-from autotrader_assets.schedules import performance_report_job, platform_schedules
 from autotrader_assets.settings import Settings, get_settings
 
 
@@ -50,8 +55,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets],
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],
-        jobs=[*market_data_jobs, training_job, *deployment_jobs, *trading_jobs, performance_report_job],
-        schedules=[*market_data_schedules, *platform_schedules],
+        jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs],
+        schedules=[*market_data_schedules, *training_schedules, *trading_schedules],
         sensors=[*deployment_sensors, *trading_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,

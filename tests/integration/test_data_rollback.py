@@ -90,7 +90,7 @@ def test_restore_rejects_unknown_or_tricky_instruments(bad):
 
 def test_successful_rollback_requests_paper_trading_recompute(tmp_path):
     """The reprocess sensor asks paper trading to redo the first already-traded restored date."""
-    from autotrader_assets.defs.trading.rollback_sensor import data_rollback_reprocess_sensor
+    from autotrader_assets.defs.trading.sensors import data_rollback_reprocess_sensor
     from autotrader_assets.resources import WarehouseResource
 
     resources = temp_resources(tmp_path)

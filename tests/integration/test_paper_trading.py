@@ -31,7 +31,7 @@ from autotrader_assets.defs.trading import (
     paper_trading,
     trading_performance,
 )
-from autotrader_assets.defs.trading.alerts import ALERT_EVENT
+from autotrader_assets.defs.trading.rollback_decision import ALERT_EVENT
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
 from deploy_ops.breaker import TRIP_EVENT, BreakerStore

@@ -106,7 +106,7 @@ def test_daily_schedules_request_yesterday():
 
 
 def test_training_recipe_is_valid_config_for_the_training_job():
-    from autotrader_assets.schedules import WEEKLY_TRAINING_CONFIG
+    from autotrader_assets.defs.training.schedules import WEEKLY_TRAINING_CONFIG
 
     job = defs.resolve_job_def("training_job")
     dg.validate_run_config(job, WEEKLY_TRAINING_CONFIG)

@@ -349,7 +349,7 @@ def test_performance_from_the_warehouse_is_the_metrics_of_the_chained_days():
 
 
 def test_the_sensor_requests_a_rollback_only_for_a_trip_still_in_force(tmp_path):
-    from autotrader_assets.defs.trading.alerts import ALERT_EVENT, pending_rollbacks
+    from autotrader_assets.defs.trading.rollback_decision import ALERT_EVENT, pending_rollbacks
 
     url = f"sqlite:///{tmp_path / 'state.db'}"
     store = BreakerStore(url)

@@ -1,11 +1,9 @@
-"""Paper trading as Dagster assets: ``paper_trading`` (by date), ``trading_performance``, the
-``circuit_breaker`` check, the circuit-breaker sensor and ``paper_trading_job``.
+"""Paper trading as Dagster assets: ``paper_trading`` (by date) and ``trading_performance``.
 
 The deployment-state store (routing table, slots, events, breaker) lives at the registry URL,
 so the ``registry`` resource's ``url`` is the store every definition here opens.
 """
 import datetime as dt
-import functools
 import math
 from typing import Any, List, Optional
 
@@ -13,23 +11,13 @@ import dagster as dg
 import pandas as pd
 
 from autotrader_assets.defs.trading import performance as perf
-from autotrader_assets.defs.trading.alerts import ROLLBACK_JOB, pending_rollbacks
 from autotrader_assets.defs.trading.paper import PaperParams, SignalParams
+from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings, get_settings
 from deploy_ops.backtest import DEFAULT_INITIAL_EQUITY
 from deploy_ops.breaker import BreakerStatus, BreakerStore
-
-
-@functools.lru_cache(maxsize=8)
-def _daily(start_date: str) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=start_date, timezone="UTC")
-
-
-def trading_partitions() -> dg.DailyPartitionsDefinition:
-    """One partition per UTC day from the settings' start date (shared by asset and job)."""
-    return _daily(get_settings().start_date)
 
 
 class PaperTradingConfig(dg.Config):
@@ -150,7 +138,7 @@ def breaker_metadata(status: BreakerStatus) -> dict[str, Any]:
     }
 
 
-def _clean(meta: dict[str, Any]) -> dict[str, Any]:
+def clean_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     # Dagster metadata rejects None; a float NaN would render as "NaN" and mislead.
     out = {}
     for key, value in meta.items():
@@ -203,13 +191,13 @@ def paper_trading(
         meta = _day_metadata(report, date)
         meta["recomputed_from"] = report.work[0].isoformat()
         context.log_event(
-            dg.AssetMaterialization(asset_key=context.asset_key, partition=date.isoformat(), metadata=_clean(meta))
+            dg.AssetMaterialization(asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(meta))
         )
     for date, outcome in report.trips:
         trip_meta = breaker_metadata(outcome.status)
         trip_meta.update(newly_tripped=outcome.newly_tripped, outcome=outcome.why, trip_date=date.isoformat())
         context.log_event(
-            dg.AssetObservation(asset_key=context.asset_key, partition=date.isoformat(), metadata=_clean(trip_meta))
+            dg.AssetObservation(asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(trip_meta))
         )
         log = context.log.error if outcome.newly_tripped else context.log.warning
         log(f"circuit breaker ({outcome.why}) on {date}: {outcome.status.reason}")
@@ -233,36 +221,6 @@ def paper_trading(
         "seconds": dg.MetadataValue.json({k: round(v, 4) for k, v in report.seconds.items()}),
     }
     return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset_check(
-    asset=paper_trading,
-    name="circuit_breaker",
-    blocking=False,
-    description="Fails with ERROR while the circuit breaker is tripped: trading stays halted until an "
-    "approved `autotrader breaker reset`.",
-)
-def circuit_breaker_check(registry: RegistryResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    status = BreakerStore(registry.url).status()
-    metadata = breaker_metadata(status)
-    if warehouse.table_exists("paper_account_state"):
-        with warehouse.connect() as con:
-            latest = con.execute(
-                "select date, end_equity, max_drawdown, max_day_loss, peak_equity from paper_account_state "
-                "order by date desc limit 1"
-            ).fetchone()
-        if latest is not None:
-            date, equity, max_dd, max_loss, peak = latest
-            metadata.update(
-                latest_date=str(date), latest_equity=float(equity), latest_max_drawdown=float(max_dd),
-                latest_max_day_loss=float(max_loss), peak_equity=float(peak),
-            )
-    return dg.AssetCheckResult(
-        passed=not status.tripped,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"circuit breaker tripped: {status.reason}" if status.tripped else "circuit breaker armed"),
-        metadata=_clean(metadata),
-    )
 
 
 @dg.asset(deps=[paper_trading], group_name="trading", kinds={"python", "duckdb"})
@@ -313,43 +271,3 @@ def trading_performance(
         "circuit_breaker": dg.MetadataValue.json(status.to_dict()),
     }
     return dg.MaterializeResult(metadata=metadata)
-
-
-def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB) -> dg.SensorDefinition:
-    """The sensor that answers a breaker trip with an alert event and the emergency rollback job.
-
-    The job is referenced by name only; the Definitions it is loaded into must contain it."""
-
-    @dg.sensor(
-        name="circuit_breaker_sensor",
-        job_name=job_name,
-        minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Circuit-breaker trips in the deployment event log -> alert event + emergency rollback run.",
-    )
-    def circuit_breaker_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
-        cursor = int(context.cursor) if context.cursor else 0
-        store = BreakerStore(registry.url)
-        requests, skipped, new_cursor = pending_rollbacks(store, cursor, job_name)
-        for note in skipped:
-            context.log.info(note)
-        context.update_cursor(str(new_cursor))
-        if not requests:
-            return dg.SkipReason(
-                "no new circuit-breaker trips" if not skipped else "; ".join(skipped)
-            )
-        return [
-            dg.RunRequest(run_key=req.run_key, job_name=job_name, tags=req.tags) for req in requests
-        ]
-
-    return circuit_breaker_sensor
-
-
-circuit_breaker_sensor = build_circuit_breaker_sensor()
-
-paper_trading_job = dg.define_asset_job(
-    "paper_trading_job",
-    selection=dg.AssetSelection.assets(paper_trading, trading_performance),
-    partitions_def=trading_partitions(),
-    description="Paper-trade the selected date(s) (and every later computed date), then refresh the metrics.",
-)

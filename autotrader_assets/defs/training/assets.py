@@ -1,4 +1,4 @@
-"""Training assets: dataset -> candidate model -> promotion gates (blocking checks) -> registry.
+"""Training assets: dataset -> candidate model -> (promotion gates, ``checks.py``) -> registry.
 
 The heavy lifting lives in the plain modules beside this file; the assets read and write the
 stores, log progress and turn results into metadata. ``registered_model`` re-applies every
@@ -27,7 +27,7 @@ from autotrader_assets.defs.training.dataset import (
     write_training_table,
 )
 from autotrader_assets.defs.training.evaluate import BacktestConfig
-from autotrader_assets.defs.training.gates import GATE_DESCRIPTIONS, GATE_NAMES, evaluate_gates, run_gate
+from autotrader_assets.defs.training.gates import GATE_NAMES, evaluate_gates
 from autotrader_assets.defs.training.labels import validate_horizon
 from autotrader_assets.defs.training.lineage import build_lineage, git_revision
 from autotrader_assets.defs.training.plots import equity_curves_png, png_markdown, training_curves_png
@@ -118,7 +118,7 @@ def _meta(value: Any) -> Any:
     return str(value)
 
 
-def _meta_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+def meta_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _meta(v) for k, v in values.items()}
 
 
@@ -279,29 +279,10 @@ def candidate_model(
     )
 
 
-def _load_candidate_bundle(registry: RegistryResource, candidate: Mapping[str, Any]) -> ModelBundle:
+def load_candidate_bundle(registry: RegistryResource, candidate: Mapping[str, Any]) -> ModelBundle:
     reg = registry.open()
     data = reg.artifacts.get(candidate["artifact_uri"], candidate["sha256"])
     return ModelBundle.from_bytes(data, expected_sha256=candidate["sha256"])
-
-
-def _gate_check(gate: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=candidate_model, name=gate, blocking=True, description=GATE_DESCRIPTIONS[gate])
-    def _check(
-        context: dg.AssetCheckExecutionContext, candidate_model: dict, registry: RegistryResource
-    ) -> dg.AssetCheckResult:
-        bundle = _load_candidate_bundle(registry, candidate_model)
-        passed, meta = run_gate(gate, candidate_model["report"], bundle, get_settings().thresholds)
-        if not passed:
-            context.log.error(f"promotion gate {gate} failed: {meta.get('reason')}")
-        return dg.AssetCheckResult(
-            passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=_meta_dict(meta)
-        )
-
-    return _check
-
-
-promotion_gate_checks: list[dg.AssetChecksDefinition] = [_gate_check(g) for g in GATE_NAMES]
 
 
 def registration_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,7 +309,7 @@ def registered_model(
 ) -> dg.Output[dict]:
     """The candidate that passed every promotion gate, recorded in the registry as a staging version."""
     settings = get_settings()
-    bundle = _load_candidate_bundle(registry, candidate_model)
+    bundle = load_candidate_bundle(registry, candidate_model)
     report = candidate_model["report"]
     results = evaluate_gates(report, bundle, settings.thresholds)
     failed = {name: meta.get("reason") for name, (passed, meta) in results.items() if not passed}
@@ -372,10 +353,3 @@ def registered_model(
 
 
 training_assets: list[dg.AssetsDefinition] = [training_dataset, candidate_model, registered_model]
-training_checks: list[dg.AssetChecksDefinition] = list(promotion_gate_checks)
-
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=dg.AssetSelection.assets(*training_assets),
-    description="Build the training dataset, train and gate a candidate, register it as staging.",
-)

@@ -1,4 +1,5 @@
-"""After a data rollback, paper trading is recomputed from the first restored date.
+"""Trading sensors: the circuit breaker's answer to a trip, and paper trading recomputed after a
+data rollback.
 
 A data rollback rewrites bars and features for some dates; paper-trading results of those
 dates (and, through the carried account state, of every later date) were computed from the
@@ -9,8 +10,43 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
 from autotrader_assets.defs.market_data.jobs import data_rollback_job
-from autotrader_assets.defs.trading.assets import paper_trading_job
-from autotrader_assets.resources import WarehouseResource
+from autotrader_assets.defs.trading.jobs import paper_trading_job
+from autotrader_assets.defs.trading.rollback_decision import ROLLBACK_JOB, pending_rollbacks
+from autotrader_assets.resources import RegistryResource, WarehouseResource
+from deploy_ops.breaker import BreakerStore
+
+
+def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB) -> dg.SensorDefinition:
+    """The sensor that answers a breaker trip with an alert event and the emergency rollback job.
+
+    The job is referenced by name only; the Definitions it is loaded into must contain it."""
+
+    @dg.sensor(
+        name="circuit_breaker_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Circuit-breaker trips in the deployment event log -> alert event + emergency rollback run.",
+    )
+    def circuit_breaker_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
+        cursor = int(context.cursor) if context.cursor else 0
+        store = BreakerStore(registry.url)
+        requests, skipped, new_cursor = pending_rollbacks(store, cursor, job_name)
+        for note in skipped:
+            context.log.info(note)
+        context.update_cursor(str(new_cursor))
+        if not requests:
+            return dg.SkipReason(
+                "no new circuit-breaker trips" if not skipped else "; ".join(skipped)
+            )
+        return [
+            dg.RunRequest(run_key=req.run_key, job_name=job_name, tags=req.tags) for req in requests
+        ]
+
+    return circuit_breaker_sensor
+
+
+circuit_breaker_sensor = build_circuit_breaker_sensor()
 
 
 def first_restored_date(tags: dict[str, str]) -> str | None:
