@@ -158,10 +158,12 @@ def test_empty_result_null_bars(mocked, clock, creds):
 
 def test_duplicates_and_unsorted_across_pages_are_normalized(mocked, clock, creds):
     mocked.get(STOCK_BARS, json={"bars": [bar(minute(2)), bar(minute(0))], "next_page_token": "p2"})
-    mocked.get(STOCK_BARS, json={"bars": [bar(minute(1)), bar(minute(2), 200.0)], "next_page_token": None})
+    mocked.get(STOCK_BARS, json={"bars": [bar(minute(1)), bar(minute(2), 200.0), bar(minute(0))], "next_page_token": None})
     out = source(clock).fetch_bars("AAPL", T0, minute(3))
-    assert out["ts"].tolist() == [minute(0), minute(1), minute(2)]
-    assert out.loc[2, "open"] == 200.0
+    # the page overlap's identical bar is dropped and counted; the conflicting one is kept
+    assert out["ts"].tolist() == [minute(0), minute(1), minute(2), minute(2)]
+    assert out.loc[2:3, "open"].tolist() == [185.0, 200.0]
+    assert out.attrs == {"interval_seconds": 60, "duplicates_dropped": 1}
 
 
 @pytest.mark.parametrize(

@@ -238,11 +238,14 @@ def test_empty_window_makes_no_request(mocked, clock):
 
 def test_duplicates_and_unsorted_rows_are_normalized(mocked, clock):
     revised = kline(T0_MS + MIN_MS, price=555.0)
-    mocked.get(KLINES, json=[kline(T0_MS + 2 * MIN_MS), kline(T0_MS + MIN_MS), kline(T0_MS), revised])
+    mocked.get(KLINES, json=[kline(T0_MS + 2 * MIN_MS), kline(T0_MS + MIN_MS), kline(T0_MS), kline(T0_MS), revised])
     bars = source(clock).fetch_bars("BTCUSDT", T0, T0 + pd.Timedelta(minutes=3))
-    assert bars["ts"].tolist() == [T0 + pd.Timedelta(minutes=i) for i in range(3)]
-    # The later row for a timestamp is the broker's revision and wins.
-    assert bars.loc[1, "open"] == 555.0
+    minutes = [T0 + pd.Timedelta(minutes=i) for i in range(3)]
+    # The identical repeat of T0 is dropped and counted; the two different bars for T0+1 are
+    # both kept, so the schema check fails and shows them instead of one silently winning.
+    assert bars["ts"].tolist() == [minutes[0], minutes[1], minutes[1], minutes[2]]
+    assert bars.loc[1:2, "open"].tolist() == [100.0, 555.0]
+    assert bars.attrs == {"interval_seconds": 60, "duplicates_dropped": 1}
 
 
 def test_rows_outside_the_window_are_dropped(mocked, clock):

@@ -203,10 +203,12 @@ def test_empty_result(mocked, clock):
 
 def test_duplicates_and_unsorted_rows_are_normalized(mocked, clock):
     t1 = T0 + pd.Timedelta(minutes=1)
-    mocked.get(HISTORY, json=history([bar(t1), bar(T0), bar(t1, price=140.0)]))
+    mocked.get(HISTORY, json=history([bar(t1), bar(T0), bar(T0), bar(t1, price=140.0)]))
     out = source(clock).fetch_bars("AAPL", T0, T0 + pd.Timedelta(minutes=2))
-    assert out["ts"].tolist() == [T0, t1]
-    assert out.loc[1, "open"] == 140.0
+    # identical repeat dropped and counted; conflicting bars kept for the schema check to show
+    assert out["ts"].tolist() == [T0, t1, t1]
+    assert out.loc[1:2, "open"].tolist() == [130.0, 140.0]
+    assert out.attrs["duplicates_dropped"] == 1
 
 
 def test_5xx_then_success_and_429_retry_after(mocked, clock):

@@ -15,7 +15,12 @@ from autotrader_assets.defs.market_data.archive import (
     archive_key,
 )
 from autotrader_assets.defs.market_data.replay import ReplaySource
-from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError, normalize_bars
+from autotrader_assets.defs.market_data.schema import (
+    BAR_COLUMNS,
+    MalformedPayloadError,
+    detect_interval_seconds,
+    normalize_bars,
+)
 from autotrader_assets.defs.market_data.validation import (
     find_gaps,
     missing_fraction,
@@ -69,21 +74,64 @@ def test_replay_window_and_errors():
 
 
 # -- normalization and validation ------------------------------------------------------------------
-def test_normalize_sorts_dedupes_and_rejects_garbage():
+def test_normalize_sorts_drops_identical_duplicates_and_rejects_garbage():
     raw = pd.DataFrame(
         {
-            "ts": pd.to_datetime(["2024-01-01 00:01", "2024-01-01 00:00", "2024-01-01 00:01"]),
-            "open": [1, 2, 3], "high": [1, 2, 3], "low": [1, 2, 3], "close": [1, 2, 3], "volume": [1, 1, 1],
+            "ts": pd.to_datetime(["2024-01-01 00:01", "2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:00"]),
+            "open": [3, 2, 3, 2], "high": [3, 2, 3, 2], "low": [3, 2, 3, 2], "close": [3, 2, 3, 2], "volume": [1, 1, 1, 1],
         }
     )
     out = normalize_bars(raw, "X", "test")
-    assert list(out["close"]) == [2.0, 3.0]  # sorted, last revision of the duplicate kept
+    assert list(out["close"]) == [2.0, 3.0]  # sorted; the two identical repeats dropped...
+    assert out.attrs["duplicates_dropped"] == 2  # ...and counted for the asset's metadata
+    assert out.attrs["interval_seconds"] == 60
     assert str(out["ts"].dtype) == "datetime64[ns, UTC]"
     with pytest.raises(MalformedPayloadError, match="missing columns"):
         normalize_bars(raw.drop(columns=["volume"]), "X", "test")
-    bad = raw.assign(close=["a", "b", "c"])
+    bad = raw.assign(close=["a", "b", "c", "d"])
     with pytest.raises(MalformedPayloadError, match="not numeric"):
         normalize_bars(bad, "X", "test")
+
+
+def test_normalize_keeps_conflicting_duplicates_and_the_schema_shows_both():
+    raw = pd.DataFrame(
+        {
+            "ts": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:01"]),
+            "open": [1, 2, 5], "high": [1, 2, 5], "low": [1, 2, 5], "close": [1, 2, 5], "volume": [1, 1, 1],
+        }
+    )
+    out = normalize_bars(raw, "X", "test")
+    assert list(out["close"]) == [1.0, 2.0, 5.0] and out.attrs["duplicates_dropped"] == 0
+    report = validate_bars(out, date="2024-01-01")
+    assert not report.passed
+    unique = report.failure_cases[report.failure_cases["check"].astype(str) == "timestamps are not unique"]
+    assert sorted(unique["index"].astype(int).unique()) == [1, 2]
+    assert sorted(unique.loc[unique["column"] == "close", "failure_case"].astype(float)) == [2.0, 5.0]
+
+
+def test_a_volume_less_partition_passes_but_partly_missing_volume_fails(day):
+    no_volume = day.assign(volume=np.nan)
+    assert validate_bars(no_volume, date="2024-02-01").passed
+    holed = day.assign(volume=day["volume"].where(day.index != 5, np.nan))
+    report = validate_bars(holed, date="2024-02-01")
+    assert not report.passed
+    assert (report.failure_cases["check"].astype(str) == "volume missing on some bars of a partition (all or none)").any()
+
+
+@pytest.mark.parametrize(
+    "minutes, expected",
+    [
+        ([], None),
+        ([0], None),
+        ([0, 0], None),
+        ([0, 1, 2, 3, 50, 51, 52], 60),  # a long gap does not move the median
+        ([0, 5, 10, 15, 20, 25, 30, 2880, 2885, 2890], 300),  # a weekend between two 5-minute sessions
+        ([0, 0, 1, 2, 2, 3], 60),  # repeated timestamps are not zero-length bars
+    ],
+)
+def test_detect_interval_seconds(minutes, expected):
+    frame = pd.DataFrame({"ts": pd.Timestamp("2024-01-05", tz="UTC") + pd.to_timedelta(minutes, unit="min")})
+    assert detect_interval_seconds(frame) == expected
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,14 @@ def _same_partition_as_previous(df: pd.DataFrame) -> pd.Series:
     return (df["instrument"] == df["instrument"].shift()) & (df["date"] == df["date"].shift())
 
 
+def _volume_all_or_none(df: pd.DataFrame) -> pd.Series:
+    """A partition has volume on every bar, or on none (a volume-less source such as FX spot)."""
+    missing = df["volume"].isna()
+    if not missing.any():  # the common case costs one pass, not a groupby
+        return ~missing
+    return ~missing | missing.groupby([df["date"], df["instrument"]]).transform("all")
+
+
 def bar_schema() -> pa.DataFrameSchema:
     """The pandera schema for bars of one or many partitions.
 
@@ -31,10 +39,12 @@ def bar_schema() -> pa.DataFrameSchema:
             "high": pa.Column(float, checks=positive, nullable=False),
             "low": pa.Column(float, checks=positive, nullable=False),
             "close": pa.Column(float, checks=positive, nullable=False),
-            "volume": pa.Column(float, checks=[pa.Check.ge(0)], nullable=False),
+            # NaN only for a volume-less source (FX spot): see the partition-wide check below.
+            "volume": pa.Column(float, checks=[pa.Check.ge(0)], nullable=True),
             "source": pa.Column(str, nullable=False),
         },
         checks=[
+            pa.Check(_volume_all_or_none, error="volume missing on some bars of a partition (all or none)"),
             pa.Check(
                 lambda df: ~df.duplicated(["date", "instrument", "ts"], keep=False),
                 error="timestamps are not unique",

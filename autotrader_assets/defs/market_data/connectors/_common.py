@@ -6,7 +6,13 @@ from typing import Any
 
 import pandas as pd
 
-from autotrader_assets.defs.market_data.schema import MalformedPayloadError, normalize_bars
+from autotrader_assets.defs.market_data.schema import (
+    DUPLICATES_ATTR,
+    INTERVAL_ATTR,
+    MalformedPayloadError,
+    normalize_bars,
+    with_bar_attrs,
+)
 
 ONE_MINUTE = pd.Timedelta(minutes=1)
 
@@ -51,10 +57,17 @@ def normalize_raw(raw: pd.DataFrame, instrument: str, source: str) -> pd.DataFra
 def finish(
     raw: pd.DataFrame, instrument: str, source: str, start: pd.Timestamp, end: pd.Timestamp
 ) -> pd.DataFrame:
-    """Normalize ``raw`` (ts + OHLCV columns) and keep only bars opening in ``[start, end)``."""
+    """Normalize ``raw`` (ts + OHLCV columns) and keep only bars opening in ``[start, end)``.
+
+    Identical duplicates (overlapping pages) are dropped and counted, conflicting ones kept for
+    the schema check to show (:func:`normalize_bars`). The interval is measured on everything
+    the broker returned, which is at least as long as the window.
+    """
     bars = normalize_raw(raw, instrument, source)
     inside = (bars["ts"] >= start) & (bars["ts"] < end)
-    return bars.loc[inside].reset_index(drop=True)
+    return with_bar_attrs(
+        bars.loc[inside].reset_index(drop=True), bars.attrs[INTERVAL_ATTR], bars.attrs[DUPLICATES_ATTR]
+    )
 
 
 def finite_number(value: Any, where: str, name: str) -> float:
