@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autotrader_assets.defs.market_data.connectors import FileSource, get_source, parse_times
+from autotrader_assets.defs.market_data.connectors import FileSource, FileSourceError, get_source, parse_times
 from autotrader_assets.defs.market_data.connectors import files as files_module
-from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
+from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError, detect_interval_seconds
+from autotrader_assets.defs.market_data.validation import validate_bars
 from tests.connector_support import shared_data_dir
 
 T0 = pd.Timestamp("2024-01-02 00:00", tz="UTC")
@@ -154,22 +155,52 @@ def test_fetch_filters_half_open_window(tmp_path):
     assert FileSource(path).fetch_bars("X", minute(20), minute(30)).empty
 
 
-def test_duplicates_and_unsorted_rows_are_normalized(tmp_path):
+def test_unsorted_rows_are_sorted_identical_duplicates_dropped_and_counted(tmp_path):
     path = write(
         tmp_path / "x.csv",
         "timestamp,open,high,low,close,volume\n"
-        f"{T0_MS + 120_000},3,3,3,3,1\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},2,2,2,2,1\n{T0_MS},9,9,9,9,1\n",
+        f"{T0_MS + 120_000},3,3,3,3,1\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},2,2,2,2,1\n{T0_MS},1,1,1,1,1\n"
+        f"{T0_MS + 120_000},3,3,3,3,1\n",
     )
-    out = FileSource(path).load("X")
+    out = FileSource(path).fetch_bars("X", T0, minute(10))
     assert out["ts"].tolist() == [minute(0), minute(1), minute(2)]
-    assert out["open"].tolist() == [9.0, 2.0, 3.0]
+    assert out["open"].tolist() == [1.0, 2.0, 3.0]
+    assert out.attrs["duplicates_dropped"] == 2
+    # the count is the window's own, not the whole file's
+    assert FileSource(path).fetch_bars("X", minute(1), minute(2)).attrs["duplicates_dropped"] == 0
 
 
-def test_overlapping_files_keep_the_later_file(tmp_path):
+def test_conflicting_duplicates_are_kept_for_the_schema_check_to_show(tmp_path):
+    path = write(
+        tmp_path / "x.csv",
+        "timestamp,open,high,low,close,volume\n"
+        f"{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},2,2,2,2,1\n{T0_MS},9,9,9,9,1\n",
+    )
+    out = FileSource(path).fetch_bars("X", T0, minute(10))
+    assert out["ts"].tolist() == [minute(0), minute(0), minute(1)]
+    assert out["open"].tolist() == [1.0, 9.0, 2.0]  # both versions, in file order
+    assert out.attrs["duplicates_dropped"] == 0
+    report = validate_bars(out, date="2024-01-02")
+    assert not report.passed
+    cases = report.failure_cases
+    unique = cases[cases["check"].astype(str) == "timestamps are not unique"]
+    # both rows are shown, each with its own prices: the reader sees the conflict
+    assert sorted(unique["index"].astype(int).unique()) == [0, 1]
+    assert sorted(unique.loc[unique["column"] == "open", "failure_case"].astype(float)) == [1.0, 9.0]
+
+
+def test_pattern_matching_overlapping_files_is_refused(tmp_path):
     write(tmp_path / "X_1.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n")
     write(tmp_path / "X_2.csv", f"timestamp,open,high,low,close,volume\n{T0_MS + 60_000},2,2,2,2,2\n")
-    out = FileSource(directory=tmp_path).load("X")
-    assert out["open"].tolist() == [1.0, 2.0]
+    with pytest.raises(FileSourceError, match=r"several files for 'X' whose times overlap \(X_1.csv .* X_2.csv"):
+        FileSource(directory=tmp_path).fetch_bars("X", T0, minute(5))
+
+
+def test_pattern_matching_consecutive_parts_reads_them_as_one_series(tmp_path):
+    write(tmp_path / "X-2024-01.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n")
+    write(tmp_path / "X-2024-02.csv", f"timestamp,open,high,low,close,volume\n{T0_MS + 120_000},2,2,2,2,2\n")
+    out = FileSource(directory=tmp_path, pattern="{instrument}-2024-*.csv").fetch_bars("X", T0, minute(5))
+    assert out["open"].tolist() == [1.0, 1.0, 2.0]
 
 
 def test_mapping_of_instruments_to_files(tmp_path):
@@ -177,8 +208,44 @@ def test_mapping_of_instruments_to_files(tmp_path):
     b = write(tmp_path / "b.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},2,2,2,2,2\n")
     src = FileSource({"AAA": a, "BBB": [b]})
     assert src.load("BBB")["open"].tolist() == [2.0]
-    with pytest.raises(KeyError, match="no file configured for instrument 'CCC'"):
+    assert src.load("AAA")["open"].tolist() == [1.0]
+    with pytest.raises(FileSourceError, match="no file configured for instrument 'CCC'.*AUTOTRADER_FILE_SOURCE"):
         src.load("CCC")
+    with pytest.raises(FileSourceError, match=r"no file configured for instrument\(s\) \['CCC'\].*CCC=/path/to/CCC.csv"):
+        FileSource({"AAA": a, "BBB": [b]}, instruments=["AAA", "CCC"])
+
+
+def test_one_plain_file_never_serves_two_instruments(tmp_path):
+    path = write(tmp_path / "gbpusd.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n")
+    with pytest.raises(FileSourceError, match=r"one file .*gbpusd.csv.* 2 instruments \(GBPUSD, USDJPY\).*AUTOTRADER_FILE_DIR"):
+        FileSource(path, instruments=["GBPUSD", "USDJPY"])
+    # one file for one configured instrument: still fine (the backward-compatible case)
+    src = FileSource(path, instruments=["GBPUSD"])
+    assert len(src.fetch_bars("GBPUSD", T0, minute(1))) == 1
+    with pytest.raises(FileSourceError, match="holds 'GBPUSD'.*refusing to serve it as 'USDJPY'"):
+        src.fetch_bars("USDJPY", T0, minute(1))
+    # without a configured list the file belongs to the first instrument asked for
+    free = FileSource(path)
+    assert len(free.fetch_bars("USDJPY", T0, minute(1))) == 1
+    with pytest.raises(FileSourceError, match="holds 'USDJPY'.*'GBPUSD'"):
+        free.fetch_bars("GBPUSD", T0, minute(1))
+
+
+def test_symbol_column_filters_one_file_per_instrument(tmp_path):
+    path = write(
+        tmp_path / "all.csv",
+        "Ticker,timestamp,open,high,low,close,volume\n"
+        f"GBPUSD,{T0_MS},1.5,1.5,1.5,1.5,0\nUSDJPY,{T0_MS},150,150,150,150,0\n"
+        f"gbpusd,{T0_MS + 60_000},1.6,1.6,1.6,1.6,0\n",
+    )
+    src = FileSource(path, symbol_column="ticker", instruments=["GBPUSD", "USDJPY"])
+    assert src.fetch_bars("GBPUSD", T0, minute(5))["close"].tolist() == [1.5, 1.6]
+    usdjpy = src.fetch_bars("USDJPY", T0, minute(5))
+    assert usdjpy["close"].tolist() == [150.0] and set(usdjpy["instrument"]) == {"USDJPY"}
+    with pytest.raises(FileSourceError, match=r"'EURUSD' has no rows in column 'ticker'.*symbols found: \['GBPUSD', 'USDJPY', 'gbpusd'\]"):
+        src.fetch_bars("EURUSD", T0, minute(5))
+    with pytest.raises(MalformedPayloadError, match="no symbol column 'sym'"):
+        FileSource(path, symbol_column="sym").load("GBPUSD")
 
 
 def test_default_pattern_does_not_confuse_prefixes(tmp_path):
@@ -202,7 +269,8 @@ def test_no_matching_file_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("timestamp,open,high,low,close\n2024-01-02,1,1,1,1\n", r"missing columns \['volume'\]"),
+        ("timestamp,open,high,close,volume\n2024-01-02,1,1,1,1\n", r"missing columns \['low'\]"),
+        ("timestamp,open,high,low,close,vol_btc\n2024-01-02,1,1,1,1,1\n", r"\['vol_btc'\] looks like one; map it"),
         ("when,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n", "no time column"),
         ("date,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n2024-01-02 00:01,1,abc,1,1,1\n",
          r"row 1 \(line 3\): high 'abc' is not a number"),
@@ -249,7 +317,7 @@ def test_parsed_files_are_cached_until_they_change(tmp_path, monkeypatch):
     path = write(tmp_path / "x.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n")
     reads: list[Path] = []
     real_read = files_module.read_bar_file
-    monkeypatch.setattr(files_module, "read_bar_file", lambda p: reads.append(p) or real_read(p))
+    monkeypatch.setattr(files_module, "read_bar_file", lambda p, *a: reads.append(p) or real_read(p, *a))
     src = FileSource(path)
     src.fetch_bars("X", T0, minute(1))
     src.fetch_bars("X", T0, minute(1))
@@ -314,3 +382,80 @@ def test_get_source_resolves_lazy_registrations(tmp_path, monkeypatch):
     src = get_source("csv_folder", directory=tmp_path)
     assert isinstance(src, FileSource) and isinstance(src, connectors.BarSource)
     assert src.load("Y")["ts"].tolist() == [T0]
+
+
+# ---- formats: volume-less FX, column mapping, Feather; the recorded interval --------------------
+
+
+def test_file_without_volume_loads_with_nan_volume(tmp_path):
+    path = write(tmp_path / "fx.csv", f"timestamp,open,high,low,close\n{T0_MS},1.5,1.6,1.4,1.55\n")
+    out = FileSource(path).fetch_bars("GBPUSD", T0, minute(1))
+    assert out["volume"].isna().all() and out["close"].tolist() == [1.55]
+    assert validate_bars(out, date="2024-01-02").passed
+    # an explicit "no volume" in the mapping ignores a volume column the user does not trust
+    with_volume = write(tmp_path / "v.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,\n")
+    assert FileSource(with_volume, columns={"volume": ""}).load("X")["volume"].isna().all()
+
+
+def test_timestamp_utc_is_a_time_column_and_columns_can_be_mapped(tmp_path):
+    cme = write(
+        tmp_path / "ES.csv",
+        "timestamp_utc,open,high,low,close,volume\n2024-01-02T00:00:00Z,4700,4701,4699,4700.5,12\n",
+    )
+    assert FileSource(cme).load("ES")["ts"].tolist() == [T0]
+    odd = write(tmp_path / "odd.csv", f"When,O,H,L,Close,Qty,timestamp\n{T0_MS},1,2,0.5,1.5,7,0\n")
+    mapping = {"ts": "When", "open": "o", "high": "H", "low": "l", "volume": "qty"}
+    out = FileSource(odd, columns=mapping).load("X")
+    assert out["ts"].tolist() == [T0]  # the mapped column wins over a recognised name
+    assert out[["open", "high", "low", "close", "volume"]].iloc[0].tolist() == [1.0, 2.0, 0.5, 1.5, 7.0]
+    with pytest.raises(MalformedPayloadError, match=r"mapping names \{'close': 'last'\}"):
+        FileSource(odd, columns={**mapping, "close": "last"}).load("X")
+    with pytest.raises(ValueError, match=r"may only map"):
+        FileSource(odd, columns={"price": "close"})
+
+
+def test_real_freqtrade_feather_file(tmp_path):
+    csv = shared_data_dir() / "crypto_5m" / "ETH_BTC-5m.csv"
+    frame = pd.read_csv(csv)
+    frame["date"] = pd.to_datetime(frame["date"], utc=True)  # freqtrade stores a UTC datetime column
+    feather = tmp_path / "ETH_BTC-5m.feather"
+    frame.to_feather(feather)
+    src = FileSource(directory=tmp_path, pattern="{instrument}-5m.feather")
+    bars = src.load("ETH_BTC")
+    from_csv = FileSource(csv).load("ETH_BTC")
+    pd.testing.assert_frame_equal(bars, from_csv)
+    day = src.fetch_bars("ETH_BTC", pd.Timestamp("2018-01-15", tz="UTC"), pd.Timestamp("2018-01-16", tz="UTC"))
+    assert day.attrs["interval_seconds"] == 300 and 280 <= len(day) <= 288
+
+
+def test_a_broken_feather_file_is_a_clear_error(tmp_path):
+    bad = write(tmp_path / "x.feather", "not arrow")
+    with pytest.raises(MalformedPayloadError, match="not a readable Feather file"):
+        FileSource(bad).load("X")
+
+
+def test_real_fx_file_without_volume_and_its_interval_across_weekends():
+    path = shared_data_dir() / "fx_1m" / "GBPUSD_m1_ask_2012.csv"
+    src = FileSource(directory=path.parent, instruments=["GBPUSD"])  # default pattern: GBPUSD_*
+    monday = src.fetch_bars("GBPUSD", pd.Timestamp("2012-02-06", tz="UTC"), pd.Timestamp("2012-02-07", tz="UTC"))
+    assert len(monday) > 1_000 and monday["volume"].isna().all()
+    assert monday.attrs["interval_seconds"] == 60
+    assert validate_bars(monday, date="2012-02-06").passed
+    saturday = src.fetch_bars("GBPUSD", pd.Timestamp("2012-02-04", tz="UTC"), pd.Timestamp("2012-02-05", tz="UTC"))
+    assert saturday.empty and saturday.attrs["interval_seconds"] == 60  # the series' interval, not the day's
+    whole = src.load("GBPUSD")
+    assert (whole["ts"].diff().max() > pd.Timedelta(days=1)) and detect_interval_seconds(whole) == 60
+
+
+def test_real_intervals_of_the_one_and_five_minute_files():
+    data = shared_data_dir()
+    btc = FileSource(data / "crypto_1m" / "BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv")
+    day = btc.fetch_bars("BTCUSDT", pd.Timestamp("2022-01-05", tz="UTC"), pd.Timestamp("2022-01-06", tz="UTC"))
+    assert day.attrs == {"interval_seconds": 60, "duplicates_dropped": 0}
+    gappy = FileSource(data / "crypto_1m" / "BTC_1m_2017-11.csv").load("BTC")
+    assert gappy.attrs["interval_seconds"] == 60
+    five = FileSource(directory=data / "crypto_5m", pattern="{instrument}-5m.csv")
+    for name in ("ADA_BTC", "DASH_BTC", "ETC_BTC", "ETH_BTC", "LTC_BTC", "XMR_BTC"):
+        assert five.fetch_bars(name, pd.Timestamp("2018-01-20", tz="UTC"), pd.Timestamp("2018-01-21", tz="UTC")).attrs[
+            "interval_seconds"
+        ] == 300, name

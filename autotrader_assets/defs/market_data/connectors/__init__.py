@@ -15,7 +15,7 @@ import pandas as pd
 
 from autotrader_assets.defs.market_data.connectors.alpaca import AlpacaSource, MissingCredentialsError
 from autotrader_assets.defs.market_data.connectors.binance import BinanceSource, parse_kline_rows
-from autotrader_assets.defs.market_data.connectors.files import FileSource, parse_times, read_bar_file
+from autotrader_assets.defs.market_data.connectors.files import FileSource, FileSourceError, parse_times, read_bar_file
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.connectors.ibkr import IbkrSource
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
@@ -23,10 +23,14 @@ from autotrader_assets.defs.market_data.schema import MalformedPayloadError
 
 @runtime_checkable
 class BarSource(Protocol):
-    """Anything that returns normalized 1-minute bars for an instrument and a time window."""
+    """Anything that returns normalized bars for an instrument and a time window."""
 
     def fetch_bars(self, instrument: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """Bars (``schema.BAR_COLUMNS``) of ``instrument`` whose UTC open time is in ``[start, end)``."""
+        """Bars (``schema.BAR_COLUMNS``) of ``instrument`` whose UTC open time is in ``[start, end)``.
+
+        The frame's ``attrs`` carry ``interval_seconds`` (int or None) and ``duplicates_dropped``
+        (int), see ``schema.with_bar_attrs``.
+        """
         ...
 
 
@@ -58,6 +62,7 @@ __all__ = [
     "BinanceSource",
     "ConnectorError",
     "FileSource",
+    "FileSourceError",
     "HttpClient",
     "IbkrSource",
     "MalformedPayloadError",
