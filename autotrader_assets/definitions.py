@@ -1,4 +1,11 @@
-"""The one Definitions object of the autotrader code location."""
+"""The one Definitions object of the autotrader code location.
+
+``build_definitions(settings)`` is the whole code location for one ``Settings`` object: the
+resources point at its stores, and asset, check and schedule bodies read thresholds, instruments
+and costs from the ``settings`` resource (``settings: dg.ResourceParam[Settings]``), never from
+``get_settings()``. The domains' lists are collected by hand, one line per kind of definition,
+so this file shows the whole code location at a glance.
+"""
 from __future__ import annotations
 
 import warnings
@@ -32,9 +39,14 @@ from autotrader_assets.defs.trading import (
     trading_schedules,
     trading_sensors,
 )
+from autotrader_assets.defs.market_data import market_bars
+from autotrader_assets.defs.trading import paper_trading
 from autotrader_assets.defs.training import training_assets, training_checks, training_jobs, training_schedules
 from autotrader_assets.resources import default_resources
-from autotrader_assets.settings import Settings, get_settings
+from autotrader_assets.settings import Settings, SettingsError, get_settings
+
+#: The resource key under which every body receives the ``Settings`` object.
+SETTINGS_RESOURCE = "settings"
 
 
 def build_resources(settings: Settings | None = None) -> dict:
@@ -47,11 +59,39 @@ def build_resources(settings: Settings | None = None) -> dict:
         dbt=dbt_resource(s.warehouse_path, s.home / "dbt_profiles"),
         deployment=deployment_resource(s),
     )
+    # A plain object is a valid Dagster resource; bodies annotate it ``dg.ResourceParam[Settings]``.
+    resources[SETTINGS_RESOURCE] = s
     return resources
 
 
+def check_partitions_match(settings: Settings) -> None:
+    """Refuse settings whose partitioning differs from the one the assets were built with.
+
+    Partitions are the asset graph's shape, fixed when the asset modules are imported (from the
+    process settings): the instance records materializations by partition key, so one code
+    location keeps one partitioning. Settings with another start date or instrument list would
+    give bodies instruments the partitions do not have."""
+    bars = market_bars.partitions_def
+    instruments = tuple(bars.get_partitions_def_for_dimension("instrument").get_partition_keys())
+    bar_start = bars.get_partitions_def_for_dimension("date").start.date().isoformat()
+    paper_start = paper_trading.partitions_def.start.date().isoformat()
+    problems = []
+    if tuple(settings.instruments) != instruments:
+        problems.append(f"instruments {list(settings.instruments)} != partitions {list(instruments)} (AUTOTRADER_INSTRUMENTS)")
+    for name, start in (("market_bars", bar_start), ("paper_trading", paper_start)):
+        if settings.start_date != start:
+            problems.append(f"start date {settings.start_date} != {name} partitions from {start} (AUTOTRADER_START_DATE)")
+    if problems:
+        raise SettingsError(
+            "settings do not match the partitions the assets were imported with: " + "; ".join(problems)
+            + ". Partitions come from the environment of the process that imports the code location."
+        )
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """The code location for ``settings`` (default: the environment's)."""
     s = settings or get_settings()
+    check_partitions_match(s)
     return dg.Definitions(
         assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets],
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],

@@ -154,6 +154,7 @@ def main() -> None:
 
                 from autotrader_assets.defs.trading import paper_trading
                 from autotrader_assets.resources import RegistryResource, WarehouseResource
+                from autotrader_assets.settings import get_settings
 
                 (root / "dagster").mkdir()
                 with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
@@ -161,7 +162,8 @@ def main() -> None:
                     dg.materialize(
                         [paper_trading], partition_key=DATE, instance=instance,
                         resources={"warehouse": WarehouseResource(path=warehouse),
-                                   "registry": RegistryResource(url=url, artifacts_uri=str(root / "artifacts"))},
+                                   "registry": RegistryResource(url=url, artifacts_uri=str(root / "artifacts")),
+                                   "settings": get_settings()},
                         run_config={"ops": {"paper_trading": {"config": {"instruments": instruments}}}},
                     )
                     dagster_seconds = time.perf_counter() - t0

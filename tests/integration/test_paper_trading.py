@@ -128,6 +128,7 @@ def world(slots, tmp_path, monkeypatch):
     resources = {
         "warehouse": WarehouseResource(path=str(warehouse)),
         "registry": RegistryResource(url=url, artifacts_uri=str(tmp_path / "artifacts")),
+        "settings": get_settings(),
     }
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:

@@ -57,6 +57,8 @@ def _resources(tmp_path) -> dict:
     return {
         "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
         "registry": RegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")),
+        # Called from the test body, so after zero_costs has set the costs to 0.
+        "settings": get_settings(),
     }
 
 

@@ -1,12 +1,15 @@
 """The code location loads, and holds exactly the assets, checks, jobs, sensors and schedules we ship."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from autotrader_assets.definitions import defs
+from autotrader_assets.definitions import build_definitions, defs
+from autotrader_assets.settings import SettingsError, Thresholds, load_settings
 
 ASSETS = {
     "market_bars", "stg_market_bars", "bar_features", "training_dataset", "candidate_model", "registered_model",
@@ -95,11 +98,13 @@ def test_daily_schedules_request_yesterday():
     repo = defs.get_repository_def()
     sched = {s.name: s for s in repo.schedule_defs}
     when = dt.datetime(2024, 5, 2, 0, 10, tzinfo=dt.timezone.utc)
-    ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo)
+    # The daemon evaluates schedules with the code location's resources (the settings among them).
+    resources = repo.get_top_level_resources()
+    ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo, resources=resources)
     reqs = list(sched["daily_data_pipeline"].evaluate_tick(ctx).run_requests)
     assert len(reqs) == 8 and {r.partition_key.keys_by_dimension["date"] for r in reqs} == {"2024-05-01"}
     ctx = dg.build_schedule_context(
-        scheduled_execution_time=when.replace(minute=40), repository_def=repo
+        scheduled_execution_time=when.replace(minute=40), repository_def=repo, resources=resources
     )
     (paper,) = sched["daily_paper_trading"].evaluate_tick(ctx).run_requests
     assert paper.partition_key == "2024-05-01"
@@ -111,3 +116,41 @@ def test_training_recipe_is_valid_config_for_the_training_job():
     job = defs.resolve_job_def("training_job")
     dg.validate_run_config(job, WEEKLY_TRAINING_CONFIG)
     assert WEEKLY_TRAINING_CONFIG["ops"]["training_dataset"]["config"]["last_n_days"] == 28
+
+
+def _settings_in(tmp_path, **changes):
+    """The environment's settings with every store under ``tmp_path``, plus ``changes``."""
+    base = load_settings()
+    return dataclasses.replace(
+        base, home=tmp_path, dagster_home=tmp_path / "dagster_home", warehouse_path=tmp_path / "warehouse.duckdb",
+        archive_uri=str(tmp_path / "archive"), artifacts_uri=str(tmp_path / "artifacts"),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}", **changes,
+    )
+
+
+def test_build_definitions_hands_its_settings_to_the_bodies(tmp_path):
+    # Non-default breaker limits, not in the environment: only the settings resource carries them.
+    thresholds = dataclasses.replace(Thresholds(), breaker_drawdown=0.07, breaker_daily_loss=0.03)
+    location = build_definitions(_settings_in(tmp_path, thresholds=thresholds))
+    assert location.resources["settings"].thresholds.breaker_drawdown == 0.07
+
+    job = location.resolve_implicit_global_asset_job_def()
+    only_breaker = job.get_subset(
+        asset_selection=set(), asset_check_selection={dg.AssetCheckKey(dg.AssetKey("paper_trading"), "circuit_breaker")}
+    )
+    with dg.instance_for_test() as instance:
+        result = only_breaker.execute_in_process(instance=instance)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed
+    assert evaluation.metadata["drawdown_limit"].value == 0.07
+    assert evaluation.metadata["daily_loss_limit"].value == 0.03
+
+
+def test_build_definitions_refuses_settings_the_partitions_do_not_have(tmp_path):
+    # Partitions are fixed at import; other instruments would make the schedule request
+    # partitions that do not exist, so the mismatch is an error, not a silent mix.
+    with pytest.raises(SettingsError, match="AUTOTRADER_INSTRUMENTS"):
+        build_definitions(_settings_in(tmp_path, instruments=("BTCUSDT", "ETHUSDT")))
+    with pytest.raises(SettingsError, match="AUTOTRADER_START_DATE"):
+        build_definitions(_settings_in(tmp_path, start_date="2021-06-01"))
+

@@ -15,7 +15,7 @@ from autotrader_assets.defs.trading.paper import PaperParams, SignalParams
 from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
-from autotrader_assets.settings import Settings, get_settings
+from autotrader_assets.settings import Settings
 from deploy_ops.backtest import DEFAULT_INITIAL_EQUITY
 from deploy_ops.breaker import BreakerStatus, BreakerStore
 
@@ -167,9 +167,9 @@ def paper_trading(
     config: PaperTradingConfig,
     warehouse: WarehouseResource,
     registry: RegistryResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """The deployed model trading on paper: each day's fills, positions and PnL, behind a circuit breaker."""
-    settings = get_settings()
     params = paper_params(config, settings, production_params(registry))
     context.log.info(
         f"signal: long > {params.signal.long_threshold}, short < {params.signal.short_threshold}, "
@@ -225,7 +225,10 @@ def paper_trading(
 
 @dg.asset(deps=[paper_trading], group_name="trading", kinds={"python", "duckdb"})
 def trading_performance(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, registry: RegistryResource
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    registry: RegistryResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """Trading-desk view of the paper account: PnL, Sharpe, drawdown, win rate, positions and charts."""
     with warehouse.connect() as con:
@@ -240,7 +243,7 @@ def trading_performance(
     initial = float(history.account["day_open_equity"].iloc[0])
     equity = pd.Series(history.equity["equity"].to_numpy(), index=pd.DatetimeIndex(history.equity["ts"]))
     trips = [pd.Timestamp(t).tz_localize("UTC") for t in history.account["trip_at"].dropna()]
-    limit = get_settings().thresholds.breaker_drawdown
+    limit = settings.thresholds.breaker_drawdown
     status = BreakerStore(registry.url).status()
     context.log.info(
         f"paper account: equity {summary['current_equity']:.2f}, pnl {summary['total_pnl']:.2f}, "

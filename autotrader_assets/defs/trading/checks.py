@@ -3,6 +3,7 @@ import dagster as dg
 
 from autotrader_assets.defs.trading.assets import breaker_metadata, clean_metadata, paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
+from autotrader_assets.settings import Settings
 from deploy_ops.breaker import BreakerStore
 
 
@@ -13,9 +14,16 @@ from deploy_ops.breaker import BreakerStore
     description="Fails with ERROR while the circuit breaker is tripped: trading stays halted until an "
     "approved `autotrader breaker reset`.",
 )
-def circuit_breaker_check(registry: RegistryResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def circuit_breaker_check(
+    registry: RegistryResource, warehouse: WarehouseResource, settings: dg.ResourceParam[Settings]
+) -> dg.AssetCheckResult:
     status = BreakerStore(registry.url).status()
     metadata = breaker_metadata(status)
+    # The limits the account is held to, beside the latest readings they are compared with.
+    metadata.update(
+        daily_loss_limit=settings.thresholds.breaker_daily_loss,
+        drawdown_limit=settings.thresholds.breaker_drawdown,
+    )
     if warehouse.table_exists("paper_account_state"):
         with warehouse.connect() as con:
             latest = con.execute(

@@ -33,7 +33,7 @@ from autotrader_assets.defs.training.lineage import build_lineage, git_revision
 from autotrader_assets.defs.training.plots import equity_curves_png, png_markdown, training_curves_png
 from autotrader_assets.defs.training.train import FoldReport, TrainConfig
 from autotrader_assets.resources import RegistryResource, WarehouseResource
-from autotrader_assets.settings import FEATURE_COLUMNS, PROJECT_ROOT, get_settings
+from autotrader_assets.settings import FEATURE_COLUMNS, PROJECT_ROOT, Settings
 from deploy_ops.modeling import ModelBundle
 
 TRAINING_GROUP = "training"
@@ -189,9 +189,9 @@ def candidate_model(
     training_dataset: dict,
     warehouse: WarehouseResource,
     registry: RegistryResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.Output[dict]:
     """A cross-validated, backtested model awaiting its promotion gates."""
-    settings = get_settings()
     frame = _load_dataset_frame(warehouse, training_dataset)
     feature_columns = training_dataset["feature_columns"]
     reg = registry.open()
@@ -305,10 +305,12 @@ def registration_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
 
 @dg.asset(group_name=TRAINING_GROUP, kinds={"registry"})
 def registered_model(
-    context: dg.AssetExecutionContext, candidate_model: dict, registry: RegistryResource
+    context: dg.AssetExecutionContext,
+    candidate_model: dict,
+    registry: RegistryResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.Output[dict]:
     """The candidate that passed every promotion gate, recorded in the registry as a staging version."""
-    settings = get_settings()
     bundle = load_candidate_bundle(registry, candidate_model)
     report = candidate_model["report"]
     results = evaluate_gates(report, bundle, settings.thresholds)

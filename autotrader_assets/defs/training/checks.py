@@ -4,16 +4,19 @@ import dagster as dg
 from autotrader_assets.defs.training.assets import candidate_model, load_candidate_bundle, meta_dict
 from autotrader_assets.defs.training.gates import GATE_DESCRIPTIONS, GATE_NAMES, run_gate
 from autotrader_assets.resources import RegistryResource
-from autotrader_assets.settings import get_settings
+from autotrader_assets.settings import Settings
 
 
 def _gate_check(gate: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=candidate_model, name=gate, blocking=True, description=GATE_DESCRIPTIONS[gate])
     def _check(
-        context: dg.AssetCheckExecutionContext, candidate_model: dict, registry: RegistryResource
+        context: dg.AssetCheckExecutionContext,
+        candidate_model: dict,
+        registry: RegistryResource,
+        settings: dg.ResourceParam[Settings],
     ) -> dg.AssetCheckResult:
         bundle = load_candidate_bundle(registry, candidate_model)
-        passed, meta = run_gate(gate, candidate_model["report"], bundle, get_settings().thresholds)
+        passed, meta = run_gate(gate, candidate_model["report"], bundle, settings.thresholds)
         if not passed:
             context.log.error(f"promotion gate {gate} failed: {meta.get('reason')}")
         return dg.AssetCheckResult(
