@@ -25,6 +25,7 @@ def temp_resources(tmp_path: Path, **overrides) -> dict:
     from autotrader_assets.defs.features.project import dbt_resource
     from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
     from autotrader_assets.resources import RegistryResource, WarehouseResource
+    from autotrader_assets.settings import get_settings
 
     resources = {
         "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
@@ -32,6 +33,8 @@ def temp_resources(tmp_path: Path, **overrides) -> dict:
         "market_source": MarketSourceResource(name="replay", seed=11),
         "registry": RegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")),
         "dbt": dbt_resource(tmp_path / "warehouse.duckdb", tmp_path / "dbt_profiles"),
+        # Thresholds and instruments for the bodies (the stores above are the temporary ones).
+        "settings": get_settings(),
     }
     resources.update(overrides)
     return resources
