@@ -224,8 +224,8 @@ def driver_main(args: argparse.Namespace) -> int:
 
         token = "bench-" + os.urandom(8).hex()
         state = DeploymentStateStore(f"sqlite:///{tmp_path / 'state.db'}")
-        with LocalDeployer(state, tmp_path / "slots", ready_timeout=120) as deployer:
-            info = deployer.start_slot("blue", model_path, sha, "bench", env={"AUTOTRADER_SERVING_TOKEN": token})
+        with LocalDeployer(state, tmp_path / "slots", ready_timeout=120, token=token) as deployer:
+            info = deployer.start_slot("blue", model_path, sha, "bench")
             with ServingClient(info.url, token=token) as client:
                 served = client.predict("BTCUSDT", batch).probabilities
             np.testing.assert_allclose(served, bundle.predict_proba(batch), rtol=1e-6, atol=1e-9)

@@ -5,14 +5,14 @@ instrument from the routing table in the :class:`~deploy_ops.state.DeploymentSta
 paper trading follows a canary or a rollback without knowing about slots.
 
 Both keep connections alive (one ``requests.Session``), use explicit connect/read timeouts and
-send the bearer token from ``AUTOTRADER_SERVING_TOKEN`` unless given one. Every failure --
+send the bearer token they are given (callers take it from the settings; this module reads no
+environment). Every failure --
 connection refused, timeout, non-200 answer, malformed answer -- raises :class:`ServingError`
 carrying the HTTP status (None when there was no HTTP answer).
 """
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from typing import Any, NamedTuple
@@ -22,9 +22,6 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, RoutingError, SlotInfo
-
-TOKEN_ENV = "AUTOTRADER_SERVING_TOKEN"  # same variable the serving process reads
-
 
 class ServingError(RuntimeError):
     """A prediction could not be obtained; ``status`` is the HTTP status or None (no answer)."""
@@ -82,7 +79,7 @@ class ServingClient:
         pool_size: int = 16,
     ):
         self.base_url = base_url.rstrip("/")
-        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.token = token
         self.timeout = (connect_timeout, read_timeout)
         self._session = session if session is not None else _new_session(pool_size)
         self._owns_session = session is None

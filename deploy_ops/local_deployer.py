@@ -4,6 +4,12 @@ The local profile's deployer (ECS plays the same role in production). It starts 
 until the slot says it is ready (model loaded, checksum verified), records pid/port/status in
 the :class:`~deploy_ops.state.DeploymentStateStore`, stops slots, and reports their health.
 
+Each slot gets its configuration from the deployer, not from the environment: the instruments
+it serves (``--instruments``) and the bearer token, written to the child's stdin
+(``--token-stdin``) so it appears in no command line. A deployer built with
+``require_token=True`` (the production profile) refuses to start a slot without a token, and
+passes ``--require-token`` so the process itself refuses too.
+
 Two safety rules:
 
 * a slot that still receives traffic (any routing row, the ``*`` default included, points at it)
@@ -14,6 +20,7 @@ Two safety rules:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import requests
 
@@ -39,6 +46,10 @@ _TAIL_LINES = 40
 
 class SlotStartError(RuntimeError):
     """A slot process died or never became ready; the message carries the tail of its log."""
+
+
+class MissingTokenError(RuntimeError):
+    """The profile requires a serving token and the deployer was given none: no slot starts."""
 
 
 class SlotInUseError(RuntimeError):
@@ -90,6 +101,9 @@ class LocalDeployer:
         ready_timeout: float = 60.0,
         stop_grace: float = 10.0,
         resolver: ModelResolver | None = None,
+        token: str | None = None,
+        require_token: bool = False,
+        instruments: Sequence[str] | None = None,
     ):
         self.state = state
         self.workdir = Path(workdir)
@@ -99,6 +113,9 @@ class LocalDeployer:
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
         self.resolver = resolver
+        self.token = token or None
+        self.require_token = require_token
+        self.instruments = tuple(instruments) if instruments is not None else None
         self._procs: dict[str, subprocess.Popen] = {}
         self._http = requests.Session()
 
@@ -141,6 +158,11 @@ class LocalDeployer:
         Raises SlotStartError, with the log tail, if the process dies or is not ready in time."""
         if slot not in SLOTS:
             raise StateError(f"unknown slot {slot!r}; slots are {SLOTS}")
+        if self.require_token and self.token is None:
+            raise MissingTokenError(
+                f"refusing to start slot {slot}: this profile requires a serving token and none is set "
+                "(AUTOTRADER_SERVING_TOKEN); /predict would be open to anyone"
+            )
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"model bundle {model_path} does not exist")
@@ -175,16 +197,16 @@ class LocalDeployer:
             log_offset = log.tell()
             child_env = self._child_env(env)
             proc = subprocess.Popen(
-                [
-                    self.python, "-m", _SERVING_MODULE,
-                    "--model", str(model_path.resolve()), "--sha256", sha256, "--version", version,
-                    "--slot", slot, "--port", str(port), "--host", self.host,
-                ],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                self._command(slot, model_path, sha256, version, port),
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                 cwd=str(self.workdir),
                 # Own session and process group: signals reach the whole slot and never the caller.
                 start_new_session=True,
             )
+            # The token travels on stdin (one line, then EOF), never in argv or the child's env.
+            with contextlib.suppress(BrokenPipeError):  # a child that died at once is reported below
+                proc.stdin.write(f"{self.token or ''}\n".encode())
+            proc.stdin.close()
         self._procs[slot] = proc
         url = f"http://{self.host}:{port}"
         self.state.set_slot(slot, status="starting", version=version, url=url, host=self.host, port=port, pid=proc.pid)
@@ -202,6 +224,18 @@ class LocalDeployer:
             details={"slot": slot, "version": version, "url": url, "pid": proc.pid},
         )
         return info
+
+    def _command(self, slot: str, model_path: Path, sha256: str, version: str, port: int) -> list[str]:
+        command = [
+            self.python, "-m", _SERVING_MODULE,
+            "--model", str(model_path.resolve()), "--sha256", sha256, "--version", version,
+            "--slot", slot, "--port", str(port), "--host", self.host, "--token-stdin",
+        ]
+        if self.instruments is not None:
+            command += ["--instruments", ",".join(self.instruments)]
+        if self.require_token:
+            command.append("--require-token")
+        return command
 
     def _child_env(self, env: Mapping[str, str | None] | None) -> dict[str, str]:
         child = dict(os.environ)

@@ -117,9 +117,13 @@ class ModelBundle:
             x = x[None, :]
         if not np.isfinite(x).all():
             raise ValueError("feature rows contain NaN or infinite values")
-        scaled = self.scaler.transform(x)
+        return self.predict_scaled(self.scaler.transform(x))
+
+    def predict_scaled(self, scaled: np.ndarray) -> np.ndarray:
+        """The network on rows already standardised by ``self.scaler`` (float32, the model's input
+        type): the serving app scales first so it can refuse rows that overflow float32 there."""
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(scaled))
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)))
             return torch.sigmoid(logits).numpy().astype(np.float64)
 
     # -- serialisation -------------------------------------------------------------------------

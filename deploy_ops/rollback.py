@@ -71,7 +71,7 @@ def _require(value: Any, what: str) -> str:
 
 
 def _smoke(backend: SlotBackend, state: DeploymentStateStore, registry: ModelRegistry, slot: str,
-           mv: ModelVersion, token: str | None) -> str:
+           mv: ModelVersion) -> str:
     """Health plus one known-answer prediction (the scaler's mean row, scored in-process too)."""
     check = backend.check(slot, str(mv.version))
     if not check.ok:
@@ -79,9 +79,11 @@ def _smoke(backend: SlotBackend, state: DeploymentStateStore, registry: ModelReg
     bundle = registry.load_bundle(mv.version)
     probe = np.asarray(bundle.scaler.mean, dtype=np.float64)[None, :]
     info = state.get_slot(slot)
-    with ServingClient(info.url, token=token) as client:
+    # An instrument the slot serves: a slot started with an instrument list refuses any other.
+    instrument = backend.instruments[0] if backend.instruments else "SMOKE"
+    with ServingClient(info.url, token=backend.token) as client:
         try:
-            answer = client.predict("SMOKE", probe)
+            answer = client.predict(instrument, probe)
         except ServingError as exc:
             raise RollbackError(f"slot {slot} failed its smoke prediction: {exc}") from exc
     deviation = float(np.max(np.abs(np.asarray(answer.probabilities) - bundle.predict_proba(probe))))
@@ -118,7 +120,6 @@ def manual_rollback(
     reason: str,
     actor: str,
     mark_current_failed: bool = False,
-    token: str | None = None,
     lease_timeout_seconds: float = 60.0,
 ) -> RollbackReport:
     """Return production to ``to_version`` and serve it from a freshly started slot (see module doc)."""
@@ -144,7 +145,7 @@ def manual_rollback(
         # force only when nothing healthy serves: then no live traffic can be on that slot.
         backend.start(slot, mv, force=live is None)
         report.actions.append(f"slot {slot} started with version {mv.version}")
-        report.actions.append(_smoke(backend, state, registry, slot, mv, token))
+        report.actions.append(_smoke(backend, state, registry, slot, mv))
     except Exception as exc:  # nothing was switched yet: undo the start and report why
         cleanup = _stop_reporting(backend, slot, force=live is None)
         message = f"rollback to version {mv.version} failed before switching traffic: {exc}" + (
@@ -240,7 +241,6 @@ def ensure_production_serving(
     *,
     actor: str,
     reason: str,
-    token: str | None = None,
     lease_timeout_seconds: float = 60.0,
 ) -> RollbackReport:
     """Recover an interrupted rollout, then put every route on a healthy slot serving production."""
@@ -282,7 +282,7 @@ def ensure_production_serving(
         try:
             backend.start(slot, production, force=True)
             report.actions.append(f"slot {slot} restarted with production version {production.version}")
-            report.actions.append(_smoke(backend, state, registry, slot, production, token))
+            report.actions.append(_smoke(backend, state, registry, slot, production))
             _switch_and_retire(state, backend, slot, report, force_stop=True)
         except Exception as exc:  # nothing healthy left: the event and the exception say so loudly
             state.finish_deployment(report.deployment_id, "failed", reason=str(exc)[:2000])

@@ -418,6 +418,11 @@ class SlotBackend(Protocol):
     by request (the ALB), and is a no-op where the routing table is the only control."""
 
     kind: str
+    #: The bearer token the slots require (None: they run without one); every client of the
+    #: slots (smoke test, health, replay, shadow) sends it.
+    token: str | None
+    #: The instruments the slots answer for (None: any symbol).
+    instruments: tuple[str, ...] | None
 
     def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
         """Serve ``mv`` in ``slot``, wait until it is ready, record it in the state store; return its URL.
@@ -453,10 +458,12 @@ class LocalBackend:
 
     kind = "local"
 
-    def __init__(self, deployer: Any, registry: ModelRegistry, *, token: str | None = None):
+    def __init__(self, deployer: Any, registry: ModelRegistry):
         self.deployer = deployer
         self.registry = registry
-        self.token = token
+        # The deployer hands its slots their token and instruments; the backend's clients follow it.
+        self.token = deployer.token
+        self.instruments = deployer.instruments
         self.model_dir = Path(deployer.workdir) / "models"
 
     def model_path(self, mv: ModelVersion) -> Path:
@@ -512,6 +519,7 @@ class EcsBackend:
         self.state = state
         self.endpoints = {s: endpoints[s].rstrip("/") for s in SLOTS}
         self.token = token
+        self.instruments = None  # the task definition decides what an ECS slot serves
         self.desired_count = desired_count
 
     def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
@@ -896,7 +904,6 @@ class RolloutController:
         policy: RolloutPolicy,
         *,
         actor: str = "rollout-controller",
-        token: str | None = None,
         progress: ProgressCallback | None = None,
     ):
         self.registry = registry
@@ -904,7 +911,7 @@ class RolloutController:
         self.backend = backend
         self.policy = policy
         self.actor = actor
-        self.token = token
+        self.token = backend.token
         self.progress = progress
         self.leases = LeaseStore(state)
         self._bundles: dict[int, ModelBundle] = {}

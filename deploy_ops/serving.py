@@ -4,8 +4,13 @@ Endpoints:
 
 * ``POST /predict`` -- ``{"instrument": "BTCUSDT", "rows": [[f1, ..., fn], ...]}`` or
   ``{"instrument": "BTCUSDT", "features": [{"name": value, ...}, ...]}``; answers
-  ``{"instrument", "probabilities", "model_version", "slot"}``. Bearer-token auth when
-  ``AUTOTRADER_SERVING_TOKEN`` is set.
+  ``{"instrument", "probabilities", "model_version", "slot"}``. Bearer-token auth when the
+  process was given a token (``--token-stdin``); ``--require-token`` (the production profile)
+  refuses to start without one. Every refusal is a JSON ``{"error", "status"}``: 422 for a body
+  that names an instrument outside ``--instruments`` (the instruments the deployment serves; the
+  instrument is a field of the body, not a resource of the URL, so not 404), for a NaN or
+  infinite value, for a finite value the model's float32 input cannot hold after scaling (1e300),
+  and for a batch whose model output is not finite (nothing of that batch is returned).
 * ``GET /health`` -- the process is alive (for liveness probes; never touches the model).
 * ``GET /ready`` -- the bundle is loaded and its sha256 matched the registry's at load; 503
   with the reason otherwise (load balancers and the deployer route only to ready slots).
@@ -20,7 +25,9 @@ against a real process:
 
 Both are exported as gauges so a dashboard shows when a drill is active.
 
-Run: ``python -m deploy_ops.serving --model PATH --sha256 HEX --version V --slot blue --port P``.
+Run: ``python -m deploy_ops.serving --model PATH --sha256 HEX --version V --slot blue --port P``
+(add ``--instruments A,B --require-token --token-stdin`` and write the token on stdin, as the
+local deployer does; the token never appears in the command line).
 
 Starlette on uvicorn (uvloop + httptools) is the stack: on these 2 cores it holds a p99 of
 1-2 ms at 500 req/s for a 4-row batch (``benchmarks/serving.py``), and the same handler as a
@@ -78,6 +85,10 @@ SLOTS: tuple[str, ...] = ("blue", "green")
 ENV_TOKEN = "AUTOTRADER_SERVING_TOKEN"
 ENV_FAULT_ERROR_RATE = "AUTOTRADER_FAULT_ERROR_RATE"
 ENV_FAULT_LATENCY_MS = "AUTOTRADER_FAULT_LATENCY_MS"
+MISSING_TOKEN_MESSAGE = (
+    f"refusing to serve without a bearer token: this profile requires one ({ENV_TOKEN} in the "
+    "deployer's settings, handed to the slot with --token-stdin)"
+)
 
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -151,8 +162,20 @@ class ServingConfig:
     faults: FaultConfig = FaultConfig()
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: The instruments this slot answers for; None answers any well-formed symbol.
+    instruments: frozenset[str] | None = None
+    #: Refuse to run without a token: an open ``/predict`` must never reach production.
+    require_token: bool = False
 
     def __post_init__(self) -> None:
+        if self.require_token and not self.token:
+            raise ValueError(MISSING_TOKEN_MESSAGE)
+        if self.instruments is not None:
+            if not self.instruments:
+                raise ValueError("instruments must not be empty when given")
+            bad = sorted(i for i in self.instruments if not _INSTRUMENT_RE.match(i))
+            if bad:
+                raise ValueError(f"instruments {bad} are not symbols like 'BTCUSDT'")
         if self.slot not in SLOTS:
             raise ValueError(f"slot must be one of {SLOTS}, got {self.slot!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256 or ""):
@@ -208,10 +231,12 @@ def _numeric(value: Any) -> bool:
 
 
 def parse_predict_request(
-    payload: Any, feature_names: Sequence[str], max_batch: int = DEFAULT_MAX_BATCH
+    payload: Any, feature_names: Sequence[str], max_batch: int = DEFAULT_MAX_BATCH,
+    instruments: frozenset[str] | None = None,
 ) -> tuple[str, np.ndarray]:
     """Validate a decoded ``/predict`` body and return ``(instrument, rows)`` as a float64 matrix
-    in the model's feature order. Raises :class:`RequestError` (422, or 413 for a too-large batch)."""
+    in the model's feature order. Raises :class:`RequestError` (422, or 413 for a too-large batch).
+    ``instruments``, when given, is the set this slot answers for; any other instrument is 422."""
     if not isinstance(payload, dict):
         raise RequestError(422, "request body must be a JSON object")
     unknown = sorted(set(payload) - _REQUEST_KEYS)
@@ -222,6 +247,10 @@ def parse_predict_request(
     instrument = payload["instrument"]
     if not isinstance(instrument, str) or not _INSTRUMENT_RE.match(instrument):
         raise RequestError(422, f"'instrument' must be a symbol like 'BTCUSDT', got {instrument!r}")
+    if instruments is not None and instrument not in instruments:
+        known = sorted(instruments)
+        shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+        raise RequestError(422, f"unknown instrument {instrument!r}: this slot serves {shown}")
     has_rows, has_features = "rows" in payload, "features" in payload
     if has_rows == has_features:
         raise RequestError(422, "give exactly one of 'rows' (lists of numbers) or 'features' (objects by name)")
@@ -275,6 +304,36 @@ def parse_predict_request(
         bad = np.flatnonzero(~finite)[:10].tolist()
         raise RequestError(422, f"NaN or infinite values in {key} at index {bad}")
     return instrument, x
+
+
+def scale_for_model(bundle: ModelBundle, x: np.ndarray) -> np.ndarray:
+    """The rows standardised into the network's float32 input. A finite float64 such as 1e300
+    becomes inf there and NaN inside the network, so such a row is refused (422) naming the
+    first offending row and feature, instead of answering a null probability."""
+    with np.errstate(over="ignore"):  # the overflow is detected just below and answered, not warned
+        scaled = bundle.scaler.transform(x)
+    overflow = ~np.isfinite(scaled)
+    if overflow.any():
+        i, j = (int(v) for v in np.argwhere(overflow)[0])
+        rows = np.flatnonzero(overflow.any(axis=1))[:10].tolist()
+        raise RequestError(
+            422,
+            f"row {i}, feature {bundle.feature_names[j]!r}: {float(x[i, j])!r} is outside the range the model "
+            f"can take (it overflows float32 after scaling); rows out of range: {rows}",
+        )
+    return scaled
+
+
+def check_outputs(probabilities: np.ndarray) -> None:
+    """Refuse (422) a batch whose probabilities are not all finite: extreme but representable
+    inputs can still overflow inside the network, and a null probability is no answer."""
+    bad = ~np.isfinite(probabilities)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:10].tolist()
+        raise RequestError(
+            422, f"the model's output is not finite for rows {rows}: their inputs are outside the range "
+                 "the model can score; nothing of this batch was scored",
+        )
 
 
 class _BatchHistogram(Collector):
@@ -490,7 +549,9 @@ def create_app(config: ServingConfig, loaded: LoadedModel) -> Any:
         try:
             body = await read_body(request)
             payload = _decode_json(body)
-            instrument, x = parse_predict_request(payload, bundle.feature_names, config.max_batch)
+            instrument, x = parse_predict_request(payload, bundle.feature_names, config.max_batch,
+                                                  config.instruments)
+            scaled = scale_for_model(bundle, x)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         if faults.latency_ms > 0:
@@ -499,10 +560,15 @@ def create_app(config: ServingConfig, loaded: LoadedModel) -> Any:
             metrics.faults_injected.labels(config.slot, config.version, "error").inc()
             return _error(500, f"injected fault ({ENV_FAULT_ERROR_RATE}={faults.error_rate})")
         try:
-            probabilities = bundle.predict_proba(x)
+            probabilities = bundle.predict_scaled(scaled)
         except Exception as exc:  # logged with traceback and answered 500, so the error rate gate sees it
             logger.exception("prediction failed for %s (%d rows)", instrument, len(x))
             return _error(500, f"prediction failed: {type(exc).__name__}: {exc}")
+        try:
+            check_outputs(probabilities)
+        except RequestError as exc:
+            logger.warning("%s: %s", instrument, exc.message)
+            return _error(exc.status, exc.message)
         metrics.observe_predictions(probabilities)
         return Response(
             orjson.dumps(
@@ -532,6 +598,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--instruments", default=None,
+                        help="comma-separated instruments this slot serves; /predict for any other is 422 "
+                             "(default: any symbol)")
+    parser.add_argument("--token-stdin", action="store_true",
+                        help="read the bearer token from the first line of stdin (kept out of argv and env)")
+    parser.add_argument("--require-token", action="store_true",
+                        help="exit with code 2 instead of serving without a token (the production profile)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; 1 because small batches lose more to thread hand-offs than they gain")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -545,18 +618,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
+    token = None
+    if args.token_stdin:
+        token = sys.stdin.readline().strip() or None
+    instruments = None
+    if args.instruments is not None:
+        instruments = frozenset(i.strip() for i in args.instruments.split(",") if i.strip())
     try:
         faults = FaultConfig.from_env()
         config = ServingConfig(
             model_path=args.model, sha256=args.sha256.lower(), version=args.version, slot=args.slot,
-            token=os.environ.get(ENV_TOKEN) or None, faults=faults,
-            max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
+            token=token, faults=faults, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
+            instruments=instruments, require_token=args.require_token,
         )
     except ValueError as exc:
         logger.error("invalid serving configuration: %s", exc)
         return 2
     if config.token is None:
-        logger.warning("%s is not set: /predict accepts unauthenticated requests", ENV_TOKEN)
+        logger.warning("no serving token given (%s unset): /predict accepts unauthenticated requests", ENV_TOKEN)
     if faults.active:
         logger.warning(
             "FAULT INJECTION ACTIVE (drill/test): error_rate=%s latency_ms=%s", faults.error_rate, faults.latency_ms

@@ -23,6 +23,8 @@ from autotrader_assets.defs.deployment import (
 )
 from autotrader_assets.resources import RegistryResource, WarehouseResource, default_resources
 from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
+from deploy_ops.local_deployer import MissingTokenError
+from deploy_ops.registry import open_registry
 from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
 from tests.integration.test_rollout import CANARY, INSTRUMENTS, make_stack, predict_everywhere, register, teardown_stack
 
@@ -117,6 +119,56 @@ def test_definitions_name_everything(tmp_path, monkeypatch):
     assert dg.AssetKey("registered_model") in {d.asset_key for d in spec.deps}
     assert spec.description and "\n" not in spec.description.strip()
     assert defs.resolve_job_def("model_rollback").name == "model_rollback"
+
+
+def _production_settings(tmp_path, monkeypatch, token: str | None):
+    monkeypatch.setenv("AUTOTRADER_ENV", "production")
+    monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
+    monkeypatch.setenv("AUTOTRADER_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
+    monkeypatch.setenv("AUTOTRADER_ARCHIVE_URI", str(tmp_path / "archive"))
+    monkeypatch.setenv("AUTOTRADER_ARTIFACTS_URI", str(tmp_path / "artifacts"))
+    if token is None:
+        monkeypatch.delenv("AUTOTRADER_SERVING_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("AUTOTRADER_SERVING_TOKEN", token)
+    return load_settings()
+
+
+def test_production_profile_refuses_to_start_a_slot_without_a_serving_token(tmp_path, monkeypatch):
+    settings = _production_settings(tmp_path, monkeypatch, token=None)
+    (tmp_path / "artifacts").mkdir()
+    resource = deployment_resource(settings)
+    assert resource.require_serving_token is True and resource.serving_token is None
+    # Even with the slots on local processes, no slot starts without the token.
+    local = DeploymentStackResource(
+        state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
+        instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
+        serving_token=resource.serving_token, require_serving_token=resource.require_serving_token,
+    )
+    stack = local.open(open_registry(settings.registry_url, settings.artifacts_uri))
+    mv = register(stack.registry, feature_bundle(1.0), stage="staging")
+    with pytest.raises(MissingTokenError, match="requires a serving token"):
+        stack.backend.start("blue", mv)
+    assert stack.state.slots() == {}
+
+
+def test_production_profile_hands_the_token_to_the_slots_without_showing_it(tmp_path, monkeypatch):
+    settings = _production_settings(tmp_path, monkeypatch, token="prod-token-271")
+    resource = deployment_resource(settings)
+    assert "prod-token-271" not in repr(resource)  # Dagster shows the variable's name, not the secret
+    # Dagster resolves the EnvVar when it initialises the resource, as in a run.
+    with dg.build_resources({"deployment": resource}) as initialised:
+        assert initialised.deployment.serving_token == "prod-token-271"
+        assert initialised.deployment.require_serving_token is True
+    # The same fields on a local-process backend reach the deployer that starts the slots.
+    local = DeploymentStackResource(
+        state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
+        instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
+        serving_token="prod-token-271", require_serving_token=True,
+    )
+    deployer = local.open(open_registry(settings.registry_url, settings.artifacts_uri)).backend.deployer
+    assert (deployer.token, deployer.require_token) == ("prod-token-271", True)
+    assert deployer.instruments == settings.instruments
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from deploy_ops.client import RoutedClient, ServingError
-from deploy_ops.local_deployer import LocalDeployer, SlotInUseError, SlotStartError
+from deploy_ops.local_deployer import LocalDeployer, MissingTokenError, SlotInUseError, SlotStartError
 from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 from deploy_ops.procs import pid_running
@@ -146,6 +146,35 @@ def test_process_that_exits_early_reports_its_log(state, deployer, bundles):
     with pytest.raises(SlotStartError, match=r"exited with code 2 before becoming ready(.|\n)*is not a number"):
         deployer.start_slot("blue", path, sha, "v1", env={"AUTOTRADER_FAULT_LATENCY_MS": "slow"})
     assert state.get_slot("blue").status == "failed"
+
+
+def test_a_deployer_that_requires_a_token_refuses_before_starting(state, tmp_path, bundles):
+    path, sha, _ = bundles["v1"]
+    deployer = LocalDeployer(state, tmp_path / "slots", require_token=True, instruments=["BTCUSDT"])
+    with pytest.raises(MissingTokenError, match="requires a serving token and none is set"):
+        deployer.start_slot("blue", path, sha, "v1")
+    assert state.slots() == {}  # nothing was started or recorded
+    assert not (tmp_path / "slots" / "blue.log").exists()
+
+
+def test_the_deployer_hands_its_slots_the_token_and_instruments(state, tmp_path, bundles):
+    path, sha, bundle = bundles["v1"]
+    rows = np.random.default_rng(5).normal(size=(2, len(FEATURES)))
+    with LocalDeployer(state, tmp_path / "slots", token="tok-3141", require_token=True,
+                       instruments=["BTCUSDT", "ETHUSDT"]) as deployer:
+        info = deployer.start_slot("blue", path, sha, "v1")
+        assert "tok-3141" not in (Path("/proc") / str(info.pid) / "cmdline").read_bytes().decode(errors="replace")
+        state.switch_all("blue")
+        with RoutedClient(state, token="tok-3141") as client:
+            np.testing.assert_allclose(client.predict("ETHUSDT", rows).probabilities, bundle.predict_proba(rows),
+                                       rtol=1e-6, atol=1e-9)
+            with pytest.raises(ServingError) as unknown:
+                client.predict("SOLUSDT", rows)
+            assert unknown.value.status == 422 and "unknown instrument 'SOLUSDT'" in str(unknown.value)
+        with RoutedClient(state) as anonymous, pytest.raises(ServingError) as denied:
+            anonymous.predict("ETHUSDT", rows)
+        assert denied.value.status == 401
+        deployer.stop_slot("blue", force=True)
 
 
 def test_resolver_and_in_place_replacement_of_an_idle_slot(state, tmp_path, bundles):

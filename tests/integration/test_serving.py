@@ -23,6 +23,8 @@ from deploy_ops.serving import FaultConfig
 
 TOKEN = "test-token-9f2c"
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
+#: What the main slot serves (``--instruments``); every other symbol is refused.
+INSTRUMENTS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,23 +40,32 @@ def make_bundle(path: Path, seed: int = 0) -> tuple[str, ModelBundle]:
     return bundle.save(str(path)), bundle
 
 
+def serving_command(model: Path, sha256: str, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "deploy_ops.serving", "--model", str(model), "--sha256", sha256,
+            "--version", "v1", "--slot", "blue", "--port", str(port), *extra]
+
+
 class Slot:
     """One serving process started straight from the command line (no deployer in between)."""
 
-    def __init__(self, tmp: Path, model: Path, sha256: str, *, env: dict[str, str | None], extra: list[str] = ()):
+    def __init__(self, tmp: Path, model: Path, sha256: str, *, token: str | None = None,
+                 env: dict[str, str | None] | None = None, extra: list[str] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"slot-{self.port}.log"
+        # The token variable in this process's environment must not reach the slot: the slot takes
+        # its token from stdin only, which is what these tests check.
         child_env = {k: v for k, v in os.environ.items() if k != "AUTOTRADER_SERVING_TOKEN"}
-        child_env.update({k: v for k, v in env.items() if v is not None})
+        child_env.update({k: v for k, v in (env or {}).items() if v is not None})
         child_env["PYTHONPATH"] = str(PROJECT_ROOT)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "deploy_ops.serving", "--model", str(model), "--sha256", sha256,
-                 "--version", "v1", "--slot", "blue", "--port", str(self.port), *extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
+                serving_command(model, sha256, self.port, *extra, "--token-stdin"),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=child_env,
                 start_new_session=True,
             )
+            self.proc.stdin.write(f"{token or ''}\n".encode())
+            self.proc.stdin.close()
 
     def wait_listening(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -87,17 +98,35 @@ def bundle_file(tmp_path_factory):
     return path, sha, bundle
 
 
+def make_overflowing_bundle(path: Path) -> str:
+    """A linear model whose first two weights are +-1e38: rows of ordinary size overflow to +inf
+    and -inf inside the network and sum to NaN, so its output is not finite though every input
+    and every scaled input is."""
+    model = build_model("logistic", len(FEATURES))
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor([[1e38, -1e38, 0.0, 0.0]]))
+        model.linear.bias.zero_()
+    scaler = StandardScaler(mean=np.zeros(len(FEATURES)), std=np.ones(len(FEATURES)))
+    bundle = ModelBundle(model=model, model_class="logistic", model_kwargs={}, scaler=scaler,
+                         feature_names=list(FEATURES))
+    return bundle.save(str(path))
+
+
 @pytest.fixture(scope="module")
 def slots(bundle_file, tmp_path_factory):
-    """Three processes started together so their imports overlap: the authenticated slot under
-    test, a fault-injection slot without a token, and one given a wrong checksum."""
+    """Four processes started together so their imports overlap: the authenticated slot under
+    test (serving three instruments), a fault-injection slot without a token, one given a wrong
+    checksum, and one serving a model whose output overflows."""
     path, sha, _ = bundle_file
     tmp = tmp_path_factory.mktemp("slots")
+    overflowing = tmp / "overflowing.pt"
+    overflowing_sha = make_overflowing_bundle(overflowing)
     started = {
-        "main": Slot(tmp, path, sha, env={"AUTOTRADER_SERVING_TOKEN": TOKEN},
-                     extra=["--max-batch", "64", "--max-body-bytes", "65536"]),
+        "main": Slot(tmp, path, sha, token=TOKEN,
+                     extra=["--max-batch", "64", "--max-body-bytes", "65536", "--instruments", ",".join(INSTRUMENTS)]),
         "faulty": Slot(tmp, path, sha, env={"AUTOTRADER_FAULT_ERROR_RATE": "1.0", "AUTOTRADER_FAULT_LATENCY_MS": "40"}),
-        "bad_checksum": Slot(tmp, path, "0" * 64, env={"AUTOTRADER_SERVING_TOKEN": TOKEN}),
+        "bad_checksum": Slot(tmp, path, "0" * 64, token=TOKEN),
+        "overflowing": Slot(tmp, overflowing, overflowing_sha, token=TOKEN),
     }
     try:
         for slot in started.values():
@@ -226,6 +255,13 @@ ROW = [0.1, -0.2, 0.3, 1.5]
         (b'{"instrument": "BTCUSDT", "rows": [[1,2,3,4], [0.1, Infinity, 0.3, 1.5]]}', 422, "at index [1]"),
         (b'{"instrument": "BTCUSDT", "rows": [[0.1, 1e999, 0.3, 1.5]]}', 422, "NaN or infinite"),
         ({"instrument": "BTCUSDT", "rows": [[0.1, 10 ** 400, 0.3, 1.5]]}, 422, "too large"),
+        # finite in JSON and float64, but beyond float32 once scaled: the network would answer NaN
+        ({"instrument": "BTCUSDT", "rows": [ROW, [0.1, 1e300, 0.3, 1.5]]}, 422,
+         "row 1, feature 'ret_5': 1e+300 is outside the range the model can take"),
+        ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), rsi_14=-1e300)]}, 422,
+         "row 0, feature 'rsi_14'"),
+        ({"instrument": "DOGEUSDT", "rows": [ROW]}, 422,
+         "unknown instrument 'DOGEUSDT': this slot serves BTCUSDT, ETHUSDT, SOLUSDT"),
         ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), zzz=1.0)]}, 422,
          "unknown feature names ['zzz']"),
         ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES[:3], ROW))]}, 422,
@@ -309,7 +345,7 @@ def test_checksum_mismatch_keeps_the_slot_unready(slots):
 # -- fault injection and the missing-token warning -----------------------------------------------
 def test_fault_injection_fails_valid_requests_slowly(slots):
     slot = slots["faulty"]
-    assert "AUTOTRADER_SERVING_TOKEN is not set" in slot.log()
+    assert "no serving token given (AUTOTRADER_SERVING_TOKEN unset)" in slot.log()
     assert "FAULT INJECTION ACTIVE" in slot.log()
     started = time.perf_counter()
     response = post(slot.url, {"instrument": "BTCUSDT", "rows": [ROW]}, headers={})  # no token needed
@@ -340,3 +376,48 @@ def test_bad_fault_settings_are_rejected(environ, fragment):
     assert fragment in str(err.value)
     assert FaultConfig.from_env({}) == FaultConfig(0.0, 0.0)
     assert FaultConfig.from_env({"AUTOTRADER_FAULT_LATENCY_MS": " 25 "}).latency_ms == 25.0
+
+
+# -- non-finite model output ----------------------------------------------------------------------
+def test_non_finite_output_is_refused_with_the_rows(slots):
+    slot = slots["overflowing"]
+    ok = post(slot.url, {"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 1.0, 1.0]]})
+    assert ok.status_code == 200 and ok.json()["probabilities"] == [0.5]
+    before = metric_samples(slot.url)
+    # rows 1 and 2 drive the two huge weights to +inf and -inf: NaN; row 0 alone would be fine
+    response = post(slot.url, {"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 1.0, 1.0], [4.0, 4.0, 0, 0], [5.0, 6.0, 0, 0]]})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "status": 422,
+        "error": "the model's output is not finite for rows [1, 2]: their inputs are outside the range the "
+                 "model can score; nothing of this batch was scored",
+    }
+    after = metric_samples(slot.url)
+    base = dict(slot="blue", model_version="v1")
+    # a refused batch is not counted as scored: the confidence histogram never sees a NaN
+    assert sample(after, "autotrader_serving_predictions_total", **base) == sample(
+        before, "autotrader_serving_predictions_total", **base)
+
+
+# -- the token is required where the profile says so ---------------------------------------------
+@pytest.mark.parametrize("stdin", [None, b"\n", b"   \n"])
+def test_require_token_without_a_token_exits_non_zero(bundle_file, stdin):
+    path, sha, _ = bundle_file
+    extra = ["--require-token"] + (["--token-stdin"] if stdin is not None else [])
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), AUTOTRADER_SERVING_TOKEN=TOKEN)  # never read for it
+    done = subprocess.run(serving_command(path, sha, free_port(), *extra), input=stdin or b"", env=env,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    assert "refusing to serve without a bearer token" in done.stderr.decode()
+
+
+def test_require_token_with_a_token_serves_and_demands_it(bundle_file, tmp_path):
+    path, sha, _ = bundle_file
+    slot = Slot(tmp_path, path, sha, token=TOKEN, extra=["--require-token"])
+    try:
+        slot.wait_listening()
+        unauthenticated = requests.post(f"{slot.url}/predict", json={"instrument": "BTCUSDT", "rows": [ROW]}, timeout=5)
+        assert unauthenticated.status_code == 401
+        assert post(slot.url, {"instrument": "BTCUSDT", "rows": [ROW]}).status_code == 200
+    finally:
+        slot.stop()

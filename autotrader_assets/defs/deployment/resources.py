@@ -33,6 +33,10 @@ class DeploymentStackResource(dg.ConfigurableResource):
     slippage_bps: float = 2.0
     requests_per_second: float = 100.0
     ecs_config_json: str = Field(default="", description="ECS document (see deployment/stack.py); not secret.")
+    serving_token: Optional[str] = Field(default=None, description="Bearer token of the serving slots (secret).")
+    require_serving_token: bool = Field(
+        default=False, description="Refuse to start a slot without a serving token (the production profile)."
+    )
 
     def open(self, registry: ModelRegistry, stage_seconds: Optional[float] = None) -> DeploymentStack:
         policy = build_policy(
@@ -43,7 +47,8 @@ class DeploymentStackResource(dg.ConfigurableResource):
             requests_per_second=self.requests_per_second,
         )
         return open_stack(registry, state_url=self.state_url, backend=self.backend, workdir=self.workdir,
-                          policy=policy, ecs_config=self.ecs_config_json)
+                          policy=policy, ecs_config=self.ecs_config_json, serving_token=self.serving_token or None,
+                          require_token=self.require_serving_token)
 
 
 def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackResource:
@@ -57,4 +62,7 @@ def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackR
         stage_seconds=s.stage_seconds, max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms,
         max_sharpe_drop=t.max_sharpe_drop, fee_bps=s.fee_bps, slippage_bps=s.slippage_bps,
         ecs_config_json=ecs_config_from_environment() if backend == "ecs" else "",
+        # An EnvVar, not the value: Dagster then shows the variable's name, never the secret.
+        serving_token=dg.EnvVar("AUTOTRADER_SERVING_TOKEN") if s.serving_token else None,
+        require_serving_token=s.is_production,
     )

@@ -112,11 +112,17 @@ def ecs_config_from_environment() -> str:
 
 
 def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
-                 ecs_config: str = "") -> SlotBackend:
+                 ecs_config: str = "", serving_token: str | None = None, require_token: bool = False,
+                 instruments: Sequence[str] | None = None) -> SlotBackend:
+    """The slot backend. Local slots get the serving token (required in production: the deployer
+    refuses to start a slot without one) and the instruments they answer for; ECS slots get the
+    token from the task definition's secret, and the backend's clients send ``serving_token``."""
     if kind == "local":
         from deploy_ops.local_deployer import LocalDeployer
 
-        return LocalBackend(LocalDeployer(state, workdir), registry)
+        deployer = LocalDeployer(state, workdir, token=serving_token, require_token=require_token,
+                                 instruments=instruments)
+        return LocalBackend(deployer, registry)
     if kind == "ecs":
         from deploy_ops.ecs_deployer import EcsDeployer, EcsDeployerConfig
 
@@ -125,7 +131,7 @@ def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry
             config = EcsDeployerConfig(**document["deployer"])
         except TypeError as exc:
             raise SettingsError(f"{ECS_CONFIG_ENV} 'deployer' has unknown or missing fields: {exc}") from exc
-        return EcsBackend(EcsDeployer(config), state, document["endpoints"])
+        return EcsBackend(EcsDeployer(config), state, document["endpoints"], token=serving_token)
     raise SettingsError(f"deployment backend must be one of {BACKENDS}, got {kind!r}")
 
 
@@ -137,10 +143,13 @@ def open_stack(
     workdir: str | os.PathLike[str],
     policy: RolloutPolicy,
     ecs_config: str = "",
+    serving_token: str | None = None,
+    require_token: bool = False,
 ) -> DeploymentStack:
     state = DeploymentStateStore(state_url)
-    return DeploymentStack(registry, state, open_backend(backend, state, registry, workdir=workdir,
-                                                         ecs_config=ecs_config), policy)
+    backend_ = open_backend(backend, state, registry, workdir=workdir, ecs_config=ecs_config,
+                            serving_token=serving_token, require_token=require_token, instruments=policy.instruments)
+    return DeploymentStack(registry, state, backend_, policy)
 
 
 def stack_from_settings(settings: Settings, *, stage_seconds: float | None = None) -> DeploymentStack:
@@ -150,6 +159,7 @@ def stack_from_settings(settings: Settings, *, stage_seconds: float | None = Non
         registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
         policy=policy_from_settings(settings, stage_seconds),
         ecs_config=ecs_config_from_environment() if kind == "ecs" else "",
+        serving_token=settings.serving_token, require_token=settings.is_production,
     )
 
 
