@@ -15,7 +15,7 @@ import dagster as dg
 
 from autotrader_assets.defs.training import TRAINING_RECIPE
 from autotrader_assets.instance import local_instance
-from autotrader_assets.settings import get_settings
+from autotrader_assets.settings import Settings, get_settings
 
 
 @dataclass
@@ -136,13 +136,23 @@ def warehouse_summary(path: str) -> dict[str, object]:
         con.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
+    """`make run`'s options; the number of days defaults to the settings' (AUTOTRADER_RUN_DAYS)."""
     parser = argparse.ArgumentParser(description="Materialize the autotrader asset graph on the embedded default.")
-    parser.add_argument("--days", type=int, default=int(__import__("os").environ.get("AUTOTRADER_RUN_DAYS", "14")))
+    parser.add_argument("--days", type=int, default=settings.run_days,
+                        help=f"Complete UTC days to materialize, yesterday backwards (default {settings.run_days}).")
     parser.add_argument("--paper-days", type=int, default=3, help="Most recent days to paper-trade (out of sample).")
     args = parser.parse_args(argv)
+    if args.days < 1:
+        parser.error(f"--days (or AUTOTRADER_RUN_DAYS) must be at least 1, got {args.days}")
+    if args.paper_days < 1:
+        parser.error(f"--paper-days must be at least 1, got {args.paper_days}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
+    args = parse_args(argv, settings)
     instance = local_instance(settings)
     from autotrader_assets.definitions import defs
 

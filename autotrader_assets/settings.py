@@ -124,6 +124,8 @@ class Settings:
     serving_token: str | None
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
+    #: Days `make run` materializes, yesterday backwards (AUTOTRADER_RUN_DAYS).
+    run_days: int = 14
 
     @property
     def is_production(self) -> bool:
@@ -198,6 +200,7 @@ def load_settings() -> Settings:
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
+        run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
     )
 
 
