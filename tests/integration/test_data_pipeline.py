@@ -102,8 +102,19 @@ def test_corrupt_partition_is_blocked_before_features(tmp_path):
     ).fetchone()[0]
     con.close()
     assert has_features == 0, "bad bars must never reach the feature models"
-    # the raw data is not lost: it is archived for inspection
-    assert (tmp_path / "archive" / "2024-03-01" / "BTCUSDT.parquet").exists()
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    published = con.execute("select count(*) from market_bars").fetchone()[0]
+    quarantined = con.execute(
+        "select count(*), min(reasons) from market_bars_quarantine where date = '2024-03-01' and instrument = 'BTCUSDT'"
+    ).fetchone()
+    con.close()
+    assert published == 0, "a partition that failed its audit is never published"
+    assert quarantined[0] == len(ReplaySource(seed=11).day_bars("BTCUSDT", "2024-03-01"))
+    assert "high below max(open, close)" in quarantined[1]
+    # the raw data is not lost: what the source returned is kept in the archive's quarantine,
+    # and "latest" never pointed at it
+    assert not (tmp_path / "archive" / "2024-03-01" / "BTCUSDT.parquet").exists()
+    assert len(list((tmp_path / "archive" / "2024-03-01" / ".quarantine" / "BTCUSDT").glob("*.parquet"))) == 1
 
 
 def test_pipeline_on_real_btc_minutes(tmp_path):
@@ -181,7 +192,7 @@ def test_checks_read_large_selections_in_chunks(tmp_path, monkeypatch):
     """With one partition per chunk, the checks still see every partition and name the bad one."""
     from autotrader_assets.defs.market_data import assets as market_assets
 
-    monkeypatch.setattr(market_assets, "CHECK_CHUNK", 1)
+    monkeypatch.setattr(market_assets, "WRITE_CHUNK", 1)
     resources = temp_resources(tmp_path, market_source=CorruptBtcSourceResource(name="corrupt"))
     result = run_data_pipeline(
         resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|ETHUSDT", raise_on_error=False

@@ -1,8 +1,11 @@
 """The raw-bar archive: one Parquet file per (date, instrument) partition.
 
-Layout ``<root>/<YYYY-MM-DD>/<INSTRUMENT>.parquet`` on the local disk or under an S3 prefix.
-The archive is written before anything downstream reads a partition, and it is what a data
-rollback restores from, so keys are validated strictly (no path tricks).
+Layout ``<root>/<YYYY-MM-DD>/<INSTRUMENT>.parquet`` (the latest published version) on the local
+disk or under an S3 prefix. A fetch lands first in ``<date>/.incoming/<INSTRUMENT>/<batch>.parquet``;
+it becomes the latest only after it passed its audit and the warehouse commit succeeded
+(:meth:`promote`), or moves to ``.quarantine/`` when it failed. The latest it replaces is kept
+under ``.versions/``. It is what a data rollback restores from, so keys are validated strictly
+(no path tricks).
 """
 from __future__ import annotations
 
@@ -61,6 +64,13 @@ def new_version_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
+def incoming_key(date: str, instrument: str, stamp: str, folder: str = ".incoming") -> str:
+    """Where a fetch lands before its audit (``.incoming``), or stays when it failed (``.quarantine``)."""
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", stamp):
+        raise ValueError(f"invalid batch stamp {stamp!r}")
+    return f"{validate_date(date)}/{folder}/{validate_instrument(instrument)}/{stamp}.parquet"
+
+
 def version_key(date: str, instrument: str, version: str) -> str:
     if not _VERSION_RE.fullmatch(version):
         raise ValueError(f"invalid archive version {version!r}: expected a stamp like 20240301T120000000000Z")
@@ -80,6 +90,12 @@ class ArchiveStore(Protocol):
 
     def location(self, date: str, instrument: str) -> str: ...
 
+    def stage(self, date: str, instrument: str, df: pd.DataFrame, stamp: str) -> bytes: ...
+
+    def promote(self, date: str, instrument: str, stamp: str, data: bytes) -> str: ...
+
+    def quarantine(self, date: str, instrument: str, stamp: str) -> str: ...
+
 
 class _VersionedArchive:
     """Writes never destroy data: a partition whose new bytes differ from the archived ones has
@@ -97,6 +113,8 @@ class _VersionedArchive:
 
     def _where(self, key: str) -> str: ...
 
+    def _move(self, src: str, dst: str) -> None: ...
+
     def location(self, date: str, instrument: str) -> str:
         return self._where(archive_key(date, instrument))
 
@@ -110,6 +128,35 @@ class _VersionedArchive:
             self._put(version_key(date, instrument, new_version_stamp()), current)
         self._put(key, data)
         return self._where(key)
+
+    def stage(self, date: str, instrument: str, df: pd.DataFrame, stamp: str) -> bytes:
+        """Keep a fetch as it came, under ``<date>/.incoming/<instrument>/<stamp>.parquet``:
+        nothing reads it until it passes the audit and :meth:`promote` makes it the latest."""
+        data = frame_to_parquet_bytes(df)
+        self._put(incoming_key(date, instrument, stamp), data)
+        return data
+
+    def promote(self, date: str, instrument: str, stamp: str, data: bytes) -> str:
+        """Make a staged fetch (``data`` = its bytes) the latest file; the latest it replaces is
+        kept under ``.versions`` (unless the bytes are the same, then the fetch adds nothing)."""
+        key = archive_key(date, instrument)
+        staged = incoming_key(date, instrument, stamp)
+        current = self._get(key)
+        if current is not None and current != data:
+            self._put(version_key(date, instrument, new_version_stamp()), current)
+        self._move(staged, key)
+        return self._where(key)
+
+    def quarantine(self, date: str, instrument: str, stamp: str) -> str:
+        """Keep a staged fetch that failed its audit under ``.quarantine`` (latest unchanged)."""
+        dst = incoming_key(date, instrument, stamp, folder=".quarantine")
+        self._move(incoming_key(date, instrument, stamp), dst)
+        return self._where(dst)
+
+    def quarantined(self, date: str, instrument: str) -> list[str]:
+        """Stamps of the quarantined fetches of a partition, oldest first."""
+        prefix = f"{validate_date(date)}/.quarantine/{validate_instrument(instrument)}/"
+        return sorted(k[len(prefix):-len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet"))
 
     def read(self, date: str, instrument: str, version: str | None = None) -> pd.DataFrame:
         """The archived partition; ``version`` = a stamp from :meth:`versions` or ``"previous"``."""
@@ -163,6 +210,11 @@ class LocalArchive(_VersionedArchive):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def _move(self, src: str, dst: str) -> None:
+        target = self.root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.root / src, target)
+
     def _list(self, prefix: str) -> list[str]:
         folder = self.root / prefix
         if not folder.is_dir():
@@ -196,6 +248,13 @@ class S3Archive(_VersionedArchive):
 
     def _put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def _move(self, src: str, dst: str) -> None:
+        # S3 has no rename: a server-side copy, then the staged object goes.
+        self.client.copy_object(
+            Bucket=self.bucket, Key=self._full(dst), CopySource={"Bucket": self.bucket, "Key": self._full(src)}
+        )
+        self.client.delete_object(Bucket=self.bucket, Key=self._full(src))
 
     def _list(self, prefix: str) -> list[str]:
         full = self._full(prefix)

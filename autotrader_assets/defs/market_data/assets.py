@@ -1,4 +1,12 @@
-"""Market-data assets and checks: ``market_bars`` partitioned by date x instrument."""
+"""The ``market_bars`` asset (date x instrument): fetched, audited, then published.
+
+Write-audit-publish: each chunk of partitions is fetched (or restored from the archive) and
+staged in the archive's ``.incoming`` area, audited in memory by the pandera schema (the
+``market_bars_schema`` check, blocking, evaluated here before anything is published), and only
+the partitions that passed are published to the ``market_bars`` table in one transaction
+(``publish.Publisher``); the archive's latest file moves to them after that commit. Failed
+partitions keep their last published version and are quarantined (rows, reasons, archive copy).
+"""
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
@@ -6,27 +14,27 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 import pandas as pd
 
-from autotrader_assets.defs.market_data.partitions import context_partitions, market_partitions
-from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
-from autotrader_assets.defs.market_data.validation import (
-    find_gaps_many,
-    missing_fraction,
-    missing_fractions,
-    partition_failures,
-    return_outliers_many,
+from autotrader_assets.defs.market_data.checks import (
+    FRESHNESS_DEADLINE_CRON,
+    CompletenessAudit,
+    OutlierAudit,
+    SchemaAudit,
+    market_bars_check_specs,
 )
-from autotrader_assets.defs.market_data.warehouse import read_partitions, replace_partitions
+from autotrader_assets.defs.market_data.partitions import context_partitions, market_partitions
+from autotrader_assets.defs.market_data.publish import (
+    DuckDBPublisher,
+    PublishBatch,
+    detect_interval_seconds,
+    new_batch_id,
+)
+from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
+from autotrader_assets.defs.market_data.schema import BAR_COLUMNS
+from autotrader_assets.defs.market_data.validation import missing_fraction, partition_failures
 from autotrader_assets.resources import WarehouseResource
-from autotrader_assets.settings import get_settings
 
-#: Partitions written to the warehouse per transaction during large backfills.
+#: Partitions audited and published per transaction during large backfills (bounded memory).
 WRITE_CHUNK = 256
-#: Bars of yesterday are expected by 00:30 UTC.
-FRESHNESS_DEADLINE_CRON = "30 0 * * *"
-
-
-def _md_table(df: pd.DataFrame, limit: int = 20) -> str:
-    return "(none)" if df.empty else df.head(limit).to_markdown(index=False)
 
 
 class MarketBarsConfig(dg.Config):
@@ -48,6 +56,40 @@ class ArchiveMissingError(RuntimeError):
     """A data rollback asked for partitions that have no archive; nothing was overwritten."""
 
 
+def publisher_for(warehouse: WarehouseResource):
+    """The publish step of ``market_bars`` (a context manager yielding a ``Publisher``).
+
+    One seam: tests replace it to make the warehouse commit fail; a shared-storage publisher
+    for production plugs in here.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def _open():
+        with warehouse.connect() as con:
+            yield DuckDBPublisher(con)
+
+    return _open()
+
+
+def _audit_frame(frames: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
+    """The chunk's bars as one frame with a ``date`` column (what the pandera schema validates)."""
+    if not frames:
+        return pd.DataFrame(columns=[*BAR_COLUMNS, "date"])
+    return pd.concat([df.assign(date=d) for (d, _), df in frames.items()], ignore_index=True)
+
+
+def _reasons(cases: pd.DataFrame) -> dict[str, str]:
+    """``date|instrument`` -> a short text of the failed checks (what the quarantine records)."""
+    if cases.empty:
+        return {}
+    labels = cases.assign(
+        what=cases.get("column", pd.Series(index=cases.index, dtype=object)).fillna("").astype(str)
+        .str.cat(cases["check"].astype(str), sep=": ").str.lstrip(": ")
+    )
+    return labels.groupby("partition")["what"].agg(lambda s: "; ".join(sorted(set(s)))[:2000]).to_dict()
+
+
 @dg.asset(
     partitions_def=market_partitions(),
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -58,6 +100,7 @@ class ArchiveMissingError(RuntimeError):
     ),
     owners=["team:quant-data"],
     tags={"domain": "market_data"},
+    check_specs=market_bars_check_specs,
 )
 def market_bars(
     context: dg.AssetExecutionContext,
@@ -66,7 +109,7 @@ def market_bars(
     archive: ArchiveResource,
     market_source: MarketSourceResource,
 ) -> dg.MaterializeResult:
-    """One-minute OHLCV bars per day and instrument: archived raw, then loaded into the warehouse."""
+    """One-minute OHLCV bars per day and instrument: archived raw, audited, and only published if they pass."""
     parts = context_partitions(context)
     store = archive.store()
     restoring = config.restore_from_archive or context.run.tags.get(RESTORE_TAG) == "true"
@@ -87,190 +130,101 @@ def market_bars(
     else:
         source = market_source.get_source()
         source_name = market_source.name
-    total_rows, written_parts, pending = 0, 0, {}
+    batch_id = new_batch_id()
+    context.log.info(
+        f"{'restoring' if restoring else 'fetching'} {len(parts)} partition(s) from {source_name} (batch {batch_id})"
+    )
+    rows_published = 0
+    published: list[str] = []
+    quarantined: dict[str, str] = {}
+    schema, completeness, outliers = SchemaAudit(), CompletenessAudit(), OutlierAudit()
     missing: dict[str, float] = {}
-    context.log.info(f"{'restoring' if restoring else 'fetching'} {len(parts)} partition(s) from {source_name}")
-
-    def flush() -> None:
-        nonlocal total_rows, written_parts
-        with warehouse.connect() as con:
-            total_rows += replace_partitions(con, pending)
-        written_parts += len(pending)
-        context.log.info(f"loaded {written_parts}/{len(parts)} partitions ({total_rows:,} bars)")
-        pending.clear()
 
     # Archive writes (Parquet encoding, S3 puts) release the GIL: overlap them with fetching.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive") as pool:
-        writes = []
-        for date, instrument in parts:
-            if restoring:
-                bars = store.read(date, instrument, version=version)
-                if version != "latest":
-                    # The restored version becomes current again; the file it replaces is kept
-                    # as a version, so this rollback can itself be undone.
-                    writes.append(pool.submit(store.write, date, instrument, bars))
-            else:
-                start = pd.Timestamp(date, tz="UTC")
-                bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
-                writes.append(pool.submit(store.write, date, instrument, bars))
-            pending[(date, instrument)] = bars
-            missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
-            if len(pending) >= WRITE_CHUNK:
-                # The archive of a chunk is complete before the warehouse sees it: it is what
-                # a data rollback restores from.
-                for w in writes:
-                    w.result()
-                writes.clear()
-                flush()
-        for w in writes:
-            w.result()
-        if pending:
-            flush()
+        for k in range(0, len(parts), WRITE_CHUNK):
+            chunk = parts[k : k + WRITE_CHUNK]
+            frames: dict[tuple[str, str], pd.DataFrame] = {}
+            staged = {}
+            for date, instrument in chunk:
+                if restoring:
+                    bars = store.read(date, instrument, version=version)
+                else:
+                    start = pd.Timestamp(date, tz="UTC")
+                    bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
+                    # What the source returned is kept whatever the audit says.
+                    staged[(date, instrument)] = pool.submit(store.stage, date, instrument, bars, batch_id)
+                frames[(date, instrument)] = bars
+                missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
+            staged_bytes = {key: f.result() for key, f in staged.items()}
 
+            # Audit: the pandera schema over the whole chunk at once.
+            audit_frame = _audit_frame(frames)
+            n_rows, failed, cases = partition_failures(chunk, audit_frame)
+            reasons = _reasons(cases)
+            batch = PublishBatch(layer="market_bars", batch_id=batch_id)
+            for key, bars in frames.items():
+                name = f"{key[0]}|{key[1]}"
+                if name in failed:
+                    batch.failed[key] = bars
+                    batch.reasons[key] = reasons.get(name, "failed the schema")
+                else:
+                    batch.passed[key] = bars
+                    batch.intervals[key] = detect_interval_seconds(bars)
+
+            # Publish: one transaction for the chunk (passing partitions + quarantine records).
+            with publisher_for(warehouse) as publisher:
+                result = publisher.publish(batch)
+            rows_published += result.rows_published
+            published += [f"{d}|{i}" for d, i in result.published]
+            chunk_quarantined = {f"{d}|{i}": batch.reasons[(d, i)] for d, i in result.quarantined}
+            quarantined.update(chunk_quarantined)
+            schema.add(len(chunk), n_rows, cases, chunk_quarantined)
+            # The warnings judge what was published: the chunk's bars minus the quarantined ones.
+            published_rows = audit_frame[~(audit_frame["date"] + "|" + audit_frame["instrument"]).isin(chunk_quarantined)]
+            completeness.add(list(result.published), published_rows)
+            outliers.add(published_rows)
+
+            # Only after the commit: the archive's latest moves to what was published.
+            moves = []
+            for date, instrument in result.published:
+                if restoring:
+                    if version != "latest":
+                        # The restored version becomes current again; the file it replaces is kept
+                        # as a version, so this rollback can itself be undone.
+                        moves.append(pool.submit(store.write, date, instrument, frames[(date, instrument)]))
+                else:
+                    moves.append(pool.submit(
+                        store.promote, date, instrument, batch_id, staged_bytes[(date, instrument)]
+                    ))
+            if not restoring:
+                moves += [pool.submit(store.quarantine, d, i, batch_id) for d, i in result.quarantined]
+            for m in moves:
+                m.result()
+            context.log.info(
+                f"audited {k + len(chunk)}/{len(parts)} partitions: published {len(published)} "
+                f"({rows_published:,} bars), quarantined {len(quarantined)}"
+            )
+
+    if quarantined:
+        context.log.error(
+            f"{len(quarantined)} partition(s) failed the schema and were quarantined (their published "
+            f"version is unchanged): {', '.join(sorted(quarantined)[:20])}"
+        )
     worst = max(missing.items(), key=lambda kv: kv[1]) if missing else ("", 0.0)
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": dg.MetadataValue.int(total_rows),
+            "dagster/row_count": dg.MetadataValue.int(rows_published),
             "partitions": dg.MetadataValue.int(len(parts)),
+            "partitions_published": dg.MetadataValue.int(len(published)),
+            "quarantined_partitions": dg.MetadataValue.json(dict(sorted(quarantined.items()))),
+            "batch_id": batch_id,
             "source": source_name,
             "restored_from_archive": restoring,
             "archive": dg.MetadataValue.path(store.uri),
             "warehouse": dg.MetadataValue.path(warehouse.path),
             "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),
             "worst_missing_partition": worst[0],
-        }
-    )
-
-
-#: Partitions read per chunk by the checks: memory stays bounded (~370k rows) on long backfills.
-CHECK_CHUNK = 256
-#: Failure rows kept for the metadata table (the counts cover all of them).
-MAX_CASES = 1000
-
-
-def _selected_chunks(context, warehouse: WarehouseResource):
-    """(partitions, rows) of the run's selection, CHECK_CHUNK partitions at a time."""
-    parts = context_partitions(context)
-    with warehouse.connect(read_only=True) as con:
-        for k in range(0, len(parts), CHECK_CHUNK):
-            chunk = parts[k : k + CHECK_CHUNK]
-            yield chunk, read_partitions(con, chunk)
-
-
-@dg.asset_check(
-    asset=market_bars,
-    partitions_def=market_partitions(),
-    blocking=True,
-    description="pandera schema: types, no NaN, positive prices, high/low consistent, volume >= 0, "
-    "unique increasing timestamps inside the partition. Blocks features on failure.",
-)
-def market_bars_schema(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    rows, n_parts, n_cases, failed, kept = 0, 0, 0, set(), []
-    for parts, df in _selected_chunks(context, warehouse):
-        n, bad, cases = partition_failures(parts, df)
-        rows, n_parts, n_cases = rows + n, n_parts + len(parts), n_cases + len(cases)
-        failed |= bad
-        if sum(map(len, kept)) < MAX_CASES and not cases.empty:
-            kept.append(cases)
-    cases = pd.concat(kept, ignore_index=True).head(MAX_CASES) if kept else pd.DataFrame()
-    return dg.AssetCheckResult(
-        passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "rows_checked": rows,
-            "partitions_checked": n_parts,
-            "failed_partitions": dg.MetadataValue.json(sorted(failed)),
-            "failure_count": n_cases,
-            "failure_cases": dg.MetadataValue.md(_md_table(cases, 50)),
         },
+        check_results=[schema.result(batch_id), completeness.result(), outliers.result()],
     )
-
-
-@dg.asset_check(
-    asset=market_bars,
-    partitions_def=market_partitions(),
-    description="Completeness: WARN when more than the allowed fraction of the day's minutes is missing.",
-)
-def market_bars_completeness(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    limit = get_settings().thresholds.max_missing_fraction
-    fractions: dict[str, float] = {}
-    gaps = []
-    for parts, frame in _selected_chunks(context, warehouse):
-        fractions.update(missing_fractions(frame, parts))
-        found = find_gaps_many(frame)
-        if not found.empty:
-            gaps.append(found.nlargest(50, "missing_bars"))
-    gaps_df = pd.concat(gaps, ignore_index=True).sort_values("missing_bars", ascending=False) if gaps else pd.DataFrame()
-    bad = {k: v for k, v in fractions.items() if v > limit}
-    return dg.AssetCheckResult(
-        passed=not bad,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "max_missing_fraction_allowed": limit,
-            "worst_missing_fraction": max(fractions.values(), default=0.0),
-            "partitions_over_limit": dg.MetadataValue.json(bad),
-            "gaps": dg.MetadataValue.md(_md_table(gaps_df)),
-        },
-    )
-
-
-@dg.asset_check(
-    asset=market_bars,
-    partitions_def=market_partitions(),
-    description="Outliers: WARN on 1-minute log returns beyond the robust z-score bound, listing the bars.",
-)
-def market_bars_outliers(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bound = get_settings().thresholds.outlier_robust_z
-    found = [
-        return_outliers_many(frame, bound)[["ts", "instrument", "close", "log_return", "robust_z"]]
-        for _parts, frame in _selected_chunks(context, warehouse)
-    ]
-    rows = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
-    if not rows.empty:
-        rows["ts"] = rows["ts"].astype(str)
-        rows = rows.reindex(rows["robust_z"].abs().sort_values(ascending=False).index)
-    return dg.AssetCheckResult(
-        passed=rows.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "robust_z_bound": bound,
-            "outlier_count": len(rows),
-            "outliers": dg.MetadataValue.md(_md_table(rows, 30)),
-        },
-    )
-
-
-def expected_latest_date(now: dt.datetime) -> str:
-    """The newest date whose bars must exist at ``now``: yesterday once the deadline passed."""
-    now = now.astimezone(dt.timezone.utc)
-    deadline = now.replace(hour=0, minute=30, second=0, microsecond=0)
-    days_back = 1 if now >= deadline else 2
-    return (now.date() - dt.timedelta(days=days_back)).isoformat()
-
-
-@dg.asset_check(
-    asset=market_bars,
-    description="Freshness: by 00:30 UTC, yesterday's partition exists for every instrument.",
-)
-def market_bars_freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    expected = expected_latest_date(dt.datetime.now(dt.timezone.utc))
-    materialized = context.instance.get_materialized_partitions(market_bars.key)
-    have = {}
-    for key in materialized:
-        date, _, instrument = str(key).partition("|")
-        if date > have.get(instrument, ""):
-            have[instrument] = date
-    stale = {i: have.get(i, "never") for i in get_settings().instruments if have.get(i, "") < expected}
-    return dg.AssetCheckResult(
-        passed=not stale,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "expected_latest_date": expected,
-            "latest_date_by_instrument": dg.MetadataValue.json(have),
-            "stale_instruments": dg.MetadataValue.json(stale),
-            "deadline_cron": FRESHNESS_DEADLINE_CRON,
-        },
-    )
-
-
-market_data_checks = [market_bars_schema, market_bars_completeness, market_bars_outliers, market_bars_freshness]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from autotrader_assets.defs.market_data.assets import RESTORE_TAG, market_bars, market_bars_freshness
+from autotrader_assets.defs.market_data.assets import RESTORE_TAG, market_bars
+from autotrader_assets.defs.market_data.checks import market_bars_freshness
 from autotrader_assets.defs.market_data.partitions import market_partitions
 
 data_pipeline_job = dg.define_asset_job(
