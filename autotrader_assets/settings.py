@@ -81,6 +81,53 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from exc
 
 
+#: Session calendars defined by the project (``defs/market_data/calendars.py``); every other name
+#: is a pandas-market-calendars calendar (exchange-calendars' names included).
+BUILTIN_CALENDARS: tuple[str, ...] = ("crypto", "fx")
+#: Currencies whose six-letter pairs (GBPUSD, USDJPY, ...) default to the ``fx`` calendar. Only
+#: currencies: a crypto ticker such as BTC or SOL is not here, so BTCUSD stays 24/7.
+FX_CURRENCIES = frozenset(
+    "USD EUR GBP JPY CHF AUD NZD CAD SEK NOK DKK PLN HUF CZK TRY ZAR MXN SGD HKD CNH CNY ILS INR KRW THB RUB BRL".split()
+)
+
+
+def calendar_names() -> list[str]:
+    """Every calendar name ``AUTOTRADER_CALENDARS`` accepts (imports the calendar library)."""
+    import pandas_market_calendars as pmc  # lazy: only a configured mapping pays for pandas
+
+    shadowed = {b.lower() for b in BUILTIN_CALENDARS}
+    return [*BUILTIN_CALENDARS, *sorted(n for n in pmc.get_calendar_names() if n.lower() not in shadowed)]
+
+
+def default_calendar(instrument: str) -> str:
+    """``fx`` for a pair of two currencies of ``FX_CURRENCIES``, else ``crypto`` (24/7)."""
+    i = instrument.upper()
+    return "fx" if len(i) == 6 and i[:3] in FX_CURRENCIES and i[3:] in FX_CURRENCIES else "crypto"
+
+
+def _parse_calendars(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """``AUTOTRADER_CALENDARS="GBPUSD=fx,ES=CME Globex Equity"`` -> ((instrument, calendar), ...)."""
+    if not raw:
+        return ()
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        instrument, sep, name = (x.strip() for x in item.partition("="))
+        if not sep or not instrument or not name:
+            raise SettingsError(f"AUTOTRADER_CALENDARS entry {item.strip()!r} is not INSTRUMENT=CALENDAR")
+        if instrument.upper() in pairs:
+            raise SettingsError(f"AUTOTRADER_CALENDARS maps {instrument.upper()} twice")
+        pairs[instrument.upper()] = name.lower() if name.lower() in BUILTIN_CALENDARS else name
+    valid = calendar_names()
+    unknown = sorted({n for n in pairs.values() if n not in valid})
+    if unknown:
+        raise SettingsError(
+            f"AUTOTRADER_CALENDARS names unknown calendar(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
+    return tuple(pairs.items())
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Every operational threshold in one place; shown in check metadata."""
@@ -124,6 +171,8 @@ class Settings:
     serving_token: str | None
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
+    #: (instrument, session calendar) pairs from AUTOTRADER_CALENDARS; see ``calendar_for``.
+    calendars: tuple[tuple[str, str], ...] = ()
     #: Days `make run` materializes, yesterday backwards (AUTOTRADER_RUN_DAYS).
     run_days: int = 14
 
@@ -134,6 +183,11 @@ class Settings:
     @property
     def archive_is_s3(self) -> bool:
         return self.archive_uri.startswith("s3://")
+
+    def calendar_for(self, instrument: str) -> str:
+        """The session calendar of ``instrument``: its AUTOTRADER_CALENDARS entry, else ``fx`` for a
+        six-letter currency pair (GBPUSD), else ``crypto`` (24/7, the replay instruments)."""
+        return dict(self.calendars).get(instrument.upper()) or default_calendar(instrument)
 
     def ensure_dirs(self) -> None:
         """Create the local directories this profile writes to."""
@@ -200,6 +254,7 @@ def load_settings() -> Settings:
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
+        calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
     )
 
