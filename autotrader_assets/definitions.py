@@ -55,7 +55,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     resources = default_resources(s)
     resources.update(
         archive=ArchiveResource(uri=s.archive_uri, region_name=s.aws_region),
-        market_source=MarketSourceResource(name=s.market_source, seed=s.replay_seed),
+        market_source=MarketSourceResource.from_settings(s),
         dbt=dbt_resource(s.warehouse_path, s.home / "dbt_profiles"),
         deployment=deployment_resource(s),
     )

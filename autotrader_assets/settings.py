@@ -14,6 +14,8 @@ can use it too.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,24 @@ def _env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}={raw!r} is not a number") from exc
+
+
+def _env_cost(name: str, default: float) -> float:
+    """A trading cost in basis points: finite and not negative (a negative fee pays the strategy
+    for trading, NaN turns every PnL into NaN)."""
+    value = _env_float(name, default)
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name}={_env(name)!r} must be a finite number of basis points >= 0")
+    return value
+
+
+def secret(name: str) -> str | None:
+    """A credential (a broker key) from the environment, read when it is needed.
+
+    Secrets are never fields of :class:`Settings`, so they cannot reach a repr, a log line or
+    asset metadata; connectors call this instead of reading ``os.environ`` themselves.
+    """
+    return _env(name)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -128,6 +148,158 @@ def _parse_calendars(raw: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
+#: Names a file column mapping (AUTOTRADER_FILE_COLUMNS) may give a file's column.
+FILE_COLUMN_NAMES: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
+FILE_SOURCE_EXAMPLE = (
+    'AUTOTRADER_INSTRUMENTS=GBPUSD,BTCUSDT AUTOTRADER_FILE_SOURCE="GBPUSD=../shared/data/fx_1m/GBPUSD_m1_ask_2012.csv,'
+    'BTCUSDT=../shared/data/crypto_1m/BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv"'
+)
+FILE_SOURCE_HELP = (
+    "set AUTOTRADER_FILE_SOURCE to one file (for one instrument) or to INSTRUMENT=FILE pairs, e.g. "
+    f"{FILE_SOURCE_EXAMPLE}; or AUTOTRADER_FILE_DIR to a folder with one file per instrument "
+    '(AUTOTRADER_FILE_PATTERN, default "{instrument}[._-]*", picks each instrument\'s file); add '
+    "AUTOTRADER_FILE_SYMBOL_COLUMN when one file holds several instruments. "
+    'See "Real data from files" in README.md'
+)
+
+
+@dataclass(frozen=True)
+class FileSourceSettings:
+    """Where the ``file`` market source reads bars (the ``AUTOTRADER_FILE_*`` variables)."""
+
+    path: str | None = None  #: one file: AUTOTRADER_FILE_SOURCE=/data/gbpusd.csv
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()  #: AUTOTRADER_FILE_SOURCE="GBPUSD=a.csv,..." or JSON
+    directory: str | None = None  #: AUTOTRADER_FILE_DIR
+    pattern: str | None = None  #: AUTOTRADER_FILE_PATTERN (with ``{instrument}``)
+    symbol_column: str | None = None  #: AUTOTRADER_FILE_SYMBOL_COLUMN
+    columns: tuple[tuple[str, str], ...] = ()  #: AUTOTRADER_FILE_COLUMNS="ts=timestamp_utc,close=Close"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.path or self.paths or self.directory)
+
+
+def _pairs(name: str, raw: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE,KEY=VALUE`` -> pairs (values may be empty)."""
+    out = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not key:
+            raise SettingsError(f"{name} entry {item.strip()!r} is not KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+def _json_object(name: str, raw: str) -> dict:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _abs_path(path: str) -> str:
+    # Relative paths are taken from the directory the command runs in, once, so that every run
+    # of the code location reads the same files.
+    return str(Path(path).expanduser().resolve())
+
+
+def _parse_file_paths(raw: str) -> tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """AUTOTRADER_FILE_SOURCE: one path, ``INSTRUMENT=PATH`` pairs, or a JSON object whose values
+    are a path or a list of paths (consecutive parts of one series)."""
+    name = "AUTOTRADER_FILE_SOURCE"
+    text = raw.strip()
+    if text.startswith("{"):
+        mapping: dict[str, tuple[str, ...]] = {}
+        for key, value in _json_object(name, text).items():
+            files = [value] if isinstance(value, str) else value
+            if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+                raise SettingsError(f"{name}: {key!r} must map to a file path or a non-empty list of paths")
+            if key.strip().upper() in mapping:
+                raise SettingsError(f"{name} maps {key.strip().upper()} twice")
+            mapping[key.strip().upper()] = tuple(_abs_path(f) for f in files)
+        return None, tuple(mapping.items())
+    if "=" not in text:
+        return _abs_path(text), ()
+    mapping = {}
+    for key, value in _pairs(name, text):
+        if not value:
+            raise SettingsError(f"{name}: no file given for {key}")
+        if key.upper() in mapping:
+            raise SettingsError(
+                f"{name} maps {key.upper()} twice; to read several files for one instrument use JSON: "
+                '{"' + key.upper() + '": ["part1.csv", "part2.csv"]}'
+            )
+        mapping[key.upper()] = (_abs_path(value),)
+    return None, tuple(mapping.items())
+
+
+def _parse_file_columns(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """AUTOTRADER_FILE_COLUMNS: ``ts=timestamp_utc,close=Close`` (or JSON); ``volume=`` means the
+    files have no volume to read."""
+    name = "AUTOTRADER_FILE_COLUMNS"
+    if not raw:
+        return ()
+    pairs = list(_json_object(name, raw).items()) if raw.strip().startswith("{") else _pairs(name, raw)
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        key = str(key).strip().lower()
+        if key not in FILE_COLUMN_NAMES:
+            raise SettingsError(f"{name} maps {key!r}; it may only map {', '.join(FILE_COLUMN_NAMES)}")
+        if not isinstance(value, str) or (not value.strip() and key != "volume"):
+            raise SettingsError(f"{name}: {key} must name a column of the file (only volume may be empty)")
+        if key in out:
+            raise SettingsError(f"{name} maps {key} twice")
+        out[key] = value.strip()
+    return tuple(out.items())
+
+
+def _file_source_settings(market_source: str, instruments: tuple[str, ...]) -> FileSourceSettings:
+    raw_source = _env("AUTOTRADER_FILE_SOURCE")
+    directory = _env("AUTOTRADER_FILE_DIR")
+    pattern = _env("AUTOTRADER_FILE_PATTERN")
+    symbol_column = _env("AUTOTRADER_FILE_SYMBOL_COLUMN")
+    if raw_source and directory:
+        raise SettingsError("set AUTOTRADER_FILE_SOURCE or AUTOTRADER_FILE_DIR, not both")
+    if pattern and not directory:
+        raise SettingsError("AUTOTRADER_FILE_PATTERN picks files in AUTOTRADER_FILE_DIR, which is not set")
+    if pattern and "{instrument}" not in pattern:
+        raise SettingsError(f"AUTOTRADER_FILE_PATTERN={pattern!r} must contain {{instrument}}, e.g. \"{{instrument}}_*.csv\"")
+    path, paths = _parse_file_paths(raw_source) if raw_source else (None, ())
+    files = FileSourceSettings(
+        path=path,
+        paths=paths,
+        directory=_abs_path(directory) if directory else None,
+        pattern=pattern,
+        symbol_column=symbol_column,
+        columns=_parse_file_columns(_env("AUTOTRADER_FILE_COLUMNS")),
+    )
+    if market_source != "file":
+        return files
+    if not files.configured:
+        raise SettingsError("AUTOTRADER_MARKET_SOURCE=file but no file is configured: " + FILE_SOURCE_HELP)
+    if files.path and not symbol_column and len(instruments) > 1:
+        raise SettingsError(
+            f"AUTOTRADER_FILE_SOURCE is one file but {len(instruments)} instruments are configured "
+            f"({', '.join(instruments)}): the same bars would be served to each. Give each instrument its file "
+            "(AUTOTRADER_FILE_SOURCE=\"" + ",".join(f"{i}=/path/{i}.csv" for i in instruments) + "\"), name the "
+            "column that says which instrument a row belongs to (AUTOTRADER_FILE_SYMBOL_COLUMN), or configure "
+            "one instrument (AUTOTRADER_INSTRUMENTS)"
+        )
+    unmapped = [i for i in instruments if paths and i not in dict(paths)]
+    if unmapped:
+        raise SettingsError(
+            f"AUTOTRADER_FILE_SOURCE has no file for {', '.join(unmapped)}; add "
+            + ",".join(f"{i}=/path/{i}.csv" for i in unmapped)
+            + " or remove them from AUTOTRADER_INSTRUMENTS"
+        )
+    return files
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Every operational threshold in one place; shown in check metadata."""
@@ -171,10 +343,12 @@ class Settings:
     serving_token: str | None
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
-    #: (instrument, session calendar) pairs from AUTOTRADER_CALENDARS; see ``calendar_for``.
-    calendars: tuple[tuple[str, str], ...] = ()
     #: Days `make run` materializes, yesterday backwards (AUTOTRADER_RUN_DAYS).
     run_days: int = 14
+    #: Where the ``file`` market source reads (AUTOTRADER_FILE_*); empty for other sources.
+    file_source: FileSourceSettings = field(default_factory=FileSourceSettings)
+    #: (instrument, session calendar) pairs from AUTOTRADER_CALENDARS; see ``calendar_for``.
+    calendars: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -236,6 +410,7 @@ def load_settings() -> Settings:
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI", str(home / "archive"))
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI", str(home / "artifacts"))
 
+    market_source = (_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower()
     return Settings(
         env=env,
         home=home,
@@ -248,14 +423,15 @@ def load_settings() -> Settings:
         canary_instruments=canary,
         replay_seed=_env_int("AUTOTRADER_REPLAY_SEED", 7),
         start_date=_env("AUTOTRADER_START_DATE", "2017-01-01"),
-        market_source=(_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower(),
-        fee_bps=_env_float("AUTOTRADER_FEE_BPS", 4.0),
-        slippage_bps=_env_float("AUTOTRADER_SLIPPAGE_BPS", 2.0),
+        market_source=market_source,
+        file_source=_file_source_settings(market_source, instruments),
+        fee_bps=_env_cost("AUTOTRADER_FEE_BPS", 4.0),
+        slippage_bps=_env_cost("AUTOTRADER_SLIPPAGE_BPS", 2.0),
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
-        calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
+        calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
     )
 
 

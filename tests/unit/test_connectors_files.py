@@ -459,3 +459,56 @@ def test_real_intervals_of_the_one_and_five_minute_files():
         assert five.fetch_bars(name, pd.Timestamp("2018-01-20", tz="UTC"), pd.Timestamp("2018-01-21", tz="UTC")).attrs[
             "interval_seconds"
         ] == 300, name
+
+
+# ---- the resource, built from settings -----------------------------------------------------------
+
+
+def _file_settings(monkeypatch, tmp_path, **env):
+    from autotrader_assets.settings import load_settings
+
+    for name in ("AUTOTRADER_FILE_SOURCE", "AUTOTRADER_FILE_DIR", "AUTOTRADER_FILE_PATTERN",
+                 "AUTOTRADER_FILE_SYMBOL_COLUMN", "AUTOTRADER_FILE_COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AUTOTRADER_MARKET_SOURCE", "file")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_resource_from_settings_serves_each_instrument_its_own_file(tmp_path, monkeypatch):
+    from autotrader_assets.defs.market_data.resources import MarketSourceResource
+
+    gbp = write(tmp_path / "gbp.csv", f"timestamp_utc,open,high,low,close\n{T0_MS},1.5,1.5,1.5,1.5\n")
+    jpy = write(tmp_path / "jpy.csv", f"timestamp_utc,open,high,low,close\n{T0_MS},150,150,150,150\n")
+    settings = _file_settings(
+        monkeypatch, tmp_path, AUTOTRADER_INSTRUMENTS="GBPUSD,USDJPY",
+        AUTOTRADER_FILE_SOURCE=f"GBPUSD={gbp},USDJPY={jpy}",
+    )
+    source = MarketSourceResource.from_settings(settings).get_source()
+    assert source.fetch_bars("GBPUSD", T0, minute(1))["close"].tolist() == [1.5]
+    assert source.fetch_bars("USDJPY", T0, minute(1))["close"].tolist() == [150.0]
+
+
+def test_resource_from_settings_with_directory_pattern_and_columns(tmp_path, monkeypatch):
+    from autotrader_assets.defs.market_data.resources import MarketSourceResource
+
+    write(tmp_path / "ES_2024.csv", f"When,Open,High,Low,Last,Volume\n{T0_MS},1,2,0.5,1.5,3\n")
+    settings = _file_settings(
+        monkeypatch, tmp_path, AUTOTRADER_INSTRUMENTS="ES", AUTOTRADER_FILE_DIR=str(tmp_path),
+        AUTOTRADER_FILE_PATTERN="{instrument}_*.csv", AUTOTRADER_FILE_COLUMNS="ts=When,close=Last",
+    )
+    bars = MarketSourceResource.from_settings(settings).get_source().fetch_bars("ES", T0, minute(1))
+    assert bars[["open", "high", "low", "close", "volume"]].iloc[0].tolist() == [1.0, 2.0, 0.5, 1.5, 3.0]
+
+
+def test_file_resource_without_files_says_what_to_set():
+    from autotrader_assets.defs.market_data.resources import MarketSourceResource
+
+    with pytest.raises(ValueError, match="no file is configured.*AUTOTRADER_FILE_SOURCE.*AUTOTRADER_FILE_DIR"):
+        MarketSourceResource(name="file").get_source()
+    with pytest.raises(ValueError, match="file_path and file_directory are set together"):
+        MarketSourceResource(name="file", file_path="/a.csv", file_directory="/data").get_source()
+    with pytest.raises(FileSourceError, match=r"one file .* 2 instruments \(A, B\)"):
+        MarketSourceResource(name="file", file_path="/a.csv", instruments=["A", "B"]).get_source()

@@ -247,3 +247,10 @@ def test_s3_archive_keeps_superseded_versions(day, monkeypatch):
         store.write("2024-02-01", "BTCUSDT", day.iloc[:100])
         assert len(store.versions("2024-02-01", "BTCUSDT")) == 1
         pd.testing.assert_frame_equal(store.read("2024-02-01", "BTCUSDT", version="previous"), day)
+
+
+def test_replay_frames_carry_the_source_attrs():
+    src = ReplaySource(seed=1)
+    start = pd.Timestamp("2024-02-01", tz="UTC")
+    for end in (start + pd.Timedelta(days=1), start + pd.Timedelta(hours=30), start):
+        assert src.fetch_bars("BTCUSDT", start, end).attrs == {"interval_seconds": 60, "duplicates_dropped": 0}

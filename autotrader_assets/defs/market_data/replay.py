@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, empty_bars
+from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, empty_bars, with_bar_attrs
 
 MINUTES_PER_DAY = 1440
 _EPOCH = pd.Timestamp("2015-01-01", tz="UTC")
@@ -63,12 +63,14 @@ class ReplaySource:
 
     # -- public contract -------------------------------------------------------------------
     def fetch_bars(self, instrument: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        """1-minute bars for ``instrument`` with open time in [start, end), UTC."""
+        """1-minute bars for ``instrument`` with open time in [start, end), UTC (``attrs`` as
+        every source: a 60 s interval, no duplicates)."""
         start, end = _utc(start), _utc(end)
         if end <= start:
-            return empty_bars()
+            return with_bar_attrs(empty_bars(), 60, 0)
         if start == start.floor("D") and end == start + pd.Timedelta(days=1):
-            return self.day_bars(instrument, start)  # one whole partition: nothing to cut
+            # one whole partition: nothing to cut
+            return with_bar_attrs(self.day_bars(instrument, start), 60, 0)
         frames = []
         day = start.floor("D")
         while day < end:
@@ -76,7 +78,7 @@ class ReplaySource:
             day += pd.Timedelta(days=1)
         out = pd.concat(frames, ignore_index=True)
         out = out[(out["ts"] >= start) & (out["ts"] < end)]
-        return out.reset_index(drop=True)
+        return with_bar_attrs(out.reset_index(drop=True), 60, 0)
 
     def day_bars(self, instrument: str, day: pd.Timestamp | str) -> pd.DataFrame:
         """All bars of one UTC calendar day (with this source's gaps)."""

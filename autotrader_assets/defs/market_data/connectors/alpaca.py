@@ -6,7 +6,6 @@ travel only in the ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers: never 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ import pandas as pd
 from autotrader_assets.defs.market_data.connectors._common import finish, finite_number, utc_range
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
+from autotrader_assets.settings import secret
 
 KEY_ID_ENV = "ALPACA_API_KEY_ID"
 SECRET_KEY_ENV = "ALPACA_API_SECRET_KEY"
@@ -114,13 +114,13 @@ class AlpacaSource:
         return self.asset_class == "crypto"
 
     def credential_headers(self, required: bool = True) -> dict[str, str]:
-        """Auth headers from the constructor or the environment, read at call time.
+        """Auth headers from the constructor or the environment (``settings.secret``), read at call time.
 
         Raises :class:`MissingCredentialsError` naming the missing variables when ``required``.
         """
-        key_id = self._key_id or os.environ.get(KEY_ID_ENV, "")
-        secret = self._secret_key or os.environ.get(SECRET_KEY_ENV, "")
-        missing = [name for name, value in ((KEY_ID_ENV, key_id), (SECRET_KEY_ENV, secret)) if not value]
+        key_id = self._key_id or secret(KEY_ID_ENV) or ""
+        secret_key = self._secret_key or secret(SECRET_KEY_ENV) or ""
+        missing = [name for name, value in ((KEY_ID_ENV, key_id), (SECRET_KEY_ENV, secret_key)) if not value]
         if missing:
             if required:
                 raise MissingCredentialsError(
@@ -129,8 +129,8 @@ class AlpacaSource:
                 )
             return {}
         self.http.add_secret(key_id)
-        self.http.add_secret(secret)
-        return {KEY_ID_HEADER: key_id, SECRET_KEY_HEADER: secret}
+        self.http.add_secret(secret_key)
+        return {KEY_ID_HEADER: key_id, SECRET_KEY_HEADER: secret_key}
 
     def fetch_bars(self, instrument: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Bars of ``instrument`` opening in ``[start, end)``, across all result pages."""
