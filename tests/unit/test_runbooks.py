@@ -58,6 +58,8 @@ class Command:
     doc: str
     line: int
     words: tuple[str, ...]
+    #: Variables the block ``export``s before this command (a block's own configuration).
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def program(self) -> str:
@@ -119,6 +121,7 @@ def parse_script(doc: str, text: str) -> Script:
         first_line = text.count("\n", 0, match.start(3)) + 1
         indent = len(match.group(1))
         lines = [line[indent:] if line[:indent].strip() == "" else line for line in match.group(3).splitlines()]
+        exported: dict[str, str] = {}
         i = 0
         while i < len(lines):
             start = i
@@ -143,7 +146,9 @@ def parse_script(doc: str, text: str) -> Script:
                 if target:
                     script.files[target.group(1)] = "\n".join(body) + "\n"
             for words in _split_commands(line):
-                script.commands.append(Command(doc, first_line + start, tuple(words)))
+                if words[0] == "export":
+                    exported.update(w.split("=", 1) for w in words[1:] if "=" in w)
+                script.commands.append(Command(doc, first_line + start, tuple(words), tuple(exported.items())))
     return script
 
 
@@ -364,12 +369,37 @@ def _asset_names(repo) -> set[str]:
     return {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
 
 
+def _exported_market_partitions(command: Command) -> dg.MultiPartitionsDefinition | None:
+    """The date x instrument partitions of the settings a block exports (e.g. the README's
+    real-data example sets its own instruments and start date), or None if it sets neither.
+    Loading those settings also checks that the block's configuration is valid."""
+    import os
+    from unittest import mock
+
+    from autotrader_assets.settings import load_settings
+
+    env = dict(command.env)
+    if not {"AUTOTRADER_INSTRUMENTS", "AUTOTRADER_START_DATE"} & env.keys():
+        return None
+    with mock.patch.dict(os.environ, env):
+        settings = load_settings()
+    return dg.MultiPartitionsDefinition(
+        {
+            "date": dg.DailyPartitionsDefinition(start_date=settings.start_date, timezone="UTC"),
+            "instrument": dg.StaticPartitionsDefinition(list(settings.instruments)),
+        }
+    )
+
+
 def _check_partition_range(repo, assets: list[str], partition_range: str, command: Command) -> None:
     ends = partition_range.split("...")
     assert len(ends) == 2, f"{command}\n--partition-range must be START...END"
+    exported = _exported_market_partitions(command)
     for asset in assets:
         partitions_def = repo.asset_graph.get(dg.AssetKey(asset)).partitions_def
         assert partitions_def is not None, f"{command}\n{asset} is not partitioned"
+        if exported is not None and isinstance(partitions_def, dg.MultiPartitionsDefinition):
+            partitions_def = exported
         for key in ends:
             assert partitions_def.has_partition_key(key), f"{command}\n{key!r} is not a partition of {asset}"
 
