@@ -114,8 +114,9 @@ def _library_year(name: str, year: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _library_sessions(name: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    # A session labelled in one year can open in the previous one (Globex opens the evening before).
-    years = range(pd.Timestamp(lo, unit="ns").year - 1, pd.Timestamp(hi, unit="ns").year + 2)
+    # Sessions are labelled by the day they close; one can open the evening before (Globex),
+    # so the label of a session overlapping [lo, hi) is between lo's day and the day after hi.
+    years = range(pd.Timestamp(lo, unit="ns").year, pd.Timestamp(hi + DAY_NS, unit="ns").year + 1)
     parts = [_library_year(name, y) for y in years]
     opens = np.concatenate([p[0] for p in parts])
     closes = np.concatenate([p[1] for p in parts])
@@ -213,7 +214,7 @@ def _expected_bars(calendar: str, day_ns: int, interval_seconds: int) -> int:
 def expected_bars(calendar: str, date, interval_seconds: int = 60) -> int:
     """How many bars a UTC day should have: 1440 for a 24/7 day at 1 minute, 288 at 5 minutes,
     0 on a closed day (a Saturday in FX, an exchange holiday)."""
-    return _expected_bars(resolve(calendar), _day_start_ns(date), int(interval_seconds))
+    return _expected_bars(resolve(calendar), _day_start_ns(date), _step_ns(interval_seconds) // 10**9)
 
 
 @functools.lru_cache(maxsize=4_096)
@@ -225,7 +226,7 @@ def _session_minutes(calendar: str, day_ns: int, interval_seconds: int) -> pd.Da
 
 def session_minutes(calendar: str, date, interval_seconds: int = 60) -> pd.DatetimeIndex:
     """The expected bar open times (UTC) of ``date`` at ``interval_seconds``; empty when closed."""
-    return _session_minutes(resolve(calendar), _day_start_ns(date), int(interval_seconds))
+    return _session_minutes(resolve(calendar), _day_start_ns(date), _step_ns(interval_seconds) // 10**9)
 
 
 def is_closed(calendar: str, date) -> bool:

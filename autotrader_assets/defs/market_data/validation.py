@@ -431,6 +431,7 @@ def return_outliers_many(df: pd.DataFrame, z_bound: float, *, extreme_multiple: 
       bad tick (a 100x close is +4.6 then -4.6);
     * ``extreme``: ``|robust_z| > extreme_multiple * z_bound`` (10x), reversal or not: a level
       shift (a unit change), or a spike on the partition's last bar with no next bar to judge.
+      The bar right after a listed spike (its way back) is not listed again.
 
     Real moves are fat-tailed (minute returns reach robust z 15-30 on news) but they persist or
     retrace only partly; requiring the immediate round trip is what keeps them out. A bad print
@@ -454,6 +455,9 @@ def return_outliers_many(df: pd.DataFrame, z_bound: float, *, extreme_multiple: 
     r_next = r.groupby(g).shift(-1)
     z_next = (r_next - med) / scale
     spike = (z.abs() > z_bound) & (z_next.abs() > z_bound) & ((r + r_next).abs() <= RETURN_TOLERANCE * r.abs())
-    extreme = z.abs() > extreme_multiple * z_bound
+    # The bar after a spike-and-return carries the way back (-4.6 after +4.6): the bad print is
+    # the spike bar, so the return leg is not listed again as an extreme move.
+    after_spike = spike.groupby(g).shift(1, fill_value=False).astype(bool)
+    extreme = (z.abs() > extreme_multiple * z_bound) & ~after_spike
     out = d.assign(log_return=r, robust_z=z, rule=np.where(spike, "spike-and-return", "extreme"))
     return out[(spike | extreme).to_numpy()]
