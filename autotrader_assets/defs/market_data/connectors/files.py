@@ -444,6 +444,10 @@ class FileSource:
             self._refuse_overlaps(instrument, files, frames)
         frames = [f for f in frames if not f.empty]
         raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else pd.DataFrame())
+        if not raw.empty:
+            # Sorted once (stable: rows of one time keep their file order), so each day's window
+            # is a binary search rather than a scan of the whole series.
+            raw = raw.sort_values("ts", kind="stable", ignore_index=True)
         interval = detect_interval_seconds(raw)
         self._series[instrument] = (signature, raw, interval)
         return raw, interval
@@ -475,7 +479,8 @@ class FileSource:
         else:
             # Cut the raw rows first: only the window is normalized, and the duplicate count is
             # the window's own.
-            window = raw.loc[(raw["ts"] >= start) & (raw["ts"] < end), ["ts", *VALUE_COLUMNS]]
+            lo, hi = raw["ts"].searchsorted([start, end], side="left")
+            window = raw.iloc[lo:hi][["ts", *VALUE_COLUMNS]]
         bars = normalize_raw(window, instrument, self.source_name)
         return with_bar_attrs(bars, interval, bars.attrs[DUPLICATES_ATTR])
 
