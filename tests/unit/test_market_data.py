@@ -211,8 +211,9 @@ def test_replace_partitions_is_idempotent_and_atomic(tmp_path, day):
     assert con.execute("select count(*) from market_bars").fetchone()[0] == len(day)
     pd.testing.assert_frame_equal(read_partition(con, "2024-02-01", "BTCUSDT"), day)
 
-    broken = day.drop(columns=["volume"])
-    with pytest.raises(Exception):
+    # a NULL instrument violates the table's constraint inside the transaction, after the delete
+    broken = day.assign(instrument=None)
+    with pytest.raises(duckdb.ConstraintException):
         replace_partitions(con, {("2024-02-01", "BTCUSDT"): day.iloc[:10], ("2024-02-02", "BTCUSDT"): broken})
     # the failed transaction left the first partition as it was
     assert con.execute("select count(*) from market_bars").fetchone()[0] == len(day)
