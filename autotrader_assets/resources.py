@@ -44,7 +44,7 @@ class RegistryResource(dg.ConfigurableResource):
     aws_region: str = "us-east-1"
 
     def open(self):
-        from deploy_ops.registry import open_registry
+        from deploy_ops.models.registry import open_registry
 
         return open_registry(self.url, self.artifacts_uri, aws_region=self.aws_region)
 

@@ -1,4 +1,4 @@
-"""Benchmark: deploy_ops.backtest vs vectorbt's Portfolio.from_signals on the same signals.
+"""Benchmark: deploy_ops.trading.backtest vs vectorbt's Portfolio.from_signals on the same signals.
 
     .venv/bin/python benchmarks/backtest.py [--bars N] [--repeats R] [--seed S]
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy_ops.backtest import run_backtest, signals_to_positions  # noqa: E402
+from deploy_ops.trading.backtest import run_backtest, signals_to_positions
 
 FEE_BPS = 10.0
 SLIPPAGE_BPS = 5.0

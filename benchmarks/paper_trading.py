@@ -88,10 +88,10 @@ def main() -> None:
     from autotrader_assets.defs.trading import warehouse as wh
     from autotrader_assets.defs.trading.paper import DayInput, PaperParams, run_paper_day, targets_from_proba
     from autotrader_assets.defs.trading.service import breaker_view, duckdb_connector, run_paper_trading
-    from deploy_ops.breaker import BreakerStore
-    from deploy_ops.backtest import run_portfolio
-    from deploy_ops.local_deployer import LocalDeployer
-    from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+    from deploy_ops.trading.breaker import BreakerStore
+    from deploy_ops.trading.backtest import run_portfolio
+    from deploy_ops.slots.local import LocalDeployer
+    from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
     from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 
     params = PaperParams(fee_bps=4.0, slippage_bps=2.0)

@@ -144,7 +144,7 @@ def loadgen_main(args: argparse.Namespace) -> int:
 def _make_bundle(path: Path):
     import torch
 
-    from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+    from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -202,9 +202,9 @@ def _server_side(metrics_text: str) -> dict[str, float]:
 
 def driver_main(args: argparse.Namespace) -> int:
     """Start a slot, run the generator process against it, print the comparison."""
-    from deploy_ops.client import ServingClient
-    from deploy_ops.local_deployer import LocalDeployer
-    from deploy_ops.modeling import ModelBundle
+    from deploy_ops.serving.client import ServingClient
+    from deploy_ops.slots.local import LocalDeployer
+    from deploy_ops.models.bundle import ModelBundle
     from deploy_ops.state import DeploymentStateStore
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from autotrader_assets.defs.training.train import TrainConfig, fit_model  # noqa: E402
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model  # noqa: E402
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 
 N_FEATURES = 14  # the bar_features model input width
 FEATURE_NAMES = [f"f{i}" for i in range(N_FEATURES)]

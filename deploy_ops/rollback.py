@@ -27,16 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from deploy_ops.client import ServingClient, ServingError
-from deploy_ops.registry import ARCHIVED, FAILED, PRODUCTION, STAGING, ModelRegistry, ModelVersion
-from deploy_ops.rollout import (
-    LeaseStore,
-    SlotBackend,
-    find_live_slot,
-    other_slot,
-    recover_interrupted,
-    weights_for,
-)
+from deploy_ops.serving.client import ServingClient, ServingError
+from deploy_ops.models.registry import ARCHIVED, FAILED, PRODUCTION, STAGING, ModelRegistry, ModelVersion
+from deploy_ops.rollout.leases import LeaseStore
+from deploy_ops.slots.backend import SlotBackend
+from deploy_ops.slots.roles import find_live_slot, other_slot, weights_for
+from deploy_ops.rollout.recovery import recover_interrupted
 from deploy_ops.state import DEFAULT_ROUTE, SLOTS, DeploymentInProgressError, DeploymentStateStore, utcnow
 
 

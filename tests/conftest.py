@@ -49,7 +49,7 @@ def make_bundle() -> Callable[..., "ModelBundle"]:
     therefore different artifact checksums)."""
     import torch
 
-    from deploy_ops.modeling import MLPClassifier, ModelBundle, StandardScaler
+    from deploy_ops.models.bundle import MLPClassifier, ModelBundle, StandardScaler
 
     def _make(seed: int = 0, n_features: int = 3) -> ModelBundle:
         torch.manual_seed(seed)

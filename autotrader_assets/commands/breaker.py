@@ -15,7 +15,7 @@ import click
 import sqlalchemy as sa
 
 from autotrader_assets.settings import SettingsError, get_settings
-from deploy_ops.breaker import BreakerError, BreakerNotTrippedError, BreakerStatus, BreakerStore
+from deploy_ops.trading.breaker import BreakerError, BreakerNotTrippedError, BreakerStatus, BreakerStore
 
 
 def _open() -> BreakerStore:

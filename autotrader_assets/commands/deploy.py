@@ -46,13 +46,13 @@ def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import sqlalchemy as sa
 
-        from deploy_ops.artifacts import ArtifactNotFoundError
-        from deploy_ops.ecs_deployer import DeploymentError
-        from deploy_ops.local_deployer import SlotInUseError, SlotStartError
-        from deploy_ops.modeling import ArtifactIntegrityError
-        from deploy_ops.registry import RegistryError
+        from deploy_ops.models.artifacts import ArtifactNotFoundError
+        from deploy_ops.slots.ecs import DeploymentError
+        from deploy_ops.slots.local import SlotInUseError, SlotStartError
+        from deploy_ops.models.bundle import ArtifactIntegrityError
+        from deploy_ops.models.registry import RegistryError
         from deploy_ops.rollback import RollbackError
-        from deploy_ops.rollout import RolloutError
+        from deploy_ops.rollout.errors import RolloutError
         from deploy_ops.state import DeploymentInProgressError, StateError
 
         try:
@@ -185,7 +185,7 @@ def list_versions_cmd(as_json: bool) -> None:
 def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None) -> None:
     """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
-    from deploy_ops.rollout import plan_stages
+    from deploy_ops.rollout.policy import plan_stages
 
     actor = _actor(actor)
     settings = get_settings()

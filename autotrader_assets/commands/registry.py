@@ -1,6 +1,6 @@
 """``autotrader registry``: inspect model versions and move them between stages.
 
-Every mutating command goes through ``deploy_ops.registry.ModelRegistry``, which writes the
+Every mutating command goes through ``deploy_ops.models.registry.ModelRegistry``, which writes the
 audit and stage-history rows in the same transaction as the change. Usage mistakes exit with
 code 2 (click's convention); domain refusals (unknown version, illegal transition, damaged
 artifact) exit with code 1 and a one-line message.
@@ -17,9 +17,9 @@ from autotrader_assets.commands._common import resolve_actor as _actor
 import sqlalchemy as sa
 
 from autotrader_assets.settings import SettingsError, get_settings
-from deploy_ops.artifacts import ArtifactNotFoundError
-from deploy_ops.modeling import ArtifactIntegrityError
-from deploy_ops.registry import (
+from deploy_ops.models.artifacts import ArtifactNotFoundError
+from deploy_ops.models.bundle import ArtifactIntegrityError
+from deploy_ops.models.registry import (
     STAGES,
     ModelRegistry,
     ModelVersion,

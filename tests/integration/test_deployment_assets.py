@@ -23,9 +23,9 @@ from autotrader_assets.defs.deployment import (
 )
 from autotrader_assets.resources import RegistryResource, WarehouseResource, default_resources
 from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
-from deploy_ops.local_deployer import MissingTokenError
-from deploy_ops.registry import open_registry
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from deploy_ops.slots.local import MissingTokenError
+from deploy_ops.models.registry import open_registry
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from tests.integration.test_rollout import CANARY, INSTRUMENTS, make_stack, predict_everywhere, register, teardown_stack
 
 N_ROWS = 300

@@ -17,7 +17,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from deploy_ops.ecs_deployer import (
+from deploy_ops.slots.ecs import (
     DeploymentError,
     EcsDeployer,
     EcsDeployerConfig,

@@ -34,8 +34,8 @@ from autotrader_assets.defs.training.gates import GATE_NAMES
 from autotrader_assets.runner import PAPER_TRADING_CONFIG, TRAINING_RUN_CONFIG
 from autotrader_assets.settings import get_settings, load_settings
 from deploy_ops.db import make_engine
-from deploy_ops.local_deployer import LocalDeployer
-from deploy_ops.registry import open_registry
+from deploy_ops.slots.local import LocalDeployer
+from deploy_ops.models.registry import open_registry
 from deploy_ops.state import DeploymentStateStore
 from tests.integration.test_rollout import teardown_stack
 from tests.pipeline_support import shared_file

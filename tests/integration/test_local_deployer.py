@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_ops.client import RoutedClient, ServingError
-from deploy_ops.local_deployer import LocalDeployer, MissingTokenError, SlotInUseError, SlotStartError
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from deploy_ops.serving.client import RoutedClient, ServingError
+from deploy_ops.slots.local import LocalDeployer, MissingTokenError, SlotInUseError, SlotStartError
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 from deploy_ops.procs import pid_running
 

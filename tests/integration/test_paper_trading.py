@@ -34,10 +34,10 @@ from autotrader_assets.defs.trading import (
 from autotrader_assets.defs.trading.rollback_decision import ALERT_EVENT
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
-from deploy_ops.breaker import TRIP_EVENT, BreakerStore
+from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 from deploy_ops.db import make_engine
-from deploy_ops.local_deployer import LocalDeployer
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from deploy_ops.slots.local import LocalDeployer
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 
 MODEL_FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]

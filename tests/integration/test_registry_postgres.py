@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deploy_ops.artifacts import LocalArtifactStore
+from deploy_ops.models.artifacts import LocalArtifactStore
 from deploy_ops.db import normalize_url
-from deploy_ops.registry import IllegalTransitionError, ModelRegistry, open_registry
+from deploy_ops.models.registry import IllegalTransitionError, ModelRegistry, open_registry
 from tests.unit.test_registry import (  # noqa: F401  (collected here against PostgreSQL)
     _race,
     _register,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy_ops.modeling import ArtifactIntegrityError
-from deploy_ops.registry import UnknownVersionError
+from deploy_ops.models.bundle import ArtifactIntegrityError
+from deploy_ops.models.registry import UnknownVersionError
 from deploy_ops.rollback import (
     RollbackError,
     emergency_rollback,

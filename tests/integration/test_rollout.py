@@ -22,17 +22,16 @@ import pandas as pd
 import pytest
 import torch
 
-from deploy_ops.client import RoutedClient, ServingClient
-from deploy_ops.local_deployer import LocalDeployer
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
-from deploy_ops.registry import open_registry
-from deploy_ops.rollout import (
-    LocalBackend,
-    RolloutController,
-    RolloutPolicy,
+from deploy_ops.serving.client import RoutedClient, ServingClient
+from deploy_ops.slots.local import LocalDeployer
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from deploy_ops.models.registry import open_registry
+from deploy_ops.slots.local import LocalBackend
+from deploy_ops.rollout.controller import RolloutController
+from deploy_ops.rollout.policy import RolloutPolicy, plan_stages
+from deploy_ops.rollout.measurement import (
     histogram_quantile,
     parse_serving_metrics,
-    plan_stages,
     server_delta,
     sharpe_gate,
 )
@@ -420,7 +419,7 @@ _CONTROLLER_SCRIPT = """
 import json, sys
 from pathlib import Path
 from tests.integration.test_rollout import make_stack, rollout_policy, traffic_source
-from deploy_ops.rollout import RolloutController
+from deploy_ops.rollout.controller import RolloutController
 args = json.loads(sys.argv[1])
 stack = make_stack(Path(args["tmp"]))
 controller = RolloutController(stack.registry, stack.state, stack.backend,
@@ -504,7 +503,7 @@ def aws(monkeypatch):
     import boto3
     from moto import mock_aws
 
-    from deploy_ops.ecs_deployer import EcsDeployer, EcsDeployerConfig
+    from deploy_ops.slots.ecs import EcsDeployer, EcsDeployerConfig
 
     with mock_aws():
         region = "us-east-1"
@@ -544,7 +543,7 @@ def aws(monkeypatch):
 def _ecs_stack(tmp_path, aws, green_env=None):
     """Registry artifacts on (moto) S3; ECS services on moto; the containers' serving app runs as
     local processes behind the per-slot endpoints, since moto runs no containers."""
-    from deploy_ops.rollout import EcsBackend
+    from deploy_ops.slots.ecs import EcsBackend
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     registry = open_registry(url, "s3://autotrader-models/models")

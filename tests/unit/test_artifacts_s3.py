@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from deploy_ops.artifacts import ArtifactNotFoundError, S3ArtifactStore, open_artifact_store
+from deploy_ops.models.artifacts import ArtifactNotFoundError, S3ArtifactStore, open_artifact_store
 from deploy_ops.db import make_engine
-from deploy_ops.modeling import ArtifactIntegrityError, sha256_bytes
-from deploy_ops.registry import open_registry
+from deploy_ops.models.bundle import ArtifactIntegrityError, sha256_bytes
+from deploy_ops.models.registry import open_registry
 
 BUCKET = "autotrader-artifacts-test"
 REGION = "eu-west-1"

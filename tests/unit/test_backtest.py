@@ -1,4 +1,4 @@
-"""Tests for deploy_ops.backtest: fills, costs, timing, carried state, halts, ruin, portfolios."""
+"""Tests for deploy_ops.trading.backtest: fills, costs, timing, carried state, halts, ruin, portfolios."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deploy_ops.backtest import (
+from deploy_ops.trading.backtest import (
     BacktestState,
     run_backtest,
     run_portfolio,

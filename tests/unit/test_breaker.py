@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from deploy_ops.breaker import (
+from deploy_ops.trading.breaker import (
     RESET_EVENT,
     TRIP_EVENT,
     BreakerError,
@@ -233,7 +233,7 @@ def test_state_survives_a_restart(tmp_path):
     make_engine(url).dispose()
     # A new process is a real restart: nothing cached in memory can answer for the file.
     code = (
-        "import json, sys; from deploy_ops.breaker import BreakerStore; "
+        "import json, sys; from deploy_ops.trading.breaker import BreakerStore; "
         "print(json.dumps(BreakerStore(sys.argv[1]).status().to_dict()))"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from autotrader_assets.cli import main
 from autotrader_assets.commands.breaker import group
 from autotrader_assets.settings import get_settings
-from deploy_ops.breaker import TRIP_EVENT, BreakerStore
+from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 from deploy_ops.db import make_engine
 
 AT = pd.Timestamp("2024-03-02 10:15", tz="UTC")

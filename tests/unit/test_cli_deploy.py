@@ -12,8 +12,8 @@ from autotrader_assets.cli import main
 from autotrader_assets.commands.deploy import group
 from autotrader_assets.settings import get_settings
 from deploy_ops.db import make_engine
-from deploy_ops.local_deployer import LocalDeployer
-from deploy_ops.registry import open_registry
+from deploy_ops.slots.local import LocalDeployer
+from deploy_ops.models.registry import open_registry
 from deploy_ops.state import DeploymentStateStore
 
 INSTRUMENTS = "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT,ADAUSDT"

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from autotrader_assets.commands.registry import group
 from autotrader_assets.settings import get_settings
 from deploy_ops.db import make_engine
-from deploy_ops.registry import open_registry
+from deploy_ops.models.registry import open_registry
 
 
 @pytest.fixture

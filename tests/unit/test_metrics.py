@@ -1,4 +1,4 @@
-"""Tests for deploy_ops.metrics, cross-checked against empyrical where it has the same metric."""
+"""Tests for deploy_ops.trading.metrics, cross-checked against empyrical where it has the same metric."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deploy_ops.backtest import run_backtest, run_portfolio, signals_to_positions
-from deploy_ops.metrics import (
+from deploy_ops.trading.backtest import run_backtest, run_portfolio, signals_to_positions
+from deploy_ops.trading.metrics import (
     CRYPTO,
     EQUITIES,
     daily_returns,

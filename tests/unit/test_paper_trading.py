@@ -23,8 +23,8 @@ from autotrader_assets.defs.trading.paper import (
     targets_from_proba,
 )
 from autotrader_assets.defs.trading.service import breaker_view
-from deploy_ops.backtest import run_portfolio
-from deploy_ops.breaker import BreakerStore
+from deploy_ops.trading.backtest import run_portfolio
+from deploy_ops.trading.breaker import BreakerStore
 from deploy_ops.db import make_engine
 
 D0 = dt.date(2024, 3, 1)
@@ -314,7 +314,7 @@ def test_bad_signal_parameters_are_refused_up_front():
 
 def test_performance_from_the_warehouse_is_the_metrics_of_the_chained_days():
     from autotrader_assets.defs.trading import performance as perf
-    from deploy_ops import metrics
+    from deploy_ops.trading import metrics
 
     days = make_days(3)
     results = run_paper_days(days, None, PARAMS)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from deploy_ops.artifacts import (
+from deploy_ops.models.artifacts import (
     ArtifactNotFoundError,
     LocalArtifactStore,
     S3ArtifactStore,
     open_artifact_store,
 )
 from deploy_ops.db import make_engine
-from deploy_ops.modeling import ArtifactIntegrityError, sha256_bytes
-from deploy_ops.registry import (
+from deploy_ops.models.bundle import ArtifactIntegrityError, sha256_bytes
+from deploy_ops.models.registry import (
     TRANSITIONS,
     IllegalTransitionError,
     ModelRegistry,

@@ -28,7 +28,7 @@ from autotrader_assets.defs.training.gates import (
 from autotrader_assets.defs.training.synthetic import bar_features_frame, random_walk_bars
 from autotrader_assets.defs.training.train import TrainConfig
 from autotrader_assets.settings import FEATURE_COLUMNS, Thresholds
-from deploy_ops.modeling import ModelBundle, StandardScaler, build_model
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 
 torch.set_num_threads(1)
 THRESHOLDS = Thresholds()

@@ -10,7 +10,7 @@ from pydantic import Field
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource, resolve_version
 from autotrader_assets.resources import RegistryResource, WarehouseResource
-from deploy_ops.rollout import RolloutReport, StageReport
+from deploy_ops.rollout.reports import RolloutReport, StageReport
 
 DEPLOYMENT_GROUP = "deployment"
 

@@ -13,7 +13,7 @@ from autotrader_assets.defs.deployment.stack import (
     open_stack,
 )
 from autotrader_assets.settings import Settings, get_settings
-from deploy_ops.registry import ModelRegistry
+from deploy_ops.models.registry import ModelRegistry
 
 
 class DeploymentStackResource(dg.ConfigurableResource):

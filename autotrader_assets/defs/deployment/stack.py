@@ -21,15 +21,12 @@ import duckdb
 import pandas as pd
 
 from autotrader_assets.settings import Settings, SettingsError
-from deploy_ops.registry import ModelRegistry, open_registry
-from deploy_ops.rollout import (
-    EcsBackend,
-    LocalBackend,
-    ProgressCallback,
-    RolloutController,
-    RolloutPolicy,
-    SlotBackend,
-)
+from deploy_ops.models.registry import ModelRegistry, open_registry
+from deploy_ops.slots.ecs import EcsBackend
+from deploy_ops.slots.local import LocalBackend
+from deploy_ops.rollout.controller import ProgressCallback, RolloutController
+from deploy_ops.rollout.policy import RolloutPolicy
+from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.state import DeploymentStateStore
 
 ECS_CONFIG_ENV = "AUTOTRADER_ECS_CONFIG"
@@ -118,13 +115,13 @@ def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry
     refuses to start a slot without one) and the instruments they answer for; ECS slots get the
     token from the task definition's secret, and the backend's clients send ``serving_token``."""
     if kind == "local":
-        from deploy_ops.local_deployer import LocalDeployer
+        from deploy_ops.slots.local import LocalDeployer
 
         deployer = LocalDeployer(state, workdir, token=serving_token, require_token=require_token,
                                  instruments=instruments)
         return LocalBackend(deployer, registry)
     if kind == "ecs":
-        from deploy_ops.ecs_deployer import EcsDeployer, EcsDeployerConfig
+        from deploy_ops.slots.ecs import EcsDeployer, EcsDeployerConfig
 
         document = parse_ecs_config(ecs_config)
         try:

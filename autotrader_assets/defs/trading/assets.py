@@ -16,8 +16,8 @@ from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
-from deploy_ops.backtest import DEFAULT_INITIAL_EQUITY
-from deploy_ops.breaker import BreakerStatus, BreakerStore
+from deploy_ops.trading.backtest import DEFAULT_INITIAL_EQUITY
+from deploy_ops.trading.breaker import BreakerStatus, BreakerStore
 
 
 class PaperTradingConfig(dg.Config):

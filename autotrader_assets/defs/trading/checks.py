@@ -4,7 +4,7 @@ import dagster as dg
 from autotrader_assets.defs.trading.assets import breaker_metadata, clean_metadata, paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
-from deploy_ops.breaker import BreakerStore
+from deploy_ops.trading.breaker import BreakerStore
 
 
 @dg.asset_check(

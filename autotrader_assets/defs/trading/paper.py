@@ -1,13 +1,13 @@
 """Paper trading, one UTC day at a time: probabilities -> targets -> the backtest engine -> book.
 
 Pure functions, no I/O. The account is one pool of capital split equally over its instruments at
-the first date (each instrument a sleeve of :func:`deploy_ops.backtest.run_portfolio`); every
+the first date (each instrument a sleeve of :func:`deploy_ops.trading.backtest.run_portfolio`); every
 later date continues from the previous date's :class:`AccountState`. Fills happen at the next
 bar's open with fees and slippage, exactly as in the promotion and rollout backtests, because
 it is the same engine.
 
 The circuit breaker is evaluated on the account equity at every bar close
-(:func:`deploy_ops.breaker.find_trip`). When it trips at bar ``i`` the day is run again with
+(:func:`deploy_ops.trading.breaker.find_trip`). When it trips at bar ``i`` the day is run again with
 every sleeve forced flat from bar ``i`` (its decision there is "flat", filled at bar ``i + 1``'s
 open); nothing before bar ``i`` changes, so the trip is found again at the same bar when the day
 is recomputed. A day that starts while a trip is in force -- one the store still holds, or one
@@ -24,8 +24,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from deploy_ops.backtest import DEFAULT_INITIAL_EQUITY, BacktestState, PortfolioResult, run_portfolio, signals_to_positions
-from deploy_ops.breaker import Trip, find_trip
+from deploy_ops.trading.backtest import (
+    DEFAULT_INITIAL_EQUITY,
+    BacktestState,
+    PortfolioResult,
+    run_portfolio,
+    signals_to_positions,
+)
+from deploy_ops.trading.breaker import Trip, find_trip
 
 _DAY = pd.Timedelta(days=1)
 

@@ -1,6 +1,6 @@
 """Trading-desk metrics of the paper account, from the warehouse tables, plus their pictures.
 
-Every number comes from :mod:`deploy_ops.metrics` (the functions the promotion gates use): the
+Every number comes from :mod:`deploy_ops.trading.metrics` (the functions the promotion gates use): the
 stored account curve, fills and round trips are put back into a ``PortfolioResult`` and handed
 to ``summarize``, so paper results and backtests are measured the same way, Sharpe convention
 included.
@@ -17,8 +17,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from deploy_ops.backtest import PortfolioResult
-from deploy_ops.metrics import CRYPTO, profit_factor, summarize, win_rate
+from deploy_ops.trading.backtest import PortfolioResult
+from deploy_ops.trading.metrics import CRYPTO, profit_factor, summarize, win_rate
 from autotrader_assets.defs.trading.warehouse import ensure_tables
 
 #: Points drawn per curve; a year of minute bars would otherwise make a slow, multi-MB picture.
@@ -82,7 +82,7 @@ def load_history(con: duckdb.DuckDBPyConnection) -> History:
 
 
 def as_portfolio(equity: pd.DataFrame, fills: pd.DataFrame, trades: pd.DataFrame, initial_equity: float) -> PortfolioResult:
-    """Stored paper rows as the engine's result type, so ``deploy_ops.metrics`` measures them."""
+    """Stored paper rows as the engine's result type, so ``deploy_ops.trading.metrics`` measures them."""
     index = pd.DatetimeIndex(equity["ts"])
     return PortfolioResult(
         results={},
@@ -167,7 +167,7 @@ def instrument_table(history: History) -> pd.DataFrame:
 
 
 def overall(history: History, periods_per_year: int = CRYPTO) -> dict[str, Any]:
-    """``deploy_ops.metrics.summarize`` over the whole history, plus today's PnL."""
+    """``deploy_ops.trading.metrics.summarize`` over the whole history, plus today's PnL."""
     initial = float(history.account["day_open_equity"].iloc[0])
     summary = summarize(as_portfolio(history.equity, history.fills, history.trades, initial), periods_per_year)
     last = history.account.iloc[-1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deploy_ops.breaker import TRIP_EVENT, BreakerStatus, BreakerStore
+from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStatus, BreakerStore
 
 ALERT_EVENT = "circuit_breaker_alert"
 ROLLBACK_JOB = "emergency_rollback"

@@ -13,7 +13,7 @@ from autotrader_assets.defs.market_data.jobs import data_rollback_job
 from autotrader_assets.defs.trading.jobs import paper_trading_job
 from autotrader_assets.defs.trading.rollback_decision import ROLLBACK_JOB, pending_rollbacks
 from autotrader_assets.resources import RegistryResource, WarehouseResource
-from deploy_ops.breaker import BreakerStore
+from deploy_ops.trading.breaker import BreakerStore
 
 
 def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB) -> dg.SensorDefinition:

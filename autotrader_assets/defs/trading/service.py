@@ -31,8 +31,8 @@ from autotrader_assets.defs.trading.paper import (
     plan_dates,
     run_paper_day,
 )
-from deploy_ops.breaker import BreakerStatus, BreakerStore, TripOutcome
-from deploy_ops.client import RoutedClient, ServingClient, ServingError
+from deploy_ops.trading.breaker import BreakerStatus, BreakerStore, TripOutcome
+from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.state import DeploymentStateStore
 
 #: Rows per /predict request: the serving default limit (``deploy_ops.serving.DEFAULT_MAX_BATCH``),

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import duckdb
 import pandas as pd
 
-from deploy_ops.backtest import BacktestState
+from deploy_ops.trading.backtest import BacktestState
 from autotrader_assets.defs.trading.paper import AccountState, DayResult, PaperParams, confidence
 
 FEATURE_TABLE = "bar_features"

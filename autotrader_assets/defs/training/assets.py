@@ -34,7 +34,7 @@ from autotrader_assets.defs.training.plots import equity_curves_png, png_markdow
 from autotrader_assets.defs.training.train import FoldReport, TrainConfig
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, PROJECT_ROOT, Settings
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.models.bundle import ModelBundle
 
 TRAINING_GROUP = "training"
 # Spelled out rather than imported from defs.features: importing that package prepares the
@@ -59,7 +59,7 @@ class TrainingDatasetConfig(dg.Config):
 class CandidateModelConfig(dg.Config):
     """Model, training, cross-validation and signal settings of one candidate."""
 
-    model_class: str = Field(default="mlp", description="A key of deploy_ops.modeling.MODEL_CLASSES.")
+    model_class: str = Field(default="mlp", description="A key of deploy_ops.models.bundle.MODEL_CLASSES.")
     hidden: list[int] = Field(default_factory=lambda: [32, 16], description="MLP hidden layer widths.")
     dropout: float = 0.1
     learning_rate: float = 1e-3

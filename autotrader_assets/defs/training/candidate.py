@@ -29,7 +29,7 @@ from autotrader_assets.defs.training.train import (
     label_vector,
     train_walk_forward,
 )
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.models.bundle import ModelBundle
 
 PROBE_ROWS = 256
 

@@ -1,8 +1,8 @@
 """Test-period evaluation of a model bundle: classification quality and a costed backtest.
 
 The backtest trades the model's signal on every instrument of the test rows from one account
-(``deploy_ops.backtest.run_portfolio``: equal capital sleeves, fills at the next bar's open,
-fees and slippage), and the trading metrics come from ``deploy_ops.metrics.summarize``, the
+(``deploy_ops.trading.backtest.run_portfolio``: equal capital sleeves, fills at the next bar's open,
+fees and slippage), and the trading metrics come from ``deploy_ops.trading.metrics.summarize``, the
 same code the rollout gates and paper trading use. Its Sharpe follows the crypto convention
 (daily returns, sqrt(365)); the convention is stored beside the number because a Sharpe
 without it cannot be compared.
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from autotrader_assets.defs.training.train import classification_metrics, feature_matrix, label_vector
-from deploy_ops.backtest import PortfolioResult, run_portfolio, signals_to_positions
-from deploy_ops.metrics import CRYPTO, summarize
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.trading.backtest import PortfolioResult, run_portfolio, signals_to_positions
+from deploy_ops.trading.metrics import CRYPTO, summarize
+from deploy_ops.models.bundle import ModelBundle
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from autotrader_assets.settings import Thresholds
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.models.bundle import ModelBundle
 
 GateResult = tuple[bool, dict[str, Any]]
 

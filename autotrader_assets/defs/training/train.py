@@ -24,7 +24,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from autotrader_assets.defs.training.splits import Fold, WalkForwardPlan
-from deploy_ops.modeling import MODEL_CLASSES, ModelBundle, StandardScaler, build_model
+from deploy_ops.models.bundle import MODEL_CLASSES, ModelBundle, StandardScaler, build_model
 
 #: ``on_epoch(fold_label, epoch, train_loss, val_loss)``; lets the asset log progress.
 EpochCallback = Callable[[str, int, float, float], None]

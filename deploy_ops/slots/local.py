@@ -29,11 +29,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import requests
 
+from deploy_ops.models.registry import ModelRegistry, ModelVersion
 from deploy_ops.procs import pid_running
+from deploy_ops.slots.backend import SlotCheck, _http_ready_check
 from deploy_ops.state import SLOTS, DeploymentStateStore, SlotInfo, StateError
 
 #: Resolves a registry model version to ``(local bundle path, sha256)``.
@@ -427,3 +429,50 @@ def _json_or_text(response: requests.Response) -> object:
         return response.json()
     except ValueError:
         return response.text
+
+
+class LocalBackend:
+    """Slots as local processes through :class:`~deploy_ops.slots.local.LocalDeployer`."""
+
+    kind = "local"
+
+    def __init__(self, deployer: Any, registry: ModelRegistry):
+        self.deployer = deployer
+        self.registry = registry
+        # The deployer hands its slots their token and instruments; the backend's clients follow it.
+        self.token = deployer.token
+        self.instruments = deployer.instruments
+        self.model_dir = Path(deployer.workdir) / "models"
+
+    def model_path(self, mv: ModelVersion) -> Path:
+        """A local file holding the version's artifact (the registry's own file when it is local)."""
+        local = Path(mv.artifact_uri)
+        if "://" not in mv.artifact_uri and local.is_file():
+            return local
+        # Remote artifacts (S3) are fetched once and cached by checksum; the serving process
+        # verifies the sha256 again at load.
+        path = self.model_dir / f"{mv.sha256}.pt"
+        if not path.is_file():
+            data = self.registry.artifacts.get(mv.artifact_uri, mv.sha256)
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return path
+
+    def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
+        info = self.deployer.start_slot(slot, self.model_path(mv), mv.sha256, str(mv.version), env=env, force=force)
+        return info.url
+
+    def stop(self, slot: str, *, force: bool = False) -> None:
+        self.deployer.stop_slot(slot, force=force)
+
+    def check(self, slot: str, expected_version: str | None) -> SlotCheck:
+        health = self.deployer.slot_health(slot)
+        if not health.healthy:
+            return SlotCheck(slot, False, health.detail)
+        info = self.deployer.state.get_slot(slot)
+        return _http_ready_check(slot, info.url if info else None, expected_version, self.token)
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        return None

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deploy_ops.modeling import ArtifactIntegrityError, sha256_bytes
+from deploy_ops.models.bundle import ArtifactIntegrityError, sha256_bytes
 
 ARTIFACT_SUFFIX = ".pt"
 

@@ -1,7 +1,7 @@
 """The model registry: versions, stages, lineage and a full audit trail, on SQLite or PostgreSQL.
 
 Each registered model gets the next integer version. Its artifact goes to a content-addressed
-store (``deploy_ops.artifacts``) and the row records the artifact URI and sha256, which is
+store (``deploy_ops.models.artifacts``) and the row records the artifact URI and sha256, which is
 checked again on every load.
 
 Stages and their legal transitions (``TRANSITIONS``)::
@@ -43,9 +43,9 @@ from typing import Any, Iterator, Mapping
 
 import sqlalchemy as sa
 
-from deploy_ops.artifacts import ArtifactStore, open_artifact_store
+from deploy_ops.models.artifacts import ArtifactStore, open_artifact_store
 from deploy_ops.db import make_engine
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.models.bundle import ModelBundle
 
 CANDIDATE = "candidate"
 STAGING = "staging"

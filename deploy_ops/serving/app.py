@@ -77,7 +77,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from deploy_ops.modeling import ModelBundle
+from deploy_ops.models.bundle import ModelBundle
 
 logger = logging.getLogger("deploy_ops.serving")
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deploy_ops.backtest import BacktestResult, PortfolioResult
+from deploy_ops.trading.backtest import BacktestResult, PortfolioResult
 
 #: Crypto trades every calendar day.
 CRYPTO = 365
