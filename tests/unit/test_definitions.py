@@ -154,3 +154,26 @@ def test_build_definitions_refuses_settings_the_partitions_do_not_have(tmp_path)
     with pytest.raises(SettingsError, match="AUTOTRADER_START_DATE"):
         build_definitions(_settings_in(tmp_path, start_date="2021-06-01"))
 
+
+def test_no_definition_body_calls_get_settings():
+    # Asset, check, sensor and schedule bodies (and the helpers they call) read the settings
+    # resource, so build_definitions(settings) means what it says. Two uses stay, by design:
+    # partitions.py builds the partitions at import from the process settings (see
+    # definitions.check_partitions_match), and a factory may default an omitted
+    # ``settings`` argument with ``settings or get_settings()``.
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "autotrader_assets" / "defs"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "partitions.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        defaults = {id(op.values[-1]) for op in ast.walk(tree) if isinstance(op, ast.BoolOp) and isinstance(op.op, ast.Or)}
+        offenders += [
+            f"{path.relative_to(root)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "get_settings"
+            and id(node) not in defaults
+        ]
+    assert offenders == [], f"get_settings() called in {offenders}: take dg.ResourceParam[Settings] instead"

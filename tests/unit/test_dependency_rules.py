@@ -29,3 +29,64 @@ def test_deploy_ops_is_free_of_dagster(path):
 def test_settings_reads_no_dagster():
     # the CLI and deploy_ops callers load settings without paying for Dagster's import
     assert "dagster" not in _imports(ROOT / "autotrader_assets" / "settings.py")
+
+
+#: Uses of the process environment outside settings.py that read no configuration, by the exact
+#: source line (so a move keeps them, and any new read fails), with the reason each may stay.
+ENVIRONMENT_ALLOWED = {
+    'if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):':
+        "features/project.py puts the venv's bin on PATH so dbt's subprocesses find `dbt`: it "
+        "checks PATH only to avoid adding the folder twice",
+    'os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")':
+        "the same PATH fix: writing the environment the dbt child processes inherit",
+    "child = dict(os.environ)":
+        "the local deployer hands its own environment on to a serving process (then overrides "
+        "PYTHONPATH and the caller's extras); it passes the environment through, reads nothing from it",
+}
+
+
+def _environment_uses(path: Path) -> list[tuple[int, str]]:
+    """(line, source line) of every os.environ / os.getenv / os.environb use in ``path``."""
+    source = path.read_text()
+    lines = source.splitlines()
+    hits: set[int] = set()
+    for node in ast.walk(ast.parse(source, filename=str(path))):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in {"environ", "environb", "getenv", "getenvb"}
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
+            hits.add(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            if {a.name for a in node.names} & {"environ", "environb", "getenv", "getenvb"}:
+                hits.add(node.lineno)
+    return [(n, lines[n - 1].strip()) for n in sorted(hits)]
+
+
+def test_only_settings_reads_the_environment():
+    settings = ROOT / "autotrader_assets" / "settings.py"
+    used_allowances: set[str] = set()
+    offenders = []
+    for package in ("autotrader_assets", "deploy_ops"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == settings:
+                continue
+            for line_no, line in _environment_uses(path):
+                if line in ENVIRONMENT_ALLOWED:
+                    used_allowances.add(line)
+                else:
+                    offenders.append(f"{path.relative_to(ROOT)}:{line_no}: {line}")
+    assert offenders == [], (
+        "only autotrader_assets/settings.py reads the environment; take the value from Settings "
+        "(or add the line to ENVIRONMENT_ALLOWED with the reason it reads no configuration):\n" + "\n".join(offenders)
+    )
+    assert used_allowances == set(ENVIRONMENT_ALLOWED), f"stale allowances: {set(ENVIRONMENT_ALLOWED) - used_allowances}"
+
+
+def test_the_environment_scan_sees_every_form(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import os\nfrom os import getenv\na = os.environ['X']\nb = os.getenv('Y')\nc = os.environ.get('Z')\nd = 1\n"
+    )
+    assert [n for n, _ in _environment_uses(sample)] == [2, 3, 4, 5]
