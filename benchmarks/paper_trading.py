@@ -38,7 +38,7 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from autotrader_assets.settings import DEFAULT_INSTRUMENTS, FEATURE_COLUMNS  # noqa: E402
+from autotrader_assets.settings import DEFAULT_INSTRUMENTS, FEATURE_COLUMNS, Thresholds  # noqa: E402
 
 DATE = "2024-03-01"
 EXTRA = ("LINKUSDT", "DOTUSDT", "LTCUSDT", "TRXUSDT", "NEARUSDT", "ATOMUSDT")
@@ -94,7 +94,9 @@ def main() -> None:
     from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
     from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 
-    params = PaperParams(fee_bps=4.0, slippage_bps=2.0)
+    t = Thresholds()
+    params = PaperParams(fee_bps=4.0, slippage_bps=2.0, daily_loss_limit=t.breaker_daily_loss,
+                         drawdown_limit=t.breaker_drawdown)
     with tempfile.TemporaryDirectory(prefix="bench-paper-") as tmp:
         root = Path(tmp)
         url = f"sqlite:///{root / 'registry.db'}"

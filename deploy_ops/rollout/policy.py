@@ -6,19 +6,23 @@ import math
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RolloutPolicy:
-    """Instruments, stage lengths, gate thresholds and traffic shape of a rollout."""
+    """Instruments, stage lengths, gate thresholds and traffic shape of a rollout.
+
+    The gate thresholds, costs and stage length have no defaults here: their one default is in
+    ``autotrader_assets.settings`` (``Thresholds``), and
+    ``autotrader_assets.defs.deployment.stack.rollout_policy_from(settings)`` builds the policy."""
 
     instruments: tuple[str, ...]
     canary_instruments: tuple[str, ...]
-    stage_seconds: float = 2.0
+    stage_seconds: float
+    max_error_rate: float
+    max_p99_latency_ms: float
+    max_sharpe_drop: float
+    fee_bps: float
+    slippage_bps: float
     percentages: tuple[int, ...] = (25, 50, 100)
-    max_error_rate: float = 0.01
-    max_p99_latency_ms: float = 200.0
-    max_sharpe_drop: float = 0.20
-    fee_bps: float = 4.0
-    slippage_bps: float = 2.0
     #: Candidate requests a stage needs before its error rate and p99 mean anything; a stage
     #: runs past ``stage_seconds`` (up to ``stage_timeout_seconds``) to collect them.
     min_requests: int = 10

@@ -165,8 +165,8 @@ def find_trip(
     equity: pd.Series,
     day_open_equity: float,
     peak_equity: float,
-    daily_loss_limit: float = 0.05,
-    drawdown_limit: float = 0.15,
+    daily_loss_limit: float,
+    drawdown_limit: float,
 ) -> Trip | None:
     """The first bar where the day's loss or the drawdown from the peak exceeds its limit.
 

@@ -83,7 +83,7 @@ def env(tmp_path):
         "registry": RegistryResource(url=stack.url, artifacts_uri=str(tmp_path / "artifacts")),
         "deployment": DeploymentStackResource(
             state_url=stack.url, backend="local", workdir=str(tmp_path / "slots"), instruments=list(INSTRUMENTS),
-            canary_instruments=list(CANARY), stage_seconds=1.0, requests_per_second=150,
+            canary_instruments=list(CANARY), stage_seconds=1.0, fee_bps=4.0, slippage_bps=2.0, requests_per_second=150,
         ),
         "warehouse": WarehouseResource(path=str(warehouse)),
     }
@@ -143,6 +143,7 @@ def test_production_profile_refuses_to_start_a_slot_without_a_serving_token(tmp_
     local = DeploymentStackResource(
         state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
         instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
+        stage_seconds=settings.stage_seconds, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
         serving_token=resource.serving_token, require_serving_token=resource.require_serving_token,
     )
     stack = local.open(open_registry(settings.registry_url, settings.artifacts_uri))
@@ -164,6 +165,7 @@ def test_production_profile_hands_the_token_to_the_slots_without_showing_it(tmp_
     local = DeploymentStackResource(
         state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
         instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
+        stage_seconds=settings.stage_seconds, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
         serving_token="prod-token-271", require_serving_token=True,
     )
     deployer = local.open(open_registry(settings.registry_url, settings.artifacts_uri)).backend.deployer

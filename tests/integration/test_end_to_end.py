@@ -250,7 +250,8 @@ def test_real_btc_file_to_paper_trading(home):
     # Only BTCUSDT is served and paper-traded; the canary is BTCUSDT itself.
     deployment = DeploymentStackResource(
         state_url=settings.registry_url, backend="local", workdir=str(settings.home / "slots"),
-        instruments=["BTCUSDT"], canary_instruments=["BTCUSDT"], stage_seconds=1.0,
+        instruments=["BTCUSDT"], canary_instruments=["BTCUSDT"], stage_seconds=1.0, fee_bps=settings.fee_bps,
+        slippage_bps=settings.slippage_bps,
     )
     defs = build_defs(settings, market_source=MarketSourceResource(name="file", file_path=str(path)),
                       deployment=deployment)

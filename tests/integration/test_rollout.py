@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
+from autotrader_assets.settings import Thresholds
 from deploy_ops.serving.client import RoutedClient, ServingClient
 from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
@@ -83,8 +84,13 @@ def logistic_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
                        feature_names=list(FEATURES), metadata={"weight": weight, "bias": bias})
 
 
+#: The gates as the settings default them, and test costs (the policy itself has no defaults).
+GATES = dict(max_error_rate=Thresholds().max_error_rate, max_p99_latency_ms=Thresholds().max_p99_latency_ms,
+             max_sharpe_drop=Thresholds().max_sharpe_drop, fee_bps=4.0, slippage_bps=2.0)
+
+
 def rollout_policy(**overrides) -> RolloutPolicy:
-    kwargs = dict(instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0, requests_per_second=150,
+    kwargs = dict(GATES, instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0, requests_per_second=150,
                   min_requests=10, health_interval_seconds=0.2, lease_timeout_seconds=30)
     kwargs.update(overrides)
     return RolloutPolicy(**kwargs)
@@ -162,7 +168,7 @@ def controller_for(stack, policy=None, **kwargs) -> RolloutController:
 
 def test_plan_stages_grows_from_canaries_to_everything():
     policy = RolloutPolicy(instruments=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT",
-                                        "AVAXUSDT"), canary_instruments=("BTCUSDT", "ETHUSDT"))
+                                        "AVAXUSDT"), canary_instruments=("BTCUSDT", "ETHUSDT"), stage_seconds=1.0, **GATES)
     plans = plan_stages(policy)
     assert [p.name for p in plans] == TRAFFIC_STAGES
     assert [len(p.candidate_instruments) for p in plans] == [2, 2, 4, 8]
@@ -182,7 +188,7 @@ def test_plan_stages_grows_from_canaries_to_everything():
     (dict(max_error_rate=1.5), "max_error_rate must be within"),
 ])
 def test_policy_rejects_bad_settings(kwargs, message):
-    base = dict(instruments=INSTRUMENTS, canary_instruments=CANARY)
+    base = dict(GATES, instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0)
     base.update(kwargs)
     with pytest.raises(ValueError, match=message):
         RolloutPolicy(**base)

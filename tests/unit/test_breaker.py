@@ -24,10 +24,13 @@ from deploy_ops.trading.breaker import (
     breaker_state_table,
     find_trip,
 )
+from autotrader_assets.settings import Thresholds
 from deploy_ops.db import make_engine
 from deploy_ops.state import events_table
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The breaker's limits as the settings default them (the breaker itself has no defaults).
+LIMITS = dict(daily_loss_limit=Thresholds().breaker_daily_loss, drawdown_limit=Thresholds().breaker_drawdown)
 
 
 def curve(values, start="2024-03-01 00:00", freq="1min") -> pd.Series:
@@ -39,7 +42,7 @@ def curve(values, start="2024-03-01 00:00", freq="1min") -> pd.Series:
 
 def test_daily_loss_trips_at_the_first_bar_beyond_the_limit_not_at_it():
     eq = curve([100.0, 99.0, 97.0, 95.0, 94.99, 90.0, 80.0])
-    trip = find_trip(eq, day_open_equity=100.0, peak_equity=100.0)
+    trip = find_trip(eq, day_open_equity=100.0, peak_equity=100.0, **LIMITS)
     # Exactly 5% (bar 3) is not beyond the limit; 5.01% at bar 4 is.
     assert trip.index == 4
     assert trip.at == eq.index[4]
@@ -55,7 +58,7 @@ def test_daily_loss_is_measured_against_each_days_own_open():
     day1 = curve([101.0, 104.0], start="2024-03-01 23:58")
     day2 = curve([103.0, 100.0, 98.9, 98.7], start="2024-03-02 00:00")
     eq = pd.concat([day1, day2])
-    trip = find_trip(eq, day_open_equity=100.0, peak_equity=100.0)
+    trip = find_trip(eq, day_open_equity=100.0, peak_equity=100.0, **LIMITS)
     assert trip.index == 5
     assert trip.day_open_equity == 104.0
     assert trip.reasons == ("daily_loss",)
@@ -72,7 +75,7 @@ def test_drawdown_over_several_days_trips_with_no_single_bad_day():
         values.append(pd.Series([eq_value], index=[start + pd.Timedelta(hours=12)]))
         day_ends.append(eq_value)
     eq = pd.concat(values)
-    trip = find_trip(eq, day_open_equity=110.0, peak_equity=100.0)
+    trip = find_trip(eq, day_open_equity=110.0, peak_equity=100.0, **LIMITS)
     assert trip.index == 4
     assert trip.reasons == ("drawdown",)
     assert trip.peak_equity == 110.0
@@ -83,16 +86,16 @@ def test_drawdown_over_several_days_trips_with_no_single_bad_day():
 def test_carried_peak_counts_and_one_bar_can_break_both_limits():
     # The account peaked at 120 on an earlier date: 101 is 15.8% below it.
     eq = curve([104.0, 101.0])
-    trip = find_trip(eq, day_open_equity=104.0, peak_equity=120.0)
+    trip = find_trip(eq, day_open_equity=104.0, peak_equity=120.0, **LIMITS)
     assert trip.index == 1 and trip.reasons == ("drawdown",)
-    both = find_trip(curve([100.0, 80.0]), day_open_equity=100.0, peak_equity=100.0)
+    both = find_trip(curve([100.0, 80.0]), day_open_equity=100.0, peak_equity=100.0, **LIMITS)
     assert both.index == 1 and both.reasons == ("daily_loss", "drawdown")
 
 
 def test_no_trip_within_limits_and_custom_limits():
     eq = curve([100.0, 96.0, 95.5, 99.0])
-    assert find_trip(eq, 100.0, 100.0) is None
-    assert find_trip(eq, 100.0, 100.0, daily_loss_limit=0.02).index == 1
+    assert find_trip(eq, 100.0, 100.0, **LIMITS) is None
+    assert find_trip(eq, 100.0, 100.0, daily_loss_limit=0.02, drawdown_limit=LIMITS["drawdown_limit"]).index == 1
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_no_trip_within_limits_and_custom_limits():
     ],
 )
 def test_detection_rejects_bad_input(kwargs, message):
-    args = dict(equity=curve([100.0, 99.0]), day_open_equity=100.0, peak_equity=100.0)
+    args = dict(equity=curve([100.0, 99.0]), day_open_equity=100.0, peak_equity=100.0, **LIMITS)
     args.update(kwargs)
     with pytest.raises(BreakerError, match=message):
         find_trip(**args)
@@ -117,7 +120,7 @@ def test_detection_rejects_bad_input(kwargs, message):
 def test_detection_rejects_unsorted_index():
     eq = curve([100.0, 99.0, 98.0]).iloc[[0, 2, 1]]
     with pytest.raises(BreakerError, match="increasing"):
-        find_trip(eq, 100.0, 100.0)
+        find_trip(eq, 100.0, 100.0, **LIMITS)
 
 
 # -- persistent store ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from autotrader_assets.defs.trading.paper import (
     targets_from_proba,
 )
 from autotrader_assets.defs.trading.service import breaker_view
+from autotrader_assets.settings import Thresholds
 from deploy_ops.trading.backtest import run_portfolio
 from deploy_ops.trading.breaker import BreakerStore
 from deploy_ops.db import make_engine
@@ -51,7 +52,9 @@ def make_days(n_days: int, n_bars: int = 1440, seed: int = 3, names=NAMES) -> li
     return days
 
 
-PARAMS = PaperParams(fee_bps=4.0, slippage_bps=2.0)
+#: The breaker limits as the settings default them (PaperParams has no defaults for them).
+LIMITS = dict(daily_loss_limit=Thresholds().breaker_daily_loss, drawdown_limit=Thresholds().breaker_drawdown)
+PARAMS = PaperParams(fee_bps=4.0, slippage_bps=2.0, **LIMITS)
 
 
 def write(con, results):
@@ -147,7 +150,7 @@ def crash_days(n_days: int = 3, n_bars: int = 300) -> list[DayInput]:
     return days
 
 
-FREE = PaperParams(fee_bps=0.0, slippage_bps=0.0)
+FREE = PaperParams(fee_bps=0.0, slippage_bps=0.0, **LIMITS)
 
 
 def test_breaker_trips_at_the_right_bar_and_flattens_at_the_next_open():
@@ -270,7 +273,7 @@ def test_inconsistent_inputs_are_refused_with_the_reason():
     with pytest.raises(PaperTradingError, match="outside the day"):
         run_paper_day(wrong_day, first.end, PARAMS)
     with pytest.raises(PaperTradingError, match="fee_bps"):
-        PaperParams(fee_bps=-1.0, slippage_bps=0.0)
+        PaperParams(fee_bps=-1.0, slippage_bps=0.0, **LIMITS)
 
 
 def test_replace_dates_is_all_or_nothing():

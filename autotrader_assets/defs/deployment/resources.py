@@ -8,12 +8,16 @@ from pydantic import Field
 from autotrader_assets.defs.deployment.stack import (
     DeploymentStack,
     backend_for_env,
-    build_policy,
     ecs_config_from_environment,
     open_stack,
+    rollout_policy_from,
 )
-from autotrader_assets.settings import Settings, get_settings
+from autotrader_assets.settings import Settings, Thresholds, get_settings
 from deploy_ops.models.registry import ModelRegistry
+from deploy_ops.rollout.policy import RolloutPolicy
+
+#: The gate limits a resource built by hand (tests) gets when it names none: Thresholds' own.
+_DEFAULT_THRESHOLDS = Thresholds()
 
 
 class DeploymentStackResource(dg.ConfigurableResource):
@@ -25,13 +29,13 @@ class DeploymentStackResource(dg.ConfigurableResource):
     workdir: str = Field(description="Slot logs and fetched model files of the local backend.")
     instruments: list[str]
     canary_instruments: list[str]
-    stage_seconds: float = 2.0
-    max_error_rate: float = 0.01
-    max_p99_latency_ms: float = 200.0
-    max_sharpe_drop: float = 0.20
-    fee_bps: float = 4.0
-    slippage_bps: float = 2.0
-    requests_per_second: float = 100.0
+    stage_seconds: float = Field(description="Seconds each traffic stage watches live traffic.")
+    fee_bps: float = Field(description="Trading costs of the Sharpe gate's backtest.")
+    slippage_bps: float
+    max_error_rate: float = _DEFAULT_THRESHOLDS.max_error_rate
+    max_p99_latency_ms: float = _DEFAULT_THRESHOLDS.max_p99_latency_ms
+    max_sharpe_drop: float = _DEFAULT_THRESHOLDS.max_sharpe_drop
+    requests_per_second: Optional[float] = Field(default=None, description="Replay pace; default: the policy's.")
     ecs_config_json: str = Field(default="", description="ECS document (see deployment/stack.py); not secret.")
     serving_token: Optional[str] = Field(default=None, description="Bearer token of the serving slots (secret).")
     require_serving_token: bool = Field(
@@ -39,12 +43,12 @@ class DeploymentStackResource(dg.ConfigurableResource):
     )
 
     def open(self, registry: ModelRegistry, stage_seconds: Optional[float] = None) -> DeploymentStack:
-        policy = build_policy(
-            instruments=self.instruments, canary_instruments=self.canary_instruments,
+        pace = {} if self.requests_per_second is None else {"requests_per_second": self.requests_per_second}
+        policy = RolloutPolicy(
+            instruments=tuple(self.instruments), canary_instruments=tuple(self.canary_instruments),
             stage_seconds=self.stage_seconds if stage_seconds is None else stage_seconds,
             max_error_rate=self.max_error_rate, max_p99_latency_ms=self.max_p99_latency_ms,
-            max_sharpe_drop=self.max_sharpe_drop, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps,
-            requests_per_second=self.requests_per_second,
+            max_sharpe_drop=self.max_sharpe_drop, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps, **pace,
         )
         return open_stack(registry, state_url=self.state_url, backend=self.backend, workdir=self.workdir,
                           policy=policy, ecs_config=self.ecs_config_json, serving_token=self.serving_token or None,
@@ -54,13 +58,14 @@ class DeploymentStackResource(dg.ConfigurableResource):
 def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackResource:
     """The resource for the given settings (key ``deployment`` in the Definitions)."""
     s = settings or get_settings()
-    t = s.thresholds
+    policy = rollout_policy_from(s)
     backend = backend_for_env(s.env)
     return DeploymentStackResource(
         state_url=s.registry_url, backend=backend, workdir=str(s.home / "slots"),
-        instruments=list(s.instruments), canary_instruments=list(s.canary_instruments),
-        stage_seconds=s.stage_seconds, max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms,
-        max_sharpe_drop=t.max_sharpe_drop, fee_bps=s.fee_bps, slippage_bps=s.slippage_bps,
+        instruments=list(policy.instruments), canary_instruments=list(policy.canary_instruments),
+        stage_seconds=policy.stage_seconds, max_error_rate=policy.max_error_rate,
+        max_p99_latency_ms=policy.max_p99_latency_ms, max_sharpe_drop=policy.max_sharpe_drop,
+        fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps,
         ecs_config_json=ecs_config_from_environment() if backend == "ecs" else "",
         # An EnvVar, not the value: Dagster then shows the variable's name, never the secret.
         serving_token=dg.EnvVar("AUTOTRADER_SERVING_TOKEN") if s.serving_token else None,

@@ -48,28 +48,12 @@ class DeploymentStack:
         return RolloutController(self.registry, self.state, self.backend, self.policy, actor=actor, progress=progress)
 
 
-def build_policy(
-    *,
-    instruments: Sequence[str],
-    canary_instruments: Sequence[str],
-    stage_seconds: float,
-    max_error_rate: float,
-    max_p99_latency_ms: float,
-    max_sharpe_drop: float,
-    fee_bps: float,
-    slippage_bps: float,
-    requests_per_second: float = 100.0,
-) -> RolloutPolicy:
-    return RolloutPolicy(
-        instruments=tuple(instruments), canary_instruments=tuple(canary_instruments), stage_seconds=stage_seconds,
-        max_error_rate=max_error_rate, max_p99_latency_ms=max_p99_latency_ms, max_sharpe_drop=max_sharpe_drop,
-        fee_bps=fee_bps, slippage_bps=slippage_bps, requests_per_second=requests_per_second,
-    )
-
-
-def policy_from_settings(settings: Settings, stage_seconds: float | None = None) -> RolloutPolicy:
+def rollout_policy_from(settings: Settings, *, stage_seconds: float | None = None) -> RolloutPolicy:
+    """The rollout policy of these settings: the one place settings become gates. The error
+    rate, p99 latency and Sharpe-drop limits come from ``settings.thresholds``, the costs and the
+    stage length from the settings; ``stage_seconds`` overrides the stage length (demos, tests)."""
     t = settings.thresholds
-    return build_policy(
+    return RolloutPolicy(
         instruments=settings.instruments, canary_instruments=settings.canary_instruments,
         stage_seconds=settings.stage_seconds if stage_seconds is None else stage_seconds,
         max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms, max_sharpe_drop=t.max_sharpe_drop,
@@ -154,7 +138,7 @@ def stack_from_settings(settings: Settings, *, stage_seconds: float | None = Non
     kind = backend_for_env(settings.env)
     return open_stack(
         registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
-        policy=policy_from_settings(settings, stage_seconds),
+        policy=rollout_policy_from(settings, stage_seconds=stage_seconds),
         ecs_config=ecs_config_from_environment() if kind == "ecs" else "",
         serving_token=settings.serving_token, require_token=settings.is_production,
     )

@@ -12,6 +12,7 @@ import pandas as pd
 
 from autotrader_assets.defs.trading import performance as perf
 from autotrader_assets.defs.trading.paper import PaperParams, SignalParams
+from autotrader_assets.defs.trading.params import paper_params_from
 from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
 from autotrader_assets.resources import RegistryResource, WarehouseResource
@@ -59,9 +60,8 @@ def production_params(registry: "RegistryResource") -> dict:
 def paper_params(config: PaperTradingConfig, settings: Settings, model_params: Optional[dict] = None) -> PaperParams:
     """The account's parameters: run config over settings, breaker limits from the thresholds."""
     signal = resolve_signal(config, model_params)
-    return PaperParams(
-        fee_bps=settings.fee_bps if config.fee_bps is None else float(config.fee_bps),
-        slippage_bps=settings.slippage_bps if config.slippage_bps is None else float(config.slippage_bps),
+    return paper_params_from(
+        settings, fee_bps=config.fee_bps, slippage_bps=config.slippage_bps,
         initial_equity=float(config.initial_equity),
         signal=SignalParams(
             long_threshold=float(signal["long_threshold"]),
@@ -70,8 +70,6 @@ def paper_params(config: PaperTradingConfig, settings: Settings, model_params: O
             sizing=config.sizing,
             max_position=config.max_position,
         ),
-        daily_loss_limit=settings.thresholds.breaker_daily_loss,
-        drawdown_limit=settings.thresholds.breaker_drawdown,
     )
 
 

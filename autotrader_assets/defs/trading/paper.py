@@ -68,10 +68,11 @@ class PaperParams:
 
     fee_bps: float
     slippage_bps: float
+    #: The breaker limits have no default here: ``defs/trading/params.py`` takes them from settings.
+    daily_loss_limit: float
+    drawdown_limit: float
     initial_equity: float = DEFAULT_INITIAL_EQUITY
     signal: SignalParams = field(default_factory=SignalParams)
-    daily_loss_limit: float = 0.05
-    drawdown_limit: float = 0.15
 
     def __post_init__(self) -> None:
         for name in ("fee_bps", "slippage_bps"):
