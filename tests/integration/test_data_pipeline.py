@@ -53,9 +53,15 @@ def test_two_instruments_two_dates_rows_archive_and_checks(tmp_path):
     con = duckdb.connect(db, read_only=True)
     nulls_day2 = con.execute("select count(*) from bar_features where date = '2024-03-02' and ret_60 is null").fetchone()[0]
     nulls_day1 = con.execute("select count(*) from bar_features where date = '2024-03-01' and ret_60 is null").fetchone()[0]
+    first_hour = con.execute(
+        "select count(*) from market_bars m where date = '2024-03-01' and ts < "
+        "(select min(ts) from market_bars f where f.instrument = m.instrument) + interval 60 minute"
+    ).fetchone()[0]
     con.close()
     assert nulls_day2 == 0
-    assert nulls_day1 == 2 * 60  # only the first 60 bars of each instrument's history
+    # warm-up: only the bars of the first 60 minutes of each instrument's history (the replay
+    # drops the odd minute, so that is not always 60 bars: windows count minutes, not bars)
+    assert nulls_day1 == first_hour and 2 * 55 <= first_hour <= 2 * 60
 
 
 def test_rerunning_a_partition_replaces_it(tmp_path):
@@ -148,7 +154,8 @@ def test_features_use_no_future_bars(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     assert run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT").success
     db = str(tmp_path / "warehouse.duckdb")
-    query = "select * from bar_features where date = '2024-03-02' and hour(ts) < 12 order by ts"
+    # dbt alone builds the audit relation (publishing is the asset's step)
+    query = "select * from bar_features_audit where date = '2024-03-02' and hour(ts) < 12 order by ts"
     con = duckdb.connect(db, read_only=True)
     before = con.execute(query).df()
     con.close()
@@ -167,7 +174,7 @@ def test_features_use_no_future_bars(tmp_path):
     )
     con = duckdb.connect(db, read_only=True)
     after = con.execute(query).df()
-    changed = con.execute("select count(*) from bar_features where date = '2024-03-02' and hour(ts) >= 12 and close > 0").fetchall()[0][0]
+    changed = con.execute("select count(*) from bar_features_audit where date = '2024-03-02' and hour(ts) >= 12 and close > 0").fetchall()[0][0]
     con.close()
     assert len(before) > 600 and changed > 0
     pd.testing.assert_frame_equal(before, after)

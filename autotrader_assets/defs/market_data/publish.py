@@ -167,6 +167,11 @@ class DuckDBPublisher:
         register("_pub_keys", _keys_frame(passed))
         con.execute("begin transaction")
         try:
+            # The published table exists once a layer ran, even when nothing passed (readers rely on it).
+            if batch.audit_relation is None:
+                ensure_market_bars(con)
+            else:
+                con.execute(f"create table if not exists {batch.layer} as select * from {batch.audit_relation} limit 0")
             if passed:
                 if batch.audit_relation is None:
                     incoming = pd.concat(
@@ -174,11 +179,9 @@ class DuckDBPublisher:
                     )
                     register("_pub_rows", incoming)
                     source = "_pub_rows"
-                    ensure_market_bars(con)
                 else:
-                    source = batch.audit_relation
                     # The published table has the audit relation's shape (dbt owns the columns).
-                    con.execute(f"create table if not exists {batch.layer} as select * from {source} limit 0")
+                    source = batch.audit_relation
                 con.execute(
                     f"delete from {batch.layer} where (date, instrument) in (select (date, instrument) from _pub_keys)"
                 )

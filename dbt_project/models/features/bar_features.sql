@@ -1,47 +1,91 @@
 {{
   config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key=['date', 'instrument'],
-    on_schema_change='fail'
+    materialized='table',
+    alias='bar_features_audit'
   )
 }}
--- Model inputs per instrument and bar. Every window is ordered by ts and ends at the current
--- row, so a feature at time t uses bars up to and including t only (no look-ahead).
--- Windows count bars, not minutes: across a gap they reach further back in time.
+-- Model inputs per instrument and bar, built into the AUDIT relation `bar_features_audit`
+-- (only the run's requested partitions). The dbt tests judge this relation; the Dagster asset
+-- then publishes the partitions that passed into `bar_features`, the table every consumer
+-- reads (write-audit-publish, see docs/architecture.md).
+--
+-- Horizons are minutes of time, not bar counts: ret_k compares the close with the last close
+-- at or before ts - k minutes (ASOF join), rolling statistics cover the k minutes ending at
+-- ts (RANGE frames). Every window ends at the current row: a feature at t uses bars up to t.
+--
+-- History is what was published. A feature window never crosses a day that is not published
+-- (missing, or quarantined with nothing published): the history splits into segments at such
+-- a day, and a bar's features stay NULL (warm-up) until its segment holds 60 minutes of bars
+-- before it. A day published empty because its session is closed keeps the segment going.
+-- Only partitions of 1-minute bars (interval_s = 60 in published_partitions) are used: ret_1
+-- cannot exist on 5-minute bars, so other intervals are refused (the asset quarantines them
+-- with that reason).
 
-with bars as (
-    select * from {{ ref('stg_market_bars') }}
-    where {{ partition_filter() }}
+with published_days as (
+    select instrument, date
+    from {{ source('raw', 'published_partitions') }}
+    where layer = 'market_bars'
+      and (interval_s is null or interval_s = 60)
+      and {{ partition_filter() }}
+),
+
+segments as (
+    -- gaps and islands: consecutive published days share a segment id
+    select
+        instrument,
+        date,
+        date - cast(row_number() over (partition by instrument order by date) as integer) as seg
+    from published_days
+),
+
+bars as (
+    select b.*, s.seg
+    from {{ ref('stg_market_bars') }} b
+    join segments s using (instrument, date)
+    where {{ partition_filter(date_column='b.date', instrument_column='b.instrument') }}
+),
+
+prior as (
+    -- the last close at or before ts - k minutes, in the same segment
+    select
+        b.*,
+        min(b.ts) over (partition by b.instrument, b.seg) as seg_start,
+        p1.close as close_1m,
+        p5.close as close_5m,
+        p15.close as close_15m,
+        p60.close as close_60m
+    from bars b
+    asof left join bars p1 on b.instrument = p1.instrument and b.seg = p1.seg and b.ts - interval 1 minute >= p1.ts
+    asof left join bars p5 on b.instrument = p5.instrument and b.seg = p5.seg and b.ts - interval 5 minute >= p5.ts
+    asof left join bars p15 on b.instrument = p15.instrument and b.seg = p15.seg and b.ts - interval 15 minute >= p15.ts
+    asof left join bars p60 on b.instrument = p60.instrument and b.seg = p60.seg and b.ts - interval 60 minute >= p60.ts
 ),
 
 base as (
     select
         *,
-        row_number() over w as n_hist,
-        ln(close / lag(close, 1) over w) as ret_1,
-        ln(close / lag(close, 5) over w) as ret_5,
-        ln(close / lag(close, 15) over w) as ret_15,
-        ln(close / lag(close, 60) over w) as ret_60,
-        greatest(close - lag(close, 1) over w, 0) as gain,
-        greatest(lag(close, 1) over w - close, 0) as loss
-    from bars
-    window w as (partition by instrument order by ts)
+        ln(close / close_1m) as ret_1,
+        ln(close / close_5m) as ret_5,
+        ln(close / close_15m) as ret_15,
+        ln(close / close_60m) as ret_60,
+        greatest(close - close_1m, 0) as gain,
+        greatest(close_1m - close, 0) as loss
+    from prior
 ),
 
 rolling as (
     select
         *,
-        stddev_samp(ret_1) over (partition by instrument order by ts rows between 14 preceding and current row) as rv_15,
-        stddev_samp(ret_1) over (partition by instrument order by ts rows between 59 preceding and current row) as rv_60,
-        avg(gain) over (partition by instrument order by ts rows between 13 preceding and current row) as avg_gain_14,
-        avg(loss) over (partition by instrument order by ts rows between 13 preceding and current row) as avg_loss_14,
-        avg(close) over (partition by instrument order by ts rows between 11 preceding and current row) as sma_12,
-        avg(close) over (partition by instrument order by ts rows between 25 preceding and current row) as sma_26,
-        avg(close) over (partition by instrument order by ts rows between 19 preceding and current row) as sma_20,
-        stddev_samp(close) over (partition by instrument order by ts rows between 19 preceding and current row) as sd_20,
-        avg(volume) over (partition by instrument order by ts rows between 59 preceding and current row) as vol_mean_60,
-        stddev_samp(volume) over (partition by instrument order by ts rows between 59 preceding and current row) as vol_sd_60
+        stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 14 minute preceding and current row) as rv_15,
+        stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as rv_60,
+        avg(gain) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row) as avg_gain_14,
+        avg(loss) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row) as avg_loss_14,
+        avg(close) over (partition by instrument, seg order by ts range between interval 11 minute preceding and current row) as sma_12,
+        avg(close) over (partition by instrument, seg order by ts range between interval 25 minute preceding and current row) as sma_26,
+        avg(close) over (partition by instrument, seg order by ts range between interval 19 minute preceding and current row) as sma_20,
+        stddev_samp(close) over (partition by instrument, seg order by ts range between interval 19 minute preceding and current row) as sd_20,
+        avg(volume) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as vol_mean_60,
+        stddev_samp(volume) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as vol_sd_60
     from base
 ),
 
@@ -55,7 +99,7 @@ macd as (
 signal as (
     select
         *,
-        avg(macd_raw) over (partition by instrument order by ts rows between 8 preceding and current row) as macd_signal_raw
+        avg(macd_raw) over (partition by instrument, seg order by ts range between interval 8 minute preceding and current row) as macd_signal_raw
     from macd
 ),
 
@@ -69,7 +113,7 @@ features as (
         low,
         close,
         volume,
-        n_hist,
+        ts >= seg_start + interval 60 minute as warm,
         ret_1,
         ret_5,
         ret_15,
@@ -90,8 +134,8 @@ features as (
     from signal
 )
 
--- The first 60 bars of an instrument's history cannot fill the longest window: their
--- features are left NULL (training drops them) rather than computed on partial windows.
+-- Warm-up: the first 60 minutes of a segment cannot fill the longest window; their features
+-- are left NULL (training drops them) rather than computed on partial windows.
 select
     instrument,
     ts,
@@ -102,7 +146,7 @@ select
     close,
     volume,
     {% for col in ['ret_1', 'ret_5', 'ret_15', 'ret_60', 'rv_15', 'rv_60', 'rsi_14', 'macd', 'macd_signal', 'macd_hist', 'bb_pos_20', 'volume_z_60', 'range_hl', 'range_co'] %}
-    case when n_hist > 60 then {{ col }} end as {{ col }}{% if not loop.last %},{% endif %}
+    case when warm then {{ col }} end as {{ col }}{% if not loop.last %},{% endif %}
     {% endfor %}
 from features
 where {{ requested_dates_filter() }}

@@ -1,6 +1,7 @@
 {% test accepted_range(model, column_name, min_value=none, max_value=none, inclusive=true) %}
--- Non-null values outside [min_value, max_value] (or the open interval when inclusive=false).
-select {{ column_name }}
+-- Non-null values outside [min_value, max_value] (or the open interval when inclusive=false),
+-- with their partition (date, instrument): the features asset quarantines exactly those.
+select date, instrument, {{ column_name }}
 from {{ model }}
 where {{ column_name }} is not null
   and (
