@@ -6,6 +6,9 @@ temporary warehouse / archive / registry by building the resources with other pa
 from __future__ import annotations
 
 import contextlib
+import re
+import time
+from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
@@ -14,14 +17,57 @@ import duckdb
 from autotrader_assets.settings import Settings, get_settings
 
 
+class WarehouseBusyError(RuntimeError):
+    """The warehouse file stayed locked by another process for longer than the lock timeout."""
+
+
+def _lock_holder(message: str) -> str:
+    """Who holds the DuckDB file lock, from DuckDB's error text (PID) and /proc (command line)."""
+    found = re.search(r"PID (\d+)", message)
+    if not found:
+        return "another process"
+    pid = int(found.group(1))
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return f"PID {pid}" + (f" ({cmd[:300]})" if cmd else "")
+
+
+def connect_waiting(path: str, read_only: bool = False, timeout_s: float = 300.0) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, waiting with backoff while another process holds its lock.
+
+    DuckDB allows one process to write (and then nobody else to read); a CLI materialization,
+    a restore, ``make run`` and a daemon run take turns instead of failing at once. After
+    ``timeout_s`` a :class:`WarehouseBusyError` names the holder.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" not in text.lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusyError(
+                    f"the warehouse {path} is locked by {_lock_holder(text)}; waited {timeout_s:g} s "
+                    "(AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT). Let that run finish, or stop it, and try again."
+                ) from exc
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+
+
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file (one writer at a time; runs use the in-process executor)."""
+    """The DuckDB warehouse file: one writer at a time, others wait up to ``lock_timeout_s``."""
 
     path: str
+    lock_timeout_s: float = 300.0
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(self.path, read_only=read_only)
+        con = connect_waiting(self.path, read_only=read_only, timeout_s=self.lock_timeout_s)
         try:
             yield con
         finally:
@@ -53,6 +99,6 @@ def default_resources(settings: Settings | None = None) -> dict[str, dg.Configur
     """Resources for the given settings; the archive and dbt resources are added by their domains."""
     s = settings or get_settings()
     return {
-        "warehouse": WarehouseResource(path=str(s.warehouse_path)),
+        "warehouse": WarehouseResource(path=str(s.warehouse_path), lock_timeout_s=s.warehouse_lock_timeout_s),
         "registry": RegistryResource(url=s.registry_url, artifacts_uri=s.artifacts_uri, aws_region=s.aws_region),
     }

@@ -96,10 +96,10 @@ def run_paper_trading(defs: dg.Definitions, instance: dg.DagsterInstance, dates:
 PAPER_TRADING_CONFIG: dict = {}
 
 
-def trading_summary(path: str) -> list[str]:
-    import duckdb
+def trading_summary(path: str, lock_timeout_s: float = 300.0) -> list[str]:
+    from autotrader_assets.resources import connect_waiting
 
-    con = duckdb.connect(path, read_only=True)
+    con = connect_waiting(path, read_only=True, timeout_s=lock_timeout_s)
     try:
         tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
         if "paper_account_state" not in tables:
@@ -116,21 +116,29 @@ def trading_summary(path: str) -> list[str]:
     ]
 
 
-def warehouse_summary(path: str) -> dict[str, object]:
-    import duckdb
+def warehouse_summary(path: str, lock_timeout_s: float = 300.0) -> dict[str, object]:
+    """Rows and partitions of the published tables, and the partitions whose newest version
+    was quarantined (waits for a writer like every warehouse reader)."""
+    from autotrader_assets.resources import connect_waiting
 
-    con = duckdb.connect(path, read_only=True)
+    con = connect_waiting(path, read_only=True, timeout_s=lock_timeout_s)
     try:
         out: dict[str, object] = {}
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
         for table in ("market_bars", "bar_features"):
-            exists = con.execute(
-                "select count(*) from information_schema.tables where table_name = ?", [table]
-            ).fetchone()[0]
-            if exists:
+            if table in tables:
                 rows, parts = con.execute(
                     f"select count(*), count(distinct (date, instrument)) from {table}"
                 ).fetchone()
                 out[table] = {"rows": rows, "partitions": parts}
+                if "quarantined_partitions" in tables:
+                    out[table]["quarantined"] = con.execute(
+                        "select count(*) from (select date, instrument, max(quarantined_at) as q "
+                        "from quarantined_partitions where layer = ? group by all) q "
+                        "left join published_partitions p on p.layer = ? and p.date = q.date "
+                        "and p.instrument = q.instrument where p.published_at is null or q.q > p.published_at",
+                        [table, table],
+                    ).fetchone()[0]
         return out
     finally:
         con.close()
@@ -177,9 +185,18 @@ def main(argv: list[str] | None = None) -> int:
               f"checks passed={r.checks_passed} failed={len(r.checks_failed)}  run={r.run_id}")
         for failed in r.checks_failed:
             print(f"    check not passed: {failed}")
-    for table, info in warehouse_summary(str(settings.warehouse_path)).items():
-        print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}")
-    paper = trading_summary(str(settings.warehouse_path))
+    from autotrader_assets.resources import WarehouseBusyError
+
+    try:
+        tables = warehouse_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
+        paper = trading_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
+    except WarehouseBusyError as exc:
+        # A reader never crashes: the runs above are reported, the tables are not.
+        tables, paper = {}, []
+        print(f"warehouse summary unavailable: {exc}")
+    for table, info in tables.items():
+        print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}"
+              + (f" quarantined={info['quarantined']} (see `autotrader data validate`)" if info.get("quarantined") else ""))
     if paper:
         print("paper account:")
         print("\n".join(paper))

@@ -343,6 +343,9 @@ class Settings:
     serving_token: str | None
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
+    #: Seconds a warehouse writer or reader waits for DuckDB's file lock before failing with
+    #: the holder's name (AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT).
+    warehouse_lock_timeout_s: float = 300.0
     #: Days `make run` materializes, yesterday backwards (AUTOTRADER_RUN_DAYS).
     run_days: int = 14
     #: Where the ``file`` market source reads (AUTOTRADER_FILE_*); empty for other sources.
@@ -430,6 +433,7 @@ def load_settings() -> Settings:
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
+        warehouse_lock_timeout_s=_env_float("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", 300.0),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
         calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
     )

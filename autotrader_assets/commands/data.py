@@ -5,6 +5,7 @@ import datetime as dt
 import json
 
 import click
+import duckdb
 
 from autotrader_assets.settings import get_settings
 
@@ -27,21 +28,29 @@ def group() -> None:
     """Market data: validate partitions, list the archive."""
 
 
+#: Exit codes of `autotrader data validate`.
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
 @group.command("validate")
 @click.option("--start", required=True, help="First date, YYYY-MM-DD.")
 @click.option("--end", default=None, help="Last date (default: --start).")
 @click.option("--instrument", "instruments", multiple=True, help="Instrument (repeatable; default: all configured).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json: bool) -> None:
-    """Run the pandera schema and completeness rules on warehouse partitions.
+    """Run the pandera schema and completeness rules on the published warehouse partitions,
+    and show each partition's publication state (published, quarantined, missing).
 
-    Exits 1 when any partition fails the schema or is missing.
+    Exit codes: 0 every partition is published and valid; 1 validation failed (a partition
+    fails the schema, is missing, or its newest fetch was quarantined); 2 the warehouse could
+    not be read (absent, or locked by a writer for longer than AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT),
+    or the arguments are wrong.
     """
-    import duckdb
-
     from autotrader_assets.defs.market_data.archive import validate_instrument
+    from autotrader_assets.defs.market_data.publish import partition_status
     from autotrader_assets.defs.market_data.validation import missing_fractions, partition_failures
     from autotrader_assets.defs.market_data.warehouse import read_partitions
+    from autotrader_assets.resources import WarehouseBusyError, connect_waiting
 
     settings = get_settings()
     try:
@@ -49,11 +58,21 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
         insts = [validate_instrument(i) for i in (instruments or settings.instruments)]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+    def unreadable(message: str) -> None:
+        click.echo(f"Error: could not read the warehouse: {message}", err=True)
+        raise SystemExit(EXIT_UNREADABLE)
+
     if not settings.warehouse_path.exists():
-        raise click.ClickException(f"no warehouse at {settings.warehouse_path}: run `make run` first")
+        unreadable(f"no warehouse at {settings.warehouse_path}: run `make run` first")
     pairs = [(d, i) for d in dates for i in insts]
     report, bad = [], 0
-    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        con = connect_waiting(str(settings.warehouse_path), read_only=True, timeout_s=settings.warehouse_lock_timeout_s)
+    except WarehouseBusyError as exc:
+        unreadable(str(exc))
+    except duckdb.Error as exc:
+        unreadable(str(exc).splitlines()[0])
     try:
         with click.progressbar(length=len(pairs), label="validating", file=click.get_text_stream("stderr")) as bar:
             for k in range(0, len(pairs), VALIDATE_CHUNK):
@@ -63,10 +82,14 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
                 per_part_cases = cases.groupby("partition").size() if not cases.empty else {}
                 per_part_rows = df.groupby(["date", "instrument"]).size() if len(df) else {}
                 fractions = missing_fractions(df, chunk)
+                bars_state = partition_status(con, "market_bars", chunk).set_index(["date", "instrument"])
+                feat_state = partition_status(con, "bar_features", chunk).set_index(["date", "instrument"])
                 for date, inst in chunk:
                     key = f"{date}|{inst}"
                     rows = int(per_part_rows.get((date, inst), 0))
-                    bad += key in failed
+                    state = bars_state.loc[(date, inst)]
+                    quarantined = state["state"] in ("quarantined", "published; newer version quarantined")
+                    bad += key in failed or quarantined
                     report.append(
                         {
                             "date": date,
@@ -75,19 +98,29 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
                             "schema_passed": key not in failed,
                             "failures": int(per_part_cases.get(key, 0)) if rows else "partition missing",
                             "missing_fraction": fractions[key],
+                            "bars": state["state"],
+                            "features": feat_state.loc[(date, inst)]["state"],
+                            "quarantine_reasons": state["quarantine_reasons"] if quarantined else None,
                         }
                     )
                 bar.update(len(chunk))
+    except duckdb.Error as exc:
+        unreadable(str(exc).splitlines()[0])
     finally:
         con.close()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         for r in report:
-            flag = "ok  " if r["schema_passed"] else "FAIL"
-            click.echo(f"{flag} {r['date']} {r['instrument']:<10} rows={r['rows']:>5} missing={r['missing_fraction']:.2%} failures={r['failures']}")
+            flag = "ok  " if r["schema_passed"] and not r["quarantine_reasons"] else "FAIL"
+            click.echo(
+                f"{flag} {r['date']} {r['instrument']:<10} rows={r['rows']:>5} missing={r['missing_fraction']:.2%} "
+                f"failures={r['failures']} bars={r['bars']} features={r['features']}"
+                + (f" quarantined: {r['quarantine_reasons']}" if r["quarantine_reasons"] else "")
+            )
     if bad:
-        raise click.ClickException(f"{bad} partition(s) failed validation")
+        click.echo(f"Error: {bad} partition(s) failed validation", err=True)
+        raise SystemExit(EXIT_INVALID)
 
 
 @group.command("restore")

@@ -51,6 +51,8 @@ def test_validate_reports_each_partition_and_fails_on_bad_or_missing(home):
     assert by_inst["BTCUSDT"] == {
         "date": "2024-03-01", "instrument": "BTCUSDT", "rows": len(good), "schema_passed": True, "failures": 0,
         "missing_fraction": round(1 - len(good) / 1440, 4),
+        # written straight into the table: no publication record
+        "bars": "missing", "features": "missing", "quarantine_reasons": None,
     }
     assert by_inst["ETHUSDT"]["schema_passed"] is False and by_inst["ETHUSDT"]["failures"] >= 2
     assert by_inst["SOLUSDT"]["failures"] == "partition missing" and not by_inst["SOLUSDT"]["schema_passed"]
@@ -65,7 +67,7 @@ def test_validate_passes_clean_partitions(home):
 
 
 def test_validate_needs_a_warehouse_and_sane_input(home):
-    assert run("validate", "--start", "2024-03-01").exit_code == 1  # no warehouse yet
+    assert run("validate", "--start", "2024-03-01").exit_code == 2  # no warehouse yet: could not read
     _warehouse(home)
     assert run("validate", "--start", "2024-13-01").exit_code == 2
     assert run("validate", "--start", "2024-03-02", "--end", "2024-03-01").exit_code == 2
@@ -96,3 +98,52 @@ def test_archive_versions_lists_superseded_files(home):
 def test_restore_refuses_bad_input_before_running_anything(home, args):
     result = run("restore", *args)
     assert result.exit_code == 2, result.output
+
+
+def test_validate_shows_published_and_quarantined_partitions(home):
+    """A partition whose newest fetch was quarantined is a validation failure (exit 1), shown
+    with its reasons beside the published version that stays."""
+    from autotrader_assets.defs.market_data.publish import DuckDBPublisher, PublishBatch
+
+    replay = ReplaySource(seed=5)
+    good = replay.day_bars("BTCUSDT", "2024-03-01")
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    publisher = DuckDBPublisher(con)
+    publisher.publish(PublishBatch("market_bars", "b1", passed={("2024-03-01", "BTCUSDT"): good, ("2024-03-01", "ETHUSDT"): good.assign(instrument="ETHUSDT")}))
+    publisher.publish(PublishBatch("market_bars", "b2", failed={("2024-03-01", "ETHUSDT"): good.iloc[:0]},
+                                   reasons={("2024-03-01", "ETHUSDT"): "partition is empty"}))
+    con.close()
+    result = run("validate", "--start", "2024-03-01", "--instrument", "BTCUSDT", "--instrument", "ETHUSDT", "--json")
+    assert result.exit_code == 1
+    report = {r["instrument"]: r for r in json.loads(result.stdout[: result.stdout.rindex("]") + 1])}
+    assert report["BTCUSDT"]["bars"] == "published" and report["BTCUSDT"]["quarantine_reasons"] is None
+    assert report["ETHUSDT"]["bars"] == "published; newer version quarantined"
+    assert report["ETHUSDT"]["quarantine_reasons"] == "partition is empty"
+    assert report["ETHUSDT"]["rows"] == len(good)  # the published version is still there
+
+
+def test_validate_waits_for_a_writer_then_says_who_holds_the_warehouse(home, monkeypatch):
+    """Two real processes: while another process writes, validate waits its bound and exits 2
+    (could not read) naming the holder, never with a traceback; once the writer is gone, it reads."""
+    import subprocess
+    import sys
+
+    _warehouse(home)
+    db = str(home / "warehouse.duckdb")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import duckdb, sys, time; c = duckdb.connect({db!r}); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", "0.5")
+        get_settings.cache_clear()
+        result = CliRunner().invoke(group, ["validate", "--start", "2024-03-01", "--instrument", "BTCUSDT"])
+        assert result.exit_code == 2, result.output
+        assert f"PID {holder.pid}" in result.output and "sys.stdin.read()" in result.output
+        assert "Traceback" not in result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert run("validate", "--start", "2024-03-01", "--instrument", "BTCUSDT").exit_code == 0
