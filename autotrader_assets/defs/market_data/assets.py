@@ -32,6 +32,7 @@ from autotrader_assets.defs.market_data.resources import ArchiveResource, Market
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS
 from autotrader_assets.defs.market_data.validation import missing_fraction, partition_failures
 from autotrader_assets.resources import WarehouseResource
+from autotrader_assets.settings import Settings
 
 #: Partitions audited and published per transaction during large backfills (bounded memory).
 WRITE_CHUNK = 256
@@ -108,6 +109,7 @@ def market_bars(
     warehouse: WarehouseResource,
     archive: ArchiveResource,
     market_source: MarketSourceResource,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """One-minute OHLCV bars per day and instrument: archived raw, audited, and only published if they pass."""
     parts = context_partitions(context)
@@ -137,7 +139,10 @@ def market_bars(
     rows_published = 0
     published: list[str] = []
     quarantined: dict[str, str] = {}
-    schema, completeness, outliers = SchemaAudit(), CompletenessAudit(), OutlierAudit()
+    limits = settings.thresholds
+    schema = SchemaAudit()
+    completeness = CompletenessAudit(limits.max_missing_fraction)
+    outliers = OutlierAudit(limits.outlier_robust_z)
     missing: dict[str, float] = {}
 
     # Archive writes (Parquet encoding, S3 puts) release the GIL: overlap them with fetching.

@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from autotrader_assets.defs.market_data.validation import find_gaps_many, missing_fractions, return_outliers_many
-from autotrader_assets.settings import get_settings
+from autotrader_assets.settings import Settings
 
 #: Failure rows kept for the metadata tables (the counts cover all of them).
 MAX_CASES = 1000
@@ -89,8 +89,8 @@ class SchemaAudit:
 class CompletenessAudit:
     """Missing fractions and gaps of the published partitions, chunk by chunk."""
 
-    def __init__(self):
-        self.limit = get_settings().thresholds.max_missing_fraction
+    def __init__(self, max_missing_fraction: float):
+        self.limit = max_missing_fraction
         self.fractions: dict[str, float] = {}
         self.gaps: list[pd.DataFrame] = []
 
@@ -119,8 +119,8 @@ class CompletenessAudit:
 class OutlierAudit:
     """Robust-z return outliers of the published partitions, chunk by chunk."""
 
-    def __init__(self):
-        self.bound = get_settings().thresholds.outlier_robust_z
+    def __init__(self, robust_z_bound: float):
+        self.bound = robust_z_bound
         self.found: list[pd.DataFrame] = []
 
     def add(self, frame: pd.DataFrame) -> None:
@@ -157,7 +157,9 @@ def expected_latest_date(now: dt.datetime) -> str:
     asset="market_bars",
     description="Freshness: by 00:30 UTC, yesterday's partition exists for every instrument.",
 )
-def market_bars_freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def market_bars_freshness(
+    context: dg.AssetCheckExecutionContext, settings: dg.ResourceParam[Settings]
+) -> dg.AssetCheckResult:
     expected = expected_latest_date(dt.datetime.now(dt.timezone.utc))
     materialized = context.instance.get_materialized_partitions(dg.AssetKey("market_bars"))
     have = {}
@@ -165,7 +167,7 @@ def market_bars_freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
         date, _, instrument = str(key).partition("|")
         if date > have.get(instrument, ""):
             have[instrument] = date
-    stale = {i: have.get(i, "never") for i in get_settings().instruments if have.get(i, "") < expected}
+    stale = {i: have.get(i, "never") for i in settings.instruments if have.get(i, "") < expected}
     return dg.AssetCheckResult(
         passed=not stale,
         severity=dg.AssetCheckSeverity.WARN,

@@ -23,7 +23,8 @@
 
 with published_days as (
     select instrument, date
-    from {{ source('raw', 'published_partitions') }}
+    -- written by the publish steps (not a dbt source: it is bookkeeping, not an asset)
+    from published_partitions
     where layer = 'market_bars'
       and (interval_s is null or interval_s = 60)
       and {{ partition_filter() }}
@@ -78,8 +79,10 @@ rolling as (
         *,
         stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 14 minute preceding and current row) as rv_15,
         stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as rv_60,
-        avg(gain) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row) as avg_gain_14,
-        avg(loss) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row) as avg_loss_14,
+        -- clamped at 0: windowed sums of non-negative values can come out at -1e-17, which
+        -- would put the RSI a hair outside [0, 100]
+        greatest(avg(gain) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row), 0) as avg_gain_14,
+        greatest(avg(loss) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row), 0) as avg_loss_14,
         avg(close) over (partition by instrument, seg order by ts range between interval 11 minute preceding and current row) as sma_12,
         avg(close) over (partition by instrument, seg order by ts range between interval 25 minute preceding and current row) as sma_26,
         avg(close) over (partition by instrument, seg order by ts range between interval 19 minute preceding and current row) as sma_20,
