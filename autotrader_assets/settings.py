@@ -343,6 +343,9 @@ class Settings:
     serving_token: str | None
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
+    #: The ECS deployment document of the production slot backend (AUTOTRADER_ECS_CONFIG: inline
+    #: JSON or ``@/path/to/file.json``, see ``defs/deployment/stack.py``); empty when unused.
+    ecs_config: str = ""
     #: Seconds a warehouse writer or reader waits for DuckDB's file lock before failing with
     #: the holder's name (AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT).
     warehouse_lock_timeout_s: float = 300.0
@@ -433,6 +436,7 @@ def load_settings() -> Settings:
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
+        ecs_config=_env("AUTOTRADER_ECS_CONFIG", "") or "",
         warehouse_lock_timeout_s=_env_float("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", 300.0),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
         calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),

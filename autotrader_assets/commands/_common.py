@@ -1,17 +1,15 @@
-"""Helpers shared by the command groups."""
+"""Helpers shared by the command groups: the actor, option checks, one-line errors, tables."""
 from __future__ import annotations
 
+import functools
 import getpass
-import os
+from typing import Any, Callable, Sequence
 
 import click
 
 
 def default_actor() -> str:
-    """$USER first (what operators expect in audit rows), then the OS account name."""
-    user = os.environ.get("USER")
-    if user:
-        return user
+    """The login name (getpass: $LOGNAME or $USER, then the OS account), or "" when none is known."""
     try:
         return getpass.getuser()
     except Exception:  # getpass raises different errors per platform when no name is known
@@ -24,3 +22,51 @@ def resolve_actor(actor: str | None) -> str:
     if not actor:
         raise click.UsageError("no actor: pass --actor NAME (or set $USER)")
     return actor
+
+
+def nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Option callback: refuse a blank value (a reason of spaces says nothing)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
+    return value
+
+
+def one_line(text: str) -> str:
+    """The first non-blank line of an error: what a terminal user needs, without the traceback."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def domain_errors(
+    database: str, refusals: Callable[[], tuple[type[BaseException], ...]]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a command: the errors ``refusals()`` names and SQL errors of the ``database``
+    become one-line ``Error: ...`` messages with exit code 1. ``refusals`` is called only when a
+    command fails, so a group imports its domain modules only on that path."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            import sqlalchemy as sa
+
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.SQLAlchemyError as exc:
+                detail = one_line(str(getattr(exc, "orig", None) or exc))
+                raise click.ClickException(f"{database} database error: {detail}") from exc
+            except Exception as exc:
+                if isinstance(exc, refusals()):
+                    raise click.ClickException(one_line(str(exc))) from exc
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart, sized to the widest cell."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

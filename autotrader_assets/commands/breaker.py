@@ -7,13 +7,12 @@ and database errors exit 1 with a one-line message.
 """
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any, Callable
+from typing import Any
 
 import click
-import sqlalchemy as sa
 
+from autotrader_assets.commands._common import domain_errors, nonblank
 from autotrader_assets.settings import SettingsError, get_settings
 from deploy_ops.trading.breaker import BreakerError, BreakerNotTrippedError, BreakerStatus, BreakerStore
 
@@ -22,24 +21,8 @@ def _open() -> BreakerStore:
     return BreakerStore(get_settings().registry_url)
 
 
-def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (BreakerNotTrippedError, BreakerError, SettingsError) as exc:
-            raise click.ClickException(str(exc).strip().splitlines()[0]) from exc
-        except sa.exc.SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise click.ClickException(f"breaker database error: {detail[0] if detail else type(exc).__name__}") from exc
-
-    return wrapper
-
-
-def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
-    return value
+#: Refusals (nothing to reset) and bad settings become one-line ``Error: ...`` messages, exit 1.
+_domain_errors = domain_errors("breaker", lambda: (BreakerNotTrippedError, BreakerError, SettingsError))
 
 
 def _pct(value: Any) -> str:
@@ -94,8 +77,8 @@ def status_cmd(as_json: bool) -> None:
 
 
 @group.command("reset")
-@click.option("--approved-by", required=True, callback=_nonblank, help="Who approved re-enabling trading.")
-@click.option("--reason", required=True, callback=_nonblank, help="Why trading may resume.")
+@click.option("--approved-by", required=True, callback=nonblank, help="Who approved re-enabling trading.")
+@click.option("--reason", required=True, callback=nonblank, help="Why trading may resume.")
 @_domain_errors
 def reset_cmd(approved_by: str, reason: str) -> None:
     """Re-enable trading after a trip (writes an audit row)."""

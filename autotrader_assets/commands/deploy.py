@@ -6,12 +6,12 @@ mistakes exit with code 2; refusals and failed rollouts exit with code 1 and say
 """
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from autotrader_assets.commands._common import domain_errors, nonblank, one_line, print_table
 from autotrader_assets.commands._common import resolve_actor as _actor
 
 from autotrader_assets.settings import get_settings
@@ -22,62 +22,35 @@ _SLOTS = ("blue", "green")
 
 
 
-def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
-    return value
-
-
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not value > 0:
         raise click.BadParameter("must be a positive number of seconds", ctx=ctx, param=param)
     return value
 
 
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"
+def _refusals() -> tuple[type[BaseException], ...]:
+    """Refusals and infrastructure failures of the deployment stack (imported on failure only)."""
+    from deploy_ops.models.artifacts import ArtifactNotFoundError
+    from deploy_ops.models.bundle import ArtifactIntegrityError
+    from deploy_ops.models.registry import RegistryError
+    from deploy_ops.rollback import RollbackError
+    from deploy_ops.rollout.errors import RolloutError
+    from deploy_ops.slots.ecs import DeploymentError
+    from deploy_ops.slots.local import MissingTokenError, SlotInUseError, SlotStartError
+    from deploy_ops.state import DeploymentInProgressError, StateError
+
+    return (RegistryError, RollbackError, RolloutError, DeploymentInProgressError, StateError, SlotStartError,
+            SlotInUseError, MissingTokenError, DeploymentError, ArtifactIntegrityError, ArtifactNotFoundError,
+            LookupError, ValueError)
 
 
-def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Refusals and infrastructure failures become one-line ``Error: ...`` messages, exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import sqlalchemy as sa
-
-        from deploy_ops.models.artifacts import ArtifactNotFoundError
-        from deploy_ops.slots.ecs import DeploymentError
-        from deploy_ops.slots.local import SlotInUseError, SlotStartError
-        from deploy_ops.models.bundle import ArtifactIntegrityError
-        from deploy_ops.models.registry import RegistryError
-        from deploy_ops.rollback import RollbackError
-        from deploy_ops.rollout.errors import RolloutError
-        from deploy_ops.state import DeploymentInProgressError, StateError
-
-        try:
-            return fn(*args, **kwargs)
-        except (RegistryError, RollbackError, RolloutError, DeploymentInProgressError, StateError, SlotStartError,
-                SlotInUseError, DeploymentError, ArtifactIntegrityError, ArtifactNotFoundError, LookupError,
-                ValueError) as exc:
-            raise click.ClickException(_one_line(str(exc))) from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise click.ClickException(f"state database error: {_one_line(str(getattr(exc, 'orig', None) or exc))}") from exc
-
-    return wrapper
+_domain_errors = domain_errors("state", _refusals)
 
 
 def _stack(stage_seconds: float | None = None):
     from autotrader_assets.defs.deployment.stack import stack_from_settings
 
     return stack_from_settings(get_settings(), stage_seconds=stage_seconds)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 @click.group(name="deploy")
@@ -126,20 +99,20 @@ def status_cmd(as_json: bool, n_events: int) -> None:
         click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}")
     click.echo("")
     if slots:
-        _table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
+        print_table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
                [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else f"DOWN ({s['detail'][:60]})",
                  s["url"] or "-", str(s["pid"] or "-"), ",".join(per_slot.get(s["slot"], [])) or "-"] for s in slots])
     else:
         click.echo("no slot has ever been started")
     if deployments:
         click.echo("")
-        _table(["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
+        print_table(["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
                [[str(d.id), d.version, d.slot or "-", d.status, d.stage, d.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                 _one_line(d.reason or "-")[:80]] for d in deployments])
+                 one_line(d.reason or "-")[:80]] for d in deployments])
     if events:
         click.echo("")
-        _table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
-               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, _one_line(e.message)[:100]]
+        print_table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
+               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, one_line(e.message)[:100]]
                 for e in events])
 
 
@@ -169,7 +142,7 @@ def list_versions_cmd(as_json: bool) -> None:
     if not rows:
         click.echo("no model versions registered")
         return
-    _table(["VERSION", "STAGE", "NAME", "CREATED", "SHA256", "SERVING"],
+    print_table(["VERSION", "STAGE", "NAME", "CREATED", "SHA256", "SERVING"],
            [[str(r["version"]), r["stage"], r["name"], r["created_at"][:19].replace("T", " "), r["sha256"][:12],
              ",".join(r["serving_slots"]) or "-"] for r in rows])
 
@@ -180,9 +153,14 @@ def list_versions_cmd(as_json: bool) -> None:
               help="Seconds each traffic stage watches live traffic (default: settings, AUTOTRADER_STAGE_SECONDS).")
 @click.option("--traffic-rows", type=click.IntRange(2, 100_000), default=240, show_default=True,
               help="Newest bar_features rows per instrument replayed through the slots.")
-@click.option("--actor", default=None, callback=_nonblank, help="Who runs it (default: $USER).")
+@click.option("--actor", default=None, callback=nonblank, help="Who runs it (default: $USER).")
+@click.option("--drill-error-rate", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Drill: the candidate answers this fraction of /predict calls with 500 (local slots only).")
+@click.option("--drill-latency-ms", type=click.FloatRange(0.0, 600_000.0), default=None,
+              help="Drill: the candidate adds this many milliseconds to every /predict (local slots only).")
 @_domain_errors
-def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None) -> None:
+def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None,
+                drill_error_rate: float | None, drill_latency_ms: float | None) -> None:
     """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
     from deploy_ops.rollout.policy import plan_stages
@@ -206,18 +184,21 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
             if not report.passed:
                 failures.append(f"{stage}: {report.reason}")
 
-        report = stack.controller(actor=actor, progress=progress).run(version, traffic)
+        drill = {name: str(value) for name, value in (("AUTOTRADER_FAULT_ERROR_RATE", drill_error_rate),
+                                                      ("AUTOTRADER_FAULT_LATENCY_MS", drill_latency_ms))
+                 if value is not None}
+        report = stack.controller(actor=actor, progress=progress).run(version, traffic, candidate_env=drill or None)
     click.echo(report.markdown())
     if not report.succeeded:
-        raise click.ClickException(f"rollout of version {version} {report.outcome}: {_one_line(report.reason or '')}")
+        raise click.ClickException(f"rollout of version {version} {report.outcome}: {one_line(report.reason or '')}")
     click.echo(f"version {version} serves 100% of traffic from slot {report.candidate_slot}")
 
 
 @group.command(name="switch-traffic")
 @click.option("--to", "to_slot", type=click.Choice(_SLOTS), required=True, help="Slot to receive every instrument.")
-@click.option("--reason", default="manual traffic switch", show_default=True, callback=_nonblank)
+@click.option("--reason", default="manual traffic switch", show_default=True, callback=nonblank)
 @click.option("--force", is_flag=True, help="Switch even if the slot does not serve the production version.")
-@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
 def switch_traffic_cmd(to_slot: str, reason: str, force: bool, actor: str | None) -> None:
     """Send every instrument to one slot now (it must be ready and healthy)."""
@@ -231,9 +212,9 @@ def switch_traffic_cmd(to_slot: str, reason: str, force: bool, actor: str | None
 
 @group.command(name="rollback")
 @click.option("--to", "to_version", type=int, required=True, help="Version to return production to.")
-@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
+@click.option("--reason", required=True, callback=nonblank, help="Why (recorded in the audit trail).")
 @click.option("--mark-failed", is_flag=True, help="Also mark the version leaving production as failed.")
-@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
 def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | None) -> None:
     """Return production to a named version, served from a freshly started slot."""
@@ -249,9 +230,9 @@ def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | N
 
 @group.command(name="emergency-rollback")
 @click.option("--reason", default="emergency rollback to the last known-good version", show_default=True,
-              callback=_nonblank)
+              callback=nonblank)
 @click.option("--keep-current", is_flag=True, help="Archive the current production version instead of failing it.")
-@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
 def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -> None:
     """Everything to the last known-good version, now (minimal checks)."""
@@ -267,8 +248,8 @@ def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -
 
 @group.command(name="stop")
 @click.option("--slot", "slots", type=click.Choice([*_SLOTS, "all"]), default="all", show_default=True)
-@click.option("--reason", required=True, callback=_nonblank, help="Why serving stops (recorded as an event).")
-@click.option("--actor", default=None, callback=_nonblank, help="Who asks (default: $USER).")
+@click.option("--reason", required=True, callback=nonblank, help="Why serving stops (recorded as an event).")
+@click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
 def stop_cmd(slots: str, reason: str, actor: str | None) -> None:
     """Stop local serving processes (e.g. after `make run`); the routing table is left as it is.

@@ -7,14 +7,13 @@ artifact) exit with code 1 and a one-line message.
 """
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any, Callable
+from typing import Any
 
 import click
 
+from autotrader_assets.commands._common import domain_errors, nonblank, print_table
 from autotrader_assets.commands._common import resolve_actor as _actor
-import sqlalchemy as sa
 
 from autotrader_assets.settings import SettingsError, get_settings
 from deploy_ops.models.artifacts import ArtifactNotFoundError
@@ -37,31 +36,10 @@ def _open() -> ModelRegistry:
     return open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region)
 
 
-def _domain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn registry and configuration errors into one-line ``Error: ...`` messages, exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (RegistryError, ArtifactIntegrityError, ArtifactNotFoundError, SettingsError, ValueError) as exc:
-            raise click.ClickException(_one_line(str(exc))) from exc
-        except sa.exc.SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc)
-            raise click.ClickException(f"registry database error: {_one_line(detail)}") from exc
-
-    return wrapper
-
-
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"
-
-
-def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise click.BadParameter("must not be blank", ctx=ctx, param=param)
-    return value
+#: Registry and configuration errors become one-line ``Error: ...`` messages, exit code 1.
+_domain_errors = domain_errors(
+    "registry", lambda: (RegistryError, ArtifactIntegrityError, ArtifactNotFoundError, SettingsError, ValueError)
+)
 
 
 
@@ -74,13 +52,6 @@ def _fmt_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
     if len(metrics) > limit:
         parts.append("...")
     return " ".join(parts) or "-"
-
-
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 def _describe(mv: ModelVersion) -> None:
@@ -127,7 +98,7 @@ def list_cmd(stage: str | None, as_json: bool) -> None:
     if not versions:
         click.echo("no model versions" + (f" in stage {stage}" if stage else ""))
         return
-    _print_table(
+    print_table(
         ["VERSION", "NAME", "STAGE", "CREATED", "SHA256", "METRICS"],
         [
             [
@@ -160,7 +131,7 @@ def get_cmd(version: int, as_json: bool) -> None:
 @click.argument("version", type=int)
 @click.option("--to", "to", type=click.Choice(_PROMOTE_TARGETS), required=True, help="Target stage.")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@click.option("--actor", default=None, callback=nonblank, help="Who is doing this (default: $USER).")
 @_domain_errors
 def promote_cmd(version: int, to: str, reason: str, actor: str | None) -> None:
     """Move VERSION to another stage; promoting to production archives the current one."""
@@ -175,8 +146,8 @@ def promote_cmd(version: int, to: str, reason: str, actor: str | None) -> None:
 
 @group.command(name="rollback")
 @click.option("--to", "to_version", type=int, required=True, help="Version to put back in production.")
-@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@click.option("--reason", required=True, callback=nonblank, help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, callback=nonblank, help="Who is doing this (default: $USER).")
 @click.option(
     "--mark-failed", is_flag=True,
     help="Mark the outgoing production version failed instead of archived.",
@@ -194,8 +165,8 @@ def rollback_cmd(to_version: int, reason: str, actor: str | None, mark_failed: b
 
 @group.command(name="mark-failed")
 @click.argument("version", type=int)
-@click.option("--reason", required=True, callback=_nonblank, help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, callback=_nonblank, help="Who is doing this (default: $USER).")
+@click.option("--reason", required=True, callback=nonblank, help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, callback=nonblank, help="Who is doing this (default: $USER).")
 @_domain_errors
 def mark_failed_cmd(version: int, reason: str, actor: str | None) -> None:
     """Mark VERSION failed so it can never be promoted or rolled back to."""
@@ -224,7 +195,7 @@ def history_cmd(version: int | None, production_only: bool, as_json: bool) -> No
         if not periods:
             click.echo("no version has held production yet")
             return
-        _print_table(
+        print_table(
             ["VERSION", "SINCE", "UNTIL", "BY", "REASON", "ENDED"],
             [
                 [
@@ -246,4 +217,4 @@ def history_cmd(version: int | None, production_only: bool, as_json: bool) -> No
     if not changes:
         click.echo("no stage changes recorded")
         return
-    _print_table(["AT", "VERSION", "CHANGE", "ACTION", "ACTOR", "REASON"], _history_rows(changes))
+    print_table(["AT", "VERSION", "CHANGE", "ACTION", "ACTOR", "REASON"], _history_rows(changes))

@@ -16,12 +16,14 @@ Endpoints:
   with the reason otherwise (load balancers and the deployer route only to ready slots).
 * ``GET /metrics`` -- Prometheus text format.
 
-Fault injection (drills and tests only): two environment variables read once at start make a
-healthy slot misbehave on purpose, so rollout gates, alerts and rollbacks can be exercised
-against a real process:
+Fault injection (drills and tests only): two arguments read once at start make a healthy slot
+misbehave on purpose, so rollout gates, alerts and rollbacks can be exercised against a real
+process (the local deployer turns the variables of the same names in a start's extra
+environment into these arguments; the process itself reads no environment):
 
-* ``AUTOTRADER_FAULT_ERROR_RATE`` -- fraction (0..1) of valid ``/predict`` calls answered 500.
-* ``AUTOTRADER_FAULT_LATENCY_MS`` -- milliseconds added to every ``/predict`` call.
+* ``--fault-error-rate`` (``AUTOTRADER_FAULT_ERROR_RATE``) -- fraction (0..1) of valid ``/predict``
+  calls answered 500.
+* ``--fault-latency-ms`` (``AUTOTRADER_FAULT_LATENCY_MS``) -- milliseconds added to every ``/predict``.
 
 Both are exported as gauges so a dashboard shows when a drill is active.
 
@@ -134,9 +136,9 @@ class FaultConfig:
         return self.error_rate > 0 or self.latency_ms > 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "FaultConfig":
-        """Read the fault-injection variables; a malformed value is an error, not a silent zero."""
-        environ = os.environ if environ is None else environ
+    def from_env(cls, environ: Mapping[str, str]) -> "FaultConfig":
+        """Read the fault-injection settings from ``environ`` (variable name -> text, as the
+        deployer hands them over); a malformed value is an error, not a silent zero."""
 
         def number(name: str) -> float:
             raw = (environ.get(name) or "").strip()
@@ -608,6 +610,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; 1 because small batches lose more to thread hand-offs than they gain")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--fault-error-rate", default=None,
+                        help=f"drills only: fraction of valid /predict calls answered 500 ({ENV_FAULT_ERROR_RATE})")
+    parser.add_argument("--fault-latency-ms", default=None,
+                        help=f"drills only: milliseconds added to every /predict ({ENV_FAULT_LATENCY_MS})")
     return parser.parse_args(argv)
 
 
@@ -625,7 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.instruments is not None:
         instruments = frozenset(i.strip() for i in args.instruments.split(",") if i.strip())
     try:
-        faults = FaultConfig.from_env()
+        faults = FaultConfig.from_env({ENV_FAULT_ERROR_RATE: args.fault_error_rate or "",
+                                       ENV_FAULT_LATENCY_MS: args.fault_latency_ms or ""})
         config = ServingConfig(
             model_path=args.model, sha256=args.sha256.lower(), version=args.version, slot=args.slot,
             token=token, faults=faults, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,

@@ -44,6 +44,9 @@ ModelResolver = Callable[[str], "tuple[str, str]"]
 _SERVING_MODULE = "deploy_ops.serving"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _TAIL_LINES = 40
+#: Drill settings a caller may give as extra environment: the serving process takes them as
+#: arguments (it reads no environment), so they are moved from the env onto its command line.
+_FAULT_ARGUMENTS = {"AUTOTRADER_FAULT_ERROR_RATE": "--fault-error-rate", "AUTOTRADER_FAULT_LATENCY_MS": "--fault-latency-ms"}
 
 
 class SlotStartError(RuntimeError):
@@ -197,9 +200,10 @@ class LocalDeployer:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start slot={slot} version={version} "
                       f"port={port} ===\n".encode())
             log_offset = log.tell()
-            child_env = self._child_env(env)
+            faults = {k: v for k, v in (env or {}).items() if k in _FAULT_ARGUMENTS and v is not None}
+            child_env = self._child_env({k: v for k, v in (env or {}).items() if k not in _FAULT_ARGUMENTS})
             proc = subprocess.Popen(
-                self._command(slot, model_path, sha256, version, port),
+                self._command(slot, model_path, sha256, version, port, faults),
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                 cwd=str(self.workdir),
                 # Own session and process group: signals reach the whole slot and never the caller.
@@ -227,7 +231,8 @@ class LocalDeployer:
         )
         return info
 
-    def _command(self, slot: str, model_path: Path, sha256: str, version: str, port: int) -> list[str]:
+    def _command(self, slot: str, model_path: Path, sha256: str, version: str, port: int,
+                 faults: Mapping[str, str]) -> list[str]:
         command = [
             self.python, "-m", _SERVING_MODULE,
             "--model", str(model_path.resolve()), "--sha256", sha256, "--version", version,
@@ -237,6 +242,8 @@ class LocalDeployer:
             command += ["--instruments", ",".join(self.instruments)]
         if self.require_token:
             command.append("--require-token")
+        for name, value in sorted(faults.items()):
+            command += [_FAULT_ARGUMENTS[name], str(value)]
         return command
 
     def _child_env(self, env: Mapping[str, str | None] | None) -> dict[str, str]:

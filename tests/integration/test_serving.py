@@ -124,7 +124,9 @@ def slots(bundle_file, tmp_path_factory):
     started = {
         "main": Slot(tmp, path, sha, token=TOKEN,
                      extra=["--max-batch", "64", "--max-body-bytes", "65536", "--instruments", ",".join(INSTRUMENTS)]),
-        "faulty": Slot(tmp, path, sha, env={"AUTOTRADER_FAULT_ERROR_RATE": "1.0", "AUTOTRADER_FAULT_LATENCY_MS": "40"}),
+        # the variables in its environment are ignored: the process takes its faults as arguments
+        "faulty": Slot(tmp, path, sha, env={"AUTOTRADER_FAULT_ERROR_RATE": "0.0"},
+                       extra=["--fault-error-rate", "1.0", "--fault-latency-ms", "40"]),
         "bad_checksum": Slot(tmp, path, "0" * 64, token=TOKEN),
         "overflowing": Slot(tmp, overflowing, overflowing_sha, token=TOKEN),
     }

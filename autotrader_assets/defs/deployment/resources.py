@@ -8,7 +8,6 @@ from pydantic import Field
 from autotrader_assets.defs.deployment.stack import (
     DeploymentStack,
     backend_for_env,
-    ecs_config_from_environment,
     open_stack,
     rollout_policy_from,
 )
@@ -66,7 +65,7 @@ def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackR
         stage_seconds=policy.stage_seconds, max_error_rate=policy.max_error_rate,
         max_p99_latency_ms=policy.max_p99_latency_ms, max_sharpe_drop=policy.max_sharpe_drop,
         fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps,
-        ecs_config_json=ecs_config_from_environment() if backend == "ecs" else "",
+        ecs_config_json=s.ecs_config if backend == "ecs" else "",
         # An EnvVar, not the value: Dagster then shows the variable's name, never the secret.
         serving_token=dg.EnvVar("AUTOTRADER_SERVING_TOKEN") if s.serving_token else None,
         require_serving_token=s.is_production,

@@ -87,11 +87,6 @@ def parse_ecs_config(text: str) -> dict[str, Any]:
     return document
 
 
-def ecs_config_from_environment() -> str:
-    """The raw ECS document (settings has no field for it yet, so it is read here)."""
-    return os.environ.get(ECS_CONFIG_ENV, "")
-
-
 def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
                  ecs_config: str = "", serving_token: str | None = None, require_token: bool = False,
                  instruments: Sequence[str] | None = None) -> SlotBackend:
@@ -139,7 +134,7 @@ def stack_from_settings(settings: Settings, *, stage_seconds: float | None = Non
     return open_stack(
         registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
         policy=rollout_policy_from(settings, stage_seconds=stage_seconds),
-        ecs_config=ecs_config_from_environment() if kind == "ecs" else "",
+        ecs_config=settings.ecs_config if kind == "ecs" else "",
         serving_token=settings.serving_token, require_token=settings.is_production,
     )
 
