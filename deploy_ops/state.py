@@ -26,8 +26,8 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from deploy_ops.db import make_engine
+from deploy_ops.slots.names import SLOTS
 
-SLOTS: tuple[str, ...] = ("blue", "green")
 SLOT_STATUSES: tuple[str, ...] = ("starting", "ready", "stopped", "failed")
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 DEPLOYMENT_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "rolled_back")
@@ -149,7 +149,7 @@ def _check_instrument(instrument: Any) -> str:
 
 
 @dataclass(frozen=True)
-class SlotInfo:
+class SlotRecord:
     """One serving slot as recorded: what runs there, where, and in which state."""
 
     slot: str
@@ -196,8 +196,8 @@ class Deployment:
         return self.status == "running"
 
 
-def _slot_from_row(row: Any) -> SlotInfo:
-    return SlotInfo(
+def _slot_from_row(row: Any) -> SlotRecord:
+    return SlotRecord(
         slot=row.slot, status=row.status, version=row.version, url=row.url, host=row.host,
         port=row.port, pid=row.pid, updated_at=_aware(row.updated_at),
     )
@@ -257,7 +257,7 @@ class DeploymentStateStore:
         host: str | None = None,
         port: int | None = None,
         pid: int | None = None,
-    ) -> SlotInfo:
+    ) -> SlotRecord:
         """Record everything about a slot at once (fields not given are cleared)."""
         _check_slot(slot)
         if status not in SLOT_STATUSES:
@@ -266,9 +266,9 @@ class DeploymentStateStore:
                       updated_at=utcnow())
         with self.engine.begin() as conn:
             self._upsert(conn, slots_table, values, "slot")
-        return SlotInfo(**values)
+        return SlotRecord(**values)
 
-    def set_slot_status(self, slot: str, status: str) -> SlotInfo:
+    def set_slot_status(self, slot: str, status: str) -> SlotRecord:
         """Change only a slot's status; the slot must have been recorded before."""
         _check_slot(slot)
         if status not in SLOT_STATUSES:
@@ -282,14 +282,14 @@ class DeploymentStateStore:
             row = conn.execute(sa.select(slots_table).where(slots_table.c.slot == slot)).one()
         return _slot_from_row(row)
 
-    def get_slot(self, slot: str) -> SlotInfo | None:
+    def get_slot(self, slot: str) -> SlotRecord | None:
         """The recorded state of one slot, or None if nothing was ever deployed there."""
         _check_slot(slot)
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(slots_table).where(slots_table.c.slot == slot)).one_or_none()
         return _slot_from_row(row) if row is not None else None
 
-    def slots(self) -> dict[str, SlotInfo]:
+    def slots(self) -> dict[str, SlotRecord]:
         """Every recorded slot by name."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(slots_table).order_by(slots_table.c.slot)).all()

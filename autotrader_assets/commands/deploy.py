@@ -15,8 +15,8 @@ from autotrader_assets.commands._common import domain_errors, nonblank, one_line
 from autotrader_assets.commands._common import resolve_actor as _actor
 
 from autotrader_assets.settings import get_settings
+from deploy_ops.slots.names import SLOTS
 
-_SLOTS = ("blue", "green")
 
 
 
@@ -73,7 +73,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     slots = summarize_slots(stack)
     routes = stack.state.routing_table()
     default = routes.get(DEFAULT_ROUTE)
-    per_slot = {s: sorted(i for i in stack.policy.instruments if routes.get(i, default) == s) for s in _SLOTS}
+    per_slot = {s: sorted(i for i in stack.policy.instruments if routes.get(i, default) == s) for s in SLOTS}
     active = stack.state.active_deployment()
     deployments = stack.state.deployments(limit=5)
     # The log pages oldest-first; looking back over the last 500 ids finds the recent ones cheaply.
@@ -94,7 +94,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     click.echo(f"backend:    {stack.backend.kind}")
     click.echo(f"production: {'version ' + str(production.version) if production else 'none (the first rollout bootstraps)'}")
     click.echo(f"routing:    default -> {default or '(none)'}; " +
-               "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in _SLOTS))
+               "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in SLOTS))
     if active is not None:
         click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}")
     click.echo("")
@@ -162,6 +162,7 @@ def list_versions_cmd(as_json: bool) -> None:
 def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None,
                 drill_error_rate: float | None, drill_latency_ms: float | None) -> None:
     """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
+    from autotrader_assets.defs.deployment.report import rollout_markdown
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
     from deploy_ops.rollout.policy import plan_stages
 
@@ -188,14 +189,14 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
                                                       ("AUTOTRADER_FAULT_LATENCY_MS", drill_latency_ms))
                  if value is not None}
         report = stack.controller(actor=actor, progress=progress).run(version, traffic, candidate_env=drill or None)
-    click.echo(report.markdown())
+    click.echo(rollout_markdown(report))
     if not report.succeeded:
         raise click.ClickException(f"rollout of version {version} {report.outcome}: {one_line(report.reason or '')}")
     click.echo(f"version {version} serves 100% of traffic from slot {report.candidate_slot}")
 
 
 @group.command(name="switch-traffic")
-@click.option("--to", "to_slot", type=click.Choice(_SLOTS), required=True, help="Slot to receive every instrument.")
+@click.option("--to", "to_slot", type=click.Choice(SLOTS), required=True, help="Slot to receive every instrument.")
 @click.option("--reason", default="manual traffic switch", show_default=True, callback=nonblank)
 @click.option("--force", is_flag=True, help="Switch even if the slot does not serve the production version.")
 @click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
@@ -247,7 +248,7 @@ def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -
 
 
 @group.command(name="stop")
-@click.option("--slot", "slots", type=click.Choice([*_SLOTS, "all"]), default="all", show_default=True)
+@click.option("--slot", "slots", type=click.Choice([*SLOTS, "all"]), default="all", show_default=True)
 @click.option("--reason", required=True, callback=nonblank, help="Why serving stops (recorded as an event).")
 @click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
@@ -262,7 +263,7 @@ def stop_cmd(slots: str, reason: str, actor: str | None) -> None:
     if getattr(stack.backend, "kind", "") != "local" or deployer is None:
         raise click.ClickException("`deploy stop` manages local slot processes; on ECS scale the services instead")
     who = _actor(actor)
-    for slot in (_SLOTS if slots == "all" else (slots,)):
+    for slot in (SLOTS if slots == "all" else (slots,)):
         info = stack.state.get_slot(slot)
         if info is None or info.status == "stopped":
             click.echo(f"{slot}: not running")

@@ -66,7 +66,7 @@ import requests
 from deploy_ops.models.bundle import ModelBundle
 from deploy_ops.models.registry import PRODUCTION, STAGING, ModelRegistry, ModelVersion, RegistryError
 from deploy_ops.rollout.errors import RetireError, RolloutError, RolloutPreempted
-from deploy_ops.rollout.leases import LeaseStore, _Heartbeat
+from deploy_ops.rollout.leases import Heartbeat, LeaseStore
 from deploy_ops.rollout.measurement import (
     backtest_sharpe,
     parse_serving_metrics,
@@ -88,14 +88,9 @@ from deploy_ops.rollout.reports import (
 )
 from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.slots.backend import SlotBackend
-from deploy_ops.slots.roles import find_live_slot, other_slot, weights_for
-from deploy_ops.state import (
-    DEFAULT_ROUTE,
-    SLOTS,
-    DeploymentStateStore,
-    StateError,
-    utcnow,
-)
+from deploy_ops.slots.names import SLOTS, other_slot
+from deploy_ops.slots.roles import find_live_slot, weights_for
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, StateError, utcnow
 
 #: Progress callback: (stage name, None) when a stage starts, (stage name, report) when it ends.
 ProgressCallback = Callable[[str, "StageReport | None"], None]
@@ -169,7 +164,7 @@ class RolloutController:
             details={"deployment_id": dep.id, "version": int(version), "candidate_slot": candidate,
                      "live_slot": live, "actor": self.actor},
         )
-        with _Heartbeat(self.leases, self.state, dep.id, interval=min(2.0, self.policy.lease_timeout_seconds / 4)) as beat:
+        with Heartbeat(self.leases, self.state, dep.id, interval=min(2.0, self.policy.lease_timeout_seconds / 4)) as beat:
             self._beat = beat
             try:
                 replays = self._pre_deploy(report, int(version), production, live, traffic)
@@ -420,20 +415,20 @@ class RolloutController:
                     if health["candidate"]["ok"] < health["candidate"]["checks"]:
                         failure = "health"
                         break
-                cs = stats["candidate"]
-                if cs.requests >= self.policy.min_requests:
+                candidate_traffic = stats["candidate"]
+                if candidate_traffic.requests >= self.policy.min_requests:
                     # Stop early once the verdict cannot change: more errors than even 100
                     # requests would allow, or a p99 already over the limit.
-                    if cs.errors > self.policy.max_error_rate * max(cs.requests, 100):
+                    if candidate_traffic.errors > self.policy.max_error_rate * max(candidate_traffic.requests, 100):
                         failure = "error rate"
                         break
-                    p99 = cs.percentile(99)
+                    p99 = candidate_traffic.percentile(99)
                     if p99 is not None and p99 > self.policy.max_p99_latency_ms:
                         failure = "p99 latency"
                         break
                 covered = all(not np.isnan(cand_p[i]).any() for i in canary) and all(
                     not np.isnan(live_p[i]).any() for i in live_p)
-                if now >= deadline and cs.requests >= self.policy.min_requests and covered:
+                if now >= deadline and candidate_traffic.requests >= self.policy.min_requests and covered:
                     break
                 if now >= hard_deadline:
                     break
@@ -441,9 +436,9 @@ class RolloutController:
                 instrument = instruments[turn % len(instruments)]
                 turn += 1
                 n = len(replays[instrument])
-                a = cursors[instrument]
-                b = min(a + self.policy.batch_rows, n)
-                cursors[instrument] = 0 if b >= n else b
+                start = cursors[instrument]
+                end = min(start + self.policy.batch_rows, n)
+                cursors[instrument] = 0 if end >= n else end
                 try:
                     info = router.slot_for(instrument)
                 except ServingError as exc:
@@ -453,13 +448,13 @@ class RolloutController:
                 role = role_of.get(info.slot)
                 if role is None:
                     raise RolloutError(f"{instrument} is routed to slot {info.slot}, which is not part of this rollout")
-                rows = (cand_rows if role == "candidate" else live_rows)[instrument][a:b]
+                rows = (cand_rows if role == "candidate" else live_rows)[instrument][start:end]
                 self._send(client_for(info.url), instrument, rows, stats[role],
-                           cand_p.get(instrument) if role == "candidate" else None, a)
+                           cand_p.get(instrument) if role == "candidate" else None, start)
                 if compare and role == "candidate" and instrument in live_p:
                     # Shadow: the live slot answers the same bars; callers never see its answer.
-                    self._send(client_for(slot_url["live"]), instrument, live_rows[instrument][a:b], stats["live"],
-                               live_p[instrument], a)
+                    self._send(client_for(slot_url["live"]), instrument, live_rows[instrument][start:end], stats["live"],
+                               live_p[instrument], start)
                 spare = interval - (time.monotonic() - now)
                 if spare > 0:
                     time.sleep(spare)
@@ -489,10 +484,10 @@ class RolloutController:
         if sink is not None:
             sink[offset: offset + len(rows)] = result.probabilities
 
-    def _gates(self, stage: StageReport, cs: SlotTraffic, health: Mapping[str, Any], failure: str | None,
+    def _gates(self, stage: StageReport, candidate_traffic: SlotTraffic, health: Mapping[str, Any], failure: str | None,
                plan: StagePlan, compare: bool, cand_p: Mapping[str, np.ndarray], live_p: Mapping[str, np.ndarray],
                replays: Mapping[str, Replay]) -> None:
-        p = self.policy
+        policy = self.policy
         failed_checks = health["checks"] - health["ok"]
         stage.gates.append(GateReading(
             "health", failed_checks == 0, float(failed_checks), 0.0,
@@ -501,21 +496,21 @@ class RolloutController:
         ))
         if failure == "health":
             return  # traffic to a dead slot measures nothing more; the health gate says it all
-        enough = cs.requests >= p.min_requests
+        enough = candidate_traffic.requests >= policy.min_requests
         if not enough:
             stage.gates.append(GateReading(
-                "traffic", False, float(cs.requests), float(p.min_requests),
-                f"only {cs.requests} requests reached the candidate in {p.stage_timeout:.0f}s; need {p.min_requests}",
+                "traffic", False, float(candidate_traffic.requests), float(policy.min_requests),
+                f"only {candidate_traffic.requests} requests reached the candidate in {policy.stage_timeout:.0f}s; need {policy.min_requests}",
             ))
-        rate = cs.error_rate
+        rate = candidate_traffic.error_rate
         stage.gates.append(GateReading(
-            "error_rate", rate is not None and rate <= p.max_error_rate, rate, p.max_error_rate,
-            f"{cs.errors}/{cs.requests} candidate requests failed" + (f" (e.g. {cs.error_samples[0]})" if cs.error_samples else ""),
+            "error_rate", rate is not None and rate <= policy.max_error_rate, rate, policy.max_error_rate,
+            f"{candidate_traffic.errors}/{candidate_traffic.requests} candidate requests failed" + (f" (e.g. {candidate_traffic.error_samples[0]})" if candidate_traffic.error_samples else ""),
         ))
-        p99 = cs.percentile(99)
+        p99 = candidate_traffic.percentile(99)
         stage.gates.append(GateReading(
-            "p99_latency_ms", p99 is not None and p99 <= p.max_p99_latency_ms, p99, p.max_p99_latency_ms,
-            f"client-side p99 {p99:.1f} ms over {len(cs.latencies_ms)} answered requests" if p99 is not None
+            "p99_latency_ms", p99 is not None and p99 <= policy.max_p99_latency_ms, p99, policy.max_p99_latency_ms,
+            f"client-side p99 {p99:.1f} ms over {len(candidate_traffic.latencies_ms)} answered requests" if p99 is not None
             else "no answered request to measure",
         ))
         if failure is not None:
@@ -537,10 +532,10 @@ class RolloutController:
             return
         bars = {i: replays[i].bars.loc[both[i]].reset_index(drop=True) for i in both}
         cand_sharpe, cand_detail = backtest_sharpe({i: cand_p[i][both[i]] for i in both}, bars,
-                                                   fee_bps=p.fee_bps, slippage_bps=p.slippage_bps)
+                                                   fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
         live_sharpe, live_detail = backtest_sharpe({i: live_p[i][both[i]] for i in both}, bars,
-                                                   fee_bps=p.fee_bps, slippage_bps=p.slippage_bps)
-        gate = sharpe_gate(live_sharpe, cand_sharpe, p.max_sharpe_drop)
+                                                   fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
+        gate = sharpe_gate(live_sharpe, cand_sharpe, policy.max_sharpe_drop)
         stage.sharpe = {
             "instruments": sorted(both), "coverage": coverage, "live": live_sharpe, "candidate": cand_sharpe,
             "relative_drop": (live_sharpe - (cand_sharpe or 0.0)) / abs(live_sharpe) if live_sharpe else None,

@@ -105,7 +105,7 @@ def lease_is_alive(lease: Lease | None, started_at: dt.datetime, timeout: float)
     return True
 
 
-class _Heartbeat:
+class Heartbeat:
     """Keeps a lease fresh from a background thread and notices preemption."""
 
     def __init__(self, leases: LeaseStore, state: DeploymentStateStore, deployment_id: int, interval: float):
@@ -114,7 +114,7 @@ class _Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rollout-heartbeat-{deployment_id}", daemon=True)
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> "Heartbeat":
         self._thread.start()
         return self
 

@@ -1,10 +1,9 @@
 """What a rollout reports: gate readings, per-slot traffic, stage and rollout reports (data only;
-the markdown view lives with the Dagster and CLI side that shows it).
+the markdown view is ``autotrader_assets/defs/deployment/report.py``, beside what shows it).
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,50 +129,6 @@ class RolloutReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
-
-    def markdown(self) -> str:
-        """One row per stage with the gate readings: for Dagster metadata and the CLI."""
-        header = (
-            "| stage | result | candidate instruments | weight % | requests (cand/live) | errors (cand/live) "
-            "| error rate | p99 ms | health | Sharpe live | Sharpe cand | drop | note |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        )
-        lines = []
-        for s in self.stages:
-            cand = s.traffic.get("candidate", {})
-            live = s.traffic.get("live", {})
-            health = s.health_checks.get("candidate", {})
-            health_text = f"{health.get('ok', 0)}/{health.get('checks', 0)} ok" if health else "-"
-            lines.append(
-                "| {stage} | {result} | {instr} | {weight} | {rc}/{rl} | {ec}/{el} | {er} | {p99} | {health} "
-                "| {sl} | {sc} | {drop} | {note} |".format(
-                    stage=s.stage,
-                    result="pass" if s.passed else "**FAIL**",
-                    instr=", ".join(s.candidate_instruments) or "-",
-                    weight="-" if s.weight_percent is None else s.weight_percent,
-                    rc=cand.get("requests", "-"), rl=live.get("requests", "-"),
-                    ec=cand.get("errors", "-"), el=live.get("errors", "-"),
-                    er=_fmt(cand.get("error_rate"), "{:.2%}"),
-                    p99=_fmt(cand.get("p99_ms"), "{:.1f}"),
-                    health=health_text,
-                    sl=_fmt(s.sharpe.get("live"), "{:.3f}"),
-                    sc=_fmt(s.sharpe.get("candidate"), "{:.3f}"),
-                    drop=_fmt(s.sharpe.get("relative_drop"), "{:.1%}"),
-                    note=(s.reason or "").replace("|", "/").replace("\n", " ")[:160],
-                )
-            )
-        title = (
-            f"**Rollout of version {self.version}: {self.outcome}** ({self.mode}; "
-            f"live slot {self.live_slot or '-'}, candidate slot {self.candidate_slot or '-'})\n\n"
-        )
-        tail = f"\n\nReason: {self.reason}" if self.reason else ""
-        return title + header + "\n".join(lines) + tail
-
-
-def _fmt(value: Any, pattern: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return pattern.format(value)
 
 
 @dataclass

@@ -80,10 +80,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from deploy_ops.models.bundle import ModelBundle
+from deploy_ops.slots.names import SLOTS
 
 logger = logging.getLogger("deploy_ops.serving")
 
-SLOTS: tuple[str, ...] = ("blue", "green")
 ENV_TOKEN = "AUTOTRADER_SERVING_TOKEN"
 ENV_FAULT_ERROR_RATE = "AUTOTRADER_FAULT_ERROR_RATE"
 ENV_FAULT_LATENCY_MS = "AUTOTRADER_FAULT_LATENCY_MS"

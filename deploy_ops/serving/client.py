@@ -21,7 +21,7 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
-from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, RoutingError, SlotInfo
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, RoutingError, SlotRecord
 
 class ServingError(RuntimeError):
     """A prediction could not be obtained; ``status`` is the HTTP status or None (no answer)."""
@@ -190,7 +190,7 @@ class RoutedClient:
         self._clients: dict[str, ServingClient] = {}
         self._lock = threading.Lock()
         self._routes: dict[str, str] = {}
-        self._slots: dict[str, SlotInfo] = {}
+        self._slots: dict[str, SlotRecord] = {}
         self._loaded_at = float("-inf")
 
     def __enter__(self) -> "RoutedClient":
@@ -209,7 +209,7 @@ class RoutedClient:
         with self._lock:
             self._routes, self._slots, self._loaded_at = routes, slots, time.monotonic()
 
-    def slot_for(self, instrument: str) -> SlotInfo:
+    def slot_for(self, instrument: str) -> SlotRecord:
         """The ready slot serving ``instrument``; ServingError if unrouted or not ready."""
         if time.monotonic() - self._loaded_at > self.cache_seconds:
             self.refresh()

@@ -48,7 +48,7 @@ class SlotBackend(Protocol):
         """Apply a per-request traffic split ``{"blue": p, "green": 100 - p}``."""
 
 
-def _http_ready_check(slot: str, url: str | None, expected_version: str | None, token: str | None) -> SlotCheck:
+def http_ready_check(slot: str, url: str | None, expected_version: str | None, token: str | None) -> SlotCheck:
     if not url:
         return SlotCheck(slot, False, "no url recorded")
     with ServingClient(url, token=token, connect_timeout=1.0, read_timeout=2.0) as client:

@@ -30,12 +30,11 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy_ops.models.registry import ModelVersion
-from deploy_ops.slots.backend import SlotCheck, _http_ready_check
+from deploy_ops.slots.backend import SlotCheck, http_ready_check
+from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.state import DeploymentStateStore
 
 logger = logging.getLogger(__name__)
-
-SLOTS: tuple[str, str] = ("blue", "green")
 
 #: ALB weighted forwarding accepts integer weights in this range per target group.
 MAX_TARGET_GROUP_WEIGHT = 999
@@ -207,12 +206,8 @@ def _validate_model(version: Any, artifact_uri: Any, sha256: Any) -> None:
         raise ValueError(f"sha256 must be 64 lowercase hex characters, got {sha256!r}")
 
 
-def _other(slot: str) -> str:
-    return "green" if slot == "blue" else "blue"
-
-
 @dataclass(frozen=True)
-class SlotInfo:
+class EcsSlotStatus:
     """What one serving slot is doing right now, as ECS and the ALB report it."""
 
     slot: str
@@ -380,11 +375,11 @@ class EcsDeployer:
                         return pair.get("value")
         return None
 
-    def _slot_info(self, operation: str, slot: str, service: Mapping[str, Any], stability: Stability) -> SlotInfo:
+    def _slot_info(self, operation: str, slot: str, service: Mapping[str, Any], stability: Stability) -> EcsSlotStatus:
         deployments = service.get("deployments") or []
         primary = next((d for d in deployments if d.get("status") == "PRIMARY"), {})
         task_definition_arn = service.get("taskDefinition")
-        return SlotInfo(
+        return EcsSlotStatus(
             slot=slot,
             service_name=self.config.service_name(slot),
             status=service.get("status", "UNKNOWN"),
@@ -573,7 +568,7 @@ class EcsDeployer:
         desired_count: int = 1,
         *,
         force: bool = False,
-    ) -> SlotInfo:
+    ) -> EcsSlotStatus:
         """Deploy model ``version`` to ``slot`` and wait until it is stable (and healthy in its target group).
 
         Refuses a slot that is serving traffic unless ``force``: replacing the live version
@@ -602,7 +597,7 @@ class EcsDeployer:
         logger.info("slot %s: %s at %d task(s), waiting for stability", slot, task_definition_arn, desired_count)
         return self.wait_until_stable(slot, task_definition_arn, desired_count)
 
-    def wait_until_stable(self, slot: str, task_definition_arn: str, desired_count: int) -> SlotInfo:
+    def wait_until_stable(self, slot: str, task_definition_arn: str, desired_count: int) -> EcsSlotStatus:
         """Poll until ``slot`` runs ``desired_count`` tasks of ``task_definition_arn``; return its state.
 
         With ``config.wait_for_healthy_targets`` the slot must also have ``desired_count``
@@ -638,7 +633,7 @@ class EcsDeployer:
             logger.debug("slot %s not stable yet: %s", slot, reason)
             self._sleep(min(self.config.poll_interval_seconds, remaining))
 
-    def stop_slot(self, slot: str, *, force: bool = False) -> SlotInfo:
+    def stop_slot(self, slot: str, *, force: bool = False) -> EcsSlotStatus:
         """Scale ``slot``'s service to zero tasks; refuses a slot that carries traffic unless ``force``."""
         _check_slot(slot)
         operation = "stop_slot"
@@ -659,7 +654,7 @@ class EcsDeployer:
             operation, slot, updated, assess_service_stability(updated, updated.get("taskDefinition"), 0)
         )
 
-    def slot_health(self, slot: str) -> SlotInfo:
+    def slot_health(self, slot: str) -> EcsSlotStatus:
         """Running counts, rollout state and target health of ``slot``, against what it was asked to run."""
         _check_slot(slot)
         operation = "slot_health"
@@ -773,11 +768,11 @@ class EcsDeployer:
             100 if to_slot == "green" else 0,
         )
 
-    def finalize(self, new_slot: str) -> dict[str, SlotInfo]:
+    def finalize(self, new_slot: str) -> dict[str, EcsSlotStatus]:
         """Make ``new_slot`` the only live slot: all traffic to it, the other slot scaled to zero."""
         _check_slot(new_slot)
         self.switch_all(new_slot)
-        old = self.stop_slot(_other(new_slot))
+        old = self.stop_slot(other_slot(new_slot))
         return {new_slot: self.slot_health(new_slot), old.slot: old}
 
 
@@ -841,7 +836,7 @@ class EcsBackend:
             return SlotCheck(slot, False, f"service not serving: {info.reason}; targets {info.target_states}")
         if expected_version is not None and info.version != str(expected_version):
             return SlotCheck(slot, False, f"service runs version {info.version}, expected {expected_version}")
-        return _http_ready_check(slot, self.endpoints[slot], expected_version, self.token)
+        return http_ready_check(slot, self.endpoints[slot], expected_version, self.token)
 
     def set_weights(self, weights: Mapping[str, int]) -> Mapping[str, int]:
         return self.deployer.set_traffic_weights(int(weights["blue"]), int(weights["green"]))

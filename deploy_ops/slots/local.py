@@ -35,8 +35,9 @@ import requests
 
 from deploy_ops.models.registry import ModelRegistry, ModelVersion
 from deploy_ops.procs import pid_running
-from deploy_ops.slots.backend import SlotCheck, _http_ready_check
-from deploy_ops.state import SLOTS, DeploymentStateStore, SlotInfo, StateError
+from deploy_ops.slots.backend import SlotCheck, http_ready_check
+from deploy_ops.slots.names import SLOTS
+from deploy_ops.state import DeploymentStateStore, SlotRecord, StateError
 
 #: Resolves a registry model version to ``(local bundle path, sha256)``.
 ModelResolver = Callable[[str], "tuple[str, str]"]
@@ -137,7 +138,7 @@ class LocalDeployer:
     # -- start -----------------------------------------------------------------------------------
     def start_version(
         self, slot: str, version: str, *, port: int | None = None, env: Mapping[str, str | None] | None = None
-    ) -> SlotInfo:
+    ) -> SlotRecord:
         """Resolve a registry version through the resolver given at construction, then start it."""
         if self.resolver is None:
             raise RuntimeError("this LocalDeployer has no resolver: pass resolver=... or call start_slot with a path")
@@ -154,7 +155,7 @@ class LocalDeployer:
         env: Mapping[str, str | None] | None = None,
         *,
         force: bool = False,
-    ) -> SlotInfo:
+    ) -> SlotRecord:
         """Launch the serving process for ``slot`` and return once it is ready.
 
         ``port=None`` picks a free port. ``env`` adds variables to the child's environment (a
@@ -194,7 +195,7 @@ class LocalDeployer:
     def _start_once(
         self, slot: str, model_path: Path, sha256: str, version: str, port: int,
         env: Mapping[str, str | None] | None,
-    ) -> SlotInfo:
+    ) -> SlotRecord:
         log_path = self.log_path(slot)
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start slot={slot} version={version} "
@@ -291,7 +292,7 @@ class LocalDeployer:
             time.sleep(0.05)
 
     # -- stop ------------------------------------------------------------------------------------
-    def stop_slot(self, slot: str, *, grace: float | None = None, force: bool = False) -> SlotInfo | None:
+    def stop_slot(self, slot: str, *, grace: float | None = None, force: bool = False) -> SlotRecord | None:
         """SIGTERM the slot's process group, SIGKILL after ``grace`` seconds, record it stopped.
 
         Refuses (SlotInUseError) while traffic is routed to a live slot unless ``force=True``.
@@ -479,7 +480,7 @@ class LocalBackend:
         if not health.healthy:
             return SlotCheck(slot, False, health.detail)
         info = self.deployer.state.get_slot(slot)
-        return _http_ready_check(slot, info.url if info else None, expected_version, self.token)
+        return http_ready_check(slot, info.url if info else None, expected_version, self.token)
 
     def set_weights(self, weights: Mapping[str, int]) -> None:
         return None

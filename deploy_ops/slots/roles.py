@@ -1,22 +1,11 @@
-"""The slots' roles: the other slot, the live slot (the ready slot serving production), and the
-ALB weights that give a slot a share of requests.
+"""The slots' roles: the live slot (the ready slot serving production) and the ALB weights that
+give a slot a share of requests. The names themselves are in :mod:`deploy_ops.slots.names`.
 """
 from __future__ import annotations
 
 from deploy_ops.models.registry import ModelVersion
-from deploy_ops.state import (
-    DEFAULT_ROUTE,
-    SLOTS,
-    DeploymentStateStore,
-    StateError,
-)
-
-
-def other_slot(slot: str) -> str:
-    """The other physical slot."""
-    if slot not in SLOTS:
-        raise StateError(f"unknown slot {slot!r}; slots are {SLOTS}")
-    return "green" if slot == "blue" else "blue"
+from deploy_ops.slots.names import SLOTS, other_slot
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 
 
 def weights_for(candidate: str, candidate_percent: int) -> dict[str, int]:

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
+from autotrader_assets.defs.deployment.report import rollout_markdown
 from autotrader_assets.settings import Thresholds
 from deploy_ops.serving.client import RoutedClient, ServingClient
 from deploy_ops.slots.local import LocalDeployer
@@ -279,7 +280,7 @@ def test_clean_rollout_to_100_percent(stack):
 
     report = controller.run(v2.version, traffic_source)
 
-    assert report.outcome == "succeeded", report.markdown()
+    assert report.outcome == "succeeded", rollout_markdown(report)
     assert (report.mode, report.live_slot, report.candidate_slot) == ("blue_green", "blue", "green")
     assert [s.stage for s in report.stages] == [
         "pre_deploy_checks", "deploy", "smoke_test", *TRAFFIC_STAGES, "finalize"]
@@ -296,7 +297,7 @@ def test_clean_rollout_to_100_percent(stack):
         assert abs(stage.sharpe["candidate"] - stage.sharpe["live"]) <= 0.2 * stage.sharpe["live"]
         assert {g.gate for g in stage.gates} >= {"health", "error_rate", "p99_latency_ms", "sharpe"}
     assert report.stage("smoke_test").gate("known_answer").value < 1e-5
-    assert "| canary | pass |" in report.markdown()
+    assert "| canary | pass |" in rollout_markdown(report)
     assert json.loads(report.to_json())["outcome"] == "succeeded"
 
     assert stack.registry.get_production().version == v2.version
@@ -316,7 +317,7 @@ def test_bootstrap_then_next_rollout_goes_to_the_other_slot(stack):
     v1 = register(stack.registry, logistic_bundle(3.0))
     controller = controller_for(stack)
     first = controller.run(v1.version, traffic_source)
-    assert first.outcome == "succeeded", first.markdown()
+    assert first.outcome == "succeeded", rollout_markdown(first)
     assert (first.mode, first.candidate_slot, first.live_slot) == ("bootstrap", "blue", None)
     assert [s.stage for s in first.stages] == ["pre_deploy_checks", "deploy", "smoke_test", "bootstrap", "finalize"]
     boot = first.stage("bootstrap")
@@ -328,7 +329,7 @@ def test_bootstrap_then_next_rollout_goes_to_the_other_slot(stack):
 
     v2 = register(stack.registry, logistic_bundle(3.0, bias=-0.02))
     second = controller.run(v2.version, traffic_source)
-    assert second.outcome == "succeeded", second.markdown()
+    assert second.outcome == "succeeded", rollout_markdown(second)
     assert (second.live_slot, second.candidate_slot) == ("blue", "green")
     assert stack.state.get_slot("blue").status == "stopped"
     assert controller.live_slot() == "green"
@@ -341,7 +342,7 @@ def test_green_returning_errors_rolls_back_at_the_canary(stack):
     report = controller_for(stack).run(v2.version, traffic_source,
                                        candidate_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.25"})
 
-    assert report.outcome == "rolled_back", report.markdown()
+    assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
     gate = report.stage("canary").gate("error_rate")
     assert not gate.passed and gate.value > 0.01 and "injected fault" in gate.detail
@@ -372,7 +373,7 @@ def test_green_killed_mid_rollout_rolls_back_and_blue_never_fails(stack):
 
     report = controller_for(stack, progress=kill_green_at_25).run(v2.version, traffic_source)
 
-    assert killed and report.outcome == "rolled_back", report.markdown()
+    assert killed and report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "pct_25"
     assert [s.stage for s in report.stages if s.passed][-1] == "canary"
     health = report.stage("pct_25").gate("health")
@@ -392,7 +393,7 @@ def test_slow_green_trips_the_p99_gate(stack):
     serve_production(stack, logistic_bundle(3.0))
     v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
     report = controller_for(stack).run(v2.version, traffic_source, candidate_env={"AUTOTRADER_FAULT_LATENCY_MS": "260"})
-    assert report.outcome == "rolled_back", report.markdown()
+    assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
     gate = report.stage("canary").gate("p99_latency_ms")
     assert not gate.passed and gate.value > 250 and gate.threshold == 200
@@ -407,7 +408,7 @@ def test_worse_model_trips_the_sharpe_gate(stack):
     v1 = serve_production(stack, logistic_bundle(3.0))
     anti = register(stack.registry, logistic_bundle(-3.0))
     report = controller_for(stack).run(anti.version, traffic_source)
-    assert report.outcome == "rolled_back", report.markdown()
+    assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
     canary = report.stage("canary")
     assert canary.gate("error_rate").passed and canary.gate("p99_latency_ms").passed
@@ -587,7 +588,7 @@ def test_ecs_rollout_walks_the_alb_weights_and_scales_blue_to_zero(tmp_path, aws
 
         report = RolloutController(s.registry, s.state, s.backend, rollout_policy(), progress=record).run(
             s.v2.version, traffic_source)
-        assert report.outcome == "succeeded", report.markdown()
+        assert report.outcome == "succeeded", rollout_markdown(report)
         assert {k: v["green"] for k, v in weights.items()} == {"canary": 10, "pct_25": 25, "pct_50": 50, "pct_100": 100}
         assert report.stage("canary").server["alb_weights"] == {"blue": 90, "green": 10}
         assert aws.deployer.current_weights() == {"blue": 0, "green": 100}
@@ -604,7 +605,7 @@ def test_ecs_rollback_returns_weights_to_blue_and_scales_green_to_zero(tmp_path,
     s = _ecs_stack(tmp_path, aws, green_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.3"})
     try:
         report = RolloutController(s.registry, s.state, s.backend, rollout_policy()).run(s.v2.version, traffic_source)
-        assert report.outcome == "rolled_back", report.markdown()
+        assert report.outcome == "rolled_back", rollout_markdown(report)
         assert report.failed_stage == "canary"
         assert aws.deployer.current_weights() == {"blue": 100, "green": 0}
         assert (_desired(aws, "blue"), _desired(aws, "green")) == (1, 0)

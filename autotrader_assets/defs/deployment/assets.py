@@ -10,6 +10,7 @@ from pydantic import Field
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource, resolve_version
 from autotrader_assets.resources import RegistryResource, WarehouseResource
+from autotrader_assets.defs.deployment.report import rollout_markdown
 from deploy_ops.rollout.reports import RolloutReport, StageReport
 
 DEPLOYMENT_GROUP = "deployment"
@@ -34,7 +35,7 @@ def rollout_metadata(report: RolloutReport) -> dict[str, Any]:
         "previous_version": report.previous_version if report.previous_version is not None else "-",
         "failed_stage": report.failed_stage or "-",
         "reason": report.reason or "-",
-        "gate_readings": dg.MetadataValue.md(report.markdown()),
+        "gate_readings": dg.MetadataValue.md(rollout_markdown(report)),
         "report": dg.MetadataValue.json(json.loads(report.to_json())),
     }
 
