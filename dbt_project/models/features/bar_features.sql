@@ -125,7 +125,8 @@ features as (
         rv_60,
         case
             when avg_gain_14 + avg_loss_14 = 0 then 50.0
-            else 100.0 * avg_gain_14 / (avg_gain_14 + avg_loss_14)
+            -- the ratio first: (100 * g) / g can round to 100.00000000000001, g / g is exactly 1
+            else 100.0 * (avg_gain_14 / (avg_gain_14 + avg_loss_14))
         end as rsi_14,
         macd_raw as macd,
         macd_signal_raw as macd_signal,
