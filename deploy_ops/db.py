@@ -1,8 +1,11 @@
-"""SQLAlchemy engines for the registry and deployment-state stores (SQLite or PostgreSQL)."""
+"""What the SQL stores (registry, deployment state, breaker, leases) share: one engine per URL
+(SQLite or PostgreSQL), UTC timestamps, and the JSON encoding of detail columns."""
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -38,3 +41,35 @@ def make_engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, future=True)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware in UTC (what every timestamp column stores)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A timestamp read back from a store, in UTC. SQLite hands back naive datetimes; everything is
+    written in UTC, so a naive value is UTC; None stays None."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for detail columns: numpy scalars and arrays, dates, paths and sets
+    show up in metrics, lineage and event details and are stored as their plain JSON equivalents;
+    anything else is a caller bug (TypeError)."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy_ops.db import utcnow
 from deploy_ops.models.registry import ARCHIVED, FAILED, PRODUCTION, STAGING, ModelRegistry, ModelVersion
 from deploy_ops.rollout.leases import LeaseStore
 from deploy_ops.rollout.recovery import recover_interrupted
@@ -34,7 +35,7 @@ from deploy_ops.serving.client import ServingClient, ServingError
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
-from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore, utcnow
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
 
 
 class RollbackError(RuntimeError):

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from deploy_ops.db import make_engine
+from deploy_ops.db import as_utc, json_default, make_engine, utcnow
 from deploy_ops.slots.names import SLOTS
 
 SLOT_STATUSES: tuple[str, ...] = ("starting", "ready", "stopped", "failed")
@@ -124,18 +124,6 @@ class DeploymentNotFoundError(LookupError):
     """No deployment with that id."""
 
 
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware in UTC (what every column stores)."""
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back naive datetimes; everything written here is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
-
-
 def _check_slot(slot: str) -> str:
     if slot not in SLOTS:
         raise StateError(f"unknown slot {slot!r}; slots are {SLOTS}")
@@ -199,21 +187,21 @@ class Deployment:
 def _slot_from_row(row: Any) -> SlotRecord:
     return SlotRecord(
         slot=row.slot, status=row.status, version=row.version, url=row.url, host=row.host,
-        port=row.port, pid=row.pid, updated_at=_aware(row.updated_at),
+        port=row.port, pid=row.pid, updated_at=as_utc(row.updated_at),
     )
 
 
 def _event_from_row(row: Any) -> Event:
     return Event(
-        id=row.id, at=_aware(row.at), kind=row.kind, severity=row.severity,
+        id=row.id, at=as_utc(row.at), kind=row.kind, severity=row.severity,
         message=row.message, details=dict(row.details or {}),
     )
 
 
 def _deployment_from_row(row: Any) -> Deployment:
     return Deployment(
-        id=row.id, version=row.version, slot=row.slot, started_at=_aware(row.started_at),
-        status=row.status, stage=row.stage, finished_at=_aware(row.finished_at), reason=row.reason,
+        id=row.id, version=row.version, slot=row.slot, started_at=as_utc(row.started_at),
+        status=row.status, stage=row.stage, finished_at=as_utc(row.finished_at), reason=row.reason,
     )
 
 
@@ -369,7 +357,7 @@ class DeploymentStateStore:
         details = dict(details or {})
         try:
             # Round-trip so what is stored is exactly what readers get back, and NaN (not JSON) fails here.
-            details = json.loads(json.dumps(details, allow_nan=False, default=_json_default))
+            details = json.loads(json.dumps(details, allow_nan=False, default=json_default))
         except (TypeError, ValueError) as exc:
             raise StateError(f"event details must be JSON-serialisable: {exc}") from exc
         at = utcnow()
@@ -499,10 +487,3 @@ class DeploymentStateStore:
         return _deployment_from_row(row)
 
 
-def _json_default(value: Any) -> Any:
-    # numpy scalars and datetimes show up in rollout metrics; anything else is a caller bug.
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

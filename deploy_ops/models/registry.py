@@ -38,13 +38,12 @@ import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import sqlalchemy as sa
 
+from deploy_ops.db import as_utc, json_default, make_engine, utcnow
 from deploy_ops.models.artifacts import ArtifactStore, open_artifact_store
-from deploy_ops.db import make_engine
 from deploy_ops.models.bundle import ModelBundle
 
 CANDIDATE = "candidate"
@@ -272,7 +271,7 @@ class ModelRegistry:
         # The artifact is written before the row: if the insert fails, an unreferenced
         # content-addressed file is harmless, whereas a row without its artifact is not.
         uri, sha = self.artifacts.put(bundle.to_bytes())
-        now = _now()
+        now = utcnow()
         with self._write() as conn:
             version = conn.execute(
                 model_versions.insert()
@@ -436,7 +435,7 @@ class ModelRegistry:
             return [
                 StageChange(
                     id=r.id, version=r.version, from_stage=r.from_stage, to_stage=r.to_stage,
-                    action=r.action, actor=r.actor, reason=r.reason, at=_utc(r.at),
+                    action=r.action, actor=r.actor, reason=r.reason, at=as_utc(r.at),
                 )
                 for r in conn.execute(query)
             ]
@@ -450,7 +449,7 @@ class ModelRegistry:
             return [
                 AuditEntry(
                     id=r.id, action=r.action, version=r.version, actor=r.actor, reason=r.reason,
-                    details=json.loads(r.details), at=_utc(r.at),
+                    details=json.loads(r.details), at=as_utc(r.at),
                 )
                 for r in conn.execute(query)
             ]
@@ -540,7 +539,7 @@ class ModelRegistry:
             )
             if result.rowcount != 1:
                 raise RegistryError(f"version {version} is no longer {from_stage}; retry the operation")
-        self._record(conn, mutation, _now())
+        self._record(conn, mutation, utcnow())
 
     def _record(self, conn: sa.Connection, mutation: _Mutation, at: dt.datetime) -> None:
         audit_id = conn.execute(
@@ -613,27 +612,11 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _json_default(value: Any) -> Any:
-    # numpy scalars and arrays, dates and paths show up in metrics and lineage; store them as
-    # their plain JSON equivalents rather than rejecting them.
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return value.tolist()
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
 def _to_json(value: Any, what: str) -> str:
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a mapping, got {type(value).__name__}")
     try:
-        text = json.dumps(dict(value), sort_keys=True, default=_json_default, allow_nan=False)
+        text = json.dumps(dict(value), sort_keys=True, default=json_default, allow_nan=False)
     except ValueError as exc:
         bad = _non_finite_keys(value)
         raise ValueError(
@@ -658,17 +641,6 @@ def _non_finite_keys(value: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; everything is written in UTC, so say so.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
-
-
 def _row_to_version(row: Any) -> ModelVersion:
     return ModelVersion(
         version=row.version,
@@ -679,6 +651,6 @@ def _row_to_version(row: Any) -> ModelVersion:
         lineage=json.loads(row.lineage),
         artifact_uri=row.artifact_uri,
         sha256=row.sha256,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         description=row.description or "",
     )

@@ -63,6 +63,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import requests
 
+from deploy_ops.db import utcnow
 from deploy_ops.models.bundle import ModelBundle
 from deploy_ops.models.registry import PRODUCTION, STAGING, ModelRegistry, ModelVersion, RegistryError
 from deploy_ops.rollout.errors import RetireError, RolloutError, RolloutPreempted
@@ -90,7 +91,7 @@ from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
-from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, StateError, utcnow
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, StateError
 
 #: Progress callback: (stage name, None) when a stage starts, (stage name, report) when it ends.
 ProgressCallback = Callable[[str, "StageReport | None"], None]

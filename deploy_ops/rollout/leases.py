@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from deploy_ops.db import as_utc, utcnow
 from deploy_ops.procs import pid_running
-from deploy_ops.state import (
-    DeploymentStateStore,
-    utcnow,
-)
+from deploy_ops.state import DeploymentStateStore
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ class LeaseStore:
             row = conn.execute(sa.select(leases_table).where(leases_table.c.deployment_id == deployment_id)).one_or_none()
         if row is None:
             return None
-        at = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=dt.timezone.utc)
+        at = as_utc(row.heartbeat_at)
         return Lease(row.deployment_id, row.owner_host, row.owner_pid, at, row.mode, row.version,
                      row.live_slot, row.candidate_slot, row.previous_version)
 

@@ -34,8 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from deploy_ops.db import make_engine
-from deploy_ops.state import DeploymentStateStore, utcnow
+from deploy_ops.db import as_utc, json_default, make_engine, utcnow
+from deploy_ops.state import DeploymentStateStore
 
 #: Event-log kinds written here (sensors filter on them).
 TRIP_EVENT = "circuit_breaker_tripped"
@@ -303,25 +303,11 @@ def _utc(value: Any, what: str) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
-
-
 def _json_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
     if details is not None and not isinstance(details, Mapping):
         raise BreakerError(f"details must be a mapping, got {type(details).__name__}")
-
-    def default(value: Any) -> Any:
-        if isinstance(value, (dt.datetime, dt.date, pd.Timestamp)):
-            return value.isoformat()
-        if isinstance(value, np.generic):
-            return value.item()
-        raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
     try:
-        return json.loads(json.dumps(dict(details or {}), allow_nan=False, default=default))
+        return json.loads(json.dumps(dict(details or {}), allow_nan=False, default=json_default))
     except (TypeError, ValueError) as exc:
         raise BreakerError(f"breaker details must be JSON-serialisable without NaN: {exc}") from exc
 
@@ -379,10 +365,10 @@ class BreakerStore:
             trip_id=row.trip_id,
             reason=row.reason,
             details=dict(row.details) if row.details is not None else None,
-            tripped_at=_aware(row.tripped_at),
-            recorded_at=_aware(row.recorded_at),
+            tripped_at=as_utc(row.tripped_at),
+            recorded_at=as_utc(row.recorded_at),
             event_id=row.event_id,
-            reset_at=_aware(row.reset_at),
+            reset_at=as_utc(row.reset_at),
             reset_by=row.reset_by,
             reset_reason=row.reset_reason,
         )
@@ -396,7 +382,7 @@ class BreakerStore:
             rows = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(limit)).all()
         return [
             BreakerRecord(
-                id=r.id, action=r.action, recorded_at=_aware(r.recorded_at), market_at=_aware(r.market_at),
+                id=r.id, action=r.action, recorded_at=as_utc(r.recorded_at), market_at=as_utc(r.market_at),
                 reason=r.reason, details=dict(r.details or {}), approved_by=r.approved_by, trip_id=r.trip_id,
             )
             for r in rows
@@ -417,7 +403,7 @@ class BreakerStore:
         resets = sa.select(t.c.trip_id).where(t.c.action == "reset")
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.market_at).where(t.c.action == "trip", t.c.id.in_(resets))).all()
-        return frozenset(pd.Timestamp(_aware(r.market_at)) for r in rows)
+        return frozenset(pd.Timestamp(as_utc(r.market_at)) for r in rows)
 
     # -- changing --------------------------------------------------------------------------------
     def trip(self, reason: str, details: Mapping[str, Any] | None = None, at: Any = None) -> TripOutcome:
