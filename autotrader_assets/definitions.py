@@ -32,6 +32,12 @@ from autotrader_assets.defs.deployment import (
     deployment_resource,
     deployment_sensors,
 )
+from autotrader_assets.defs.monitoring import (
+    monitoring_assets,
+    monitoring_jobs,
+    monitoring_schedules,
+    monitoring_sensors,
+)
 from autotrader_assets.defs.trading import (
     trading_assets,
     trading_checks,
@@ -93,11 +99,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or get_settings()
     check_partitions_match(s)
     return dg.Definitions(
-        assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets],
+        assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets,
+                *monitoring_assets],
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],
-        jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs],
-        schedules=[*market_data_schedules, *training_schedules, *trading_schedules],
-        sensors=[*deployment_sensors, *trading_sensors],
+        jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs, *monitoring_jobs],
+        schedules=[*market_data_schedules, *training_schedules, *trading_schedules, *monitoring_schedules],
+        sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,
     )

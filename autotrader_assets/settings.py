@@ -310,6 +310,9 @@ class Thresholds:
     # drift (PSI)
     psi_warn: float = 0.2
     psi_critical: float = 0.3
+    # model health (model_health): mean of max(p, 1-p) over 2-hour windows, win rate over 4-hour windows
+    min_confidence: float = 0.6
+    min_win_rate: float = 0.5
     # promotion gates
     min_auc: float = 0.51
     min_sharpe_no_production: float = 0.0

@@ -13,7 +13,7 @@ from autotrader_assets.settings import SettingsError, Thresholds, load_settings
 
 ASSETS = {
     "market_bars", "stg_market_bars", "bar_features", "training_dataset", "candidate_model", "registered_model",
-    "production_deployment", "paper_trading", "trading_performance",
+    "production_deployment", "paper_trading", "trading_performance", "feature_drift", "model_health",
 }
 CHECKS = {
     ("market_bars", "market_bars_schema"), ("market_bars", "market_bars_completeness"),
@@ -31,16 +31,19 @@ CHECKS = {
     ("candidate_model", "auc_floor"), ("candidate_model", "sharpe_vs_production"),
     ("candidate_model", "max_drawdown"), ("candidate_model", "weights_finite"),
     ("candidate_model", "output_shape_range"), ("candidate_model", "leakage"),
-    ("paper_trading", "circuit_breaker"),
+    ("paper_trading", "circuit_breaker"), ("feature_drift", "feature_drift_psi"),
 }
 JOBS = {
     "data_pipeline", "data_rollback", "market_data_freshness", "training_job", "deployment_pipeline",
-    "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report",
+    "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report", "health_check",
 }
-SENSORS = {"deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor"}
+SENSORS = {
+    "deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
+    "data_pipeline_failure_sensor",
+}
 SCHEDULES = {
     "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
-    "weekly_performance_report",
+    "weekly_performance_report", "health_check_every_15_minutes",
 }
 
 

@@ -27,7 +27,6 @@ off that value.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -254,9 +253,6 @@ def drift_against(
         out.append(feature_psi(name, edges[name], current[name], proportions.get(name)))
     return DriftResult(version=version, features=out, missing_reference=missing)
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from autotrader_assets.defs.monitoring.psi import fit_reference
 from autotrader_assets.defs.training.evaluate import BacktestConfig, Evaluation, evaluate_bundle, predict
 from autotrader_assets.defs.training.splits import WalkForwardPlan, purged_walk_forward
 from autotrader_assets.defs.training.train import (
@@ -98,16 +99,12 @@ class CandidateOutcome:
 
 
 def feature_reference(frame: pd.DataFrame, feature_columns: Sequence[str], n_bins: int = 10) -> dict[str, Any]:
-    """Quantile bin edges of each feature on the training rows, kept in the bundle so drift
-    monitoring can compute PSI against exactly the data the model learned from."""
+    """Quantile bin edges of each feature on the training rows and the rows' proportions in
+    those bins, kept in the bundle so drift monitoring computes PSI against exactly the data the
+    model learned from (the convention: ``defs/monitoring/psi.py``)."""
     if frame.empty:
         raise ValueError("no rows to describe")
-    qs = np.linspace(0.0, 1.0, n_bins + 1)
-    edges = {}
-    for col in feature_columns:
-        values = frame[col].to_numpy(dtype=np.float64)
-        edges[col] = [float(v) for v in np.quantile(values, qs)]
-    return {"n_rows": int(len(frame)), "n_bins": n_bins, "quantile_edges": edges}
+    return fit_reference({col: frame[col].to_numpy(dtype=np.float64) for col in feature_columns}, n_bins)
 
 
 def _evaluate_production(
