@@ -35,7 +35,7 @@ def _refusals() -> tuple[type[BaseException], ...]:
     from deploy_ops.models.registry import RegistryError
     from deploy_ops.rollback import RollbackError
     from deploy_ops.rollout.errors import RolloutError
-    from deploy_ops.slots.ecs import DeploymentError
+    from deploy_ops.slots.ecs.errors import DeploymentError
     from deploy_ops.slots.local import MissingTokenError, SlotInUseError, SlotStartError
     from deploy_ops.state import DeploymentInProgressError, StateError
 

@@ -299,7 +299,7 @@ class RolloutController:
         try:
             url = self.backend.start(candidate, mv, env=env)
         except Exception as exc:  # a slot that cannot load the model is the model's failure
-            from deploy_ops.slots.ecs import DeploymentError
+            from deploy_ops.slots.ecs.errors import DeploymentError
             from deploy_ops.slots.local import SlotInUseError, SlotStartError
 
             if not isinstance(exc, (SlotStartError, DeploymentError)) or isinstance(exc, SlotInUseError):

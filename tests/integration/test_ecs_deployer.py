@@ -17,12 +17,10 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from deploy_ops.slots.ecs import (
-    DeploymentError,
-    EcsDeployer,
-    EcsDeployerConfig,
-    assess_service_stability,
-)
+from deploy_ops.slots.ecs.config import EcsDeployerConfig
+from deploy_ops.slots.ecs.deployer import EcsDeployer
+from deploy_ops.slots.ecs.errors import DeploymentError
+from deploy_ops.slots.ecs.status import assess_service_stability
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -510,7 +510,8 @@ def aws(monkeypatch):
     import boto3
     from moto import mock_aws
 
-    from deploy_ops.slots.ecs import EcsDeployer, EcsDeployerConfig
+    from deploy_ops.slots.ecs.config import EcsDeployerConfig
+    from deploy_ops.slots.ecs.deployer import EcsDeployer
 
     with mock_aws():
         region = "us-east-1"
@@ -550,7 +551,7 @@ def aws(monkeypatch):
 def _ecs_stack(tmp_path, aws, green_env=None):
     """Registry artifacts on (moto) S3; ECS services on moto; the containers' serving app runs as
     local processes behind the per-slot endpoints, since moto runs no containers."""
-    from deploy_ops.slots.ecs import EcsBackend
+    from deploy_ops.slots.ecs.backend import EcsBackend
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     registry = open_registry(url, "s3://autotrader-models/models")

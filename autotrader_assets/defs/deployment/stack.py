@@ -22,7 +22,7 @@ import pandas as pd
 
 from autotrader_assets.settings import Settings, SettingsError
 from deploy_ops.models.registry import ModelRegistry, open_registry
-from deploy_ops.slots.ecs import EcsBackend
+from deploy_ops.slots.ecs.backend import EcsBackend
 from deploy_ops.slots.local import LocalBackend
 from deploy_ops.rollout.controller import ProgressCallback, RolloutController
 from deploy_ops.rollout.policy import RolloutPolicy
@@ -100,7 +100,8 @@ def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry
                                  instruments=instruments)
         return LocalBackend(deployer, registry)
     if kind == "ecs":
-        from deploy_ops.slots.ecs import EcsDeployer, EcsDeployerConfig
+        from deploy_ops.slots.ecs.config import EcsDeployerConfig
+        from deploy_ops.slots.ecs.deployer import EcsDeployer
 
         document = parse_ecs_config(ecs_config)
         try:
