@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK_DIR = ROOT / "docs" / "runbooks"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 #: The procedures the project promises a runbook for.
-REQUIRED_RUNBOOKS = ("deploy-a-model.md", "rollback.md", "circuit-breaker.md", "data-restore.md", "serving-slots.md")
+REQUIRED_RUNBOOKS = (
+    "deploy-a-model.md", "rollback.md", "circuit-breaker.md", "data-restore.md", "serving-slots.md", "feature-drift.md",
+)
 DEFINITIONS_MODULE = "autotrader_assets.definitions"
 
 # Fenced blocks, also indented ones (inside list items): group 1 is the indent, 2 the language.

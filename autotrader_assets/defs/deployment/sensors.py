@@ -6,6 +6,7 @@ import dagster as dg
 from autotrader_assets.defs.deployment.jobs import deployment_pipeline
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.resources import RegistryResource
+from deploy_ops import events
 from deploy_ops.rollback import ensure_production_serving
 
 DEPLOYMENT_ASSET = dg.AssetKey("production_deployment")
@@ -33,9 +34,10 @@ def deployment_failure_sensor(
         return
     stack = deployment.open(registry.open())
     message = context.failure_event.message or "run failed"
-    stack.state.record_event(
-        "deployment_run_failed", f"deployment run {run.run_id} ({run.job_name}) failed: {message}"[:2000],
-        severity="critical", details={"run_id": run.run_id, "job": run.job_name, "message": message[:2000]},
+    events.record(
+        stack.state, "deployment_run_failed", "critical",
+        f"deployment run {run.run_id} ({run.job_name}) failed: {message}",
+        {"run_id": run.run_id, "job": run.job_name, "message": message[:2000]},
     )
     report = ensure_production_serving(
         stack.registry, stack.state, stack.backend, actor=f"sensor:{context.sensor_name}",

@@ -177,7 +177,11 @@ def data_pipeline_failure_sensor(context: dg.RunFailureSensorContext, registry: 
     step = steps[0].step_key if steps else None
     error = None
     if steps and steps[0].event_specific_data is not None and steps[0].event_specific_data.error is not None:
-        error = steps[0].event_specific_data.error.message.strip()
+        # Dagster wraps the op's exception ("Error occurred while executing op ..."); the cause says what broke.
+        info = steps[0].event_specific_data.error
+        while info.cause is not None:
+            info = info.cause
+        error = info.message.strip()
     error = error or context.failure_event.message or "run failed"
     events.record(state, "run_failed", "warning",
                   f"run {run.run_id} of {run.job_name} failed" + (f" at step {step}" if step else "") + f": {error}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from deploy_ops import events as ops_events
 from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStatus, BreakerStore
 
 ALERT_EVENT = "circuit_breaker_alert"
@@ -58,11 +59,10 @@ def pending_rollbacks(
             "run_key": run_key,
             "trip_event_id": event.id,
         }
-        store.events.record_event(
-            ALERT_EVENT,
-            f"circuit breaker tripped ({status.reason}); requesting {job_name}",
-            severity="critical",
-            details=alert,
+        # The common event shape (kind, severity, summary, details, runbook) that alerting routes on.
+        ops_events.record(
+            store.events, ALERT_EVENT, "critical",
+            f"circuit breaker tripped ({status.reason}); requesting {job_name}", alert,
         )
         requests.append(
             RollbackRequest(
