@@ -15,6 +15,7 @@ import dagster as dg
 import duckdb
 
 from autotrader_assets.settings import Settings, get_settings
+from deploy_ops.text import DETAIL, truncate
 
 
 class WarehouseBusyError(RuntimeError):
@@ -31,7 +32,7 @@ def _lock_holder(message: str) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         cmd = ""
-    return f"PID {pid}" + (f" ({cmd[:300]})" if cmd else "")
+    return f"PID {pid}" + (f" ({truncate(cmd, DETAIL)})" if cmd else "")
 
 
 def connect_waiting(path: str, read_only: bool = False, timeout_s: float = 300.0) -> duckdb.DuckDBPyConnection:

@@ -36,6 +36,7 @@ from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
+from deploy_ops.text import MESSAGE, truncate
 
 
 class RollbackError(RuntimeError):
@@ -148,9 +149,9 @@ def manual_rollback(
         cleanup = _stop_reporting(backend, slot, force=live is None)
         message = f"rollback to version {mv.version} failed before switching traffic: {exc}" + (
             f"; stopping slot {slot} also failed: {cleanup}" if cleanup else f"; slot {slot} stopped")
-        state.finish_deployment(report.deployment_id, "failed", reason=message[:2000])
-        state.record_event("model_rollback_failed", message[:2000], severity="critical",
-                           details={**report.to_dict(), "error": str(exc)[:2000]})
+        state.finish_deployment(report.deployment_id, "failed", reason=truncate(message, MESSAGE))
+        state.record_event("model_rollback_failed", truncate(message, MESSAGE), severity="critical",
+                           details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
         raise RollbackError(message) from exc
     if not reserve:
         registry.rollback(mv.version, actor=actor, reason=reason, mark_failed=mark_current_failed)
@@ -160,9 +161,9 @@ def manual_rollback(
         )
     _switch_and_retire(state, backend, slot, report, force_stop=False)
     report.finished_at = utcnow().isoformat()
-    state.finish_deployment(report.deployment_id, "succeeded", reason=f"manual rollback by {actor}: {reason}"[:2000])
+    state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(f"manual rollback by {actor}: {reason}", MESSAGE))
     state.record_event(
-        "model_rollback", f"{actor} rolled production back to version {mv.version}: {reason}"[:2000],
+        "model_rollback", truncate(f"{actor} rolled production back to version {mv.version}: {reason}", MESSAGE),
         severity="warning", details=report.to_dict(),
     )
     return report
@@ -188,7 +189,7 @@ def emergency_rollback(
     preempted = None
     if running is not None:
         preempted = f"deployment {running.id} of version {running.version} (stage {running.stage})"
-        state.finish_deployment(running.id, "failed", reason=f"preempted by emergency rollback ({actor}): {reason}"[:2000])
+        state.finish_deployment(running.id, "failed", reason=truncate(f"preempted by emergency rollback ({actor}): {reason}", MESSAGE))
 
     slots = state.slots()
     ready = [s for s in SLOTS if s in slots and slots[s].version == str(target.version)
@@ -219,14 +220,14 @@ def emergency_rollback(
             registry.promote(target.version, PRODUCTION, actor=actor, reason=f"emergency: {reason}")
             report.actions.append(f"registry production -> {target.version}")
     except Exception as exc:  # emergency: say exactly what got done before the failure
-        state.finish_deployment(report.deployment_id, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
-        state.record_event("emergency_rollback_failed", f"emergency rollback to {target.version} failed: {exc}"[:2000],
-                           severity="critical", details={**report.to_dict(), "error": str(exc)[:2000]})
+        state.finish_deployment(report.deployment_id, "failed", reason=truncate(f"{type(exc).__name__}: {exc}", MESSAGE))
+        state.record_event("emergency_rollback_failed", truncate(f"emergency rollback to {target.version} failed: {exc}", MESSAGE),
+                           severity="critical", details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
         raise RollbackError(f"emergency rollback to version {target.version} failed after {report.actions}: {exc}") from exc
     report.finished_at = utcnow().isoformat()
-    state.finish_deployment(report.deployment_id, "succeeded", reason=f"emergency rollback by {actor}: {reason}"[:2000])
+    state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(f"emergency rollback by {actor}: {reason}", MESSAGE))
     state.record_event(
-        "emergency_rollback", f"{actor}: all traffic to last known-good version {target.version}: {reason}"[:2000],
+        "emergency_rollback", truncate(f"{actor}: all traffic to last known-good version {target.version}: {reason}", MESSAGE),
         severity="critical", details=report.to_dict(),
     )
     return report
@@ -283,13 +284,13 @@ def ensure_production_serving(
             report.actions.append(_smoke(backend, state, registry, slot, production))
             _switch_and_retire(state, backend, slot, report, force_stop=True)
         except Exception as exc:  # nothing healthy left: the event and the exception say so loudly
-            state.finish_deployment(report.deployment_id, "failed", reason=str(exc)[:2000])
-            state.record_event("restore_serving_failed", f"could not restore production version {production.version}: {exc}"[:2000],
-                               severity="critical", details={**report.to_dict(), "error": str(exc)[:2000]})
+            state.finish_deployment(report.deployment_id, "failed", reason=truncate(exc, MESSAGE))
+            state.record_event("restore_serving_failed", truncate(f"could not restore production version {production.version}: {exc}", MESSAGE),
+                               severity="critical", details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
             raise RollbackError(f"could not restore serving of production version {production.version}: {exc}") from exc
-        state.finish_deployment(report.deployment_id, "succeeded", reason=reason[:2000])
+        state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(reason, MESSAGE))
     report.finished_at = utcnow().isoformat()
-    state.record_event("production_serving_ensured", f"traffic on slot {report.slot} (version {production.version}): {reason}"[:2000],
+    state.record_event("production_serving_ensured", truncate(f"traffic on slot {report.slot} (version {production.version}): {reason}", MESSAGE),
                        severity="warning" if changed else "info",
                        details=report.to_dict())
     return report
@@ -331,7 +332,7 @@ def switch_traffic(
         )
     table = state.switch_all(to_slot)
     backend.set_weights(weights_for(to_slot, 100))
-    state.record_event("traffic_switched", f"{actor} switched all traffic to slot {to_slot} ({info.version}): {reason}"[:2000],
+    state.record_event("traffic_switched", truncate(f"{actor} switched all traffic to slot {to_slot} ({info.version}): {reason}", MESSAGE),
                        severity="warning", details={"slot": to_slot, "version": info.version, "actor": actor,
                                                     "reason": reason, "forced": force})
     return table

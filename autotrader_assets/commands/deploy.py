@@ -16,6 +16,10 @@ from autotrader_assets.commands._common import resolve_actor as _actor
 
 from autotrader_assets.settings import get_settings
 from deploy_ops.slots.names import SLOTS
+from deploy_ops.text import truncate
+
+#: Column widths of `deploy status` (one terminal line per row; `deploy status --json` has the full texts).
+HEALTH_WIDTH, REASON_WIDTH, MESSAGE_WIDTH = 60, 80, 100
 
 
 
@@ -100,7 +104,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     click.echo("")
     if slots:
         print_table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
-               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else f"DOWN ({s['detail'][:60]})",
+               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else f"DOWN ({truncate(s['detail'], HEALTH_WIDTH)})",
                  s["url"] or "-", str(s["pid"] or "-"), ",".join(per_slot.get(s["slot"], [])) or "-"] for s in slots])
     else:
         click.echo("no slot has ever been started")
@@ -108,11 +112,11 @@ def status_cmd(as_json: bool, n_events: int) -> None:
         click.echo("")
         print_table(["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
                [[str(d.id), d.version, d.slot or "-", d.status, d.stage, d.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                 one_line(d.reason or "-")[:80]] for d in deployments])
+                 truncate(one_line(d.reason or "-"), REASON_WIDTH)] for d in deployments])
     if events:
         click.echo("")
         print_table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
-               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, one_line(e.message)[:100]]
+               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, truncate(one_line(e.message), MESSAGE_WIDTH)]
                 for e in events])
 
 

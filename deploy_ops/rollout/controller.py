@@ -92,6 +92,7 @@ from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, StateError
+from deploy_ops.text import DETAIL, LOG_TAIL, MESSAGE, truncate
 
 #: Progress callback: (stage name, None) when a stage starts, (stage name, report) when it ends.
 ProgressCallback = Callable[[str, "StageReport | None"], None]
@@ -304,7 +305,7 @@ class RolloutController:
 
             if not isinstance(exc, (SlotStartError, DeploymentError)) or isinstance(exc, SlotInUseError):
                 raise
-            stage.gates.append(GateReading("slot_started", False, None, None, f"{type(exc).__name__}: {str(exc)[:500]}"))
+            stage.gates.append(GateReading("slot_started", False, None, None, truncate(f"{type(exc).__name__}: {exc}", LOG_TAIL)))
             self._end(stage, started)
             return
         stage.gates.append(GateReading("slot_started", True, None, None, f"slot {candidate} ready at {url}"))
@@ -328,14 +329,14 @@ class RolloutController:
                                                f"/ready sha256 {str(ready.get('sha256'))[:12]}... "
                                                + ("matches" if sha_ok else f"!= registry {mv.sha256[:12]}...")))
             except ServingError as exc:
-                stage.gates.append(GateReading("checksum", False, None, None, str(exc)[:300]))
+                stage.gates.append(GateReading("checksum", False, None, None, truncate(exc, DETAIL)))
             # A few attempts: a transient 5xx is the error-rate gate's business, not a broken model.
             while attempts < 8 and answer is None:
                 attempts += 1
                 try:
                     answer = client.predict(self.policy.canary_instruments[0], probe)
                 except ServingError as exc:
-                    last_error = str(exc)[:300]
+                    last_error = truncate(exc, DETAIL)
         if answer is None:
             stage.gates.append(GateReading("known_answer", False, None, None,
                                            f"no successful /predict in {attempts} attempts: {last_error}"))
@@ -412,7 +413,7 @@ class RolloutController:
                         health[role]["checks"] += 1
                         health[role]["ok"] += int(check.ok)
                         if not check.ok and len(health[role]["failures"]) < 5:
-                            health[role]["failures"].append(check.detail[:300])
+                            health[role]["failures"].append(truncate(check.detail, DETAIL))
                     if health["candidate"]["ok"] < health["candidate"]["checks"]:
                         failure = "health"
                         break
@@ -578,7 +579,8 @@ class RolloutController:
             self.progress(stage.stage, stage)
         if retire_error is not None:
             self.state.record_event(
-                "slot_retire_failed", f"slot {live} still runs version {report.previous_version}: {retire_error}"[:2000],
+                "slot_retire_failed",
+                truncate(f"slot {live} still runs version {report.previous_version}: {retire_error}", MESSAGE),
                 severity="critical", details={"slot": live, "deployment_id": report.deployment_id},
             )
             raise RetireError(f"version {mv.version} is live, but slot {live} could not be stopped: {retire_error}")
@@ -628,14 +630,14 @@ class RolloutController:
         report.reason = reason
         report.finished_at = utcnow().isoformat()
         self.state.record_event(
-            "rollout_rolled_back", f"rollout of version {report.version} rolled back at {stage}: {reason}"[:2000],
+            "rollout_rolled_back", truncate(f"rollout of version {report.version} rolled back at {stage}: {reason}", MESSAGE),
             severity="critical",
             details={"deployment_id": report.deployment_id, "version": report.version, "stage": stage,
                      "reason": reason, "live_slot": live, "candidate_slot": candidate, "actions": actions,
                      "problems": problems, "stages": [s.to_dict() for s in report.stages]},
         )
         try:
-            self.state.finish_deployment(report.deployment_id, status, reason=reason[:2000])
+            self.state.finish_deployment(report.deployment_id, status, reason=truncate(reason, MESSAGE))
         except StateError as exc:
             problems.append(f"closing deployment {report.deployment_id}: {exc}")
         if problems:

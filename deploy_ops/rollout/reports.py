@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy_ops.text import DETAIL, truncate
+
 SUCCEEDED, ROLLED_BACK, REFUSED = "succeeded", "rolled_back", "refused"
 
 
@@ -45,7 +47,7 @@ class SlotTraffic:
         self.requests += 1
         self.errors += 1
         if len(self.error_samples) < 5:
-            self.error_samples.append(message[:300])
+            self.error_samples.append(truncate(message, DETAIL))
 
     @property
     def error_rate(self) -> float | None:

@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, RoutingError, SlotRecord
+from deploy_ops.text import EXCERPT, truncate
 
 class ServingError(RuntimeError):
     """A prediction could not be obtained; ``status`` is the HTTP status or None (no answer)."""
@@ -246,6 +247,6 @@ def _decode(response: requests.Response, url: str) -> Any:
         return response.json()
     except ValueError:
         if response.status_code == 200:
-            raise ServingError(f"{url}: answer is not JSON: {response.text[:200]!r}", response.status_code,
+            raise ServingError(f"{url}: answer is not JSON: {truncate(repr(response.text), EXCERPT)}", response.status_code,
                                response.text, url) from None
         return response.text

@@ -8,6 +8,7 @@ from typing import Mapping, Protocol
 
 from deploy_ops.models.registry import ModelVersion
 from deploy_ops.serving.client import ServingClient, ServingError
+from deploy_ops.text import DETAIL, truncate
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def http_ready_check(slot: str, url: str | None, expected_version: str | None, t
             client.health()
             ready = client.ready()
         except ServingError as exc:
-            return SlotCheck(slot, False, str(exc)[:300])
+            return SlotCheck(slot, False, truncate(exc, DETAIL))
     if expected_version is not None and str(ready.get("model_version")) != str(expected_version):
         return SlotCheck(slot, False, f"/ready reports version {ready.get('model_version')}, expected {expected_version}")
     return SlotCheck(slot, True, "alive, /health and /ready ok")

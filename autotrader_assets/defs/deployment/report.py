@@ -7,6 +7,10 @@ import math
 from typing import Any
 
 from deploy_ops.rollout.reports import RolloutReport
+from deploy_ops.text import truncate
+
+#: A stage's note in the markdown table: one table cell, the full reason is in the report's JSON.
+NOTE_WIDTH = 160
 
 
 def rollout_markdown(report: RolloutReport) -> str:
@@ -37,7 +41,7 @@ def rollout_markdown(report: RolloutReport) -> str:
                 sl=_fmt(s.sharpe.get("live"), "{:.3f}"),
                 sc=_fmt(s.sharpe.get("candidate"), "{:.3f}"),
                 drop=_fmt(s.sharpe.get("relative_drop"), "{:.1%}"),
-                note=(s.reason or "").replace("|", "/").replace("\n", " ")[:160],
+                note=truncate((s.reason or "").replace("|", "/").replace("\n", " "), NOTE_WIDTH),
             )
         )
     title = (

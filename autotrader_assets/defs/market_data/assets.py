@@ -33,6 +33,7 @@ from autotrader_assets.defs.market_data.schema import BAR_COLUMNS
 from autotrader_assets.defs.market_data.validation import missing_fraction, partition_failures
 from autotrader_assets.resources import WarehouseResource
 from autotrader_assets.settings import Settings
+from deploy_ops.text import MESSAGE, truncate
 
 #: Partitions audited and published per transaction during large backfills (bounded memory).
 WRITE_CHUNK = 256
@@ -88,7 +89,7 @@ def _reasons(cases: pd.DataFrame) -> dict[str, str]:
         what=cases.get("column", pd.Series(index=cases.index, dtype=object)).fillna("").astype(str)
         .str.cat(cases["check"].astype(str), sep=": ").str.lstrip(": ")
     )
-    return labels.groupby("partition")["what"].agg(lambda s: "; ".join(sorted(set(s)))[:2000]).to_dict()
+    return labels.groupby("partition")["what"].agg(lambda s: truncate("; ".join(sorted(set(s))), MESSAGE)).to_dict()
 
 
 @dg.asset(
