@@ -92,6 +92,37 @@ def run_paper_trading(defs: dg.Definitions, instance: dg.DagsterInstance, dates:
     return _report("paper_trading", result, time.perf_counter() - t0)
 
 
+def run_health_check(defs: dg.Definitions, instance: dg.DagsterInstance, dates: list[str]) -> StageReport:
+    """feature_drift (+ feature_drift_psi) and model_health for each paper-traded date, one run
+    per date (the drift sensor reads one check result per date and model version)."""
+    job = defs.resolve_job_def("health_check")
+    total = StageReport("health_check", "", True, 0.0)
+    for date in dates:
+        t0 = time.perf_counter()
+        result = job.execute_in_process(instance=instance, partition_key=date, raise_on_error=False)
+        rep = _report("health_check", result, time.perf_counter() - t0)
+        total.run_id = rep.run_id
+        total.success &= rep.success
+        total.seconds += rep.seconds
+        total.checks_passed += rep.checks_passed
+        total.checks_failed += [f"{date} {c}" for c in rep.checks_failed]
+        total.materializations += rep.materializations
+    return total
+
+
+def health_summary(path: str, dates: list[str], lock_timeout_s: float = 300.0) -> list[str]:
+    """The stored health findings of ``dates``, worst first within each date."""
+    from autotrader_assets.defs.monitoring.health import read_findings
+    from autotrader_assets.resources import connect_waiting
+
+    con = connect_waiting(path, read_only=True, timeout_s=lock_timeout_s)
+    try:
+        frame = read_findings(con, dates)
+    finally:
+        con.close()
+    return [f"  {r.date}  {r.severity:<8} {r.check:<12} {r.summary}  [{r.runbook}]" for r in frame.itertuples()]
+
+
 #: Paper trading takes its signal thresholds from the production model's registry params.
 PAPER_TRADING_CONFIG: dict = {}
 
@@ -175,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if reports[-1].success:
         paper_dates = dates[-args.paper_days:]
         reports.append(run_paper_trading(defs, instance, paper_dates))
+    paper_traded = reports[-1].name == "paper_trading" and reports[-1].success
+    if paper_traded:
+        reports.append(run_health_check(defs, instance, paper_dates))
 
     print("\n=== summary ===")
     ok = True
@@ -190,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tables = warehouse_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
         paper = trading_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
+        health = health_summary(str(settings.warehouse_path), paper_dates, settings.warehouse_lock_timeout_s) \
+            if paper_traded else []
     except WarehouseBusyError as exc:
         # A reader never crashes: the runs above are reported, the tables are not.
-        tables, paper = {}, []
+        tables, paper, health = {}, [], []
         print(f"warehouse summary unavailable: {exc}")
     for table, info in tables.items():
         print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}"
@@ -200,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if paper:
         print("paper account:")
         print("\n".join(paper))
+    if health:
+        print("model health (table model_health; what to do: docs/runbooks/feature-drift.md):")
+        print("\n".join(health))
     print(f"warehouse:   {settings.warehouse_path}")
     print(f"archive:     {settings.archive_uri}")
     print(f"DAGSTER_HOME {settings.dagster_home}  (browse it with `make ui`)")

@@ -246,3 +246,17 @@ def test_the_health_check_schedule_requests_the_latest_date():
     (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-05-01"
     assert json.dumps(request.run_key) == '"health-2024-05-02T00:15"'
+
+
+def test_make_run_computes_health_for_the_paper_traded_days_and_prints_findings(world):
+    from autotrader_assets.defs.monitoring import monitoring_jobs
+    from autotrader_assets.runner import health_summary, run_health_check
+
+    write_day(world.warehouse, DAY, center=0.0)
+    defs = dg.Definitions(assets=[feature_drift, model_health], jobs=monitoring_jobs, resources=resources(world))
+    with dg.instance_for_test() as instance:
+        report = run_health_check(defs, instance, [DAY])
+    assert report.success and report.materializations == 2
+    assert report.checks_failed == [f"{DAY} feature_drift:feature_drift_psi (ERROR)"]
+    lines = health_summary(str(world.warehouse), [DAY])
+    assert lines[0].startswith(f"  {DAY}  critical drift") and "[docs/runbooks/feature-drift.md#" in lines[0]
