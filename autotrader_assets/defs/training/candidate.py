@@ -16,7 +16,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from autotrader_assets.defs.monitoring.psi import fit_reference
 from autotrader_assets.defs.training.evaluate import BacktestConfig, Evaluation, evaluate_bundle, predict
 from autotrader_assets.defs.training.splits import WalkForwardPlan, purged_walk_forward
 from autotrader_assets.defs.training.train import (
@@ -104,6 +103,9 @@ def feature_reference(frame: pd.DataFrame, feature_columns: Sequence[str], n_bin
     model learned from (the convention: ``defs/monitoring/psi.py``)."""
     if frame.empty:
         raise ValueError("no rows to describe")
+    # Imported here: the monitoring package's sensors import the training job, which imports this module.
+    from autotrader_assets.defs.monitoring.psi import fit_reference
+
     return fit_reference({col: frame[col].to_numpy(dtype=np.float64) for col in feature_columns}, n_bins)
 
 
