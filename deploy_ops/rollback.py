@@ -29,6 +29,7 @@ import numpy as np
 
 from deploy_ops.db import utcnow
 from deploy_ops.models.registry import ARCHIVED, FAILED, PRODUCTION, STAGING, ModelRegistry, ModelVersion
+from deploy_ops.rollout.closeout import close_out
 from deploy_ops.rollout.leases import LeaseStore
 from deploy_ops.rollout.recovery import recover_interrupted
 from deploy_ops.serving.client import ServingClient, ServingError
@@ -146,13 +147,12 @@ def manual_rollback(
         report.actions.append(f"slot {slot} started with version {mv.version}")
         report.actions.append(_smoke(backend, state, registry, slot, mv))
     except Exception as exc:  # nothing was switched yet: undo the start and report why
-        cleanup = _stop_reporting(backend, slot, force=live is None)
-        message = f"rollback to version {mv.version} failed before switching traffic: {exc}" + (
-            f"; stopping slot {slot} also failed: {cleanup}" if cleanup else f"; slot {slot} stopped")
-        state.finish_deployment(report.deployment_id, "failed", reason=truncate(message, MESSAGE))
-        state.record_event("model_rollback_failed", truncate(message, MESSAGE), severity="critical",
-                           details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
-        raise RollbackError(message) from exc
+        message = f"rollback to version {mv.version} failed before switching traffic: {exc}"
+        undone = close_out(state, backend, report.deployment_id, status="failed", reason=message,
+                           event="model_rollback_failed", message=message,
+                           details={**report.to_dict(), "error": truncate(exc, MESSAGE)},
+                           stop=slot, force_stop=live is None)
+        raise RollbackError(f"{message} [{undone.summary()}]") from exc
     if not reserve:
         registry.rollback(mv.version, actor=actor, reason=reason, mark_failed=mark_current_failed)
         report.actions.append(
@@ -219,10 +219,10 @@ def emergency_rollback(
         elif production is None:
             registry.promote(target.version, PRODUCTION, actor=actor, reason=f"emergency: {reason}")
             report.actions.append(f"registry production -> {target.version}")
-    except Exception as exc:  # emergency: say exactly what got done before the failure
-        state.finish_deployment(report.deployment_id, "failed", reason=truncate(f"{type(exc).__name__}: {exc}", MESSAGE))
-        state.record_event("emergency_rollback_failed", truncate(f"emergency rollback to {target.version} failed: {exc}", MESSAGE),
-                           severity="critical", details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
+    except Exception as exc:  # emergency: say exactly what got done before the failure; undo nothing
+        close_out(state, backend, report.deployment_id, status="failed", reason=f"{type(exc).__name__}: {exc}",
+                  event="emergency_rollback_failed", message=f"emergency rollback to {target.version} failed: {exc}",
+                  details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
         raise RollbackError(f"emergency rollback to version {target.version} failed after {report.actions}: {exc}") from exc
     report.finished_at = utcnow().isoformat()
     state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(f"emergency rollback by {actor}: {reason}", MESSAGE))
@@ -284,9 +284,10 @@ def ensure_production_serving(
             report.actions.append(_smoke(backend, state, registry, slot, production))
             _switch_and_retire(state, backend, slot, report, force_stop=True)
         except Exception as exc:  # nothing healthy left: the event and the exception say so loudly
-            state.finish_deployment(report.deployment_id, "failed", reason=truncate(exc, MESSAGE))
-            state.record_event("restore_serving_failed", truncate(f"could not restore production version {production.version}: {exc}", MESSAGE),
-                               severity="critical", details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
+            close_out(state, backend, report.deployment_id, status="failed", reason=str(exc),
+                      event="restore_serving_failed",
+                      message=f"could not restore production version {production.version}: {exc}",
+                      details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
             raise RollbackError(f"could not restore serving of production version {production.version}: {exc}") from exc
         state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(reason, MESSAGE))
     report.finished_at = utcnow().isoformat()
@@ -349,12 +350,3 @@ def _switch_and_retire(state: DeploymentStateStore, backend: SlotBackend, slot: 
         backend.stop(other, force=force_stop)
         report.retired_slot = other
         report.actions.append(f"slot {other} (version {info.version}) stopped")
-
-
-def _stop_reporting(backend: SlotBackend, slot: str, *, force: bool) -> str | None:
-    """Stop a slot on a path that is already failing; the stop's own error is returned for the message."""
-    try:
-        backend.stop(slot, force=force)
-    except Exception as exc:  # reported in the RollbackError the caller raises
-        return f"{type(exc).__name__}: {exc}"
-    return None

@@ -66,6 +66,7 @@ import requests
 from deploy_ops.db import utcnow
 from deploy_ops.models.bundle import ModelBundle
 from deploy_ops.models.registry import PRODUCTION, STAGING, ModelRegistry, ModelVersion, RegistryError
+from deploy_ops.rollout.closeout import close_out
 from deploy_ops.rollout.errors import RetireError, RolloutError, RolloutPreempted
 from deploy_ops.rollout.leases import Heartbeat, LeaseStore
 from deploy_ops.rollout.measurement import (
@@ -91,7 +92,7 @@ from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
-from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, StateError
+from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 from deploy_ops.text import DETAIL, LOG_TAIL, MESSAGE, truncate
 
 #: Progress callback: (stage name, None) when a stage starts, (stage name, report) when it ends.
@@ -601,47 +602,23 @@ class RolloutController:
     def _rollback(self, report: RolloutReport, stage: str, reason: str, *, mark_failed: bool,
                   status: str = "rolled_back") -> None:
         live, candidate = report.live_slot, report.candidate_slot
-        actions, problems = report.rollback_actions, []
-
-        def step(description: str, fn: Callable[[], Any]) -> None:
-            try:
-                fn()
-                actions.append(description)
-            except Exception as exc:  # every step is attempted; the failures are raised together below
-                problems.append(f"{description}: {type(exc).__name__}: {exc}")
-
-        if live is not None:
-            step(f"all routes -> {live}", lambda: self.state.switch_all(live))
-            step(f"weights -> {live} 100%", lambda: self.backend.set_weights(weights_for(live, 100)))
-            step(f"slot {candidate} stopped", lambda: self.backend.stop(candidate))
-        else:
-            step(f"slot {candidate} stopped (bootstrap: nothing to fall back to)",
-                 lambda: self.backend.stop(candidate, force=True))
-        if mark_failed:
-            step(f"version {report.version} marked failed",
-                 lambda: self.registry.mark_failed(report.version, actor=self.actor, reason=reason))
-        if live is not None:
-            check = self.backend.check(live, str(report.previous_version))
-            if check.ok:
-                actions.append(f"live slot {live} healthy")
-            else:
-                problems.append(f"live slot {live} unhealthy after rollback: {check.detail}")
         report.outcome = ROLLED_BACK if status == "rolled_back" else "failed"
         report.reason = reason
         report.finished_at = utcnow().isoformat()
-        self.state.record_event(
-            "rollout_rolled_back", truncate(f"rollout of version {report.version} rolled back at {stage}: {reason}", MESSAGE),
-            severity="critical",
+        result = close_out(
+            self.state, self.backend, report.deployment_id, status=status, reason=reason,
+            event="rollout_rolled_back", message=f"rollout of version {report.version} rolled back at {stage}: {reason}",
             details={"deployment_id": report.deployment_id, "version": report.version, "stage": stage,
-                     "reason": reason, "live_slot": live, "candidate_slot": candidate, "actions": actions,
-                     "problems": problems, "stages": [s.to_dict() for s in report.stages]},
+                     "reason": reason, "live_slot": live, "candidate_slot": candidate,
+                     "stages": [s.to_dict() for s in report.stages]},
+            # bootstrap: nothing to fall back to, and the candidate may hold the only routes
+            route_to=live, stop=candidate, force_stop=live is None,
+            registry=self.registry, mark_failed=report.version if mark_failed else None, actor=self.actor,
+            check=(live, str(report.previous_version)) if live is not None else None,
         )
-        try:
-            self.state.finish_deployment(report.deployment_id, status, reason=truncate(reason, MESSAGE))
-        except StateError as exc:
-            problems.append(f"closing deployment {report.deployment_id}: {exc}")
-        if problems:
-            raise RolloutError(f"rollback of version {report.version} incomplete: " + "; ".join(problems))
+        report.rollback_actions.extend(result.actions)
+        if result.problems:
+            raise RolloutError(f"rollback of version {report.version} incomplete: " + "; ".join(result.problems))
 
     # -- helpers ------------------------------------------------------------------------------
     def _bundle(self, version: int) -> ModelBundle:

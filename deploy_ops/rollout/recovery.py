@@ -8,13 +8,14 @@ import socket
 from typing import Any
 
 from deploy_ops.models.registry import ModelRegistry
+from deploy_ops.rollout.closeout import close_out
 from deploy_ops.rollout.errors import RolloutError
 from deploy_ops.rollout.leases import Lease, LeaseStore, lease_is_alive
 from deploy_ops.rollout.reports import (
     RecoveryReport,
 )
 from deploy_ops.slots.backend import SlotBackend
-from deploy_ops.slots.roles import find_live_slot, weights_for
+from deploy_ops.slots.roles import find_live_slot
 from deploy_ops.state import (
     DeploymentInProgressError,
     DeploymentStateStore,
@@ -50,48 +51,32 @@ def _recover(registry: ModelRegistry, state: DeploymentStateStore, backend: Slot
     candidate = lease.candidate_slot if lease else dep.slot
     live = lease.live_slot if lease else find_live_slot(state, production)
     owner = lease.owner if lease else None
-    actions: list[str] = []
     finished_promotion = (
         production is not None and str(production.version) == dep.version and candidate is not None
         and backend.check(candidate, dep.version).ok
     )
     if finished_promotion:
         # The owner died inside finalize after moving the production alias: finish it.
-        state.switch_all(candidate)
-        backend.set_weights(weights_for(candidate, 100))
-        actions.append(f"all routes -> {candidate} (serves promoted version {dep.version})")
-        if live is not None and live != candidate:
-            backend.stop(live)
-            actions.append(f"slot {live} stopped")
         outcome, status, new_live = "completed", "succeeded", candidate
+        stop = live if live is not None and live != candidate else None
     else:
-        if live is not None:
-            state.switch_all(live)
-            backend.set_weights(weights_for(live, 100))
-            actions.append(f"all routes -> {live}")
-            if candidate and candidate != live:
-                backend.stop(candidate)
-                actions.append(f"slot {candidate} stopped")
-        elif candidate:
-            backend.stop(candidate, force=True)
-            actions.append(f"slot {candidate} stopped (interrupted bootstrap)")
         outcome, status, new_live = "rolled_back", "failed", live
+        stop = candidate if candidate and candidate != live else None
     reason = (
         f"interrupted at stage {dep.stage}: controller {owner or 'unknown'} stopped before finishing; "
-        f"recovered by {socket.gethostname()}:{os.getpid()} ({'; '.join(actions) or 'nothing to undo'})"
+        f"recovered by {socket.gethostname()}:{os.getpid()}"
     )
-    state.finish_deployment(dep.id, status, reason=reason)
-    state.record_event(
-        "rollout_interrupted", f"rollout {dep.id} of version {dep.version} was interrupted at {dep.stage}; {outcome}",
-        severity="critical",
+    result = close_out(
+        state, backend, dep.id, status=status, reason=reason, event="rollout_interrupted",
+        message=f"rollout {dep.id} of version {dep.version} was interrupted at {dep.stage}; {outcome}",
         details={"deployment_id": dep.id, "version": dep.version, "stage": dep.stage, "owner": owner,
-                 "outcome": outcome, "actions": actions, "live_slot": new_live},
+                 "outcome": outcome, "live_slot": new_live},
+        # an interrupted bootstrap has no live slot: its candidate may hold the routes
+        route_to=new_live, stop=stop, force_stop=new_live is None,
+        check=(new_live, str(production.version) if production else None) if new_live is not None else None,
     )
-    if new_live is not None:
-        check = backend.check(new_live, str(production.version) if production else None)
-        if not check.ok:
-            raise RolloutError(
-                f"recovered rollout {dep.id}, but slot {new_live} is unhealthy ({check.detail}); "
-                "run an emergency rollback"
-            )
-    return RecoveryReport(dep.id, dep.version, dep.stage, owner, outcome, new_live, actions)
+    if result.problems:
+        raise RolloutError(
+            f"recovered rollout {dep.id} incompletely ({'; '.join(result.problems)}); run an emergency rollback"
+        )
+    return RecoveryReport(dep.id, dep.version, dep.stage, owner, outcome, new_live, result.actions)

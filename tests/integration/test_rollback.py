@@ -16,6 +16,8 @@ from deploy_ops.rollback import (
     manual_rollback,
     switch_traffic,
 )
+from deploy_ops.rollout.closeout import close_out
+from deploy_ops.slots.backend import SlotCheck
 from deploy_ops.state import DEFAULT_ROUTE
 from tests.integration.test_rollout import (
     INSTRUMENTS,
@@ -153,3 +155,55 @@ def test_ensure_production_serving_fixes_routes_and_restarts_a_lost_slot(stack):
     kinds = [(e.kind, e.severity) for e in stack.state.events_since(0, kinds=["production_serving_ensured"])]
     assert kinds == [("production_serving_ensured", "warning"), ("production_serving_ensured", "info"),
                      ("production_serving_ensured", "warning")]
+
+
+@pytest.mark.slow
+def test_a_manual_rollback_that_fails_its_smoke_test_closes_out_like_every_failure(stack, monkeypatch):
+    v1, v2 = v2_live_on_green(stack)
+    refused = SlotCheck("blue", False, "probe refused by the test")
+    monkeypatch.setattr(stack.backend, "check", lambda slot, version: refused)
+
+    with pytest.raises(RollbackError, match=r"failed before switching traffic.*slot blue stopped"):
+        manual_rollback(stack.registry, stack.state, stack.backend, v1.version, reason="back", actor="alice")
+
+    # nothing was switched: production and routes stay on v2, the started slot is gone again
+    assert set(stack.state.routing_table().values()) == {"green"}
+    assert stack.state.get_slot("blue").status == "stopped"
+    assert stack.registry.get_production().version == v2.version
+    dep = stack.state.deployments()[0]
+    assert (dep.stage, dep.status) == ("manual_rollback", "failed") and "probe refused" in dep.reason
+    event = stack.state.events_since(0, kinds=["model_rollback_failed"])[-1]
+    assert event.severity == "critical"
+    assert (event.details["actions"], event.details["problems"]) == (["slot blue stopped"], [])
+
+
+@pytest.mark.slow
+def test_close_out_attempts_every_step_and_records_the_ones_that_failed(stack, monkeypatch):
+    v1 = serve_production(stack, logistic_bundle(3.0))
+    v2 = register(stack.registry, logistic_bundle(3.0, bias=0.05))
+    stack.backend.start("green", v2)
+    stack.state.set_routes({"BTCUSDT": "green"})
+    dep = stack.state.start_deployment(str(v2.version), slot="green", stage="canary")
+
+    def stop_fails(slot, *, force=False):
+        raise OSError(f"cannot signal slot {slot}")
+
+    monkeypatch.setattr(stack.backend, "stop", stop_fails)
+    result = close_out(
+        stack.state, stack.backend, dep.id, status="rolled_back", reason="canary error rate",
+        event="rollout_rolled_back", message=f"rollout of version {v2.version} rolled back", details={"test": True},
+        route_to="blue", stop="green", registry=stack.registry, mark_failed=v2.version, actor="tester",
+        check=("blue", str(v1.version)),
+    )
+
+    # the failed stop did not keep traffic on green, nor the version from being failed
+    assert result.actions == ["all routes -> blue", "weights -> blue 100%", f"version {v2.version} marked failed",
+                              "slot blue healthy"]
+    assert result.problems == ["slot green stopped: OSError: cannot signal slot green"]
+    assert set(stack.state.routing_table().values()) == {"blue"}
+    assert stack.registry.get(v2.version).stage == "failed"
+    closed = stack.state.get_deployment(dep.id)
+    assert closed.status == "rolled_back" and "close-out failed: slot green stopped" in closed.reason
+    event = stack.state.events_since(0, kinds=["rollout_rolled_back"])[-1]
+    assert event.severity == "critical" and "FAILED slot green stopped" in event.message
+    assert event.details["problems"] == result.problems and event.details["test"] is True
