@@ -37,7 +37,7 @@ from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
-from deploy_ops.text import MESSAGE, truncate
+from deploy_ops.text import MESSAGE, required_text, truncate
 
 
 class RollbackError(RuntimeError):
@@ -62,12 +62,6 @@ class RollbackReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _require(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string")
-    return value.strip()
 
 
 def _smoke(backend: SlotBackend, state: DeploymentStateStore, registry: ModelRegistry, slot: str,
@@ -123,8 +117,8 @@ def manual_rollback(
     lease_timeout_seconds: float = 60.0,
 ) -> RollbackReport:
     """Return production to ``to_version`` and serve it from a freshly started slot (see module doc)."""
-    reason = _require(reason, "reason")
-    actor = _require(actor, "actor")
+    reason = required_text("reason", reason)
+    actor = required_text("actor", actor)
     recover_interrupted(registry, state, backend, lease_timeout_seconds=lease_timeout_seconds)
     mv = registry.get(to_version)
     production = registry.get_production()
@@ -179,8 +173,8 @@ def emergency_rollback(
     mark_current_failed: bool = True,
 ) -> RollbackReport:
     """Everything to the last known-good version now (see the module docstring)."""
-    reason = _require(reason, "reason")
-    actor = _require(actor, "actor")
+    reason = required_text("reason", reason)
+    actor = required_text("actor", actor)
     target = registry.last_known_good()
     if target is None:
         raise RollbackError("no known-good version: no other version ever held production without failing")
@@ -243,8 +237,8 @@ def ensure_production_serving(
     lease_timeout_seconds: float = 60.0,
 ) -> RollbackReport:
     """Recover an interrupted rollout, then put every route on a healthy slot serving production."""
-    actor = _require(actor, "actor")
-    reason = _require(reason, "reason")
+    actor = required_text("actor", actor)
+    reason = required_text("reason", reason)
     report = RollbackReport("restore", None, None, None, None, actor, reason)
     changed = False
     try:
@@ -313,8 +307,8 @@ def switch_traffic(
     Refused while a rollout runs, when the slot is not healthy, and -- unless ``force`` -- when
     the slot does not serve the registry's production version (that would make what serves and
     what the registry says diverge; roll back instead)."""
-    actor = _require(actor, "actor")
-    reason = _require(reason, "reason")
+    actor = required_text("actor", actor)
+    reason = required_text("reason", reason)
     if to_slot not in SLOTS:
         raise ValueError(f"unknown slot {to_slot!r}; slots are {SLOTS}")
     recover_interrupted(registry, state, backend, lease_timeout_seconds=lease_timeout_seconds)

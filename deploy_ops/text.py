@@ -1,4 +1,5 @@
-"""Free text cut to a length before it is stored or shown, with a visible mark where it was cut.
+"""Free text: the checks on text a caller must supply (an actor, a reason, a resource name), and
+text cut to a length before it is stored or shown, with a visible mark where it was cut.
 
 Exception messages can be arbitrarily long (a serving log tail, a whole HTTP body, a pandas
 repr); events, deployment reasons, gate details and error samples keep a readable size. The
@@ -6,6 +7,8 @@ named limits below are the only sizes deploy_ops and the code location use for s
 presentation code passes its own column widths.
 """
 from __future__ import annotations
+
+from typing import Any
 
 #: An event message or a deployment's closing reason: one paragraph an operator reads.
 MESSAGE = 2000
@@ -32,3 +35,28 @@ def truncate(text: object, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 1] + MARK
+
+
+def required_text(name: str, value: Any, *, max_len: int | None = None,
+                  error: type[Exception] = ValueError) -> str:
+    """``value`` without surrounding blanks; ``error`` naming ``name`` when it is not a string,
+    is blank, or is longer than ``max_len`` once stripped.
+
+    ``error`` lets a store raise its own refusal (``BreakerError``) for the same rule.
+    """
+    if not isinstance(value, str) or not value.strip():
+        shown = truncate(repr(value), EXCERPT)
+        raise error(f"{name} is required and must be a non-blank string, got {shown}")
+    value = value.strip()
+    if max_len is not None and len(value) > max_len:
+        raise error(f"{name} must be at most {max_len} characters, got {len(value)}")
+    return value
+
+
+def optional_text(name: str, value: Any) -> str:
+    """``value`` as given, ``""`` for None; ValueError naming ``name`` for anything but a string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value

@@ -45,6 +45,7 @@ import sqlalchemy as sa
 from deploy_ops.db import as_utc, json_default, make_engine, utcnow
 from deploy_ops.models.artifacts import ArtifactStore, open_artifact_store
 from deploy_ops.models.bundle import ModelBundle
+from deploy_ops.text import optional_text, required_text
 
 CANDIDATE = "candidate"
 STAGING = "staging"
@@ -260,10 +261,10 @@ class ModelRegistry:
                 f"new versions are registered as {' or '.join(REGISTER_STAGES)}, not {stage!r}; "
                 "production is reached by promotion"
             )
-        actor = _require_text(actor, "actor")
-        reason = _text(reason, "reason")
-        description = _text(description, "description")
-        name = _require_text(name if name is not None else bundle.model_class, "name")
+        actor = required_text("actor", actor)
+        reason = optional_text("reason", reason)
+        description = optional_text("description", description)
+        name = required_text("name", name if name is not None else bundle.model_class)
         metrics_json = _to_json(metrics, "metrics")
         params_json = _to_json(params, "params")
         lineage_json = _to_json(lineage, "lineage")
@@ -307,8 +308,8 @@ class ModelRegistry:
             raise ValueError(f"unknown stage {to!r}; stages are {', '.join(STAGES)}")
         if to == FAILED:
             raise IllegalTransitionError("use mark_failed to move a version to failed")
-        actor = _require_text(actor, "actor")
-        reason = _text(reason, "reason")
+        actor = required_text("actor", actor)
+        reason = optional_text("reason", reason)
         with self._write() as conn:
             current = self._stage_of(conn, version)
             _check_transition(version, current, to)
@@ -334,8 +335,8 @@ class ModelRegistry:
         ``mark_failed=True`` (the only way to fail the version that is serving). Refuses failed
         and candidate versions, and refuses when nothing is in production (use ``promote``).
         """
-        actor = _require_text(actor, "actor")
-        reason = _require_text(reason, "reason")
+        actor = required_text("actor", actor)
+        reason = required_text("reason", reason)
         with self._write() as conn:
             target = self._stage_of(conn, to_version)
             current = self._production_version(conn)
@@ -366,8 +367,8 @@ class ModelRegistry:
         The production version is refused: fail it with ``rollback(..., mark_failed=True)`` so
         production is replaced in the same transaction.
         """
-        actor = _require_text(actor, "actor")
-        reason = _require_text(reason, "reason")
+        actor = required_text("actor", actor)
+        reason = required_text("reason", reason)
         with self._write() as conn:
             current = self._stage_of(conn, version)
             if current == PRODUCTION:
@@ -595,21 +596,6 @@ def _version_number(version: Any) -> int:
         except ValueError:
             raise UnknownVersionError(f"unknown model version {version!r}: versions are integers") from None
     return version
-
-
-def _require_text(value: Any, what: str) -> str:
-    text = _text(value, what).strip()
-    if not text:
-        raise ValueError(f"{what} must not be empty")
-    return text
-
-
-def _text(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
-    return value
 
 
 def _to_json(value: Any, what: str) -> str:

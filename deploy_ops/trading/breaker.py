@@ -36,6 +36,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from deploy_ops.db import as_utc, json_default, make_engine, utcnow
 from deploy_ops.state import DeploymentStateStore
+from deploy_ops.text import required_text
 
 #: Event-log kinds written here (sensors filter on them).
 TRIP_EVENT = "circuit_breaker_tripped"
@@ -312,15 +313,6 @@ def _json_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
         raise BreakerError(f"breaker details must be JSON-serialisable without NaN: {exc}") from exc
 
 
-def _text(name: str, value: Any, max_len: int | None = None) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BreakerError(f"{name} is required and must not be blank")
-    value = value.strip()
-    if max_len is not None and len(value) > max_len:
-        raise BreakerError(f"{name} must be at most {max_len} characters")
-    return value
-
-
 class BreakerStore:
     """The breaker's state and history in the deployment-state database at ``url``.
 
@@ -411,7 +403,7 @@ class BreakerStore:
 
         A no-op while already tripped, and for a trip at an ``at`` that an operator has already
         reset (recomputed history reproducing a handled trip)."""
-        reason = _text("reason", reason)
+        reason = required_text("reason", reason, error=BreakerError)
         details = _json_details(details)
         at = utcnow() if at is None else _utc(at, "at")
         now = utcnow()
@@ -488,8 +480,8 @@ class BreakerStore:
 
         Raises BreakerError without both (nothing is written) and BreakerNotTrippedError when
         the breaker is not tripped. Writes the audit row and an event, in that order."""
-        approved_by = _text("approved_by", approved_by, max_len=128)
-        reason = _text("reason", reason)
+        approved_by = required_text("approved_by", approved_by, max_len=128, error=BreakerError)
+        reason = required_text("reason", reason, error=BreakerError)
         now = utcnow()
         s, h = breaker_state_table, breaker_history_table
         with self.engine.begin() as conn:

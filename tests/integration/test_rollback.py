@@ -60,7 +60,7 @@ def test_manual_rollback_refuses_bad_requests_before_touching_anything(stack):
     cand = register(stack.registry, logistic_bundle(2.0), stage="candidate")
     bad = register(stack.registry, logistic_bundle(1.0))
     stack.registry.mark_failed(bad.version, actor="test", reason="setup")
-    with pytest.raises(ValueError, match="reason must be a non-empty"):
+    with pytest.raises(ValueError, match="reason is required and must be a non-blank string"):
         manual_rollback(stack.registry, stack.state, stack.backend, v1.version, reason="  ", actor="op")
     with pytest.raises(RollbackError, match="marked failed"):
         manual_rollback(stack.registry, stack.state, stack.backend, bad.version, reason="why", actor="op")

@@ -106,7 +106,7 @@ def test_register_as_candidate_and_list_by_stage(registry, make_bundle):
         ({"stage": "production"}, ValueError, "production is reached by promotion"),
         ({"metrics": {"auc": float("nan")}}, ValueError, "non-finite.*auc"),
         ({"lineage": {"x": object()}}, TypeError, "JSON-serialisable"),
-        ({"actor": "  "}, ValueError, "actor must not be empty"),
+        ({"actor": "  "}, ValueError, "actor is required and must be a non-blank string"),
         ({"params": ["not", "a", "mapping"]}, TypeError, "params must be a mapping"),
     ],
 )
@@ -291,7 +291,7 @@ def test_rollback_needs_a_production_version_and_a_reason(registry, make_bundle)
     _register(registry, make_bundle)
     with pytest.raises(IllegalTransitionError, match="nothing to roll back"):
         registry.rollback(1, actor="a", reason="r")
-    with pytest.raises(ValueError, match="reason must not be empty"):
+    with pytest.raises(ValueError, match="reason is required and must be a non-blank string"):
         registry.rollback(1, actor="a", reason=" ")
 
 

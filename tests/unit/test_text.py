@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy_ops.text import MARK, MESSAGE, truncate
+from deploy_ops.text import MARK, MESSAGE, optional_text, required_text, truncate
 
 
 def test_text_that_fits_is_returned_unchanged():
@@ -25,3 +25,27 @@ def test_non_strings_are_rendered_first():
 def test_a_limit_below_one_or_not_an_integer_is_refused(limit):
     with pytest.raises(ValueError, match="limit must be an integer >= 1"):
         truncate("text", limit)
+
+
+def test_required_text_strips_and_refuses_blank_missing_or_long_text():
+    assert required_text("actor", "  alice ") == "alice"
+    for bad in ["", "   ", None, 7]:
+        with pytest.raises(ValueError, match="actor is required and must be a non-blank string"):
+            required_text("actor", bad)
+    with pytest.raises(ValueError, match="approved_by must be at most 5 characters, got 6"):
+        required_text("approved_by", " abcdef ", max_len=5)
+
+
+def test_required_text_raises_the_callers_error():
+    class Refused(ValueError):
+        pass
+
+    with pytest.raises(Refused, match="reason is required"):
+        required_text("reason", "  ", error=Refused)
+
+
+def test_optional_text_accepts_none_as_empty_and_refuses_other_types():
+    assert optional_text("description", None) == ""
+    assert optional_text("description", " kept as given ") == " kept as given "
+    with pytest.raises(ValueError, match="description must be a string, got int"):
+        optional_text("description", 3)

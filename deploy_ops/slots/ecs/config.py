@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from deploy_ops.slots.names import SLOTS
+from deploy_ops.text import required_text
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,240}$")
@@ -14,14 +15,8 @@ _URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 _SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:(ssm|secretsmanager):[a-z0-9-]+:\d{12}:\S+$")
 
 
-def _require_text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
 def _require_arn(name: str, value: Any) -> str:
-    _require_text(name, value)
+    required_text(name, value)
     if not value.startswith("arn:"):
         raise ValueError(f"{name} must be an ARN (arn:...), got {value!r}")
     return value
@@ -81,7 +76,7 @@ class EcsDeployerConfig:
 
     def __post_init__(self) -> None:
         for name in ("cluster", "task_family", "container_name", "image", "region"):
-            _require_text(name, getattr(self, name))
+            required_text(name, getattr(self, name))
         if not isinstance(self.service_prefix, str) or not _SERVICE_NAME_RE.match(self.service_prefix):
             raise ValueError(
                 "service_prefix must start with a letter or digit and hold only letters, digits, "
@@ -152,7 +147,7 @@ def check_slot(slot: Any) -> str:
 
 
 def validate_model(version: Any, artifact_uri: Any, sha256: Any) -> None:
-    _require_text("version", version)
+    required_text("version", version)
     if not isinstance(artifact_uri, str) or not _URI_RE.match(artifact_uri):
         raise ValueError(
             f"artifact_uri must be a URI the container can fetch (e.g. s3://bucket/key), got {artifact_uri!r}; "
