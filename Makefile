@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/backtest.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/paper_trading.py
+	$(BIN)/python benchmarks/drift.py
 
 lint: install
 	$(BIN)/python -m compileall -q autotrader_assets deploy_ops
