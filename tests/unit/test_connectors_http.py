@@ -8,6 +8,7 @@ import random
 import pytest
 import requests
 
+from autotrader_assets.defs.market_data.connectors import AlpacaSource, BinanceSource, IbkrSource
 from autotrader_assets.defs.market_data.connectors.http import (
     ConnectorError,
     HttpClient,
@@ -204,3 +205,19 @@ def test_redact_url_masks_sensitive_params_only():
 def test_invalid_options_are_rejected(options):
     with pytest.raises(ValueError):
         HttpClient(**options)
+
+
+@pytest.mark.parametrize("source_class", [AlpacaSource, BinanceSource, IbkrSource], ids=lambda c: c.__name__)
+def test_every_connector_takes_a_client_or_http_options_never_both(source_class):
+    client = HttpClient(source="injected")
+    assert source_class(http=client).http is client
+    built = source_class(max_retries=7)
+    assert built.http is not client and built.http.max_retries == 7
+    with pytest.raises(ValueError, match=r"pass either http or HTTP options, not both: \['max_retries'\]"):
+        source_class(http=client, max_retries=7)
+
+
+def test_ibkr_sets_verify_on_the_client_it_builds_only():
+    assert IbkrSource(verify="/etc/ibkr-ca.pem").http.verify == "/etc/ibkr-ca.pem"
+    injected = HttpClient(source="injected")
+    assert IbkrSource(http=injected, verify=False).http is injected

@@ -1,7 +1,9 @@
-"""Helpers every connector shares: the requested time window and the final normalized frame."""
+"""Helpers every connector shares: the requested time window, the per-bar checks of a JSON
+payload, the raw frame they build, and the final normalized frame."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -15,6 +17,9 @@ from autotrader_assets.defs.market_data.schema import (
 )
 
 ONE_MINUTE = pd.Timedelta(minutes=1)
+RAW_VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
+#: The keys of a bar object in Alpaca's and IBKR's JSON (``t`` is the open time), by column.
+BAR_OBJECT_FIELDS = (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"), ("v", "volume"))
 
 
 def utc_timestamp(value: Any, name: str) -> pd.Timestamp:
@@ -48,7 +53,7 @@ def normalize_raw(raw: pd.DataFrame, instrument: str, source: str) -> pd.DataFra
         raw = pd.DataFrame(
             {
                 "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
-                **{c: pd.Series([], dtype="float64") for c in ("open", "high", "low", "close", "volume")},
+                **{c: pd.Series([], dtype="float64") for c in RAW_VALUE_COLUMNS},
             }
         )
     return normalize_bars(raw, instrument, source)
@@ -81,3 +86,21 @@ def finite_number(value: Any, where: str, name: str) -> float:
     if not math.isfinite(number):
         raise MalformedPayloadError(f"{where}: {name} {value!r} is not finite")
     return number
+
+
+def object_bar(bar: Any, where: str) -> tuple[Any, list[float]]:
+    """One bar object of a JSON payload: its raw open time ``t`` (each API has its own format)
+    and its open, high, low, close and volume as finite floats; anything else is malformed."""
+    if not isinstance(bar, dict):
+        raise MalformedPayloadError(f"{where}: expected an object, got {type(bar).__name__}")
+    missing = [k for k in ("t", *(k for k, _ in BAR_OBJECT_FIELDS)) if k not in bar]
+    if missing:
+        raise MalformedPayloadError(f"{where}: missing fields {missing}")
+    return bar["t"], [finite_number(bar[k], where, name) for k, name in BAR_OBJECT_FIELDS]
+
+
+def raw_bars(ts: pd.Series, values: Sequence[Sequence[float]]) -> pd.DataFrame:
+    """The raw ``ts`` + OHLCV frame a connector parsed from one page (``ts`` in UTC)."""
+    frame = pd.DataFrame(list(values), columns=list(RAW_VALUE_COLUMNS), dtype="float64")
+    frame.insert(0, "ts", ts.reset_index(drop=True))
+    return frame

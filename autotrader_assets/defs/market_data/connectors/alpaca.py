@@ -11,17 +11,17 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from autotrader_assets.defs.market_data.connectors._common import finish, finite_number, utc_range
-from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
+from autotrader_assets.defs.market_data.connectors._common import finish, object_bar, raw_bars, utc_range
+from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient, client_for
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
 from autotrader_assets.settings import secret
+from deploy_ops.text import EXCERPT, truncate
 
 KEY_ID_ENV = "ALPACA_API_KEY_ID"
 SECRET_KEY_ENV = "ALPACA_API_SECRET_KEY"
 KEY_ID_HEADER = "APCA-API-KEY-ID"
 SECRET_KEY_HEADER = "APCA-API-SECRET-KEY"
 MAX_LIMIT = 10_000
-_BAR_FIELDS = (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"), ("v", "volume"))
 
 
 class MissingCredentialsError(ConnectorError):
@@ -43,12 +43,7 @@ def parse_bars(bars: Any, source: str = "alpaca", first_index: int = 0) -> pd.Da
     values: list[list[float]] = []
     for i, bar in enumerate(bars):
         where = f"{source}: bar {first_index + i}"
-        if not isinstance(bar, dict):
-            raise MalformedPayloadError(f"{where}: expected an object, got {type(bar).__name__}")
-        missing = [k for k in ("t", *(k for k, _ in _BAR_FIELDS)) if k not in bar]
-        if missing:
-            raise MalformedPayloadError(f"{where}: missing fields {missing}")
-        t = bar["t"]
+        t, ohlcv = object_bar(bar, where)
         try:
             if not isinstance(t, str):
                 raise ValueError
@@ -58,10 +53,8 @@ def parse_bars(bars: Any, source: str = "alpaca", first_index: int = 0) -> pd.Da
         if ts is pd.NaT or ts.tzinfo is None:
             raise MalformedPayloadError(f"{where}: t {t!r} is not an RFC3339 timestamp with a zone")
         times.append(ts.tz_convert("UTC"))
-        values.append([finite_number(bar[k], where, name) for k, name in _BAR_FIELDS])
-    frame = pd.DataFrame(values, columns=[name for _, name in _BAR_FIELDS], dtype="float64")
-    frame.insert(0, "ts", pd.Series(pd.DatetimeIndex(times, tz="UTC"), dtype="datetime64[ns, UTC]"))
-    return frame
+        values.append(ohlcv)
+    return raw_bars(pd.Series(pd.DatetimeIndex(times, tz="UTC"), dtype="datetime64[ns, UTC]"), values)
 
 
 class AlpacaSource:
@@ -92,8 +85,6 @@ class AlpacaSource:
             raise ValueError(f"asset_class must be 'auto', 'stocks' or 'crypto', got {asset_class!r}")
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be within 1..{MAX_LIMIT}, got {limit}")
-        if http is not None and http_options:
-            raise ValueError(f"pass either http or HTTP options, not both: {sorted(http_options)}")
         self.base_url = base_url.rstrip("/")
         self.asset_class = asset_class
         self.feed = feed
@@ -102,7 +93,7 @@ class AlpacaSource:
         self.limit = limit
         self._key_id = key_id
         self._secret_key = secret_key
-        self.http = http if http is not None else HttpClient(source=self.source_name, **http_options)
+        self.http = client_for(self.source_name, http, http_options)
 
     def __repr__(self) -> str:
         return f"AlpacaSource(base_url={self.base_url!r}, asset_class={self.asset_class!r})"
@@ -183,7 +174,9 @@ class AlpacaSource:
                 f"{self.source_name}: bars payload must be a JSON object, got {type(payload).__name__}"
             )
         if "bars" not in payload:
-            raise MalformedPayloadError(f"{self.source_name}: payload has no 'bars' field: {str(payload)[:200]}")
+            raise MalformedPayloadError(
+                f"{self.source_name}: payload has no 'bars' field: {truncate(payload, EXCERPT)}"
+            )
         bars = payload["bars"]
         if not crypto:
             return bars

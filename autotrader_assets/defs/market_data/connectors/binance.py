@@ -7,9 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from autotrader_assets.defs.market_data.connectors._common import finish, finite_number, to_epoch_ms, utc_range
-from autotrader_assets.defs.market_data.connectors.http import HttpClient
+from autotrader_assets.defs.market_data.connectors._common import finish, finite_number, raw_bars, to_epoch_ms, utc_range
+from autotrader_assets.defs.market_data.connectors.http import HttpClient, client_for
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
+from deploy_ops.text import EXCERPT, truncate
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def parse_kline_rows(rows: Any, source: str = "binance", first_index: int = 0) -
     if not isinstance(rows, list):
         raise MalformedPayloadError(
             f"{source}: klines payload must be a JSON array, got {type(rows).__name__}: "
-            f"{str(rows)[:200]}"
+            f"{truncate(rows, EXCERPT)}"
         )
     times: list[int] = []
     values: list[tuple[float, ...]] = []
@@ -41,9 +42,7 @@ def parse_kline_rows(rows: Any, source: str = "binance", first_index: int = 0) -
             raise MalformedPayloadError(f"{where}: expected {KLINE_FIELDS} fields, got {shape}")
         times.append(_epoch_int(row[0], where))
         values.append(tuple(finite_number(row[j], where, name) for j, name in _OHLCV))
-    frame = pd.DataFrame(values, columns=["open", "high", "low", "close", "volume"], dtype="float64")
-    frame.insert(0, "ts", pd.to_datetime(pd.Series(times, dtype="int64"), unit="ms", utc=True))
-    return frame
+    return raw_bars(pd.to_datetime(pd.Series(times, dtype="int64"), unit="ms", utc=True), values)
 
 
 def _epoch_int(value: Any, where: str) -> int:
@@ -90,15 +89,13 @@ class BinanceSource:
             raise ValueError(
                 f"need 1 <= request_weight <= weight_limit, got {request_weight} and {weight_limit}"
             )
-        if http is not None and http_options:
-            raise ValueError(f"pass either http or HTTP options, not both: {sorted(http_options)}")
         self.base_url = base_url.rstrip("/")
         self.limit = limit
         self.weight_limit = weight_limit
         self.request_weight = request_weight
         self.weight_pause_margin = weight_pause_margin
         self.symbols = dict(symbols or {})
-        self.http = http if http is not None else HttpClient(source=self.source_name, **http_options)
+        self.http = client_for(self.source_name, http, http_options)
         self.used_weight = 0
         self._weight_minute: int | None = None
 

@@ -268,6 +268,20 @@ class HttpClient:
         return _scrub_text(text, self._secrets(None))
 
 
+def client_for(source: str, http: HttpClient | None, options: Mapping[str, Any], **settings: Any) -> HttpClient:
+    """``http`` when a connector was given one, else a new :class:`HttpClient` for ``source``.
+
+    ``options`` are the HTTP options passed through the connector's constructor; with an injected
+    client they would be silently ignored, so both together are refused. ``settings`` are what the
+    connector itself sets on a client it builds (IBKR's ``verify``).
+    """
+    if http is not None:
+        if options:
+            raise ValueError(f"pass either http or HTTP options, not both: {sorted(options)}")
+        return http
+    return HttpClient(source=source, **settings, **options)
+
+
 def _snippet(response: requests.Response) -> str:
     text = response.text or ""
     text = " ".join(text.split())

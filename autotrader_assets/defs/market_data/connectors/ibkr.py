@@ -14,9 +14,17 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from autotrader_assets.defs.market_data.connectors._common import ONE_MINUTE, finish, finite_number, utc_range
-from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
+from autotrader_assets.defs.market_data.connectors._common import (
+    ONE_MINUTE,
+    finish,
+    finite_number,
+    object_bar,
+    raw_bars,
+    utc_range,
+)
+from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient, client_for
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
+from deploy_ops.text import EXCERPT, truncate
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +33,6 @@ SEARCH_PATH = "/v1/api/iserver/secdef/search"
 #: Longest period the history endpoint accepts in hours ({1-8}h) and in minutes ({1-30}min).
 MAX_WINDOW = pd.Timedelta(hours=8)
 _MAX_MINUTE_PERIOD = 30
-_BAR_FIELDS = (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"), ("v", "volume"))
 
 
 def period_for(window: pd.Timedelta) -> str:
@@ -51,7 +58,7 @@ def parse_history(payload: Any, source: str = "ibkr", first_index: int = 0) -> p
     if "data" not in payload:
         if "error" in payload:
             raise ConnectorError(f"{source}: gateway refused the history request: {payload['error']}")
-        raise MalformedPayloadError(f"{source}: history payload has no 'data' field: {str(payload)[:200]}")
+        raise MalformedPayloadError(f"{source}: history payload has no 'data' field: {truncate(payload, EXCERPT)}")
     data = payload["data"]
     if data is None:
         data = []
@@ -63,19 +70,13 @@ def parse_history(payload: Any, source: str = "ibkr", first_index: int = 0) -> p
     values: list[list[float]] = []
     for i, bar in enumerate(data):
         where = f"{source}: bar {first_index + i}"
-        if not isinstance(bar, dict):
-            raise MalformedPayloadError(f"{where}: expected an object, got {type(bar).__name__}")
-        missing = [k for k in ("t", *(k for k, _ in _BAR_FIELDS)) if k not in bar]
-        if missing:
-            raise MalformedPayloadError(f"{where}: missing fields {missing}")
-        t = bar["t"]
+        t, ohlcv = object_bar(bar, where)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t != int(t):
             raise MalformedPayloadError(f"{where}: t {t!r} is not epoch milliseconds")
         times.append(int(t))
-        values.append([finite_number(bar[k], where, name) for k, name in _BAR_FIELDS])
-    frame = pd.DataFrame(values, columns=[name for _, name in _BAR_FIELDS], dtype="float64")
+        values.append(ohlcv)
+    frame = raw_bars(pd.to_datetime(pd.Series(times, dtype="int64"), unit="ms", utc=True), values)
     frame["volume"] = frame["volume"] * factor
-    frame.insert(0, "ts", pd.to_datetime(pd.Series(times, dtype="int64"), unit="ms", utc=True))
     return frame
 
 
@@ -114,17 +115,13 @@ class IbkrSource:
         period_for(self.window)  # validates the window before any request is made
         if start_time_anchor not in ("start", "end"):
             raise ValueError(f"start_time_anchor must be 'start' or 'end', got {start_time_anchor!r}")
-        if http is not None and http_options:
-            raise ValueError(f"pass either http or HTTP options, not both: {sorted(http_options)}")
         self.base_url = base_url.rstrip("/")
         self.conids = {k: str(v) for k, v in (conids or {}).items()}
         self.start_time_anchor = start_time_anchor
         self.outside_rth = outside_rth
         self.exchange = exchange
         self.sec_type = sec_type
-        self.http = http if http is not None else HttpClient(
-            source=self.source_name, verify=verify, **http_options
-        )
+        self.http = client_for(self.source_name, http, http_options, verify=verify)
 
     def conid(self, instrument: str) -> str:
         """The contract id for ``instrument``: from config, else from a secdef search (cached)."""
