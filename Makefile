@@ -10,13 +10,29 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast ui bench lint clean dbt-parse
+.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Real Prometheus, Pushgateway and Alertmanager (with promtool and amtool) from Debian's packages,
+# unpacked into an ignored folder: no system install. A fresh machine may have empty package
+# lists, so `apt-get update` runs once when `apt-get download` cannot find a package.
+TOOLS := .tools/monitoring
+MONITORING_DEBS := prometheus prometheus-alertmanager prometheus-pushgateway
+$(TOOLS)/.unpacked:
+	mkdir -p $(TOOLS)/debs
+	cd $(TOOLS)/debs && (apt-get download $(MONITORING_DEBS) || (apt-get update -q && apt-get download $(MONITORING_DEBS)))
+	for deb in $(TOOLS)/debs/*.deb; do dpkg -x $$deb $(TOOLS); done
+	$(TOOLS)/usr/bin/prometheus --version >/dev/null
+	$(TOOLS)/usr/bin/prometheus-alertmanager --version >/dev/null
+	$(TOOLS)/usr/bin/prometheus-pushgateway --version >/dev/null
+	touch $@
+
+monitoring-tools: $(TOOLS)/.unpacked
 
 install: $(STAMP) dbt-parse
 
@@ -30,10 +46,10 @@ run: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m autotrader_assets.runner
 
-test: install
+test: install monitoring-tools
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install monitoring-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ui: install
