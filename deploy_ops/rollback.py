@@ -148,19 +148,11 @@ def manual_rollback(
                            stop=slot, force_stop=live is None)
         raise RollbackError(f"{message} [{undone.summary()}]") from exc
     if not reserve:
-        registry.rollback(mv.version, actor=actor, reason=reason, mark_failed=mark_current_failed)
-        report.actions.append(
-            f"registry production {production.version} -> {mv.version}"
-            + (f" (version {production.version} marked failed)" if mark_current_failed else "")
-        )
+        _registry_rollback(registry, report, production, mv, actor=actor, reason=reason,
+                           mark_failed=mark_current_failed)
     _switch_and_retire(state, backend, slot, report, force_stop=False)
-    report.finished_at = utcnow().isoformat()
-    state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(f"manual rollback by {actor}: {reason}", MESSAGE))
-    state.record_event(
-        "model_rollback", truncate(f"{actor} rolled production back to version {mv.version}: {reason}", MESSAGE),
-        severity="warning", details=report.to_dict(),
-    )
-    return report
+    return _succeeded(state, report, f"manual rollback by {actor}: {reason}", event="model_rollback",
+                      message=f"{actor} rolled production back to version {mv.version}: {reason}", severity="warning")
 
 
 def emergency_rollback(
@@ -205,11 +197,8 @@ def emergency_rollback(
             report.actions.append(f"slot {slot} started with version {target.version}")
         _switch_and_retire(state, backend, slot, report, force_stop=True)
         if production is not None and production.version != target.version:
-            registry.rollback(target.version, actor=actor, reason=f"emergency: {reason}", mark_failed=mark_current_failed)
-            report.actions.append(
-                f"registry production {production.version} -> {target.version}"
-                + (f" (version {production.version} marked failed)" if mark_current_failed else "")
-            )
+            _registry_rollback(registry, report, production, target, actor=actor, reason=f"emergency: {reason}",
+                               mark_failed=mark_current_failed)
         elif production is None:
             registry.promote(target.version, PRODUCTION, actor=actor, reason=f"emergency: {reason}")
             report.actions.append(f"registry production -> {target.version}")
@@ -218,13 +207,9 @@ def emergency_rollback(
                   event="emergency_rollback_failed", message=f"emergency rollback to {target.version} failed: {exc}",
                   details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
         raise RollbackError(f"emergency rollback to version {target.version} failed after {report.actions}: {exc}") from exc
-    report.finished_at = utcnow().isoformat()
-    state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(f"emergency rollback by {actor}: {reason}", MESSAGE))
-    state.record_event(
-        "emergency_rollback", truncate(f"{actor}: all traffic to last known-good version {target.version}: {reason}", MESSAGE),
-        severity="critical", details=report.to_dict(),
-    )
-    return report
+    return _succeeded(state, report, f"emergency rollback by {actor}: {reason}", event="emergency_rollback",
+                      message=f"{actor}: all traffic to last known-good version {target.version}: {reason}",
+                      severity="critical")
 
 
 def ensure_production_serving(
@@ -331,6 +316,24 @@ def switch_traffic(
                        severity="warning", details={"slot": to_slot, "version": info.version, "actor": actor,
                                                     "reason": reason, "forced": force})
     return table
+
+
+def _registry_rollback(registry: ModelRegistry, report: RollbackReport, production: ModelVersion,
+                       target: ModelVersion, *, actor: str, reason: str, mark_failed: bool) -> None:
+    registry.rollback(target.version, actor=actor, reason=reason, mark_failed=mark_failed)
+    report.actions.append(
+        f"registry production {production.version} -> {target.version}"
+        + (f" (version {production.version} marked failed)" if mark_failed else "")
+    )
+
+
+def _succeeded(state: DeploymentStateStore, report: RollbackReport, reason: str, *, event: str, message: str,
+               severity: str) -> RollbackReport:
+    """Close a rollback's deployment as succeeded and record its event (failures go through close_out)."""
+    report.finished_at = utcnow().isoformat()
+    state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(reason, MESSAGE))
+    state.record_event(event, truncate(message, MESSAGE), severity=severity, details=report.to_dict())
+    return report
 
 
 def _switch_and_retire(state: DeploymentStateStore, backend: SlotBackend, slot: str, report: RollbackReport,
