@@ -47,7 +47,6 @@ import hmac
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -80,13 +79,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from deploy_ops.models.bundle import ModelBundle
+from deploy_ops.serving.faults import ENV_FAULT_ERROR_RATE, ENV_FAULT_LATENCY_MS, FaultConfig
 from deploy_ops.slots.names import SLOTS
 
 logger = logging.getLogger("deploy_ops.serving")
 
 ENV_TOKEN = "AUTOTRADER_SERVING_TOKEN"
-ENV_FAULT_ERROR_RATE = "AUTOTRADER_FAULT_ERROR_RATE"
-ENV_FAULT_LATENCY_MS = "AUTOTRADER_FAULT_LATENCY_MS"
 MISSING_TOKEN_MESSAGE = (
     f"refusing to serve without a bearer token: this profile requires one ({ENV_TOKEN} in the "
     "deployer's settings, handed to the slot with --token-stdin)"
@@ -116,40 +114,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    """Deliberate misbehaviour for drills and tests; both zero in normal operation."""
-
-    error_rate: float = 0.0
-    latency_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.error_rate <= 1.0) or math.isnan(self.error_rate):
-            raise ValueError(f"{ENV_FAULT_ERROR_RATE} must be within [0, 1], got {self.error_rate!r}")
-        if not (0.0 <= self.latency_ms <= 600_000.0) or math.isnan(self.latency_ms):
-            raise ValueError(f"{ENV_FAULT_LATENCY_MS} must be within [0, 600000], got {self.latency_ms!r}")
-
-    @property
-    def active(self) -> bool:
-        return self.error_rate > 0 or self.latency_ms > 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "FaultConfig":
-        """Read the fault-injection settings from ``environ`` (variable name -> text, as the
-        deployer hands them over); a malformed value is an error, not a silent zero."""
-
-        def number(name: str) -> float:
-            raw = (environ.get(name) or "").strip()
-            if not raw:
-                return 0.0
-            try:
-                return float(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name}={raw!r} is not a number") from exc
-
-        return cls(error_rate=number(ENV_FAULT_ERROR_RATE), latency_ms=number(ENV_FAULT_LATENCY_MS))
 
 
 @dataclass(frozen=True)
@@ -668,7 +632,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

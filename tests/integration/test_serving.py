@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy_ops.serving.client import ServingClient, ServingError
 from deploy_ops.slots.local import free_port
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
-from deploy_ops.serving.app import FaultConfig
+from deploy_ops.serving.faults import FaultConfig
 
 TOKEN = "test-token-9f2c"
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
