@@ -214,6 +214,15 @@ class LocalArchive(_VersionedArchive):
         target = self.root / dst
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.root / src, target)
+        # An emptied staging folder (<date>/.incoming/<INSTRUMENT>/, then .incoming/) goes too, so
+        # a date folder holds only the latest files once everything was promoted.
+        for folder in ((self.root / src).parent, (self.root / src).parent.parent):
+            if folder == self.root:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _list(self, prefix: str) -> list[str]:
         folder = self.root / prefix

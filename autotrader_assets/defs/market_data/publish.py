@@ -24,7 +24,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from autotrader_assets.defs.market_data.schema import detect_interval_seconds
 from autotrader_assets.defs.market_data.warehouse import ensure_market_bars, to_warehouse_frame
+
+__all__ = ["DuckDBPublisher", "PublishBatch", "PublishResult", "Publisher", "detect_interval_seconds", "partition_status"]
 
 #: The bar interval every feature definition assumes (features refuse other intervals).
 FEATURE_INTERVAL_S = 60
@@ -70,21 +73,6 @@ create table if not exists market_bars_quarantine (
 def new_batch_id() -> str:
     """A sortable, unique id for one publish batch (the archive's incoming objects share it)."""
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def detect_interval_seconds(df: pd.DataFrame) -> int | None:
-    """The bar interval of one partition: the median spacing of its timestamps, in seconds.
-
-    The median ignores gaps (a missing minute does not make 1-minute bars 2-minute bars).
-    ``None`` when there are fewer than two bars.
-    """
-    if len(df) < 2:
-        return None
-    steps = pd.to_datetime(df["ts"], utc=True).sort_values().diff().dt.total_seconds().to_numpy()
-    steps = steps[steps > 0]
-    if not len(steps):
-        return None
-    return int(round(float(np.median(steps))))
 
 
 @dataclass
@@ -172,6 +160,12 @@ class DuckDBPublisher:
                 ensure_market_bars(con)
             else:
                 con.execute(f"create table if not exists {batch.layer} as select * from {batch.audit_relation} limit 0")
+                # A column added to the dbt model appears in the published table too (NULL in
+                # partitions published before it, until they are rebuilt).
+                have = {r[0] for r in con.execute(f"describe {batch.layer}").fetchall()}
+                for name, dtype, *_ in con.execute(f"describe {batch.audit_relation}").fetchall():
+                    if name not in have:
+                        con.execute(f'alter table {batch.layer} add column "{name}" {dtype}')
             if passed:
                 if batch.audit_relation is None:
                     incoming = pd.concat(
