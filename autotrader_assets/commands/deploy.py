@@ -169,6 +169,7 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
     from autotrader_assets.defs.deployment.report import rollout_markdown
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
     from deploy_ops.rollout.policy import plan_stages
+    from deploy_ops.serving.faults import FaultConfig
 
     actor = _actor(actor)
     settings = get_settings()
@@ -189,10 +190,9 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
             if not report.passed:
                 failures.append(f"{stage}: {report.reason}")
 
-        drill = {name: str(value) for name, value in (("AUTOTRADER_FAULT_ERROR_RATE", drill_error_rate),
-                                                      ("AUTOTRADER_FAULT_LATENCY_MS", drill_latency_ms))
-                 if value is not None}
-        report = stack.controller(actor=actor, progress=progress).run(version, traffic, candidate_env=drill or None)
+        drill = FaultConfig(error_rate=drill_error_rate or 0.0, latency_ms=drill_latency_ms or 0.0)
+        report = stack.controller(actor=actor, progress=progress).run(
+            version, traffic, candidate_faults=drill if drill.active else None)
     click.echo(rollout_markdown(report))
     if not report.succeeded:
         raise click.ClickException(f"rollout of version {version} {report.outcome}: {one_line(report.reason or '')}")

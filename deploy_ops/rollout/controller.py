@@ -89,6 +89,7 @@ from deploy_ops.rollout.reports import (
     StageReport,
 )
 from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
+from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
@@ -142,10 +143,10 @@ class RolloutController:
         return recover_interrupted(self.registry, self.state, self.backend,
                                    lease_timeout_seconds=self.policy.lease_timeout_seconds, force=force)
 
-    def run(self, version: int, traffic: TrafficSource, *, candidate_env: Mapping[str, str] | None = None) -> RolloutReport:
+    def run(self, version: int, traffic: TrafficSource, *, candidate_faults: FaultConfig | None = None) -> RolloutReport:
         """Roll ``version`` out; returns the report (outcome succeeded, rolled_back or refused).
 
-        ``candidate_env`` adds environment to the candidate's process (drills: fault injection).
+        ``candidate_faults`` makes the candidate misbehave on purpose (drills: fault injection).
         Unexpected errors roll traffic back to the live slot, close the deployment as failed,
         record a critical event and are re-raised."""
         self.recover_interrupted()
@@ -174,7 +175,7 @@ class RolloutController:
                 if replays is None:
                     return self._refuse(report)
                 mv = self.registry.get(int(version))
-                self._deploy(report, mv, candidate, candidate_env)
+                self._deploy(report, mv, candidate, candidate_faults)
                 self._smoke(report, mv, candidate, replays)
                 for plan in plan_stages(self.policy, bootstrap=bootstrap):
                     self._traffic_stage(report, plan, mv, production, live, candidate, traffic)
@@ -295,11 +296,11 @@ class RolloutController:
         return GateReading("system_healthy", True, None, None,
                            f"live slot {live} serves production version {production.version}")
 
-    def _deploy(self, report: RolloutReport, mv: ModelVersion, candidate: str, env: Mapping[str, str] | None) -> None:
+    def _deploy(self, report: RolloutReport, mv: ModelVersion, candidate: str, faults: FaultConfig | None) -> None:
         started = time.monotonic()
         stage = self._begin(report, "deploy")
         try:
-            url = self.backend.start(candidate, mv, env=env)
+            url = self.backend.start(candidate, mv, faults=faults)
         except Exception as exc:  # a slot that cannot load the model is the model's failure
             from deploy_ops.slots.ecs.errors import DeploymentError
             from deploy_ops.slots.local import SlotInUseError, SlotStartError

@@ -18,8 +18,8 @@ Endpoints:
 
 Fault injection (drills and tests only): two arguments read once at start make a healthy slot
 misbehave on purpose, so rollout gates, alerts and rollbacks can be exercised against a real
-process (the local deployer turns the variables of the same names in a start's extra
-environment into these arguments; the process itself reads no environment):
+process (the local deployer passes a start's ``faults=`` as these arguments; the process itself
+reads no environment):
 
 * ``--fault-error-rate`` (``AUTOTRADER_FAULT_ERROR_RATE``) -- fraction (0..1) of valid ``/predict``
   calls answered 500.

@@ -8,6 +8,7 @@ from typing import Mapping, Protocol
 
 from deploy_ops.models.registry import ModelVersion
 from deploy_ops.serving.client import ServingClient, ServingError
+from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.text import DETAIL, truncate
 
 
@@ -34,9 +35,10 @@ class SlotBackend(Protocol):
     #: The instruments the slots answer for (None: any symbol).
     instruments: tuple[str, ...] | None
 
-    def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
+    def start(self, slot: str, mv: ModelVersion, *, faults: FaultConfig | None = None, force: bool = False) -> str:
         """Serve ``mv`` in ``slot``, wait until it is ready, record it in the state store; return its URL.
 
+        ``faults`` (drills) makes the slot misbehave on purpose where the backend supports it.
         Replacing a slot that still receives traffic is refused unless ``force``."""
 
     def stop(self, slot: str, *, force: bool = False) -> None:

@@ -35,6 +35,7 @@ import requests
 
 from deploy_ops.models.registry import ModelRegistry, ModelVersion
 from deploy_ops.procs import pid_running
+from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.slots.backend import SlotCheck, http_ready_check
 from deploy_ops.slots.names import SLOTS
 from deploy_ops.state import DeploymentStateStore, SlotRecord, StateError
@@ -45,9 +46,6 @@ ModelResolver = Callable[[str], "tuple[str, str]"]
 _SERVING_MODULE = "deploy_ops.serving"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _TAIL_LINES = 40
-#: Drill settings a caller may give as extra environment: the serving process takes them as
-#: arguments (it reads no environment), so they are moved from the env onto its command line.
-_FAULT_ARGUMENTS = {"AUTOTRADER_FAULT_ERROR_RATE": "--fault-error-rate", "AUTOTRADER_FAULT_LATENCY_MS": "--fault-latency-ms"}
 
 
 class SlotStartError(RuntimeError):
@@ -137,13 +135,13 @@ class LocalDeployer:
 
     # -- start -----------------------------------------------------------------------------------
     def start_version(
-        self, slot: str, version: str, *, port: int | None = None, env: Mapping[str, str | None] | None = None
+        self, slot: str, version: str, *, port: int | None = None, faults: FaultConfig | None = None
     ) -> SlotRecord:
         """Resolve a registry version through the resolver given at construction, then start it."""
         if self.resolver is None:
             raise RuntimeError("this LocalDeployer has no resolver: pass resolver=... or call start_slot with a path")
         model_path, sha256 = self.resolver(version)
-        return self.start_slot(slot, model_path, sha256, version, port=port, env=env)
+        return self.start_slot(slot, model_path, sha256, version, port=port, faults=faults)
 
     def start_slot(
         self,
@@ -152,14 +150,14 @@ class LocalDeployer:
         sha256: str,
         version: str,
         port: int | None = None,
-        env: Mapping[str, str | None] | None = None,
+        faults: FaultConfig | None = None,
         *,
         force: bool = False,
     ) -> SlotRecord:
         """Launch the serving process for ``slot`` and return once it is ready.
 
-        ``port=None`` picks a free port. ``env`` adds variables to the child's environment (a
-        value of None removes one, e.g. the token). A live process already in the slot is
+        ``port=None`` picks a free port. ``faults`` (drills and tests only) makes the process
+        misbehave on purpose, through its ``--fault-*`` arguments. A live process already in the slot is
         stopped first, unless traffic is routed to it (SlotInUseError; ``force=True`` overrides).
         Raises SlotStartError, with the log tail, if the process dies or is not ready in time."""
         if slot not in SLOTS:
@@ -180,7 +178,7 @@ class LocalDeployer:
         for attempt in range(1, attempts + 1):
             chosen = port if port is not None else free_port(self.host)
             try:
-                return self._start_once(slot, model_path, sha256, version, chosen, env)
+                return self._start_once(slot, model_path, sha256, version, chosen, faults)
             except SlotStartError as exc:
                 # Another process may grab a probed port before the child binds it: try another.
                 if isinstance(exc, _PortTaken) and attempt < attempts:
@@ -194,15 +192,14 @@ class LocalDeployer:
 
     def _start_once(
         self, slot: str, model_path: Path, sha256: str, version: str, port: int,
-        env: Mapping[str, str | None] | None,
+        faults: FaultConfig | None,
     ) -> SlotRecord:
         log_path = self.log_path(slot)
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start slot={slot} version={version} "
                       f"port={port} ===\n".encode())
             log_offset = log.tell()
-            faults = {k: v for k, v in (env or {}).items() if k in _FAULT_ARGUMENTS and v is not None}
-            child_env = self._child_env({k: v for k, v in (env or {}).items() if k not in _FAULT_ARGUMENTS})
+            child_env = self._child_env()
             proc = subprocess.Popen(
                 self._command(slot, model_path, sha256, version, port, faults),
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
@@ -233,7 +230,7 @@ class LocalDeployer:
         return info
 
     def _command(self, slot: str, model_path: Path, sha256: str, version: str, port: int,
-                 faults: Mapping[str, str]) -> list[str]:
+                 faults: FaultConfig | None) -> list[str]:
         command = [
             self.python, "-m", _SERVING_MODULE,
             "--model", str(model_path.resolve()), "--sha256", sha256, "--version", version,
@@ -243,17 +240,12 @@ class LocalDeployer:
             command += ["--instruments", ",".join(self.instruments)]
         if self.require_token:
             command.append("--require-token")
-        for name, value in sorted(faults.items()):
-            command += [_FAULT_ARGUMENTS[name], str(value)]
+        if faults is not None and faults.active:
+            command += ["--fault-error-rate", repr(faults.error_rate), "--fault-latency-ms", repr(faults.latency_ms)]
         return command
 
-    def _child_env(self, env: Mapping[str, str | None] | None) -> dict[str, str]:
+    def _child_env(self) -> dict[str, str]:
         child = dict(os.environ)
-        for key, value in (env or {}).items():
-            if value is None:
-                child.pop(key, None)
-            else:
-                child[key] = str(value)
         child["PYTHONUNBUFFERED"] = "1"
         # The serving module must import even when the project is not installed into `python`.
         child["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), child.get("PYTHONPATH")) if p)
@@ -468,8 +460,9 @@ class LocalBackend:
             os.replace(tmp, path)
         return path
 
-    def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
-        info = self.deployer.start_slot(slot, self.model_path(mv), mv.sha256, str(mv.version), env=env, force=force)
+    def start(self, slot: str, mv: ModelVersion, *, faults: FaultConfig | None = None, force: bool = False) -> str:
+        info = self.deployer.start_slot(slot, self.model_path(mv), mv.sha256, str(mv.version), faults=faults,
+                                        force=force)
         return info.url
 
     def stop(self, slot: str, *, force: bool = False) -> None:

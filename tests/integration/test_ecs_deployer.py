@@ -17,6 +17,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from deploy_ops.serving.faults import FaultConfig
+from deploy_ops.slots.ecs.backend import EcsBackend
 from deploy_ops.slots.ecs.config import EcsDeployerConfig
 from deploy_ops.slots.ecs.deployer import EcsDeployer
 from deploy_ops.slots.ecs.errors import DeploymentError
@@ -538,3 +540,10 @@ def test_failed_rollout_stops_the_wait_without_sleeping(aws_env):
     assert excinfo.value.code == "DeploymentFailed"
     assert "circuit breaker" in str(excinfo.value)
     assert clock.sleeps == []
+
+
+def test_the_ecs_backend_refuses_fault_injection_before_touching_aws():
+    # The deployer and the state are never reached: the refusal comes first.
+    backend = EcsBackend(deployer=None, state=None, endpoints={"blue": "http://blue", "green": "http://green"})
+    with pytest.raises(ValueError, match="fault injection is local-only"):
+        backend.start("green", None, faults=FaultConfig(error_rate=0.3))

@@ -143,8 +143,8 @@ def test_start_errors_before_any_process(deployer, state, tmp_path):
 
 def test_process_that_exits_early_reports_its_log(state, deployer, bundles):
     path, sha, _ = bundles["v1"]
-    with pytest.raises(SlotStartError, match=r"exited with code 2 before becoming ready(.|\n)*is not a number"):
-        deployer.start_slot("blue", path, sha, "v1", env={"AUTOTRADER_FAULT_LATENCY_MS": "slow"})
+    with pytest.raises(SlotStartError, match=r"exited with code 2 before becoming ready(.|\n)*sha256 must be 64"):
+        deployer.start_slot("blue", path, "not-a-sha256", "v1")
     assert state.get_slot("blue").status == "failed"
 
 

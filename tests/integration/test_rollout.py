@@ -25,6 +25,7 @@ import torch
 from autotrader_assets.defs.deployment.report import rollout_markdown
 from autotrader_assets.settings import Thresholds
 from deploy_ops.serving.client import RoutedClient, ServingClient
+from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from deploy_ops.models.registry import open_registry
@@ -340,7 +341,7 @@ def test_green_returning_errors_rolls_back_at_the_canary(stack):
     v1 = serve_production(stack, logistic_bundle(3.0))
     v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
     report = controller_for(stack).run(v2.version, traffic_source,
-                                       candidate_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.25"})
+                                       candidate_faults=FaultConfig(error_rate=0.25))
 
     assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
@@ -392,7 +393,7 @@ def test_green_killed_mid_rollout_rolls_back_and_blue_never_fails(stack):
 def test_slow_green_trips_the_p99_gate(stack):
     serve_production(stack, logistic_bundle(3.0))
     v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
-    report = controller_for(stack).run(v2.version, traffic_source, candidate_env={"AUTOTRADER_FAULT_LATENCY_MS": "260"})
+    report = controller_for(stack).run(v2.version, traffic_source, candidate_faults=FaultConfig(latency_ms=260))
     assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
     gate = report.stage("canary").gate("p99_latency_ms")
@@ -548,7 +549,7 @@ def aws(monkeypatch):
         yield SimpleNamespace(deployer=deployer, ecs=ecs)
 
 
-def _ecs_stack(tmp_path, aws, green_env=None):
+def _ecs_stack(tmp_path, aws, green_faults=None):
     """Registry artifacts on (moto) S3; ECS services on moto; the containers' serving app runs as
     local processes behind the per-slot endpoints, since moto runs no containers."""
     from deploy_ops.slots.ecs.backend import EcsBackend
@@ -562,10 +563,10 @@ def _ecs_stack(tmp_path, aws, green_env=None):
     tasks_state = DeploymentStateStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     tasks = LocalDeployer(tasks_state, tmp_path / "tasks", ready_timeout=60, stop_grace=3)
     endpoints = {}
-    for slot, mv, env in (("blue", v1, None), ("green", v2, green_env)):
+    for slot, mv, faults in (("blue", v1, None), ("green", v2, green_faults)):
         path = tmp_path / f"task-{slot}.pt"
         path.write_bytes(registry.artifacts.get(mv.artifact_uri, mv.sha256))
-        endpoints[slot] = tasks.start_slot(slot, path, mv.sha256, str(mv.version), env=env).url
+        endpoints[slot] = tasks.start_slot(slot, path, mv.sha256, str(mv.version), faults=faults).url
     backend = EcsBackend(aws.deployer, state, endpoints)
     backend.start("blue", v1)
     state.switch_all("blue")
@@ -603,7 +604,7 @@ def test_ecs_rollout_walks_the_alb_weights_and_scales_blue_to_zero(tmp_path, aws
 
 @pytest.mark.slow
 def test_ecs_rollback_returns_weights_to_blue_and_scales_green_to_zero(tmp_path, aws):
-    s = _ecs_stack(tmp_path, aws, green_env={"AUTOTRADER_FAULT_ERROR_RATE": "0.3"})
+    s = _ecs_stack(tmp_path, aws, green_faults=FaultConfig(error_rate=0.3))
     try:
         report = RolloutController(s.registry, s.state, s.backend, rollout_policy()).run(s.v2.version, traffic_source)
         assert report.outcome == "rolled_back", rollout_markdown(report)

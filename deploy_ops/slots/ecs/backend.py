@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from deploy_ops.models.registry import ModelVersion
+from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.slots.backend import SlotCheck, http_ready_check
 from deploy_ops.slots.ecs.errors import DeploymentError
 from deploy_ops.slots.names import SLOTS
@@ -32,9 +33,9 @@ class EcsBackend:
         self.instruments = None  # the task definition decides what an ECS slot serves
         self.desired_count = desired_count
 
-    def start(self, slot: str, mv: ModelVersion, *, env: Mapping[str, str] | None = None, force: bool = False) -> str:
-        if env:
-            raise ValueError("ECS slots take their environment from the task definition; extra env is local-only")
+    def start(self, slot: str, mv: ModelVersion, *, faults: FaultConfig | None = None, force: bool = False) -> str:
+        if faults is not None and faults.active:
+            raise ValueError("fault injection is local-only: an ECS slot runs what its task definition says")
         try:
             self.deployer.ensure_services()
         except DeploymentError:
