@@ -301,6 +301,57 @@ def _file_source_settings(market_source: str, instruments: tuple[str, ...]) -> F
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """The mail relay the weekly performance report is sent through (AUTOTRADER_SMTP_*).
+
+    The password is not a field (a secret never reaches a repr): :meth:`password` reads
+    AUTOTRADER_SMTP_PASSWORD or the file AUTOTRADER_SMTP_PASSWORD_FILE names, when mail is sent."""
+
+    host: str = ""  #: AUTOTRADER_SMTP_HOST; empty: the report is not mailed
+    port: int = 587  #: AUTOTRADER_SMTP_PORT
+    sender: str = ""  #: AUTOTRADER_SMTP_FROM
+    recipients: tuple[str, ...] = ()  #: AUTOTRADER_REPORT_EMAIL_TO, comma-separated
+    username: str = ""  #: AUTOTRADER_SMTP_USER; empty: no login
+    starttls: bool = True  #: AUTOTRADER_SMTP_STARTTLS (0/false for a local relay)
+    password_file: str = ""  #: AUTOTRADER_SMTP_PASSWORD_FILE
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.host and self.sender and self.recipients)
+
+    def password(self) -> str | None:
+        """The SMTP password from AUTOTRADER_SMTP_PASSWORD or its file (trailing newline dropped)."""
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text().rstrip("\n")
+            except OSError as exc:
+                raise SettingsError(f"AUTOTRADER_SMTP_PASSWORD_FILE={self.password_file!r} cannot be read: {exc}") from exc
+        return secret("AUTOTRADER_SMTP_PASSWORD")
+
+
+def _smtp_settings() -> SmtpSettings:
+    host = (_env("AUTOTRADER_SMTP_HOST", "") or "").strip()
+    recipients = tuple(r.strip() for r in (_env("AUTOTRADER_REPORT_EMAIL_TO", "") or "").split(",") if r.strip())
+    sender = (_env("AUTOTRADER_SMTP_FROM", "") or "").strip()
+    if host and not (sender and recipients):
+        raise SettingsError("AUTOTRADER_SMTP_HOST is set: also set AUTOTRADER_SMTP_FROM and AUTOTRADER_REPORT_EMAIL_TO")
+    starttls = (_env("AUTOTRADER_SMTP_STARTTLS", "1") or "1").strip().lower()
+    if starttls not in ("1", "true", "yes", "0", "false", "no"):
+        raise SettingsError(f"AUTOTRADER_SMTP_STARTTLS={starttls!r} must be 1/true/yes or 0/false/no")
+    return SmtpSettings(host=host, port=_env_int("AUTOTRADER_SMTP_PORT", 587), sender=sender, recipients=recipients,
+                        username=(_env("AUTOTRADER_SMTP_USER", "") or "").strip(),
+                        starttls=starttls in ("1", "true", "yes"),
+                        password_file=(_env("AUTOTRADER_SMTP_PASSWORD_FILE", "") or "").strip())
+
+
+def _alertmanager_url() -> str:
+    raw = (_env("AUTOTRADER_ALERTMANAGER_URL", "") or "").strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"AUTOTRADER_ALERTMANAGER_URL={raw!r} must be an http:// or https:// URL")
+    return raw
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Every operational threshold in one place; shown in check metadata."""
 
@@ -358,6 +409,20 @@ class Settings:
     file_source: FileSourceSettings = field(default_factory=FileSourceSettings)
     #: (instrument, session calendar) pairs from AUTOTRADER_CALENDARS; see ``calendar_for``.
     calendars: tuple[tuple[str, str], ...] = ()
+    #: Prometheus Pushgateway the batch jobs push their metrics to (AUTOTRADER_PUSHGATEWAY_URL,
+    #: e.g. ``http://127.0.0.1:9091``); empty: nothing is pushed (``deploy_ops/metrics_push.py``).
+    pushgateway_url: str = ""
+    #: The file_sd targets file the local deployer rewrites on every slot change, so Prometheus
+    #: scrapes exactly the running slots (AUTOTRADER_PROMETHEUS_TARGETS; default under the home).
+    prometheus_targets_file: Path | None = None
+    #: Alertmanager the platform's events are delivered to (AUTOTRADER_ALERTMANAGER_URL, e.g.
+    #: ``http://127.0.0.1:9093``); empty: alerts wait in the outbox (``autotrader alerts list``).
+    alertmanager_url: str = ""
+    #: Prefix of every alert's runbook_url (AUTOTRADER_RUNBOOK_BASE_URL, e.g. the repository's web
+    #: address ending in ``/blob/main/``); empty: the repository path ``docs/runbooks/...``.
+    runbook_base_url: str = ""
+    #: The relay the weekly performance report is mailed through (AUTOTRADER_SMTP_*).
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
 
     @property
     def is_production(self) -> bool:
@@ -380,6 +445,13 @@ class Settings:
         for uri in (self.archive_uri, self.artifacts_uri):
             if "://" not in uri:
                 Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def _pushgateway_url() -> str:
+    raw = (_env("AUTOTRADER_PUSHGATEWAY_URL", "") or "").strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"AUTOTRADER_PUSHGATEWAY_URL={raw!r} must be an http:// or https:// URL")
+    return raw
 
 
 def load_settings() -> Settings:
@@ -443,6 +515,13 @@ def load_settings() -> Settings:
         warehouse_lock_timeout_s=_env_float("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", 300.0),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
         calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
+        alertmanager_url=_alertmanager_url(),
+        runbook_base_url=(_env("AUTOTRADER_RUNBOOK_BASE_URL", "") or "").strip(),
+        smtp=_smtp_settings(),
+        pushgateway_url=_pushgateway_url(),
+        prometheus_targets_file=Path(
+            _env("AUTOTRADER_PROMETHEUS_TARGETS", str(home / "monitoring" / "serving_targets.json"))
+        ).resolve(),
     )
 
 

@@ -14,6 +14,7 @@ import click
 
 from autotrader_assets.commands._common import domain_errors, nonblank
 from autotrader_assets.settings import SettingsError, get_settings
+from deploy_ops import metrics_push
 from deploy_ops.trading.breaker import BreakerError, BreakerNotTrippedError, BreakerStatus, BreakerStore
 
 
@@ -87,6 +88,11 @@ def reset_cmd(approved_by: str, reason: str) -> None:
         f"circuit breaker reset: trip {status.trip_id} ({status.reason}) cleared by {status.reset_by}; "
         f"trading resumes from the next paper-trading date"
     )
+    # The breaker's one group (paper_trading pushes there too), so the CircuitBreakerTripped alert resolves now rather
+    # than at the next paper-trading run; a Pushgateway that is down only costs a warning.
+    outcome = metrics_push.push_breaker(get_settings().pushgateway_url, status.tripped)
+    if outcome.warning:
+        click.echo(f"warning: {outcome.warning}", err=True)
 
 
 @group.command("history")

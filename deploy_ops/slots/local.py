@@ -38,6 +38,7 @@ from deploy_ops.procs import pid_running
 from deploy_ops.serving.faults import FaultConfig
 from deploy_ops.slots.backend import SlotCheck, http_ready_check
 from deploy_ops.slots.names import SLOTS
+from deploy_ops.slots.scrape_targets import write_targets
 from deploy_ops.state import DeploymentStateStore, SlotRecord, StateError
 
 #: Resolves a registry model version to ``(local bundle path, sha256)``.
@@ -108,8 +109,11 @@ class LocalDeployer:
         token: str | None = None,
         require_token: bool = False,
         instruments: Sequence[str] | None = None,
+        targets_file: str | os.PathLike[str] | None = None,
     ):
         self.state = state
+        #: Prometheus file_sd targets file rewritten on every slot change (None: not written).
+        self.targets_file = Path(targets_file) if targets_file is not None else None
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.python = python
@@ -214,15 +218,18 @@ class LocalDeployer:
         self._procs[slot] = proc
         url = f"http://{self.host}:{port}"
         self.state.set_slot(slot, status="starting", version=version, url=url, host=self.host, port=port, pid=proc.pid)
+        self.publish_targets()
         try:
             self._wait_ready(slot, proc, url, log_path, log_offset)
         except SlotStartError:
             self._kill_group(proc.pid, proc)
             self.state.set_slot(slot, status="failed", version=version, url=url, host=self.host, port=port,
                                 pid=proc.pid)
+            self.publish_targets()
             raise
         info = self.state.set_slot(slot, status="ready", version=version, url=url, host=self.host, port=port,
                                    pid=proc.pid)
+        self.publish_targets()
         self.state.record_event(
             "slot_started", f"slot {slot} serves {version} at {url}",
             details={"slot": slot, "version": version, "url": url, "pid": proc.pid},
@@ -300,6 +307,7 @@ class LocalDeployer:
             self._kill_group(info.pid, proc, grace=self.stop_grace if grace is None else grace)
         self._procs.pop(slot, None)
         stopped = self.state.set_slot_status(slot, "stopped")
+        self.publish_targets()
         self.state.record_event(
             "slot_stopped", f"slot {slot} ({info.version}) stopped",
             details={"slot": slot, "version": info.version, "pid": info.pid},
@@ -348,6 +356,11 @@ class LocalDeployer:
             time.sleep(0.05)
         return not self._pid_alive(pid, None)
 
+    def publish_targets(self) -> None:
+        """Rewrite the Prometheus targets file from the recorded slots (scrape_targets.py), if set."""
+        if self.targets_file is not None:
+            write_targets(self.targets_file, self.state.slots())
+
     # -- health ----------------------------------------------------------------------------------
     def is_alive(self, slot: str) -> bool:
         """Whether the slot's recorded process is running (a process check only, no HTTP)."""
@@ -385,6 +398,7 @@ class LocalDeployer:
             if health.healthy:
                 continue
             self.state.set_slot_status(slot, "failed")
+            self.publish_targets()
             self.state.record_event(
                 "slot_down", f"slot {slot} ({info.version}) is down: {health.detail}", severity="critical",
                 details={"slot": slot, "version": info.version, "pid": info.pid, "detail": health.detail},

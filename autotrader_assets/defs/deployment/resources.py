@@ -40,6 +40,9 @@ class DeploymentStackResource(dg.ConfigurableResource):
     require_serving_token: bool = Field(
         default=False, description="Refuse to start a slot without a serving token (the production profile)."
     )
+    prometheus_targets_file: str = Field(
+        default="", description="file_sd targets file the local deployer rewrites on slot changes; empty: none."
+    )
 
     def open(self, registry: ModelRegistry, stage_seconds: Optional[float] = None) -> DeploymentStack:
         pace = {} if self.requests_per_second is None else {"requests_per_second": self.requests_per_second}
@@ -51,7 +54,8 @@ class DeploymentStackResource(dg.ConfigurableResource):
         )
         return open_stack(registry, state_url=self.state_url, backend=self.backend, workdir=self.workdir,
                           policy=policy, ecs_config=self.ecs_config_json, serving_token=self.serving_token or None,
-                          require_token=self.require_serving_token)
+                          require_token=self.require_serving_token,
+                          targets_file=self.prometheus_targets_file or None)
 
 
 def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackResource:
@@ -66,6 +70,7 @@ def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackR
         max_p99_latency_ms=policy.max_p99_latency_ms, max_sharpe_drop=policy.max_sharpe_drop,
         fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps,
         ecs_config_json=s.ecs_config if backend == "ecs" else "",
+        prometheus_targets_file=str(s.prometheus_targets_file or ""),
         # An EnvVar, not the value: Dagster then shows the variable's name, never the secret.
         serving_token=dg.EnvVar("AUTOTRADER_SERVING_TOKEN") if s.serving_token else None,
         require_serving_token=s.is_production,

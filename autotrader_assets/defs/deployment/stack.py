@@ -89,7 +89,8 @@ def parse_ecs_config(text: str) -> dict[str, Any]:
 
 def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
                  ecs_config: str = "", serving_token: str | None = None, require_token: bool = False,
-                 instruments: Sequence[str] | None = None) -> SlotBackend:
+                 instruments: Sequence[str] | None = None,
+                 targets_file: str | os.PathLike[str] | None = None) -> SlotBackend:
     """The slot backend. Local slots get the serving token (required in production: the deployer
     refuses to start a slot without one) and the instruments they answer for; ECS slots get the
     token from the task definition's secret, and the backend's clients send ``serving_token``."""
@@ -97,7 +98,7 @@ def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry
         from deploy_ops.slots.local import LocalDeployer
 
         deployer = LocalDeployer(state, workdir, token=serving_token, require_token=require_token,
-                                 instruments=instruments)
+                                 instruments=instruments, targets_file=targets_file)
         return LocalBackend(deployer, registry)
     if kind == "ecs":
         from deploy_ops.slots.ecs.config import EcsDeployerConfig
@@ -122,10 +123,12 @@ def open_stack(
     ecs_config: str = "",
     serving_token: str | None = None,
     require_token: bool = False,
+    targets_file: str | os.PathLike[str] | None = None,
 ) -> DeploymentStack:
     state = DeploymentStateStore(state_url)
     backend_ = open_backend(backend, state, registry, workdir=workdir, ecs_config=ecs_config,
-                            serving_token=serving_token, require_token=require_token, instruments=policy.instruments)
+                            serving_token=serving_token, require_token=require_token, instruments=policy.instruments,
+                            targets_file=targets_file)
     return DeploymentStack(registry, state, backend_, policy)
 
 
@@ -137,6 +140,7 @@ def stack_from_settings(settings: Settings, *, stage_seconds: float | None = Non
         policy=rollout_policy_from(settings, stage_seconds=stage_seconds),
         ecs_config=settings.ecs_config if kind == "ecs" else "",
         serving_token=settings.serving_token, require_token=settings.is_production,
+        targets_file=settings.prometheus_targets_file,
     )
 
 

@@ -31,8 +31,10 @@ from autotrader_assets.defs.market_data.publish import (
 from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS
 from autotrader_assets.defs.market_data.validation import missing_fraction, partition_failures
+from autotrader_assets.pushing import market_data_groups, push_from_step
 from autotrader_assets.resources import WarehouseResource
 from autotrader_assets.settings import Settings
+from deploy_ops import metrics_push
 from deploy_ops.text import MESSAGE, truncate
 
 #: Partitions audited and published per transaction during large backfills (bounded memory).
@@ -142,7 +144,7 @@ def market_bars(
     quarantined: dict[str, str] = {}
     limits = settings.thresholds
     schema = SchemaAudit()
-    completeness = CompletenessAudit(limits.max_missing_fraction)
+    completeness = CompletenessAudit(limits.max_missing_fraction, settings.calendar_for)
     outliers = OutlierAudit(limits.outlier_robust_z)
     missing: dict[str, float] = {}
 
@@ -161,12 +163,14 @@ def market_bars(
                     # What the source returned is kept whatever the audit says.
                     staged[(date, instrument)] = pool.submit(store.stage, date, instrument, bars, batch_id)
                 frames[(date, instrument)] = bars
-                missing[f"{date}|{instrument}"] = round(missing_fraction(bars), 4)
+                missing[f"{date}|{instrument}"] = round(
+                    missing_fraction(bars, date=date, instrument=instrument, calendar=settings.calendar_for), 4
+                )
             staged_bytes = {key: f.result() for key, f in staged.items()}
 
             # Audit: the pandera schema over the whole chunk at once.
             audit_frame = _audit_frame(frames)
-            n_rows, failed, cases = partition_failures(chunk, audit_frame)
+            n_rows, failed, cases = partition_failures(chunk, audit_frame, calendar=settings.calendar_for)
             reasons = _reasons(cases)
             batch = PublishBatch(layer="market_bars", batch_id=batch_id)
             for key, bars in frames.items():
@@ -218,8 +222,13 @@ def market_bars(
             f"version is unchanged): {', '.join(sorted(quarantined)[:20])}"
         )
     worst = max(missing.items(), key=lambda kv: kv[1]) if missing else ("", 0.0)
+    pushed = {}
+    for instrument, samples in market_data_groups(completeness.fractions, outliers.found).items():
+        pushed[instrument] = push_from_step(context, settings, metrics_push.MARKET_DATA_JOB, samples,
+                                            instrument=instrument)
     return dg.MaterializeResult(
         metadata={
+            "pushgateway": dg.MetadataValue.json({i: p["pushgateway"].value for i, p in pushed.items()}),
             "dagster/row_count": dg.MetadataValue.int(rows_published),
             "partitions": dg.MetadataValue.int(len(parts)),
             "partitions_published": dg.MetadataValue.int(len(published)),

@@ -11,9 +11,10 @@ from autotrader_assets.defs.monitoring import health as hl
 from autotrader_assets.defs.monitoring.checks import feature_drift_psi_spec, not_judged_result, psi_check_result
 from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.performance import markdown_table
+from autotrader_assets.pushing import push_from_step
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
-from deploy_ops import events
+from deploy_ops import events, metrics_push
 from deploy_ops.state import DeploymentStateStore
 
 MONITORING_GROUP = "monitoring"
@@ -83,6 +84,8 @@ def feature_drift(
         "features": dg.MetadataValue.md(markdown_table(frame)),
         "rows_written": rows,
     }
+    metadata.update(push_from_step(context, settings, metrics_push.DRIFT_JOB, metrics_push.psi_samples(
+        zip(frame["feature"], frame["model_version"], frame["psi"]))))
     return dg.MaterializeResult(metadata=metadata, check_results=[psi_check_result(day, warn, critical)])
 
 
@@ -140,7 +143,11 @@ def model_health(
         log = context.log.warning if f.severity in ("warning", "critical") else context.log.info
         log(f"{f.severity}: {f.check}: {f.summary}")
     table = markdown_table(pd.DataFrame([f.row() for f in findings])) if findings else "no findings"
-    return dg.MaterializeResult(metadata={
+    # The last full 2-hour window's mean: what the ModelConfidenceLow rule compares with 0.6.
+    windows = hl.rolling_confidence(positions) if problem is None else pd.Series(dtype=float)
+    pushed = push_from_step(context, settings, metrics_push.HEALTH_JOB,
+                            metrics_push.confidence_samples(windows.iloc[-1] if len(windows) else None))
+    return dg.MaterializeResult(metadata={**pushed,
         "date": date.isoformat(),
         "worst_severity": worst,
         "n_findings": len(findings),

@@ -15,8 +15,10 @@ from autotrader_assets.defs.trading.paper import PaperParams, SignalParams
 from autotrader_assets.defs.trading.params import paper_params_from
 from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_trading
+from autotrader_assets.pushing import push_from_step
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
+from deploy_ops import metrics_push
 from deploy_ops.trading.backtest import DEFAULT_INITIAL_EQUITY
 from deploy_ops.trading.breaker import BreakerStatus, BreakerStore
 
@@ -218,6 +220,9 @@ def paper_trading(
         "rows_written": dg.MetadataValue.int(report.rows_written),
         "seconds": dg.MetadataValue.json({k: round(v, 4) for k, v in report.seconds.items()}),
     }
+    # The breaker state as soon as it is known; the account's numbers follow from trading_performance.
+    metadata.update(push_from_step(context, settings, metrics_push.BREAKER_JOB,
+                                   metrics_push.breaker_samples(report.breaker_after.tripped)))
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -271,4 +276,6 @@ def trading_performance(
         "drawdown_plot": dg.MetadataValue.md(perf.png_markdown(perf.drawdown_png(equity, initial, limit), "drawdown")),
         "circuit_breaker": dg.MetadataValue.json(status.to_dict()),
     }
+    samples = metrics_push.trading_samples(summary, instruments.to_dict("records"))
+    metadata.update(push_from_step(context, settings, metrics_push.TRADING_JOB, samples))
     return dg.MaterializeResult(metadata=metadata)
