@@ -17,6 +17,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+from autotrader_assets.defs.alerting import alerting_sensors
 from autotrader_assets.defs.features import feature_assets
 from autotrader_assets.defs.features.project import dbt_resource
 from autotrader_assets.defs.market_data import (
@@ -104,7 +105,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],
         jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs, *monitoring_jobs],
         schedules=[*market_data_schedules, *training_schedules, *trading_schedules, *monitoring_schedules],
-        sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors],
+        sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors, *alerting_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,
     )

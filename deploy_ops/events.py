@@ -32,6 +32,14 @@ RUNBOOKS: dict[str, str] = {
     "run_failed": "docs/runbooks/feature-drift.md#a-failed-run",
     "circuit_breaker_alert": "docs/runbooks/circuit-breaker.md#2-investigate",
     "deployment_run_failed": "docs/runbooks/rollback.md#1-look-first",
+    # Notices and resolutions of the alerting domain (deploy_ops/alerting/catalog.py).
+    "feature_drift_cleared": "docs/runbooks/alerts.md#featuredriftwarning",
+    "data_pipeline_completed": "docs/runbooks/alerts.md#datapipelinecompleted",
+    "training_completed": "docs/runbooks/alerts.md#trainingcompleted",
+    "model_promoted": "docs/runbooks/alerts.md#modelpromoted",
+    "weekly_performance_report": "docs/runbooks/alerts.md#weeklyperformancereport",
+    "report_mail_failed": "docs/runbooks/alerts.md#reportmailfailed",
+    "alert_test": "docs/runbooks/alerts.md#alerttest",
 }
 
 

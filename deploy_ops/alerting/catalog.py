@@ -14,9 +14,10 @@ An event of the deployment-state log (``deploy_ops.events``) is one of three thi
   none of the three is still sent, named after its kind, so a new critical event is never silent
   (``tests/unit/test_alerting.py`` checks that every kind the code records is classified).
 
-The alert names are shared with the Prometheus rules in ``monitoring/prometheus/rules/`` so one
-routing tree (``monitoring/alertmanager/alertmanager.yml``, by ``severity``) and one inhibition
-rule serve both.
+Where an event reports what a Prometheus rule of ``monitoring/prometheus/rules/`` also watches
+(a breaker trip, a slot down, low win rate), it carries the rule's alert name, so one routing
+tree (``monitoring/alertmanager/alertmanager.yml``, by ``severity``) and one inhibition rule serve
+both.
 """
 from __future__ import annotations
 
@@ -84,16 +85,18 @@ class Resolver:
 
 
 _HEALTH_NAMES = {
-    ("confidence", "warning"): "LowConfidence",
-    ("win_rate", "warning"): "LowWinRate",
-    ("data_quality", "warning"): "DataQualityIssue",
-    ("serving", "warning"): "HighLatency",
-    ("serving", "critical"): "HighErrorRate",
+    ("confidence", "warning"): "ModelConfidenceLow",
+    ("win_rate", "warning"): "WinRateLow",
+    ("data_quality", "warning"): "MarketDataMissing",
+    ("serving", "warning"): "ServingLatencyHigh",
+    ("serving", "critical"): "ServingErrorRateHigh",
 }
 
 
 def _health_name(event: OpsEvent) -> str:
     check = str(_detail(event, "check", "finding"))
+    if check == "data_quality" and "outliers_by_instrument" in event.details:
+        return "MarketDataOutliers"
     return _HEALTH_NAMES.get((check, event.severity)) or "ModelHealth" + "".join(
         p.capitalize() for p in check.split("_"))
 
@@ -135,7 +138,7 @@ ALERTS: dict[str, AlertSpec] = {
         conditional=True),
     "data_pipeline_failing": AlertSpec(
         "DataPipelineFailing", key=lambda e: f"data-pipeline-{_detail(e, 'partitions')}", conditional=True),
-    "slot_down": AlertSpec("SystemDown", key=lambda e: f"slot-down-{_detail(e, 'slot')}", conditional=True),
+    "slot_down": AlertSpec("ServingSlotDown", key=lambda e: f"slot-down-{_detail(e, 'slot')}", conditional=True),
     **{kind: AlertSpec("DeploymentFailed", key=_deployment_key, conditional=True) for kind in _DEPLOYMENT_FAILURES},
     # warning: Slack
     "feature_drift_warning": AlertSpec("FeatureDriftWarning", key=lambda e: "feature-drift-warning", conditional=True),
@@ -167,8 +170,8 @@ RESOLVERS: dict[str, Resolver] = {
     "circuit_breaker_reset": Resolver(("CircuitBreakerTripped",)),
     "feature_drift_cleared": Resolver(("FeatureDriftCritical", "FeatureDriftWarning"), _drift_cleared),
     "data_pipeline_completed": Resolver(("DataPipelineFailing",), _same_partitions),
-    "slot_started": Resolver(("SystemDown",), _same_slot),
-    "production_serving_ensured": Resolver(("SystemDown",), _same_slot),
+    "slot_started": Resolver(("ServingSlotDown",), _same_slot),
+    "production_serving_ensured": Resolver(("ServingSlotDown",), _same_slot),
     # The rollout recovered: a later deployment or rollback put a good version in service.
     "rollout_succeeded": Resolver(("DeploymentFailed",)),
     "model_rollback": Resolver(("DeploymentFailed",)),
@@ -181,16 +184,6 @@ QUIET: frozenset[str] = frozenset({
     "rollout_started", "rollout_stage_passed", "slot_started", "slot_stopped", "feature_drift_decision",
     "circuit_breaker_reset", "production_serving_ensured", "feature_drift_cleared",
 })
-
-#: Alert names the Prometheus rules raise (monitoring/prometheus/rules/) that no event raises: listed so the
-#: routing tests and the runbook cover them too.
-PROMETHEUS_ALERTNAMES: dict[str, str] = {
-    "SystemDown": "critical", "HighErrorRate": "critical", "CircuitBreakerTripped": "critical",
-    "DataPipelineFailing": "critical", "DeploymentFailed": "critical", "FeatureDriftCritical": "critical",
-    "HighLatency": "warning", "LowWinRate": "warning", "FeatureDriftWarning": "warning",
-    "DataQualityIssue": "warning", "LowConfidence": "warning",
-}
-
 
 def camel(kind: str) -> str:
     return "".join(part.capitalize() for part in kind.split("_") if part)
@@ -244,11 +237,10 @@ def alert_for(event: OpsEvent) -> Alert | None:
 
 
 def all_alertnames() -> dict[str, set[str]]:
-    """Every alert name that can be sent, with the severities it is sent with (the routing tests
-    route each pair; the runbook has a section for each name)."""
-    out: dict[str, set[str]] = {}
-    for name, severity in PROMETHEUS_ALERTNAMES.items():
-        out.setdefault(name, set()).add(severity)
+    """Every alert name the platform's events can raise, with the severities it is sent with (the
+    routing tests route each pair; docs/runbooks/alerts.md has a section for each name). The
+    Prometheus rules' names are read from monitoring/prometheus/rules/ by the tests."""
+    out: dict[str, set[str]] = {"MarketDataOutliers": {"warning"}}
     for (_check, severity), name in _HEALTH_NAMES.items():
         out.setdefault(name, set()).add(severity)
     out.setdefault("AlertTest", set()).update(("info", "warning", "critical"))
@@ -273,5 +265,5 @@ _RECORDED_SEVERITY: dict[str, set[str]] = {
 
 
 __all__ = ["ALERTS", "ALERTS_RUNBOOK", "Alert", "AlertSpec", "CONDITION_TTL", "ONE_SHOT_TTL",
-           "PROMETHEUS_ALERTNAMES", "QUIET", "RESOLVERS", "Resolver", "SERVICE", "alert_for", "alert_section",
+           "QUIET", "RESOLVERS", "Resolver", "SERVICE", "alert_for", "alert_section",
            "all_alertnames", "camel"]

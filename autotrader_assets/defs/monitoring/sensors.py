@@ -103,7 +103,17 @@ def feature_drift_sensor(
             continue
         cursor["id"] = record.id
         evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        if evaluation is None or evaluation.passed:
+        if evaluation is None:
+            continue
+        if evaluation.passed:
+            # Drift back under the thresholds: the event ends the open drift alerts of this date
+            # and earlier ones (deploy_ops/alerting/catalog.py). Once per date: every health check
+            # recomputes the date.
+            date = str(record.partition or _value(dict(evaluation.metadata), "date"))
+            if f"{date}|cleared" not in cursor["seen"]:
+                cursor["seen"] = (cursor["seen"] + [f"{date}|cleared"])[-_REMEMBERED:]
+                events.record(state, "feature_drift_cleared", "info", f"feature drift under {warn:g} on {date}",
+                              {"date": date, "check_run_id": record.run_id})
             continue
         meta = dict(evaluation.metadata)
         date = str(record.partition or _value(meta, "date"))
