@@ -110,5 +110,37 @@ def receiver_for_severity(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-__all__ = ["FAST_TIMINGS", "LocalEndpoints", "SECRETS_DIR", "load", "receiver_for_severity", "render_local",
-           "repo_config_path"]
+
+
+#: Debian's Alertmanager reads its default notification templates (and UI) from this absolute
+#: folder, which only a system install creates.
+DEBIAN_SHARE = b"/usr/share/prometheus/alertmanager"
+#: The same folder relative to ``usr/`` of an unpacked package, padded with ``./`` to the same
+#: length (a Go string's length is stored apart from its bytes, so the bytes are replaced in place).
+RELATIVE_SHARE = b"././/share/prometheus/alertmanager"
+
+
+def relocated_alertmanager(binary: Path) -> tuple[Path, Path]:
+    """A copy of Debian's ``prometheus-alertmanager`` that finds its templates in the unpacked
+    package instead of ``/usr/share`` (no system install); returns (binary, working directory to
+    run it in). The copy is made once, beside the original."""
+    binary = Path(binary)
+    usr = binary.resolve().parent.parent
+    relocated = binary.with_name(binary.name + "-relocated")
+    if not relocated.exists() or relocated.stat().st_mtime < binary.stat().st_mtime:
+        data = binary.read_bytes()
+        if DEBIAN_SHARE not in data:
+            return binary, usr  # not the Debian build: it carries its templates itself
+        assert len(DEBIAN_SHARE) == len(RELATIVE_SHARE)
+        tmp = relocated.with_name(relocated.name + ".tmp")
+        tmp.write_bytes(data.replace(DEBIAN_SHARE, RELATIVE_SHARE))
+        tmp.chmod(0o755)
+        tmp.replace(relocated)
+    if not (usr / "share" / "prometheus" / "alertmanager" / "default.tmpl").exists():
+        raise FileNotFoundError(f"{usr}/share/prometheus/alertmanager/default.tmpl is missing: unpack the "
+                                "prometheus-alertmanager package there (make monitoring-tools)")
+    return relocated, usr
+
+
+__all__ = ["FAST_TIMINGS", "LocalEndpoints", "SECRETS_DIR", "load", "receiver_for_severity", "relocated_alertmanager",
+           "render_local", "repo_config_path"]
