@@ -10,7 +10,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools
+.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools monitor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: install monitoring-tools
 
 test-fast: install monitoring-tools
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Prometheus (repo rules, the slots' file_sd targets), Pushgateway and Alertmanager on 127.0.0.1
+# (9090, 9091, 9093) for the local profile; prints their URLs. Ctrl-C stops them.
+monitor: install monitoring-tools
+	$(BIN)/python -m autotrader_assets.monitor
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)
