@@ -12,7 +12,7 @@ from autotrader_assets.defs.market_data import market_bars
 from autotrader_assets.defs.market_data.partitions import partition_key
 from autotrader_assets.defs.market_data.replay import ReplaySource
 from autotrader_assets.defs.market_data.resources import ArchiveResource
-from tests.pipeline_support import temp_resources
+from tests.support.pipeline import temp_resources
 
 
 def test_market_bars_archives_partitions_to_s3(tmp_path, monkeypatch):

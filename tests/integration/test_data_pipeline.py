@@ -9,7 +9,7 @@ import pytest
 
 from autotrader_assets.defs.market_data.replay import ReplaySource
 from autotrader_assets.defs.market_data.resources import MarketSourceResource
-from tests.pipeline_support import check_results, run_data_pipeline, shared_file, temp_resources
+from tests.support.pipeline import check_results, run_data_pipeline, shared_file, temp_resources
 
 pytestmark = pytest.mark.slow
 

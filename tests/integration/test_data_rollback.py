@@ -10,7 +10,7 @@ from autotrader_assets.defs.market_data.archive import frame_to_parquet_bytes
 from autotrader_assets.defs.market_data.jobs import data_rollback_job
 from autotrader_assets.defs.market_data.partitions import range_tags
 from autotrader_assets.defs.market_data.warehouse import read_partition
-from tests.pipeline_support import data_assets_and_checks, run_data_pipeline, temp_resources
+from tests.support.pipeline import data_assets_and_checks, run_data_pipeline, temp_resources
 
 pytestmark = pytest.mark.slow
 

@@ -3,14 +3,9 @@ registry, state store and DuckDB warehouse with real slot processes; the rollbac
 deployment-failure sensor evaluated on a really failed run."""
 from __future__ import annotations
 
-import zlib
 
 import dagster as dg
-import duckdb
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from autotrader_assets.defs.deployment import (
     DeploymentStackResource,
@@ -25,54 +20,16 @@ from autotrader_assets.resources import RegistryResource, WarehouseResource, def
 from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
 from deploy_ops.slots.local import MissingTokenError
 from deploy_ops.models.registry import open_registry
-from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
-from tests.integration.test_rollout import CANARY, INSTRUMENTS, make_stack, predict_everywhere, register, teardown_stack
-
-N_ROWS = 300
-WARMUP = 60
-
-
-def write_bar_features(path) -> None:
-    """``bar_features`` as the dbt model lays it out, with ``ret_1`` predicting the next bar."""
-    frames = []
-    for instrument in INSTRUMENTS:
-        rng = np.random.default_rng(zlib.crc32(instrument.encode()))
-        signal = rng.normal(size=N_ROWS)
-        # signal[t] moves the open of bar t+2: the bar a position decided at t is held over
-        r = np.concatenate([[0.0005 * rng.normal()], 0.003 * signal + 0.0005 * rng.normal(size=N_ROWS)])
-        opens = 50.0 * np.cumprod(np.concatenate([[1.0], 1.0 + r]))
-        frame = pd.DataFrame({
-            "instrument": instrument,
-            "ts": pd.date_range("2024-05-01", periods=N_ROWS, freq="1min"),
-            "open": opens[:N_ROWS], "close": opens[1: N_ROWS + 1],
-        })
-        frame["date"] = frame["ts"].dt.date
-        frame["high"] = frame[["open", "close"]].max(axis=1) * 1.0004
-        frame["low"] = frame[["open", "close"]].min(axis=1) * 0.9996
-        frame["volume"] = rng.lognormal(3, 0.5, size=N_ROWS)
-        for j, name in enumerate(FEATURE_COLUMNS):
-            frame[name] = signal if j == 0 else rng.normal(size=N_ROWS)
-        frame.loc[: WARMUP - 1, list(FEATURE_COLUMNS)] = np.nan  # warm-up rows are NULL
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    con = duckdb.connect(str(path))
-    try:
-        con.register("frame", table)
-        con.execute("create table bar_features as select * from frame")
-    finally:
-        con.close()
-
-
-def feature_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
-    n = len(FEATURE_COLUMNS)
-    model = build_model("logistic", n)
-    with torch.no_grad():
-        model.linear.weight.zero_()
-        model.linear.weight[0, 0] = weight
-        model.linear.bias[:] = bias
-    return ModelBundle(model=model, model_class="logistic", model_kwargs={},
-                       scaler=StandardScaler(mean=np.zeros(n), std=np.ones(n)), feature_names=list(FEATURE_COLUMNS))
-
+from tests.support.deployment import (
+    CANARY,
+    INSTRUMENTS,
+    feature_bundle,
+    make_stack,
+    predict_everywhere,
+    register,
+    teardown_stack,
+    write_bar_features,
+)
 
 @pytest.fixture
 def env(tmp_path):

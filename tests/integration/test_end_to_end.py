@@ -37,8 +37,8 @@ from deploy_ops.db import make_engine
 from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.registry import open_registry
 from deploy_ops.state import DeploymentStateStore
-from tests.integration.test_rollout import teardown_stack
-from tests.pipeline_support import shared_file
+from tests.support.deployment import teardown_stack
+from tests.support.pipeline import shared_file
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from deploy_ops.rollback import (
 from deploy_ops.rollout.closeout import close_out
 from deploy_ops.slots.backend import SlotCheck
 from deploy_ops.state import DEFAULT_ROUTE
-from tests.integration.test_rollout import (
+from tests.support.deployment import (
     INSTRUMENTS,
     logistic_bundle,
     make_stack,

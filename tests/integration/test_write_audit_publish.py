@@ -11,7 +11,7 @@ from autotrader_assets.defs.market_data.partitions import range_tags
 from autotrader_assets.defs.market_data.replay import ReplaySource
 from autotrader_assets.defs.market_data.resources import MarketSourceResource
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, empty_bars
-from tests.pipeline_support import check_results, data_assets_and_checks, run_data_pipeline, shared_file, temp_resources
+from tests.support.pipeline import check_results, data_assets_and_checks, run_data_pipeline, shared_file, temp_resources
 
 pytestmark = pytest.mark.slow
 

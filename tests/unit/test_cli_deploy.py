@@ -45,7 +45,7 @@ def run(*args: str):
 
 
 def feature_bundle(weight: float, bias: float = 0.0):
-    from tests.integration.test_deployment_assets import feature_bundle as make
+    from tests.support.deployment import feature_bundle as make
 
     return make(weight, bias)
 
@@ -122,7 +122,7 @@ def test_usage_errors_exit_2_and_refusals_exit_1_with_a_reason(home):
 
 @pytest.mark.slow
 def test_rollout_status_rollback_and_emergency_rollback_end_to_end(home):
-    from tests.integration.test_deployment_assets import write_bar_features
+    from tests.support.deployment import write_bar_features
 
     settings, registry, state = home
     write_bar_features(settings.warehouse_path)

@@ -15,7 +15,7 @@ from autotrader_assets.defs.market_data.connectors.alpaca import (
 )
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
-from tests.connector_support import FakeClock, query
+from tests.support.connectors import FakeClock, query
 
 BASE = "https://data.alpaca.test"
 STOCK_BARS = BASE + "/v2/stocks/AAPL/bars"

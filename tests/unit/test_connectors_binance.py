@@ -12,7 +12,7 @@ from autotrader_assets.defs.market_data.connectors import BinanceSource, get_sou
 from autotrader_assets.defs.market_data.connectors.binance import WEIGHT_HEADER, parse_kline_rows
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
-from tests.connector_support import FakeClock, query, shared_data_dir
+from tests.support.connectors import FakeClock, query, shared_data_dir
 
 BASE = "https://api.binance.test"
 KLINES = BASE + "/api/v3/klines"

@@ -13,7 +13,7 @@ from autotrader_assets.defs.market_data.connectors import FileSource, FileSource
 from autotrader_assets.defs.market_data.connectors import files as files_module
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError, detect_interval_seconds
 from autotrader_assets.defs.market_data.validation import validate_bars
-from tests.connector_support import shared_data_dir
+from tests.support.connectors import shared_data_dir
 
 T0 = pd.Timestamp("2024-01-02 00:00", tz="UTC")
 T0_MS = int(T0.value // 1_000_000)

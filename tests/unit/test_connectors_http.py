@@ -16,7 +16,7 @@ from autotrader_assets.defs.market_data.connectors.http import (
     redact_url,
 )
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
-from tests.connector_support import FakeClock
+from tests.support.connectors import FakeClock
 
 URL = "https://api.example.test/v1/bars"
 

@@ -13,7 +13,7 @@ from autotrader_assets.defs.market_data.connectors import IbkrSource, get_source
 from autotrader_assets.defs.market_data.connectors.http import ConnectorError, HttpClient
 from autotrader_assets.defs.market_data.connectors.ibkr import period_for
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, MalformedPayloadError
-from tests.connector_support import FakeClock, query, shared_data_dir
+from tests.support.connectors import FakeClock, query, shared_data_dir
 
 GATEWAY = "https://gateway.test:5000"
 HISTORY = GATEWAY + "/v1/api/iserver/marketdata/history"

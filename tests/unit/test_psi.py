@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from autotrader_assets.defs.monitoring import psi as P
-from tests.pipeline_support import shared_file
+from tests.support.pipeline import shared_file
 
 
 def independent_psi(reference: np.ndarray, current: np.ndarray) -> float:

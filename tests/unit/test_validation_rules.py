@@ -19,7 +19,7 @@ from autotrader_assets.defs.market_data.validation import (
     return_outliers,
     return_outliers_many,
 )
-from tests.pipeline_support import shared_file
+from tests.support.pipeline import shared_file
 
 FEB_2012 = [d.strftime("%Y-%m-%d") for d in pd.date_range("2012-02-01", "2012-02-29")]
 SATURDAYS = ["2012-02-04", "2012-02-11", "2012-02-18", "2012-02-25"]

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.pipeline_support import SHARED_DATA
+from tests.support.pipeline import SHARED_DATA
 
 
 class FakeClock:
