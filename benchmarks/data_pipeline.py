@@ -11,6 +11,7 @@ the figure; the target is <= 3x. Peak memory (this process and the dbt subproces
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -96,20 +97,29 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     import dagster as dg
     import duckdb
 
+    from autotrader_assets.definitions import build_resources
+    from autotrader_assets.defs.features import feature_assets
+    from autotrader_assets.defs.market_data import market_data_assets, market_data_checks
     from autotrader_assets.defs.market_data.partitions import range_tags
-    from autotrader_assets.settings import DEFAULT_INSTRUMENTS
-    from tests.pipeline_support import data_assets_and_checks, temp_resources
+    from autotrader_assets.settings import DEFAULT_INSTRUMENTS, get_settings
 
     instruments = list(DEFAULT_INSTRUMENTS)
     days = math.ceil(n_bars / (1440 * len(instruments)))
     first = dt.date(2020, 1, 1)
     last = first + dt.timedelta(days=days - 1)
-    resources = temp_resources(workdir)
+    # The code location's own resources, built from the settings with every store in workdir.
+    settings = dataclasses.replace(
+        get_settings(), home=workdir, dagster_home=workdir / "dagster_home",
+        warehouse_path=workdir / "warehouse.duckdb", archive_uri=str(workdir / "archive"),
+        artifacts_uri=str(workdir / "artifacts"), registry_url=f"sqlite:///{workdir / 'registry.db'}",
+        market_source="replay", replay_seed=11,
+    )
+    resources = build_resources(settings)
     print(f"\n--- {n_bars:,} bars requested: {days} days x {len(instruments)} instruments ---", flush=True)
 
     t0 = time.perf_counter()
     result = dg.materialize(
-        data_assets_and_checks(),
+        [*market_data_assets, *feature_assets, *market_data_checks],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
         tags=range_tags(first.isoformat(), last.isoformat(), instruments),
