@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,36 @@ def test_the_environment_scan_sees_every_form(tmp_path):
         "import os\nfrom os import getenv\na = os.environ['X']\nb = os.getenv('Y')\nc = os.environ.get('Z')\nd = 1\n"
     )
     assert [n for n, _ in _environment_uses(sample)] == [2, 3, 4, 5]
+
+
+#: Test modules another test module may import, with the reason: importing test functions collects
+#: them again in the importer (not helpers, which live in tests/support/).
+TEST_MODULE_IMPORTS_ALLOWED = {
+    ("test_registry_postgres.py", "tests.unit.test_registry"):
+        "runs the registry's unit tests a second time against PostgreSQL",
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    # The controller subprocess of the interrupted-rollout test imports through a script string.
+    modules |= set(re.findall(r"^from (tests\.\S+) import", path.read_text(), flags=re.MULTILINE))
+    return modules
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_tests_import_helpers_from_tests_support_not_from_test_modules(path):
+    imported = {m for m in _imported_modules(path) if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")}
+    bad = sorted(m for m in imported if (path.name, m) not in TEST_MODULE_IMPORTS_ALLOWED)
+    assert not bad, f"{path.name} imports test modules {bad}; move the shared helpers to tests/support/"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").rglob("*.py")), ids=lambda p: p.name)
+def test_benchmarks_import_nothing_from_tests(path):
+    bad = sorted(m for m in _imported_modules(path) if m == "tests" or m.startswith("tests."))
+    assert not bad, f"{path.name} imports {bad}: a benchmark runs the package code, not test helpers"
