@@ -78,10 +78,10 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
             for k in range(0, len(pairs), VALIDATE_CHUNK):
                 chunk = pairs[k : k + VALIDATE_CHUNK]
                 df = read_partitions(con, chunk)
-                _rows, failed, cases = partition_failures(chunk, df)
+                _rows, failed, cases = partition_failures(chunk, df, calendar=settings.calendar_for)
                 per_part_cases = cases.groupby("partition").size() if not cases.empty else {}
                 per_part_rows = df.groupby(["date", "instrument"]).size() if len(df) else {}
-                fractions = missing_fractions(df, chunk)
+                fractions = missing_fractions(df, chunk, calendar=settings.calendar_for)
                 bars_state = partition_status(con, "market_bars", chunk).set_index(["date", "instrument"])
                 feat_state = partition_status(con, "bar_features", chunk).set_index(["date", "instrument"])
                 for date, inst in chunk:

@@ -12,7 +12,13 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from autotrader_assets.defs.market_data.validation import find_gaps_many, missing_fractions, return_outliers_many
+from autotrader_assets.defs.market_data.validation import (
+    CalendarSpec,
+    find_gaps_many,
+    missing_fractions,
+    out_of_session_bars,
+    return_outliers_many,
+)
 from autotrader_assets.settings import Settings
 
 #: Failure rows kept for the metadata tables (the counts cover all of them).
@@ -37,14 +43,16 @@ market_bars_check_specs = [
     dg.AssetCheckSpec(
         COMPLETENESS_CHECK,
         asset="market_bars",
-        description="Completeness of the published partitions: WARN when more than the allowed fraction "
-        "of the day's minutes is missing.",
+        description="Completeness of the fetched partitions: WARN when more than the allowed fraction of "
+        "the bars expected by the instrument's session calendar, at the data's interval, is missing, or "
+        "when bars fall outside the session (a closed day expects none).",
     ),
     dg.AssetCheckSpec(
         OUTLIERS_CHECK,
         asset="market_bars",
-        description="Outliers in the published partitions: WARN on 1-minute log returns beyond the "
-        "robust z-score bound, listing the bars.",
+        description="Outliers in the fetched partitions: WARN on a bar return beyond the robust z bound "
+        "(scale from non-zero returns, floored) that the next bar takes back, or beyond 10x the bound; "
+        "lists the bars.",
     ),
 ]
 
@@ -87,31 +95,42 @@ class SchemaAudit:
 
 
 class CompletenessAudit:
-    """Missing fractions and gaps of the published partitions, chunk by chunk."""
+    """Missing fractions (in-session bars at the data's interval), gaps and bars outside the
+    session of the audited partitions, chunk by chunk; ``calendar`` is ``settings.calendar_for``."""
 
-    def __init__(self, max_missing_fraction: float):
+    def __init__(self, max_missing_fraction: float, calendar: CalendarSpec):
         self.limit = max_missing_fraction
+        self.calendar = calendar
         self.fractions: dict[str, float] = {}
         self.gaps: list[pd.DataFrame] = []
+        self.outside: list[pd.DataFrame] = []
 
     def add(self, parts: list[tuple[str, str]], frame: pd.DataFrame) -> None:
-        self.fractions.update(missing_fractions(frame, parts))
-        found = find_gaps_many(frame)
+        self.fractions.update(missing_fractions(frame, parts, calendar=self.calendar))
+        found = find_gaps_many(frame, calendar=self.calendar)
         if not found.empty:
             self.gaps.append(found.nlargest(50, "missing_bars"))
+        outside = out_of_session_bars(frame, calendar=self.calendar)
+        if not outside.empty:
+            self.outside.append(outside)
 
     def result(self) -> dg.AssetCheckResult:
         gaps = pd.concat(self.gaps, ignore_index=True).sort_values("missing_bars", ascending=False) if self.gaps else pd.DataFrame()
         bad = {k: v for k, v in self.fractions.items() if v > self.limit}
+        # Bars outside the session are kept (a calendar is a model of the market), but many of them
+        # usually mean a wrong calendar mapping or time zone: the check warns and lists them.
+        outside = pd.concat(self.outside, ignore_index=True) if self.outside else pd.DataFrame()
         return dg.AssetCheckResult(
             check_name=COMPLETENESS_CHECK,
-            passed=not bad,
+            passed=not bad and outside.empty,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
                 "max_missing_fraction_allowed": self.limit,
                 "worst_missing_fraction": max(self.fractions.values(), default=0.0),
                 "partitions_over_limit": dg.MetadataValue.json(bad),
                 "gaps": dg.MetadataValue.md(md_table(gaps)),
+                "out_of_session_bars": dg.MetadataValue.int(int(outside["bars"].sum()) if not outside.empty else 0),
+                "out_of_session": dg.MetadataValue.md(md_table(outside)),
             },
         )
 

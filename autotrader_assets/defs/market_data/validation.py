@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from autotrader_assets.defs.market_data import calendars
-from autotrader_assets.settings import get_settings
+from autotrader_assets.settings import default_calendar
 
 MINUTES_PER_DAY = 1440
 #: Bar interval assumed when a frame has no two bars of one partition to measure it from.
@@ -26,8 +26,9 @@ EXTREME_MULTIPLE = 10.0
 #: from the level before it (so it undoes at least half of it, and at most one and a half).
 RETURN_TOLERANCE = 0.5
 
-#: A calendar for every instrument (a name), per instrument (a mapping, the rest from settings),
-#: a function instrument -> name, or None: ``get_settings().calendar_for``.
+#: A calendar for every instrument (a name), per instrument (a mapping, the rest by the default
+#: rule), a function instrument -> name, or None: the default rule ``settings.default_calendar``
+#: (no AUTOTRADER_CALENDARS mapping). Definitions and the CLI pass ``settings.calendar_for``.
 CalendarSpec = str | Mapping[str, str] | Callable[[str], str] | None
 #: Bar interval in seconds: one for every instrument, per instrument, or None: detected.
 IntervalSpec = int | Mapping[str, int] | None
@@ -122,12 +123,12 @@ def validate_bars(df: pd.DataFrame, date: str | None = None) -> SchemaReport:
 def calendar_lookup(calendar: CalendarSpec = None) -> Callable[[str], str]:
     """instrument -> session calendar name, from a ``CalendarSpec`` (see there)."""
     if calendar is None:
-        return get_settings().calendar_for
+        return default_calendar
     if isinstance(calendar, str):
         return lambda _instrument: calendar
     if isinstance(calendar, Mapping):
         mapping = dict(calendar)
-        return lambda instrument: mapping.get(instrument) or get_settings().calendar_for(instrument)
+        return lambda instrument: mapping.get(instrument) or default_calendar(instrument)
     return calendar
 
 
