@@ -301,3 +301,13 @@ def test_weekly_report_takes_both_charts_from_the_materialization():
     assert "equity 101.50" in report.summary
     with pytest.raises(ReportError, match="drawdown_plot"):
         build_report({"equity_curve": uri, "current_equity": 1.0}, "run-2")
+
+
+def test_data_pipeline_completion_resolves_the_failure_of_the_same_partitions_only(store, am):
+    events.record(store, "data_pipeline_failing", "critical", "3 failures", {"partitions": "2024-01-02|BTCUSDT"})
+    deliver_now(store.url, am.url)
+    events.record(store, "data_pipeline_completed", "info", "done", {"partitions": "2024-01-02|ETHUSDT", "run_id": "a"})
+    assert deliver_now(store.url, am.url).resolved == 0
+    events.record(store, "data_pipeline_completed", "info", "done", {"partitions": "2024-01-02|BTCUSDT", "run_id": "b"})
+    assert deliver_now(store.url, am.url).resolved == 1
+    assert Outbox(store).open_alerts() == []
