@@ -260,3 +260,22 @@ def test_make_run_computes_health_for_the_paper_traded_days_and_prints_findings(
     assert report.checks_failed == [f"{DAY} feature_drift:feature_drift_psi (ERROR)"]
     lines = health_summary(str(world.warehouse), [DAY])
     assert lines[0].startswith(f"  {DAY}  critical drift") and "[docs/runbooks/feature-drift.md#" in lines[0]
+
+
+def test_drift_back_under_the_threshold_clears_the_warning_once(world):
+    from deploy_ops.alerting import Outbox
+
+    write_day(world.warehouse, DAY, center=2.5)
+    with dg.instance_for_test() as instance:
+        materialize_drift(world, instance)
+        _, cursor = tick(world, instance)
+        Outbox(DeploymentStateStore(world.url)).flush(None)
+        write_day(world.warehouse, DAY, center=3.0)  # v2's own distribution: no drift
+        assert evaluation(materialize_drift(world, instance)).passed
+        _, cursor = tick(world, instance, cursor)
+        materialize_drift(world, instance)
+        tick(world, instance, cursor)  # every health check recomputes the day: cleared once
+    (cleared,) = kinds(world, "feature_drift_cleared")
+    assert cleared.details["date"] == DAY
+    result = Outbox(DeploymentStateStore(world.url)).flush(None)
+    assert result.resolved == 1 and Outbox(DeploymentStateStore(world.url)).open_alerts() == []
