@@ -156,8 +156,10 @@ def test_features_use_no_future_bars(tmp_path):
     db = str(tmp_path / "warehouse.duckdb")
     # dbt alone builds the audit relation (publishing is the asset's step)
     query = "select * from bar_features_audit where date = '2024-03-02' and hour(ts) < 12 order by ts"
+    afternoon = "select * from bar_features_audit where date = '2024-03-02' and hour(ts) >= 12 order by ts"
     con = duckdb.connect(db, read_only=True)
     before = con.execute(query).df()
+    afternoon_before = con.execute(afternoon).df()
     con.close()
 
     con = duckdb.connect(db)
@@ -174,10 +176,39 @@ def test_features_use_no_future_bars(tmp_path):
     )
     con = duckdb.connect(db, read_only=True)
     after = con.execute(query).df()
-    changed = con.execute("select count(*) from bar_features_audit where date = '2024-03-02' and hour(ts) >= 12 and close > 0").fetchall()[0][0]
+    afternoon_after = con.execute(afternoon).df()
     con.close()
-    assert len(before) > 600 and changed > 0
+    assert len(before) > 600 and len(afternoon_before) > 600
+    # the rewrite reached the features: the afternoon's closes, returns and volume z-scores moved
+    assert len(afternoon_after) == len(afternoon_before)
+    for col in ("close", "ret_60", "rv_60", "volume_z_60"):
+        moved = ~np.isclose(afternoon_after[col], afternoon_before[col], equal_nan=True)
+        assert moved.any(), f"the afternoon rewrite did not change {col}"
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_synthetic_features_match_dbt(tmp_path):
+    """The test-only feature frame (tests/support/synthetic.py) is the dbt model's definition on
+    contiguous 1-minute bars: every feature column equal to 1e-9 after the warm-up."""
+    from autotrader_assets.settings import FEATURE_COLUMNS
+    from tests.support.synthetic import bar_features_frame, random_walk_bars
+
+    bars = random_walk_bars(instruments=("BTCUSDT",), start="2024-03-01", days=2, seed=5, ar1=0.1)
+    csv = tmp_path / "btc.csv"
+    bars[["ts", "open", "high", "low", "close", "volume"]].to_csv(csv, index=False)
+    resources = temp_resources(
+        tmp_path, market_source=MarketSourceResource(name="file", file_paths={"BTCUSDT": [str(csv)]})
+    )
+    assert run_data_pipeline(resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT").success
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    dbt = con.execute("select * from bar_features where instrument = 'BTCUSDT' order by ts").df()
+    con.close()
+    ours = bar_features_frame(bars)
+    assert len(dbt) == len(ours) == 2 * 1440
+    assert dbt["ret_60"].isna().sum() == ours["ret_60"].isna().sum() == 60  # the same warm-up
+    for col in FEATURE_COLUMNS:
+        np.testing.assert_allclose(dbt[col].to_numpy(float), ours[col].to_numpy(float), rtol=0, atol=1e-9,
+                                   equal_nan=True, err_msg=col)
 
 
 class _CorruptBtcOnly:

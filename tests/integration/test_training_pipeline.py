@@ -17,7 +17,7 @@ from autotrader_assets.defs.training import (
     training_job,
 )
 from autotrader_assets.defs.training.gates import GATE_NAMES
-from autotrader_assets.defs.training.synthetic import WARMUP_BARS, bar_features_frame, random_walk_bars
+from tests.support.synthetic import WARMUP_BARS, bar_features_frame, random_walk_bars
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
 from deploy_ops.models.registry import open_registry

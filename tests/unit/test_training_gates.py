@@ -25,7 +25,7 @@ from autotrader_assets.defs.training.gates import (
     sharpe_vs_production_gate,
     weights_finite_gate,
 )
-from autotrader_assets.defs.training.synthetic import bar_features_frame, random_walk_bars
+from tests.support.synthetic import bar_features_frame, random_walk_bars
 from autotrader_assets.defs.training.train import TrainConfig
 from autotrader_assets.settings import FEATURE_COLUMNS, Thresholds
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model

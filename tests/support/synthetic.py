@@ -2,10 +2,10 @@
 
 A geometric random walk has no predictable direction, so any model scoring clearly better
 than a coin on it has leaked the future: that is the ground truth the leakage guard is tested
-against. The features here are computed from past bars only, in the spirit of the dbt feature
-models (not bit-identical to them: the training code only relies on the column names).
-
-No Dagster imports.
+against. The features are the dbt model's definitions (``dbt_project/models/features/
+bar_features.sql``) on contiguous 1-minute bars, where a k-minute window is k bars:
+``tests/integration/test_data_pipeline.py::test_synthetic_features_match_dbt`` holds them equal.
+Test code only: the platform's features come from dbt alone.
 """
 from __future__ import annotations
 
@@ -73,26 +73,30 @@ def _features_one(bars: pd.DataFrame) -> pd.DataFrame:
     ret_1 = logc.diff(1)
     for k in (1, 5, 15, 60):
         out[f"ret_{k}"] = logc.diff(k)
-    out["rv_15"] = ret_1.rolling(15, min_periods=15).std()
-    out["rv_60"] = ret_1.rolling(60, min_periods=60).std()
+    # Windows as in SQL: partial at the start (warm-up hides those rows), sample std (ddof 1).
+    out["rv_15"] = ret_1.rolling(15, min_periods=2).std()
+    out["rv_60"] = ret_1.rolling(60, min_periods=2).std()
     delta = close.diff()
-    gain = delta.clip(lower=0).rolling(14, min_periods=14).mean()
-    loss = (-delta.clip(upper=0)).rolling(14, min_periods=14).mean()
+    gain = delta.clip(lower=0).rolling(14, min_periods=1).mean()
+    loss = (-delta.clip(upper=0)).rolling(14, min_periods=1).mean()
     total = gain + loss
-    # 14 straight up-moves are RSI 100, not undefined; a flat window is neutral (as in dbt).
-    out["rsi_14"] = (100 * gain / total.where(total > 0)).fillna(50.0).where(total.notna())
-    ema12 = close.ewm(span=12, adjust=False, min_periods=12).mean()
-    ema26 = close.ewm(span=26, adjust=False, min_periods=26).mean()
-    out["macd"] = ema12 - ema26
-    out["macd_signal"] = out["macd"].ewm(span=9, adjust=False, min_periods=9).mean()
+    # A flat window is neutral (50), 14 straight up-moves are 100.
+    out["rsi_14"] = np.where(total == 0, 50.0, 100.0 * (gain / total.where(total != 0)))
+    # MACD on simple moving averages, normalised by price; the signal is a 9-bar mean.
+    sma12 = close.rolling(12, min_periods=1).mean()
+    sma26 = close.rolling(26, min_periods=1).mean()
+    out["macd"] = (sma12 - sma26) / close
+    out["macd_signal"] = out["macd"].rolling(9, min_periods=1).mean()
     out["macd_hist"] = out["macd"] - out["macd_signal"]
-    sma20 = close.rolling(20, min_periods=20).mean()
-    sd20 = close.rolling(20, min_periods=20).std()
-    out["bb_pos_20"] = (close - sma20) / (2 * sd20)
-    out["volume_z_60"] = (vol - vol.rolling(60, min_periods=60).mean()) / vol.rolling(60, min_periods=60).std()
+    sma20 = close.rolling(20, min_periods=1).mean()
+    sd20 = close.rolling(20, min_periods=2).std()
+    out["bb_pos_20"] = np.where(sd20 > 0, (close - sma20) / (2 * sd20.where(sd20 > 0)), 0.0)
+    vol_mean = vol.rolling(60, min_periods=1).mean()
+    vol_sd = vol.rolling(60, min_periods=2).std()
+    out["volume_z_60"] = np.where(vol_sd > 0, (vol - vol_mean) / vol_sd.where(vol_sd > 0), 0.0)
     out["range_hl"] = (high - low) / close
     out["range_co"] = (close - open_) / open_
-    # Mirrors the warehouse: features are NULL until every window is full.
+    # Mirrors the warehouse: features are NULL for the first 60 minutes of history.
     out.iloc[:WARMUP_BARS] = np.nan
     return out[list(FEATURE_COLUMNS)]
 
