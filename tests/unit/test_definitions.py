@@ -41,6 +41,7 @@ SENSORS = {
     "deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
     "data_pipeline_failure_sensor",
     "alert_delivery_sensor", "job_notice_sensor",
+    "job_success_metrics_sensor", "job_failure_metrics_sensor",
 }
 SCHEDULES = {
     "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
