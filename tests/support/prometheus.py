@@ -2,7 +2,6 @@
 for tests: their paths, or a skip that says how to get them."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,11 +18,3 @@ def tool(name: str) -> Path:
     return path
 
 
-def heading_anchors(path: Path) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    out = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"^#{1,6}\s+(.*)$", line)
-        if m:
-            out.add(re.sub(r"[^a-z0-9 -]", "", m.group(1).strip().lower()).replace(" ", "-"))
-    return out

@@ -16,32 +16,36 @@ from autotrader_assets.cli import main
 from autotrader_assets.defs.alerting.report import ReportError, build_report
 from autotrader_assets.settings import SettingsError, get_settings, load_settings
 from deploy_ops import events
-from deploy_ops.alerting import AlertmanagerClient, AlertmanagerError, Outbox, deliver_now
+from deploy_ops.alerting import (
+    AlertmanagerClient,
+    AlertmanagerError,
+    Outbox,
+    deliver_now,
+)
 from deploy_ops.alerting.catalog import (
-    ALERTS, CONDITION_TTL, ONE_SHOT_TTL, QUIET, RESOLVERS, _RECORDED_SEVERITY, alert_for, all_alertnames)
+    _RECORDED_SEVERITY,
+    ALERTS,
+    CONDITION_TTL,
+    ONE_SHOT_TTL,
+    QUIET,
+    RESOLVERS,
+    alert_for,
+    all_alertnames,
+)
 from deploy_ops.alerting.outbox import BACKOFF_CAP, backoff, outbox_table
 from deploy_ops.state import DeploymentStateStore
 from deploy_ops.trading.breaker import BreakerStore
 from tests.support.alerting import Recorder
+from tests.support.docs import heading_anchors
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_PATH = "/api/v2/alerts"
 
 
-def _anchors(path: Path) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    out = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"^#{1,6}\s+(.*)$", line)
-        if m:
-            out.add(re.sub(r"[^a-z0-9 -]", "", m.group(1).strip().lower()).replace(" ", "-"))
-    return out
-
-
 def _exists(ref: str) -> bool:
     path, _, anchor = ref.partition("#")
     file = ROOT / path
-    return file.is_file() and anchor in _anchors(file)
+    return file.is_file() and anchor in heading_anchors(file)
 
 
 @pytest.fixture

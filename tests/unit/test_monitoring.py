@@ -1,7 +1,6 @@
 """Events in one shape, the drift decision and the health findings, without Dagster runs."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +12,16 @@ from autotrader_assets.defs.monitoring.decision import DriftAlarm, decide
 from autotrader_assets.defs.monitoring.psi import drift_against, fit_reference
 from deploy_ops import events
 from deploy_ops.state import DeploymentStateStore, StateError
+from tests.support.docs import heading_anchors
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _anchors(path: Path) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    out = set()
-    for line in path.read_text().splitlines():
-        m = re.match(r"^#{1,6}\s+(.*)$", line)
-        if m:
-            out.add(re.sub(r"[^a-z0-9 -]", "", m.group(1).strip().lower()).replace(" ", "-"))
-    return out
 
 
 @pytest.mark.parametrize("runbook", sorted(set(events.RUNBOOKS.values()) | set(hl.RUNBOOK.values())))
 def test_every_runbook_reference_names_an_existing_section(runbook):
     file, anchor = runbook.split("#")
     assert (ROOT / file).exists(), f"{file} does not exist"
-    assert anchor in _anchors(ROOT / file), f"{file} has no section #{anchor}: {sorted(_anchors(ROOT / file))}"
+    assert anchor in heading_anchors(ROOT / file), f"{file} has no section #{anchor}: {sorted(heading_anchors(ROOT / file))}"
 
 
 @pytest.fixture
@@ -65,7 +55,10 @@ def test_bad_events_are_refused_and_nothing_is_written(state, kwargs, message):
 
 
 def test_the_breaker_sensor_records_its_alert_in_the_common_shape(tmp_path):
-    from autotrader_assets.defs.trading.rollback_decision import ALERT_EVENT, pending_rollbacks
+    from autotrader_assets.defs.trading.rollback_decision import (
+        ALERT_EVENT,
+        pending_rollbacks,
+    )
     from deploy_ops.trading.breaker import BreakerStore
 
     store = BreakerStore(f"sqlite:///{tmp_path / 'state.db'}")

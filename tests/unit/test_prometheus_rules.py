@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from deploy_ops.metrics_push import CATALOGUE
-from tests.support.prometheus import ROOT, heading_anchors, tool
+from tests.support.docs import heading_anchors
+from tests.support.prometheus import ROOT, tool
 
 PROM = ROOT / "monitoring" / "prometheus"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
