@@ -157,3 +157,76 @@ def test_targets_list_exactly_the_running_slots(tmp_path):
     slots["green"] = _slot("green", "starting", "http://127.0.0.1:8102")
     slots["blue"] = _slot("blue", "failed", "http://127.0.0.1:8101")
     assert target_groups(slots.values()) == [{"targets": ["127.0.0.1:8102"], "labels": {"slot_name": "green"}}]
+
+
+def test_market_data_groups_take_each_instruments_last_published_date():
+    import pandas as pd
+
+    from autotrader_assets.pushing import market_data_groups
+
+    fractions = {"2024-03-01|BTCUSDT": 0.2, "2024-03-02|BTCUSDT": 0.01, "2024-03-02|ETHUSDT": 0.07}
+    outliers = [pd.DataFrame({"ts": pd.to_datetime(["2024-03-01 10:00", "2024-03-02 11:00", "2024-03-02 12:00"], utc=True),
+                              "instrument": ["BTCUSDT", "BTCUSDT", "ETHUSDT"]})]
+    groups = market_data_groups(fractions, outliers)
+    assert groups["BTCUSDT"] == mp.market_data_samples("BTCUSDT", 0.01, 1)  # 2024-03-01's 20% is history
+    assert groups["ETHUSDT"] == mp.market_data_samples("ETHUSDT", 0.07, 1)
+    assert market_data_groups({"2024-03-02|SOLUSDT": 0.0}, [])["SOLUSDT"] == mp.market_data_samples("SOLUSDT", 0.0, 0)
+
+
+def test_run_status_sensors_push_last_success_and_failures_in_a_row(gateway, tmp_path):
+    import dataclasses
+
+    import dagster as dg
+
+    from autotrader_assets.defs.monitoring.run_metrics import (
+        failures_in_a_row,
+        job_failure_metrics_sensor,
+        job_success_metrics_sensor,
+    )
+    from autotrader_assets.settings import get_settings
+
+    url, received = gateway
+    outcome = {"fail": True}
+
+    @dg.op
+    def step():
+        if outcome["fail"]:
+            raise RuntimeError("boom")
+
+    @dg.job
+    def data_pipeline():
+        step()
+
+    settings = dataclasses.replace(get_settings(), pushgateway_url=url)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        runs = [data_pipeline.execute_in_process(instance=instance, raise_on_error=False) for _ in range(3)]
+        failed = runs[-1].dagster_run
+        assert failures_in_a_row(instance, failed) == 3
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="job_failure_metrics_sensor", dagster_instance=instance, dagster_run=failed,
+            dagster_event=runs[-1].get_run_failure_event(), resources={"settings": settings},
+        ).for_run_failure()
+        job_failure_metrics_sensor(ctx)
+        assert received[-1][:2] == ("POST", "/metrics/job/data_pipeline/source/run_status")
+        assert "autotrader_job_consecutive_failures 3.0" in received[-1][2]
+
+        outcome["fail"] = False
+        ok = data_pipeline.execute_in_process(instance=instance)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="job_success_metrics_sensor", dagster_instance=instance, dagster_run=ok.dagster_run,
+            dagster_event=ok.get_run_success_event(), resources={"settings": settings},
+        )
+        job_success_metrics_sensor(ctx)
+        body = received[-1][2]
+        assert "autotrader_job_consecutive_failures 0.0" in body
+        stamp = float(re.search(r"autotrader_job_last_success_timestamp_seconds ([0-9.e+]+)", body).group(1))
+        assert abs(stamp - time.time()) < 60
+
+        # Without a Pushgateway nothing is sent.
+        before = len(received)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="job_success_metrics_sensor", dagster_instance=instance, dagster_run=ok.dagster_run,
+            dagster_event=ok.get_run_success_event(), resources={"settings": dataclasses.replace(settings, pushgateway_url="")},
+        )
+        job_success_metrics_sensor(ctx)
+        assert len(received) == before
