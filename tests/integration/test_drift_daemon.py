@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 
 from autotrader_assets.instance import LOCAL_DAGSTER_YAML
-from tests.monitoring_support import DAY, make_world, write_day
+from tests.support.monitoring import DAY, make_world, write_day
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

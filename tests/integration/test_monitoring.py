@@ -17,7 +17,7 @@ from autotrader_assets.settings import get_settings
 from deploy_ops import events
 from deploy_ops.events import RUNBOOKS
 from deploy_ops.state import DeploymentStateStore
-from tests.monitoring_support import DAY, FEATURES, make_world, write_day
+from tests.support.monitoring import DAY, FEATURES, make_world, write_day
 
 CHECK = dg.AssetCheckKey(dg.AssetKey("feature_drift"), "feature_drift_psi")
 
