@@ -423,6 +423,10 @@ class Settings:
     runbook_base_url: str = ""
     #: The relay the weekly performance report is mailed through (AUTOTRADER_SMTP_*).
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    #: Where ``autotrader backup`` and the ``hourly_backup`` schedule keep backups
+    #: (AUTOTRADER_BACKUP_URI: a folder or ``s3://bucket/prefix``); local default: ``<home>/backups``,
+    #: production: required by the backup commands, never defaulted to the task's own disk.
+    backup_uri: str = ""
 
     @property
     def is_production(self) -> bool:
@@ -519,6 +523,7 @@ def load_settings() -> Settings:
         runbook_base_url=(_env("AUTOTRADER_RUNBOOK_BASE_URL", "") or "").strip(),
         smtp=_smtp_settings(),
         pushgateway_url=_pushgateway_url(),
+        backup_uri=(_env("AUTOTRADER_BACKUP_URI", "" if env == "production" else str(home / "backups")) or "").strip(),
         prometheus_targets_file=Path(
             _env("AUTOTRADER_PROMETHEUS_TARGETS", str(home / "monitoring" / "serving_targets.json"))
         ).resolve(),

@@ -36,6 +36,7 @@ CHECKS = {
 JOBS = {
     "data_pipeline", "data_rollback", "market_data_freshness", "training_job", "deployment_pipeline",
     "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report", "health_check",
+    "backup_job",
 }
 SENSORS = {
     "deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
@@ -45,7 +46,7 @@ SENSORS = {
 }
 SCHEDULES = {
     "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
-    "weekly_performance_report", "health_check_every_15_minutes",
+    "weekly_performance_report", "health_check_every_15_minutes", "hourly_backup",
 }
 
 

@@ -1,0 +1,9 @@
+"""Operations: the platform's own upkeep. The backup job and the ``hourly_backup`` schedule (RPO 1 h)
+beside the plain backup code they call (``deploy_ops/backup.py``)."""
+from autotrader_assets.defs.operations.jobs import backup_job
+from autotrader_assets.defs.operations.schedules import hourly_backup
+
+operations_jobs = [backup_job]
+operations_schedules = [hourly_backup]
+
+__all__ = ["backup_job", "hourly_backup", "operations_jobs", "operations_schedules"]
