@@ -62,7 +62,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     resources = default_resources(s)
     resources.update(
-        archive=ArchiveResource(uri=s.archive_uri, region_name=s.aws_region),
+        archive=ArchiveResource(uri=s.archive_uri, region_name=s.aws_region, endpoint_url=s.s3_endpoint_url or None),
         market_source=MarketSourceResource.from_settings(s),
         dbt=dbt_resource(s.warehouse_path, s.home / "dbt_profiles"),
         deployment=deployment_resource(s),

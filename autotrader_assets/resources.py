@@ -89,11 +89,13 @@ class RegistryResource(dg.ConfigurableResource):
     url: str
     artifacts_uri: str
     aws_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
 
     def open(self):
         from deploy_ops.models.registry import open_registry
 
-        return open_registry(self.url, self.artifacts_uri, aws_region=self.aws_region)
+        return open_registry(self.url, self.artifacts_uri, aws_region=self.aws_region,
+                             s3_endpoint_url=self.s3_endpoint_url)
 
 
 def default_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -101,5 +103,6 @@ def default_resources(settings: Settings | None = None) -> dict[str, dg.Configur
     s = settings or get_settings()
     return {
         "warehouse": WarehouseResource(path=str(s.warehouse_path), lock_timeout_s=s.warehouse_lock_timeout_s),
-        "registry": RegistryResource(url=s.registry_url, artifacts_uri=s.artifacts_uri, aws_region=s.aws_region),
+        "registry": RegistryResource(url=s.registry_url, artifacts_uri=s.artifacts_uri, aws_region=s.aws_region,
+                                     s3_endpoint_url=s.s3_endpoint_url or None),
     }

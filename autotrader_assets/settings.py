@@ -6,7 +6,10 @@ Two profiles:
   (``./.autotrader`` beside the project): a DuckDB warehouse file, the archive and model
   artifacts on the local disk, the registry and deployment state in SQLite.
 * ``production``: registry and deployment state on PostgreSQL, archive and artifacts on S3,
-  serving on ECS. Connection strings and secrets come from environment variables only.
+  the warehouse on a shared (EFS) mount, the Dagster instance on PostgreSQL, serving on ECS.
+  Connection strings and secrets come from environment variables only. A production profile
+  with a local or missing store refuses to start and lists every problem
+  (:func:`production_problems`).
 
 This module deliberately imports nothing from Dagster so that ``deploy_ops`` callers (the CLI)
 can use it too.
@@ -427,6 +430,14 @@ class Settings:
     #: (AUTOTRADER_BACKUP_URI: a folder or ``s3://bucket/prefix``); local default: ``<home>/backups``,
     #: production: required by the backup commands, never defaulted to the task's own disk.
     backup_uri: str = ""
+    #: S3 endpoint override for the archive and artifact stores (AUTOTRADER_S3_ENDPOINT_URL, else
+    #: boto3's own AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL): a MinIO or moto server, a VPC endpoint
+    #: URL; empty: AWS's regional endpoint.
+    s3_endpoint_url: str = ""
+    #: The shared file system (EFS) mount that holds the DuckDB warehouse in production
+    #: (AUTOTRADER_WAREHOUSE_SHARED_DIR): every run is its own ECS task with its own disk, so the
+    #: warehouse must live where the next run's task finds it. None in the local profile.
+    warehouse_shared_dir: Path | None = None
 
     @property
     def is_production(self) -> bool:
@@ -449,6 +460,112 @@ class Settings:
         for uri in (self.archive_uri, self.artifacts_uri):
             if "://" not in uri:
                 Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def _s3_endpoint_url() -> str:
+    # Our own name first; boto3's names are honoured too, so an operator who already set them
+    # for the AWS CLI gets the same endpoint for the archive and the artifacts.
+    for name in ("AUTOTRADER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        raw = (_env(name, "") or "").strip().rstrip("/")
+        if raw:
+            if not raw.startswith(("http://", "https://")):
+                raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
+            return raw
+    return ""
+
+
+#: Schemes of a registry URL that several tasks on several hosts can share.
+SHARED_DATABASE_SCHEMES = ("postgresql", "postgres")
+#: The instance variables the shipped ``infra/dagster/dagster.yaml`` reads whose value may be empty:
+#: a PostgreSQL role that authenticates without a password (IAM, trust, ``.pgpass``) still needs
+#: the variable set, because Dagster fails on an unset ``env:`` reference, not on an empty one.
+MAY_BE_EMPTY = frozenset({"DAGSTER_PG_PASSWORD"})
+
+
+def _env_references(node) -> list[str]:
+    """Every ``{env: NAME}`` a Dagster instance YAML reads, in document order."""
+    if isinstance(node, dict):
+        if set(node) == {"env"} and isinstance(node["env"], str):
+            return [node["env"]]
+        return [name for value in node.values() for name in _env_references(value)]
+    if isinstance(node, list):
+        return [name for value in node for name in _env_references(value)]
+    return []
+
+
+def _instance_problems(dagster_home: str | None) -> list[str]:
+    """What keeps ``DAGSTER_HOME`` from being the shared production instance."""
+    if not dagster_home:
+        return ["DAGSTER_HOME is not set: runs and sensors would be recorded in a new SQLite instance on this "
+                "disk that no production daemon sees; point it at the folder holding infra/dagster/dagster.yaml"]
+    config = Path(dagster_home).expanduser() / "dagster.yaml"
+    if not config.is_file():
+        return [f"{config} does not exist: copy infra/dagster/dagster.yaml there (the images do)"]
+    import yaml  # lazy: only the production profile reads the instance file
+
+    try:
+        document = yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"{config} cannot be read as YAML: {exc}"]
+    if not isinstance(document, dict):
+        return [f"{config} is not a YAML mapping"]
+    problems = []
+    storage = document.get("storage")
+    if not (isinstance(storage, dict) and "postgres" in storage):
+        problems.append(f"{config} has no 'storage: postgres' section: the instance would keep runs in SQLite "
+                        "on this disk")
+    unset, empty = [], []
+    for name in dict.fromkeys(_env_references(document)):
+        value = os.environ.get(name)
+        if value is None:
+            unset.append(name)
+        elif not value.strip() and name not in MAY_BE_EMPTY:
+            empty.append(name)
+    if unset:
+        problems.append(f"{config} reads {', '.join(unset)}, which {'is' if len(unset) == 1 else 'are'} not set"
+                        + (" (DAGSTER_PG_PASSWORD may be empty, but must be set)" if "DAGSTER_PG_PASSWORD" in unset else ""))
+    if empty:
+        problems.append(f"{config} reads {', '.join(empty)}, which {'is' if len(empty) == 1 else 'are'} empty")
+    return problems
+
+
+def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: str, warehouse_path: Path,
+                        warehouse_shared_dir: Path | None, serving_token_set: bool,
+                        dagster_home: str | None) -> list[str]:
+    """Everything that keeps the production profile from running on tasks that share no disk.
+
+    Every store must be one that the next ECS task (another run, the daemon, an operator's CLI)
+    reaches too; a local store would pass silently and be wrong (a breaker that says "armed" while
+    the shared one is tripped). All problems are listed at once, so one deploy fixes them all.
+    """
+    problems = []
+    scheme = registry_url.split(":", 1)[0].split("+", 1)[0].lower() if registry_url else ""
+    if not registry_url:
+        problems.append("AUTOTRADER_REGISTRY_URL is not set (the PostgreSQL URL of the registry, deployment state "
+                        "and breaker)")
+    elif scheme not in SHARED_DATABASE_SCHEMES:
+        # Only the scheme is shown: the URL may carry a password.
+        problems.append(f"AUTOTRADER_REGISTRY_URL is a {scheme or 'local'}: URL; production needs a shared "
+                        "PostgreSQL database (postgresql://...)")
+    for name, uri in (("AUTOTRADER_ARCHIVE_URI", archive_uri), ("AUTOTRADER_ARTIFACTS_URI", artifacts_uri)):
+        if not uri:
+            problems.append(f"{name} is not set (an s3://bucket/prefix URI)")
+        elif not uri.startswith("s3://"):
+            problems.append(f"{name}={uri!r} is on this task's disk; production needs an s3://bucket/prefix URI")
+    if warehouse_shared_dir is None:
+        problems.append(f"the warehouse {warehouse_path} is on this task's own disk: set AUTOTRADER_WAREHOUSE_SHARED_DIR "
+                        "to the shared file system (EFS) mount that holds it")
+    elif not warehouse_shared_dir.is_dir():
+        problems.append(f"AUTOTRADER_WAREHOUSE_SHARED_DIR={str(warehouse_shared_dir)!r} is not a directory "
+                        "(is the EFS volume mounted?)")
+    elif not warehouse_path.is_relative_to(warehouse_shared_dir):
+        problems.append(f"AUTOTRADER_WAREHOUSE={str(warehouse_path)!r} is outside AUTOTRADER_WAREHOUSE_SHARED_DIR="
+                        f"{str(warehouse_shared_dir)!r}; unset it (default: warehouse.duckdb in the shared folder)")
+    if not serving_token_set:
+        problems.append("AUTOTRADER_SERVING_TOKEN is not set: production slots refuse unauthenticated /predict, "
+                        "so paper trading and rollouts could not call them")
+    problems.extend(_instance_problems(dagster_home))
+    return problems
 
 
 def _pushgateway_url() -> str:
@@ -475,21 +592,24 @@ def load_settings() -> Settings:
         raise SettingsError("AUTOTRADER_INSTRUMENTS is empty")
     canary = tuple(i for i in CANARY_INSTRUMENTS if i in instruments) or instruments[:1]
 
+    shared_raw = _env("AUTOTRADER_WAREHOUSE_SHARED_DIR")
+    warehouse_shared_dir = Path(shared_raw).expanduser().resolve() if shared_raw else None
+    default_warehouse = (warehouse_shared_dir if env == "production" and warehouse_shared_dir else home) / "warehouse.duckdb"
+    warehouse_path = Path(_env("AUTOTRADER_WAREHOUSE", str(default_warehouse))).resolve()
     if env == "production":
-        registry_url = _env("AUTOTRADER_REGISTRY_URL")
-        archive_uri = _env("AUTOTRADER_ARCHIVE_URI")
-        artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI")
-        missing = [
-            name
-            for name, value in (
-                ("AUTOTRADER_REGISTRY_URL", registry_url),
-                ("AUTOTRADER_ARCHIVE_URI", archive_uri),
-                ("AUTOTRADER_ARTIFACTS_URI", artifacts_uri),
+        registry_url = _env("AUTOTRADER_REGISTRY_URL") or ""
+        archive_uri = _env("AUTOTRADER_ARCHIVE_URI") or ""
+        artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI") or ""
+        problems = production_problems(
+            registry_url=registry_url, archive_uri=archive_uri, artifacts_uri=artifacts_uri,
+            warehouse_path=warehouse_path, warehouse_shared_dir=warehouse_shared_dir,
+            serving_token_set=bool(_env("AUTOTRADER_SERVING_TOKEN")), dagster_home=_env("DAGSTER_HOME"),
+        )
+        if problems:
+            raise SettingsError(
+                f"the production profile cannot start ({len(problems)} problem(s); see README.md, Configuration):\n"
+                + "\n".join(f"  - {p}" for p in problems)
             )
-            if not value
-        ]
-        if missing:
-            raise SettingsError("production profile needs " + ", ".join(missing))
     else:
         registry_url = _env("AUTOTRADER_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}")
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI", str(home / "archive"))
@@ -500,7 +620,9 @@ def load_settings() -> Settings:
         env=env,
         home=home,
         dagster_home=dagster_home,
-        warehouse_path=Path(_env("AUTOTRADER_WAREHOUSE", str(home / "warehouse.duckdb"))).resolve(),
+        warehouse_path=warehouse_path,
+        warehouse_shared_dir=warehouse_shared_dir,
+        s3_endpoint_url=_s3_endpoint_url(),
         archive_uri=archive_uri,
         artifacts_uri=artifacts_uri,
         registry_url=registry_url,

@@ -55,6 +55,11 @@ def domain_errors(
                 detail = one_line(str(getattr(exc, "orig", None) or exc))
                 raise click.ClickException(f"{database} database error: {detail}") from exc
             except Exception as exc:
+                from autotrader_assets.settings import SettingsError
+
+                if isinstance(exc, SettingsError):
+                    # A configuration refusal lists every problem, one per line: all of it is the message.
+                    raise click.ClickException(str(exc).strip()) from exc
                 if isinstance(exc, refusals()):
                     raise click.ClickException(one_line(str(exc))) from exc
                 raise

@@ -186,7 +186,13 @@ def archive_versions(date: str, instrument: str) -> None:
         validate_instrument(instrument)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    store = open_archive(get_settings().archive_uri)
+    settings = get_settings()
+    client = None
+    if settings.archive_is_s3:
+        import boto3  # the same region and endpoint override as the code location's archive
+
+        client = boto3.client("s3", region_name=settings.aws_region, endpoint_url=settings.s3_endpoint_url or None)
+    store = open_archive(settings.archive_uri, s3_client=client)
     if not store.exists(date, instrument):
         raise click.ClickException(f"no archive for {date} {instrument} in {store.uri}")
     click.echo(f"latest    {store.location(date, instrument)}")

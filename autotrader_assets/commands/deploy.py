@@ -69,10 +69,12 @@ def group() -> None:
 @_domain_errors
 def status_cmd(as_json: bool, n_events: int) -> None:
     """Production version, slots (with a live health probe), routing, deployments and recent events."""
-    from autotrader_assets.defs.deployment.stack import event_rows, summarize_slots
+    from autotrader_assets.defs.deployment.stack import ECS_CONFIG_ENV, event_rows, status_stack_from_settings, summarize_slots
     from deploy_ops.state import DEFAULT_ROUTE
 
-    stack = _stack()
+    # Status only reads the shared state: it works without the ECS document (slots then not probed).
+    stack = status_stack_from_settings(get_settings())
+    backend = stack.backend.kind if stack.backend is not None else f"ecs (not probed: {ECS_CONFIG_ENV} is not set)"
     production = stack.registry.get_production()
     slots = summarize_slots(stack)
     routes = stack.state.routing_table()
@@ -85,7 +87,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
                                       limit=1000)[-n_events:] if n_events else []
     if as_json:
         click.echo(json.dumps({
-            "backend": stack.backend.kind,
+            "backend": backend,
             "production_version": production.version if production else None,
             "slots": slots,
             "routing": routes,
@@ -95,7 +97,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
             "events": event_rows(events),
         }, indent=2, sort_keys=True, default=str))
         return
-    click.echo(f"backend:    {stack.backend.kind}")
+    click.echo(f"backend:    {backend}")
     click.echo(f"production: {'version ' + str(production.version) if production else 'none (the first rollout bootstraps)'}")
     click.echo(f"routing:    default -> {default or '(none)'}; " +
                "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in SLOTS))
@@ -104,7 +106,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     click.echo("")
     if slots:
         print_table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
-               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else f"DOWN ({truncate(s['detail'], HEALTH_WIDTH)})",
+               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else truncate(s["detail"], HEALTH_WIDTH) if s["healthy"] is None else f"DOWN ({truncate(s['detail'], HEALTH_WIDTH)})",
                  s["url"] or "-", str(s["pid"] or "-"), ",".join(per_slot.get(s["slot"], [])) or "-"] for s in slots])
     else:
         click.echo("no slot has ever been started")

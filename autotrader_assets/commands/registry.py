@@ -33,7 +33,8 @@ _PROMOTE_TARGETS = tuple(s for s in STAGES if s != "failed")
 
 def _open() -> ModelRegistry:
     settings = get_settings()
-    return open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region)
+    return open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
+                         s3_endpoint_url=settings.s3_endpoint_url or None)
 
 
 #: Registry and configuration errors become one-line ``Error: ...`` messages, exit code 1.

@@ -122,12 +122,15 @@ class LocalArtifactStore(ArtifactStore):
 class S3ArtifactStore(ArtifactStore):
     """Artifacts in an S3 bucket under a key prefix (the production profile)."""
 
-    def __init__(self, bucket: str, prefix: str = "", region: str = "us-east-1", client=None):
+    def __init__(self, bucket: str, prefix: str = "", region: str = "us-east-1", client=None,
+                 endpoint_url: str | None = None):
         if not bucket:
             raise ValueError("S3 artifact store needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
+        # None: boto3 picks the endpoint (AWS's, or its own AWS_ENDPOINT_URL variables).
+        self.endpoint_url = endpoint_url or None
         self._client = client
 
     def __repr__(self) -> str:
@@ -139,7 +142,7 @@ class S3ArtifactStore(ArtifactStore):
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", region_name=self.region)
+            self._client = boto3.client("s3", region_name=self.region, endpoint_url=self.endpoint_url)
         return self._client
 
     def key_for(self, sha256: str) -> str:
@@ -202,7 +205,7 @@ def _local_path(uri: str) -> Path:
     return Path(uri)
 
 
-def open_artifact_store(uri: str, aws_region: str = "us-east-1") -> ArtifactStore:
+def open_artifact_store(uri: str, aws_region: str = "us-east-1", endpoint_url: str | None = None) -> ArtifactStore:
     """The store for ``uri``: ``s3://bucket[/prefix]`` goes to S3, anything else is a local directory
     (a plain path or ``file://`` URI)."""
     if not uri:
@@ -211,5 +214,5 @@ def open_artifact_store(uri: str, aws_region: str = "us-east-1") -> ArtifactStor
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise ValueError(f"S3 artifact URI has no bucket: {uri!r}")
-        return S3ArtifactStore(parsed.netloc, parsed.path.strip("/"), aws_region)
+        return S3ArtifactStore(parsed.netloc, parsed.path.strip("/"), aws_region, endpoint_url=endpoint_url)
     return LocalArtifactStore(_local_path(uri))

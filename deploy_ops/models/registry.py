@@ -560,12 +560,15 @@ class ModelRegistry:
             )
 
 
-def open_registry(url: str, artifacts_uri: str, aws_region: str = "us-east-1") -> ModelRegistry:
+def open_registry(url: str, artifacts_uri: str, aws_region: str = "us-east-1",
+                  s3_endpoint_url: str | None = None) -> ModelRegistry:
     """Open (creating tables if absent) the registry at database ``url`` with artifacts at
-    ``artifacts_uri`` (a local directory or ``s3://bucket/prefix``)."""
+    ``artifacts_uri`` (a local directory or ``s3://bucket/prefix``; ``s3_endpoint_url`` overrides
+    the S3 endpoint)."""
     if not url:
         raise ValueError("registry URL is empty")
-    return ModelRegistry(make_engine(url), open_artifact_store(artifacts_uri, aws_region=aws_region))
+    return ModelRegistry(make_engine(url), open_artifact_store(artifacts_uri, aws_region=aws_region,
+                                                               endpoint_url=s3_endpoint_url))
 
 
 def allowed_transitions(stage: str) -> list[str]:

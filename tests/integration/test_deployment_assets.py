@@ -3,6 +3,7 @@ registry, state store and DuckDB warehouse with real slot processes; the rollbac
 deployment-failure sensor evaluated on a really failed run."""
 from __future__ import annotations
 
+import dataclasses
 
 import dagster as dg
 import pytest
@@ -79,7 +80,10 @@ def test_definitions_name_everything(tmp_path, monkeypatch):
 
 
 def _production_settings(tmp_path, monkeypatch, token: str | None):
-    monkeypatch.setenv("AUTOTRADER_ENV", "production")
+    # The production profile itself refuses to load without a token or with local stores
+    # (tests/unit/test_production_settings.py); these tests exercise the deployer's own refusal
+    # behind it, so they take the local stores and switch only the profile.
+    monkeypatch.delenv("AUTOTRADER_ENV", raising=False)
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
     monkeypatch.setenv("AUTOTRADER_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
     monkeypatch.setenv("AUTOTRADER_ARCHIVE_URI", str(tmp_path / "archive"))
@@ -88,7 +92,7 @@ def _production_settings(tmp_path, monkeypatch, token: str | None):
         monkeypatch.delenv("AUTOTRADER_SERVING_TOKEN", raising=False)
     else:
         monkeypatch.setenv("AUTOTRADER_SERVING_TOKEN", token)
-    return load_settings()
+    return dataclasses.replace(load_settings(), env="production")
 
 
 def test_production_profile_refuses_to_start_a_slot_without_a_serving_token(tmp_path, monkeypatch):

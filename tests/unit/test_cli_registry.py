@@ -217,4 +217,5 @@ def test_production_profile_without_configuration_is_a_clear_error(registry, mon
     get_settings.cache_clear()
     result = run("list")
     assert result.exit_code == 1
-    assert "production profile needs AUTOTRADER_REGISTRY_URL" in result.output
+    assert "production profile cannot start" in result.output
+    assert "AUTOTRADER_REGISTRY_URL is not set" in result.output

@@ -6,6 +6,7 @@ import pytest
 from pathlib import Path
 
 from autotrader_assets.settings import CANARY_INSTRUMENTS, FileSourceSettings, SettingsError, load_settings, secret
+from tests.support.production import production_env
 
 FILE_VARS = (
     "AUTOTRADER_FILE_SOURCE", "AUTOTRADER_FILE_DIR", "AUTOTRADER_FILE_PATTERN", "AUTOTRADER_FILE_SYMBOL_COLUMN",
@@ -39,13 +40,12 @@ def test_embedded_default_needs_no_configuration(clean_env, tmp_path):
     assert (tmp_path / "archive").is_dir() and (tmp_path / "dagster_home").is_dir()
 
 
-def test_production_requires_its_stores(clean_env):
+def test_production_requires_its_stores(clean_env, tmp_path):
     clean_env.setenv("AUTOTRADER_ENV", "production")
     with pytest.raises(SettingsError, match="AUTOTRADER_REGISTRY_URL"):
         load_settings()
-    clean_env.setenv("AUTOTRADER_REGISTRY_URL", "postgresql://u@db/registry")
-    clean_env.setenv("AUTOTRADER_ARCHIVE_URI", "s3://bars/archive")
-    clean_env.setenv("AUTOTRADER_ARTIFACTS_URI", "s3://models/artifacts")
+    # every store shared (tests/unit/test_production_settings.py breaks them one by one)
+    production_env(clean_env, tmp_path)
     s = load_settings()
     assert s.is_production and s.archive_is_s3
     assert s.stage_seconds >= 60  # stages last minutes in production

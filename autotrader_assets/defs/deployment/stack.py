@@ -133,7 +133,8 @@ def open_stack(
 
 
 def stack_from_settings(settings: Settings, *, stage_seconds: float | None = None) -> DeploymentStack:
-    registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region)
+    registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
+                             s3_endpoint_url=settings.s3_endpoint_url or None)
     kind = backend_for_env(settings.env)
     return open_stack(
         registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
@@ -142,6 +143,18 @@ def stack_from_settings(settings: Settings, *, stage_seconds: float | None = Non
         serving_token=settings.serving_token, require_token=settings.is_production,
         targets_file=settings.prometheus_targets_file,
     )
+
+
+def status_stack_from_settings(settings: Settings) -> DeploymentStack:
+    """The stack for read-only status views: like :func:`stack_from_settings`, but a production
+    profile without ``AUTOTRADER_ECS_CONFIG`` still opens (registry, state, routing, events) with
+    no backend, so an operator can read the shared state from anywhere; slots are then not probed."""
+    if backend_for_env(settings.env) == "ecs" and not settings.ecs_config.strip():
+        registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
+                                 s3_endpoint_url=settings.s3_endpoint_url or None)
+        return DeploymentStack(registry, DeploymentStateStore(settings.registry_url), None,  # type: ignore[arg-type]
+                               rollout_policy_from(settings))
+    return stack_from_settings(settings)
 
 
 def with_stage_seconds(stack: DeploymentStack, seconds: float | None) -> DeploymentStack:
@@ -203,7 +216,9 @@ def summarize_slots(stack: DeploymentStack) -> list[dict[str, Any]]:
     """Each recorded slot with a live health probe, for status views."""
     out = []
     for slot, info in sorted(stack.state.slots().items()):
-        if info.status == "ready":
+        if info.status == "ready" and stack.backend is None:
+            healthy, detail = None, f"not probed ({ECS_CONFIG_ENV} is not set)"
+        elif info.status == "ready":
             check = stack.backend.check(slot, info.version)
             healthy, detail = check.ok, check.detail
         else:
