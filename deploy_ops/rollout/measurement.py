@@ -87,7 +87,9 @@ def server_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | No
 
 def periods_per_year(ts: pd.Series | pd.DatetimeIndex) -> int:
     """Bars per year implied by the median bar spacing (24/7 markets)."""
-    index = pd.DatetimeIndex(ts)
+    # In nanoseconds whatever the input's unit: DuckDB hands timestamps over as datetime64[us],
+    # whose integers read as nanoseconds made every bar 1000x shorter (and the Sharpe sqrt(1000)x).
+    index = pd.DatetimeIndex(ts).as_unit("ns")
     if len(index) < 2:
         return MINUTES_PER_YEAR
     step = float(np.median(np.diff(index.asi8))) / 1e9
