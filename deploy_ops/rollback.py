@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy_ops import events
 from deploy_ops.db import utcnow
 from deploy_ops.models.registry import ARCHIVED, FAILED, PRODUCTION, STAGING, ModelRegistry, ModelVersion
 from deploy_ops.rollout.closeout import close_out
@@ -37,11 +38,30 @@ from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.names import SLOTS, other_slot
 from deploy_ops.slots.roles import find_live_slot, weights_for
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
-from deploy_ops.text import MESSAGE, required_text, truncate
+from deploy_ops.text import DETAIL, MESSAGE, required_text, truncate
 
 
 class RollbackError(RuntimeError):
     """A rollback was refused or could not complete; the message says which and why."""
+
+
+#: Where an operator goes when the emergency path itself failed.
+EMERGENCY_RUNBOOK = "docs/runbooks/rollback.md#2b-emergency-rollback-now"
+
+#: What an operator must do when there is no known-good version to fall back to.
+NO_KNOWN_GOOD_ACTIONS = [
+    "The circuit breaker stays tripped, so paper trading places no new orders: leave it tripped.",
+    "List the versions (autotrader deploy list-versions) and pick one you trust that is archived or staging;",
+    "serve it with autotrader deploy rollback --to VERSION --reason TEXT (health and known-answer checks),",
+    "or roll out a newly trained staging version with autotrader deploy rollout VERSION.",
+]
+
+#: What an operator must do when the emergency rollback started but did not finish.
+FAILED_EMERGENCY_ACTIONS = [
+    "Run autotrader deploy status: the event's actions say what was done before the failure.",
+    "If no healthy slot serves, retry autotrader deploy emergency-rollback --reason TEXT once;",
+    "if it fails again, serve a trusted version with autotrader deploy rollback --to VERSION --reason TEXT.",
+]
 
 
 @dataclass
@@ -168,9 +188,19 @@ def emergency_rollback(
     reason = required_text("reason", reason)
     actor = required_text("actor", actor)
     target = registry.last_known_good()
-    if target is None:
-        raise RollbackError("no known-good version: no other version ever held production without failing")
     production = registry.get_production()
+    if target is None:
+        message = "no known-good version: no other version ever held production without failing"
+        # The emergency path failing is an emergency of its own: say so before raising.
+        events.record(
+            state, "emergency_rollback_failed", "critical",
+            f"emergency rollback ({actor}: {truncate(reason, DETAIL)}) failed: {message}",
+            {"actor": actor, "reason": reason, "error": message,
+             "production_version": production.version if production else None,
+             "operator_actions": NO_KNOWN_GOOD_ACTIONS},
+            runbook=EMERGENCY_RUNBOOK,
+        )
+        raise RollbackError(f"{message}. {' '.join(NO_KNOWN_GOOD_ACTIONS)}")
     running = state.active_deployment()
     preempted = None
     if running is not None:
@@ -205,7 +235,8 @@ def emergency_rollback(
     except Exception as exc:  # emergency: say exactly what got done before the failure; undo nothing
         close_out(state, backend, report.deployment_id, status="failed", reason=f"{type(exc).__name__}: {exc}",
                   event="emergency_rollback_failed", message=f"emergency rollback to {target.version} failed: {exc}",
-                  details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
+                  details={**report.to_dict(), "error": truncate(exc, MESSAGE),
+                           "operator_actions": FAILED_EMERGENCY_ACTIONS, events.RUNBOOK_KEY: EMERGENCY_RUNBOOK})
         raise RollbackError(f"emergency rollback to version {target.version} failed after {report.actions}: {exc}") from exc
     return _succeeded(state, report, f"emergency rollback by {actor}: {reason}", event="emergency_rollback",
                       message=f"{actor}: all traffic to last known-good version {target.version}: {reason}",

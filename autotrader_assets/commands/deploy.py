@@ -70,6 +70,7 @@ def group() -> None:
 def status_cmd(as_json: bool, n_events: int) -> None:
     """Production version, slots (with a live health probe), routing, deployments and recent events."""
     from autotrader_assets.defs.deployment.stack import ECS_CONFIG_ENV, event_rows, status_stack_from_settings, summarize_slots
+    from deploy_ops.rollout.recovery import WATCH_INTERVAL_SECONDS
     from deploy_ops.state import DEFAULT_ROUTE
 
     # Status only reads the shared state: it works without the ECS document (slots then not probed).
@@ -81,6 +82,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     default = routes.get(DEFAULT_ROUTE)
     per_slot = {s: sorted(i for i in stack.policy.instruments if routes.get(i, default) == s) for s in SLOTS}
     active = stack.state.active_deployment()
+    owner_json = _owner(stack, active) if active is not None else None
     deployments = stack.state.deployments(limit=5)
     # The log pages oldest-first; looking back over the last 500 ids finds the recent ones cheaply.
     events = stack.state.events_since(max(0, stack.state.last_event_id() - 500), min_severity="warning",
@@ -92,7 +94,7 @@ def status_cmd(as_json: bool, n_events: int) -> None:
             "slots": slots,
             "routing": routes,
             "instruments_by_slot": per_slot,
-            "active_deployment": _deployment_dict(active) if active else None,
+            "active_deployment": {**_deployment_dict(active), "owner": owner_json} if active else None,
             "recent_deployments": [_deployment_dict(d) for d in deployments],
             "events": event_rows(events),
         }, indent=2, sort_keys=True, default=str))
@@ -102,7 +104,15 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     click.echo(f"routing:    default -> {default or '(none)'}; " +
                "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in SLOTS))
     if active is not None:
-        click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}")
+        owner = owner_json["owner"] or "unknown"
+        if owner_json["alive"]:
+            click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}, "
+                       f"owner {owner} ({owner_json['detail']})")
+        else:
+            click.echo(f"INTERRUPTED: deployment {active.id} of version {active.version} at stage {active.stage}: "
+                       f"its owner {owner} is DEAD ({owner_json['detail']}). interrupted_deployment_sensor "
+                       f"recovers it within {WATCH_INTERVAL_SECONDS} s when the Dagster daemon runs; "
+                       f"now: autotrader deploy recover")
     click.echo("")
     if slots:
         print_table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
@@ -120,6 +130,43 @@ def status_cmd(as_json: bool, n_events: int) -> None:
         print_table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
                [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, truncate(one_line(e.message), MESSAGE_WIDTH)]
                 for e in events])
+
+
+def _owner(stack: Any, active: Any) -> dict[str, Any]:
+    """Who runs the active deployment and whether they are still alive (lease and pid)."""
+    from deploy_ops.rollout.leases import LeaseStore, owner_liveness
+
+    lease = LeaseStore(stack.state).get(active.id)
+    alive, detail = owner_liveness(lease, active.started_at, stack.policy.lease_timeout_seconds)
+    return {"owner": lease.owner if lease else None, "alive": alive, "detail": detail,
+            "heartbeat_at": lease.heartbeat_at.isoformat() if lease else None}
+
+
+def _record(stack: Any, *, change: str, outcome: str, summary: str, extra: dict[str, Any] | None = None) -> None:
+    """Leave the production_deployment asset's record of what serves now on the Dagster instance
+    (DAGSTER_HOME), as the Dagster jobs do; production already changed, so a failure here is a
+    warning on stderr, not a failed command."""
+    try:
+        from autotrader_assets.defs.deployment.record import production_materialization, report_outside_a_run
+        from autotrader_assets.instance import cli_instance
+
+        instance = cli_instance(get_settings())
+        if instance is None:
+            click.echo("warning: no Dagster instance (DAGSTER_HOME has no dagster.yaml): the production_deployment "
+                       "asset does not show this change", err=True)
+            return
+        with instance:
+            report_outside_a_run(instance, production_materialization(
+                stack.registry, stack.state, change=change, outcome=outcome, summary=summary, extra=extra))
+    except Exception as exc:  # the change itself succeeded; say what was not recorded
+        click.echo(f"warning: the production_deployment asset was not updated: {type(exc).__name__}: {exc}", err=True)
+
+
+def _rollback_record(stack: Any, report: Any, change: str) -> None:
+    _record(stack, change=change, outcome="rolled_back",
+            summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
+                    f"{report.slot} (was {report.from_version}): {report.reason}",
+            extra={"from_version": report.from_version if report.from_version is not None else "-"})
 
 
 def _deployment_dict(d: Any) -> dict[str, Any]:
@@ -196,6 +243,11 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
         report = stack.controller(actor=actor, progress=progress).run(
             version, traffic, candidate_faults=drill if drill.active else None)
     click.echo(rollout_markdown(report))
+    if report.outcome != "refused":
+        _record(stack, change="rollout" if report.succeeded else "automatic_rollback", outcome=report.outcome,
+                summary=f"rollout of version {version} by {actor}: {report.outcome}"
+                        + (f" at {report.failed_stage}: {one_line(report.reason or '')}" if not report.succeeded else ""),
+                extra={"candidate_version": report.version, "failed_stage": report.failed_stage or "-"})
     if not report.succeeded:
         raise click.ClickException(f"rollout of version {version} {report.outcome}: {one_line(report.reason or '')}")
     click.echo(f"version {version} serves 100% of traffic from slot {report.candidate_slot}")
@@ -214,7 +266,39 @@ def switch_traffic_cmd(to_slot: str, reason: str, force: bool, actor: str | None
     stack = _stack()
     table = switch_traffic(stack.registry, stack.state, stack.backend, to_slot, actor=_actor(actor), reason=reason,
                            force=force)
+    _record(stack, change="traffic_switch", outcome="switched",
+            summary=f"all traffic to slot {to_slot} by {_actor(actor)}: {reason}")
     click.echo(f"all traffic -> {to_slot} ({len(table)} route(s))")
+
+
+@group.command(name="recover")
+@click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
+@_domain_errors
+def recover_cmd(actor: str | None) -> None:
+    """Recover a deployment whose owner died (traffic back on the live slot) and make sure every
+    route is on a healthy slot serving the production version; refuses while the owner is alive."""
+    from deploy_ops.rollback import ensure_production_serving
+    from deploy_ops.rollout.recovery import find_orphaned
+
+    stack = _stack()
+    who = _actor(actor)
+    active = stack.state.active_deployment()
+    orphan = find_orphaned(stack.state, lease_timeout_seconds=stack.policy.lease_timeout_seconds)
+    if active is not None and orphan is None:
+        raise click.ClickException(f"deployment {active.id} of version {active.version} is running and its owner is "
+                                   f"alive; it gates and rolls back on its own (emergency-rollback preempts it)")
+    why = (f"deployment {orphan.deployment_id} of version {orphan.version} left at stage {orphan.stage} by "
+           f"{orphan.owner or 'an unknown owner'} ({orphan.why})" if orphan else "serving verified by hand")
+    report = ensure_production_serving(stack.registry, stack.state, stack.backend, actor=who, reason=why,
+                                       lease_timeout_seconds=stack.policy.lease_timeout_seconds)
+    for action in report.actions:
+        click.echo(f"- {action}")
+    if report.to_version is None:
+        click.echo("no production version: nothing to serve")
+        return
+    _record(stack, change="interrupted_rollout_recovered" if orphan else "restore_serving", outcome="restored",
+            summary=f"{why}; version {report.to_version} serves from slot {report.slot}")
+    click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
 
 
 @group.command(name="rollback")
@@ -232,6 +316,7 @@ def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | N
                              actor=_actor(actor), mark_current_failed=mark_failed)
     for action in report.actions:
         click.echo(f"- {action}")
+    _rollback_record(stack, report, "manual_rollback")
     click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
 
 
@@ -250,6 +335,7 @@ def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -
                                 mark_current_failed=not keep_current)
     for action in report.actions:
         click.echo(f"- {action}")
+    _rollback_record(stack, report, "emergency_rollback")
     click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
 
 

@@ -117,6 +117,8 @@ def _same_partitions(resolver: OpsEvent, alert: Mapping[str, Any]) -> bool:
 _DEPLOYMENT_FAILURES = (
     "rollout_rolled_back", "rollout_interrupted", "deployment_run_failed", "model_rollback_failed",
     "emergency_rollback_failed", "restore_serving_failed", "slot_start_failed", "slot_retire_failed",
+    # circuit_breaker_sensor: one per failed attempt at the emergency rollback it requested
+    "emergency_rollback_run_failed",
 )
 
 

@@ -92,15 +92,25 @@ class LeaseStore:
 
 def lease_is_alive(lease: Lease | None, started_at: dt.datetime, timeout: float) -> bool:
     """Whether a running deployment's owner is still there to finish it."""
+    return owner_liveness(lease, started_at, timeout)[0]
+
+
+def owner_liveness(lease: Lease | None, started_at: dt.datetime, timeout: float) -> tuple[bool, str]:
+    """(alive, why) for a running deployment's owner: what ``deploy status`` shows and what the
+    recovery decides on. Dead: its process is gone (same host), or no heartbeat for ``timeout``."""
     now = utcnow()
     if lease is None:
         # The row is written a moment before its lease; give a live starter that moment.
-        return (now - started_at).total_seconds() < 5.0
-    if (now - lease.heartbeat_at).total_seconds() > timeout:
-        return False
+        age = (now - started_at).total_seconds()
+        return (age < 5.0, "starting (no lease yet)" if age < 5.0 else f"no lease {age:.0f} s after it started")
+    silent = (now - lease.heartbeat_at).total_seconds()
+    if silent > timeout:
+        return False, f"no heartbeat for {silent:.0f} s (limit {timeout:.0f} s)"
     if lease.owner_host == socket.gethostname():
-        return pid_running(lease.owner_pid)
-    return True
+        if not pid_running(lease.owner_pid):
+            return False, f"process {lease.owner_pid} is gone (last heartbeat {silent:.0f} s ago)"
+        return True, f"process {lease.owner_pid} alive, heartbeat {silent:.0f} s ago"
+    return True, f"heartbeat {silent:.0f} s ago (another host)"
 
 
 class Heartbeat:

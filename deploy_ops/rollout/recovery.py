@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from deploy_ops.models.registry import ModelRegistry
 from deploy_ops.rollout.closeout import close_out
 from deploy_ops.rollout.errors import RolloutError
-from deploy_ops.rollout.leases import Lease, LeaseStore, lease_is_alive
+from deploy_ops.rollout.leases import Lease, LeaseStore, lease_is_alive, owner_liveness
 from deploy_ops.rollout.reports import (
     RecoveryReport,
 )
@@ -20,6 +21,34 @@ from deploy_ops.state import (
     DeploymentInProgressError,
     DeploymentStateStore,
 )
+
+
+#: How often a watcher (the Dagster ``interrupted_deployment_sensor``) looks for a deployment
+#: whose owner died: with the owner on this host, the bound on an orphaned canary's life.
+WATCH_INTERVAL_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A deployment left ``running`` whose owner is gone, and why it counts as gone."""
+
+    deployment_id: int
+    version: str
+    stage: str
+    owner: str | None
+    why: str
+
+
+def find_orphaned(state: DeploymentStateStore, *, lease_timeout_seconds: float = 60.0) -> Orphan | None:
+    """The running deployment if its owner is dead (what a watcher recovers), else None."""
+    dep = state.active_deployment()
+    if dep is None:
+        return None
+    lease = LeaseStore(state).get(dep.id)
+    alive, why = owner_liveness(lease, dep.started_at, lease_timeout_seconds)
+    if alive:
+        return None
+    return Orphan(dep.id, dep.version, dep.stage, lease.owner if lease else None, why)
 
 
 def recover_interrupted(

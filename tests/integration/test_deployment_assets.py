@@ -72,7 +72,7 @@ def test_definitions_name_everything(tmp_path, monkeypatch):
                           resources=resources)
     assert [a.key for a in deployment_assets] == [dg.AssetKey("production_deployment")]
     assert sorted(j.name for j in deployment_jobs) == ["deployment_pipeline", "emergency_rollback", "model_rollback"]
-    assert [s.name for s in deployment_sensors] == ["deployment_failure_sensor"]
+    assert [s.name for s in deployment_sensors] == ["deployment_failure_sensor", "interrupted_deployment_sensor"]
     spec = production_deployment.specs_by_key[dg.AssetKey("production_deployment")]
     assert dg.AssetKey("registered_model") in {d.asset_key for d in spec.deps}
     assert spec.description and "\n" not in spec.description.strip()

@@ -39,7 +39,7 @@ JOBS = {
     "backup_job",
 }
 SENSORS = {
-    "deployment_failure_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
+    "deployment_failure_sensor", "interrupted_deployment_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
     "data_pipeline_failure_sensor",
     "alert_delivery_sensor", "job_notice_sensor",
     "job_success_metrics_sensor", "job_failure_metrics_sensor",

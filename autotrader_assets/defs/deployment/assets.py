@@ -7,6 +7,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
+from autotrader_assets.defs.deployment.record import production_materialization
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource, resolve_version
 from autotrader_assets.resources import RegistryResource, WarehouseResource
@@ -29,6 +30,7 @@ def rollout_metadata(report: RolloutReport) -> dict[str, Any]:
     return {
         "version": report.version,
         "outcome": report.outcome,
+        "change": "rollout",
         "mode": report.mode,
         "live_slot": report.live_slot or "-",
         "candidate_slot": report.candidate_slot or "-",
@@ -68,6 +70,16 @@ def production_deployment(
     report = stack.controller(actor=f"dagster:{context.run_id}", progress=progress).run(version, traffic)
     metadata = rollout_metadata(report)
     if not report.succeeded:
+        if report.outcome != "refused":
+            # Production did not change, but the candidate served canary traffic: the latest
+            # record must say the previous version serves again, not the last rollout's success.
+            context.log_event(production_materialization(
+                stack.registry, stack.state, change="automatic_rollback", outcome=report.outcome,
+                summary=f"rollout of version {version} {report.outcome} at {report.failed_stage or '-'}: "
+                        f"{report.reason}",
+                extra={"candidate_version": report.version, "failed_stage": report.failed_stage or "-",
+                       "reason": report.reason or "-", "gate_readings": metadata["gate_readings"]},
+            ))
         # After the rollback finished: the run fails loudly so the failure sensor and alerts react.
         raise dg.Failure(
             description=f"rollout of version {version} {report.outcome}: {report.reason}",

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from autotrader_assets.defs.deployment.assets import production_deployment
+from autotrader_assets.defs.deployment.record import production_materialization
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.resources import RegistryResource
 from deploy_ops.rollback import RollbackReport, emergency_rollback, manual_rollback
@@ -32,6 +33,22 @@ class EmergencyRollbackConfig(dg.Config):
     reason: str = "emergency rollback to the last known-good version"
     actor: str = Field(default="", description="Who asked; default: dagster:<run id>.")
     mark_current_failed: bool = True
+
+
+#: The emergency rollback jumps every queued run (Dagster's queue dequeues higher priority first;
+#: ordinary runs have 0): the emergency path must not wait behind ordinary work.
+EMERGENCY_PRIORITY = 100
+
+
+def _record(context: dg.OpExecutionContext, stack, report: RollbackReport, change: str) -> None:
+    """Tell the production_deployment asset what serves now (the rollback changed it)."""
+    context.log_event(production_materialization(
+        stack.registry, stack.state, change=change, outcome="rolled_back",
+        summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
+                f"{report.slot} (was {report.from_version}): {report.reason}",
+        extra={"from_version": report.from_version if report.from_version is not None else "-",
+               "run_id": context.run_id},
+    ))
 
 
 def _output(report: RollbackReport) -> dg.Output:
@@ -61,6 +78,7 @@ def rollback_model(
         actor=config.actor or f"dagster:{context.run_id}", mark_current_failed=config.mark_current_failed,
     )
     context.log.warning(f"production rolled back to version {report.to_version}: {'; '.join(report.actions)}")
+    _record(context, stack, report, "manual_rollback")
     return _output(report)
 
 
@@ -78,6 +96,7 @@ def rollback_to_last_known_good(
         actor=config.actor or f"dagster:{context.run_id}", mark_current_failed=config.mark_current_failed,
     )
     context.log.warning(f"emergency rollback to version {report.to_version}: {'; '.join(report.actions)}")
+    _record(context, stack, report, "emergency_rollback")
     return _output(report)
 
 
@@ -86,6 +105,7 @@ def model_rollback():
     rollback_model()
 
 
-@dg.job(name="emergency_rollback", description="Emergency rollback: every instrument to the last known-good model, now.")
+@dg.job(name="emergency_rollback", description="Emergency rollback: every instrument to the last known-good model, now.",
+        tags={"dagster/priority": str(EMERGENCY_PRIORITY)})
 def emergency_rollback_job():
     rollback_to_last_known_good()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
+from autotrader_assets.child_guard import guarded_executable
 from autotrader_assets.settings import PROJECT_ROOT
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
@@ -64,8 +65,10 @@ def dbt_executable() -> str:
 
 def dbt_resource(warehouse_path: str | Path, profiles_dir: str | Path) -> DbtCliResource:
     """A dbt CLI resource that reads and writes the given DuckDB warehouse."""
+    profiles = write_profiles(warehouse_path, profiles_dir)
     return DbtCliResource(
         project_dir=str(DBT_PROJECT_DIR),
-        profiles_dir=str(write_profiles(warehouse_path, profiles_dir)),
-        dbt_executable=dbt_executable(),
+        profiles_dir=str(profiles),
+        # dbt dies with the run worker that started it (kill -9 included): autotrader_assets/child_guard.py
+        dbt_executable=guarded_executable(dbt_executable(), profiles),
     )
