@@ -581,14 +581,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: load the bundle, then serve until SIGTERM/SIGINT."""
+def main(argv: Sequence[str] | None = None, *, token: str | None = None) -> int:
+    """Command-line entry point: load the bundle, then serve until SIGTERM/SIGINT. ``token`` is
+    the bearer token when the caller already holds it (the container entrypoint,
+    :mod:`deploy_ops.serving.container`); otherwise ``--token-stdin`` reads it."""
     args = _parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    token = None
+    token = (token or "").strip() or None
     if args.token_stdin:
         token = sys.stdin.readline().strip() or None
     instruments = None

@@ -40,6 +40,10 @@ ENVIRONMENT_ALLOWED = {
         "checks PATH only to avoid adding the folder twice",
     'os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")':
         "the same PATH fix: writing the environment the dbt child processes inherit",
+    "return run(os.environ)":
+        "container entrypoint: the ECS task definition's contract (deploy_ops/serving/container.py reads "
+        "the model URI, sha256, version, slot and token the task definition passes; a container has no "
+        "other channel)",
     "child = dict(os.environ)":
         "the local deployer hands its own environment on to a serving process (then overrides "
         "PYTHONPATH and the caller's extras); it passes the environment through, reads nothing from it",
