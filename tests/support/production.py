@@ -19,6 +19,9 @@ INSTANCE_ENV = {
     "DAGSTER_PG_USERNAME": "dagster",
     "DAGSTER_PG_PASSWORD": "",
     "DAGSTER_COMPUTE_LOG_BUCKET": "autotrader-logs",
+    "DAGSTER_RUN_TASK_DEFINITION": "arn:aws:ecs:us-east-1:123456789012:task-definition/autotrader-run:1",
+    "DAGSTER_RUN_CONTAINER_NAME": "run",
+    "DAGSTER_ECS_CLUSTER": "autotrader",
 }
 
 
