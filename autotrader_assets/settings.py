@@ -367,6 +367,10 @@ class Thresholds:
     # model health (model_health): mean of max(p, 1-p) over 2-hour windows, win rate over 4-hour windows
     min_confidence: float = 0.6
     min_win_rate: float = 0.5
+    # Sharpe ratios: fewer returns than this and a Sharpe is shown as not meaningful (UI, CLI);
+    # the promotion gate then passes with a warning, the rollout gate fails the stage
+    # (docs/architecture.md, "The Sharpe gates").
+    min_sharpe_returns: int = 30
     # promotion gates
     min_auc: float = 0.51
     min_sharpe_no_production: float = 0.0

@@ -71,6 +71,7 @@ from deploy_ops.rollout.errors import RetireError, RolloutError, RolloutPreempte
 from deploy_ops.rollout.leases import Heartbeat, LeaseStore
 from deploy_ops.rollout.measurement import (
     backtest_sharpe,
+    bar_label,
     parse_serving_metrics,
     server_delta,
     sharpe_gate,
@@ -539,8 +540,13 @@ class RolloutController:
                                                    fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
         live_sharpe, live_detail = backtest_sharpe({i: live_p[i][both[i]] for i in both}, bars,
                                                    fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
-        gate = sharpe_gate(live_sharpe, cand_sharpe, policy.max_sharpe_drop)
+        n_returns = min(int(cand_detail["n_bars"]), int(live_detail["n_bars"]))
+        gate = sharpe_gate(live_sharpe, cand_sharpe, policy.max_sharpe_drop, n_returns=n_returns,
+                           min_returns=policy.min_sharpe_returns, periods_per_year=cand_detail["periods_per_year"])
         stage.sharpe = {
+            "n_returns": n_returns, "min_returns": policy.min_sharpe_returns,
+            "meaningful": n_returns >= policy.min_sharpe_returns,
+            "returns": f"{bar_label(cand_detail['periods_per_year'])} bars",
             "instruments": sorted(both), "coverage": coverage, "live": live_sharpe, "candidate": cand_sharpe,
             "relative_drop": (live_sharpe - (cand_sharpe or 0.0)) / abs(live_sharpe) if live_sharpe else None,
             "floor": gate.threshold, "live_backtest": live_detail, "candidate_backtest": cand_detail,

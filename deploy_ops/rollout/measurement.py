@@ -123,22 +123,46 @@ def backtest_sharpe(
     return ratio.value, detail
 
 
-def sharpe_gate(live: float | None, candidate: float | None, max_drop: float) -> GateReading:
-    """Fail when the candidate's Sharpe is more than ``max_drop`` below the live one.
+def bar_label(periods_per_year: int | None) -> str:
+    """``1-minute`` for 525600 periods a year, ``5-minute``, ``30-second`` ...: the returns' frequency."""
+    if not periods_per_year:
+        return "bar"
+    seconds = 365 * 24 * 3600 / int(periods_per_year)
+    if seconds >= 60 and abs(seconds / 60 - round(seconds / 60)) < 1e-6:
+        return f"{int(round(seconds / 60))}-minute"
+    return f"{seconds:.0f}-second"
+
+
+def sharpe_gate(live: float | None, candidate: float | None, max_drop: float, *, n_returns: int,
+                min_returns: int, periods_per_year: int | None = None) -> GateReading:
+    """Fail when the candidate's Sharpe is more than ``max_drop`` below the live one, or when the
+    two series have fewer than ``min_returns`` bar returns (too few to compare: the stage fails
+    with "insufficient data" rather than promote on noise; the rollout is the last gate before
+    production, and a longer stage or more replay rows gives it the data).
 
     The floor is ``live - max_drop * |live|`` so the rule keeps its meaning when the live Sharpe
     is negative. A Sharpe of None (no trades or no dispersion: the model earned nothing) counts
-    as 0 for the comparison; two Nones compare equal."""
+    as 0 for the comparison; two Nones compare equal. Both are annualised per-bar Sharpes, so on
+    1-minute bars they are large numbers (sqrt(525600) ~ 725 times the per-bar ratio); the detail
+    says so, with the number of returns, so "28 vs 64" reads as what it is."""
+    basis = f"annualised from {n_returns} {bar_label(periods_per_year)} returns each"
+    if n_returns < min_returns:
+        return GateReading(
+            "sharpe", False, None, float(min_returns),
+            f"insufficient data: {basis}, fewer than the {min_returns} a Sharpe needs to mean anything; "
+            f"replay more rows (--traffic-rows) or lengthen the stage")
     if live is None and candidate is None:
-        return GateReading("sharpe", True, None, None, "neither model's returns vary over these bars (no trades)")
+        return GateReading("sharpe", True, None, None, f"neither model's returns vary over these bars (no trades); {basis}")
     live_v = 0.0 if live is None else float(live)
     cand_v = 0.0 if candidate is None else float(candidate)
     floor = live_v - max_drop * abs(live_v)
-    drop = (live_v - cand_v) / abs(live_v) if live_v != 0 else None
     passed = cand_v >= floor
-    detail = (
-        f"candidate Sharpe {cand_v:.3f} vs live {live_v:.3f} (floor {floor:.3f}"
-        + (f", drop {drop:.1%}" if drop is not None else "")
-        + f", max drop {max_drop:.0%})"
-    )
-    return GateReading("sharpe", passed, cand_v, floor, detail)
+    if live_v == 0:
+        relation = f"candidate {cand_v:.1f} vs live {live_v:.1f}: must not be below 0"
+    else:
+        change = (cand_v - live_v) / abs(live_v)
+        relation = (f"candidate {cand_v:.1f} vs live {live_v:.1f}: "
+                    + (f"{-change:.0%} below live" if change < 0 else f"{change:.0%} above live")
+                    + (f", within the {max_drop:.0%} allowed" if passed else f", more than the {max_drop:.0%} allowed")
+                    + f" (floor {floor:.1f})")
+    return GateReading("sharpe", passed, cand_v, floor, f"{relation}; {basis}")

@@ -22,6 +22,9 @@ class RolloutPolicy:
     max_sharpe_drop: float
     fee_bps: float
     slippage_bps: float
+    #: Fewer paired bar returns than this and the stage's Sharpe comparison means nothing: the
+    #: Sharpe gate fails the stage ("insufficient data"), see ``measurement.sharpe_gate``.
+    min_sharpe_returns: int
     percentages: tuple[int, ...] = (25, 50, 100)
     #: Candidate requests a stage needs before its error rate and p99 mean anything; a stage
     #: runs past ``stage_seconds`` (up to ``stage_timeout_seconds``) to collect them.
@@ -65,6 +68,9 @@ class RolloutPolicy:
             raise ValueError(f"max_p99_latency_ms must be positive, got {self.max_p99_latency_ms}")
         if self.fee_bps < 0 or self.slippage_bps < 0:
             raise ValueError("fee_bps and slippage_bps must be >= 0")
+        if isinstance(self.min_sharpe_returns, bool) or not isinstance(self.min_sharpe_returns, int) \
+                or self.min_sharpe_returns < 2:
+            raise ValueError(f"min_sharpe_returns must be an integer >= 2, got {self.min_sharpe_returns!r}")
         if self.min_requests < 1 or self.batch_rows < 1 or self.min_replay_rows < 2:
             raise ValueError("min_requests and batch_rows must be >= 1, min_replay_rows >= 2")
         if not 0 < self.canary_weight_percent < 100:

@@ -166,6 +166,26 @@ def sharpe_ratio(returns: pd.Series, periods_per_year: int = CRYPTO) -> SharpeRa
     return SharpeRatio(value=value, **convention)
 
 
+def sharpe_meaningful(n_returns: int | None, min_returns: int) -> bool:
+    """Whether a Sharpe from ``n_returns`` returns says anything: at least ``min_returns``
+    (settings ``Thresholds.min_sharpe_returns``). Below it the standard error of an annualised
+    Sharpe, about sqrt(periods_per_year / n), dwarfs any difference worth acting on."""
+    if isinstance(min_returns, bool) or not isinstance(min_returns, (int, np.integer)) or min_returns < 2:
+        raise ValueError(f"min_returns must be an integer >= 2, got {min_returns!r}")
+    return n_returns is not None and int(n_returns) >= int(min_returns)
+
+
+def sharpe_text(value: float | None, n_returns: int | None, min_returns: int, *, returns: str = "daily",
+                digits: int = 2) -> str:
+    """A Sharpe as people should read it: the value, how many returns it comes from, and a
+    "not meaningful" mark below ``min_returns``, e.g. ``50.10 (3 daily returns; not meaningful
+    below 30)``."""
+    shown = "undefined" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+    n = "?" if n_returns is None else str(int(n_returns))
+    note = "" if sharpe_meaningful(n_returns, min_returns) else f"; not meaningful below {int(min_returns)}"
+    return f"{shown} ({n} {returns} returns{note})"
+
+
 def max_drawdown(equity: pd.Series, initial_equity: float | None = None) -> MaxDrawdown:
     """Largest peak-to-trough fall of equity as a positive fraction of the peak.
 
@@ -287,7 +307,9 @@ __all__ = [
     "daily_returns",
     "max_drawdown",
     "profit_factor",
+    "sharpe_meaningful",
     "sharpe_ratio",
+    "sharpe_text",
     "summarize",
     "total_pnl",
     "trades_per_minute",

@@ -17,6 +17,7 @@ from autotrader_assets.defs.deployment import (
     deployment_sensors,
     production_deployment,
 )
+from autotrader_assets.defs.deployment.record import latest_record
 from autotrader_assets.resources import RegistryResource, WarehouseResource, default_resources
 from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
 from deploy_ops.slots.local import MissingTokenError
@@ -169,7 +170,10 @@ def test_rolled_back_rollout_fails_the_run_and_the_sensor_secures_traffic(env):
     failure = result.get_step_failure_events()[0].step_failure_data
     assert "rolled_back" in failure.user_failure_data.description
     assert "| canary | **FAIL** |" in failure.user_failure_data.metadata["gate_readings"].value
-    # the rollback finished before the run failed
+    # the rollback finished before the run failed, and the asset's latest record says v1 serves again
+    record = latest_record(instance)
+    assert (record.metadata["version"].value, record.metadata["change"].value) == (env.v1.version, "automatic_rollback")
+    assert record.metadata["candidate_version"].value == anti.version
     assert env.registry.get(anti.version).stage == "failed"
     assert set(env.state.routing_table().values()) == {"blue"}
     assert env.state.get_slot("green").status == "stopped"
@@ -188,6 +192,28 @@ def test_rolled_back_rollout_fails_the_run_and_the_sensor_secures_traffic(env):
     ensured = env.state.events_since(0, kinds=["production_serving_ensured"])[-1]
     assert ensured.details["slot"] == "blue" and "all routes -> blue" in ensured.details["actions"]
     assert predict_everywhere(env.state, len(FEATURE_COLUMNS)) == {i: str(env.v1.version) for i in INSTRUMENTS}
+
+
+@pytest.mark.slow
+def test_an_emergency_rollback_after_a_rollout_leaves_the_asset_saying_version_1_serves(env):
+    v2 = register(env.registry, feature_bundle(3.0, bias=0.02))
+    defs = dg.Definitions(assets=deployment_assets, jobs=deployment_jobs, resources=env.resources)
+    instance = dg.DagsterInstance.ephemeral()
+    rollout = defs.resolve_job_def("deployment_pipeline").execute_in_process(run_config=_config(), instance=instance)
+    assert rollout.success
+    assert latest_record(instance).metadata["version"].value == v2.version
+
+    emergency = defs.resolve_job_def("emergency_rollback").execute_in_process(instance=instance)
+
+    assert emergency.success
+    record = latest_record(instance)
+    assert record.metadata["version"].value == env.v1.version
+    assert record.metadata["outcome"].value == "rolled_back"
+    assert record.metadata["change"].value == "emergency_rollback"
+    assert record.metadata["from_version"].value == v2.version
+    assert record.metadata["serving_slot"].value == "blue"
+    assert record.metadata["slot_versions"].value == {"blue": str(env.v1.version)}
+    assert env.registry.get(v2.version).stage == "failed"
 
 
 @pytest.mark.slow

@@ -96,12 +96,25 @@ def test_policy_rejects_bad_settings(kwargs, message):
 
 
 def test_sharpe_gate_floor_follows_the_sign_of_the_live_sharpe():
-    assert sharpe_gate(2.0, 1.7, 0.2).passed  # 15% below
-    assert not sharpe_gate(2.0, 1.5, 0.2).passed  # 25% below
-    assert sharpe_gate(-1.0, -1.1, 0.2).passed  # floor -1.2
-    assert not sharpe_gate(-1.0, -1.3, 0.2).passed
-    assert not sharpe_gate(1.0, None, 0.2).passed  # a candidate that never trades earns nothing
-    assert sharpe_gate(None, None, 0.2).passed
+    n = dict(n_returns=200, min_returns=30, periods_per_year=525_600)
+    assert sharpe_gate(2.0, 1.7, 0.2, **n).passed  # 15% below
+    assert not sharpe_gate(2.0, 1.5, 0.2, **n).passed  # 25% below
+    assert sharpe_gate(-1.0, -1.1, 0.2, **n).passed  # floor -1.2
+    assert not sharpe_gate(-1.0, -1.3, 0.2, **n).passed
+    assert not sharpe_gate(1.0, None, 0.2, **n).passed  # a candidate that never trades earns nothing
+    assert sharpe_gate(None, None, 0.2, **n).passed
+
+
+def test_sharpe_gate_says_how_far_below_and_from_how_many_returns_and_fails_on_too_few():
+    reading = sharpe_gate(64.0, 28.0, 0.2, n_returns=480, min_returns=30, periods_per_year=525_600)
+    assert not reading.passed
+    assert reading.detail == ("candidate 28.0 vs live 64.0: 56% below live, more than the 20% allowed (floor 51.2); "
+                              "annualised from 480 1-minute returns each")
+    assert "within the 20% allowed" in sharpe_gate(64.0, 60.0, 0.2, n_returns=480, min_returns=30,
+                                                   periods_per_year=525_600).detail
+    # Below the minimum the stage fails, even for a candidate that looks better.
+    few = sharpe_gate(1.0, 5.0, 0.2, n_returns=12, min_returns=30, periods_per_year=105_120)
+    assert not few.passed and few.detail.startswith("insufficient data: annualised from 12 5-minute returns each")
 
 
 def test_server_metrics_parsing_and_quantiles():

@@ -70,7 +70,8 @@ def logistic_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
 
 #: The gates as the settings default them, and test costs (the policy itself has no defaults).
 GATES = dict(max_error_rate=Thresholds().max_error_rate, max_p99_latency_ms=Thresholds().max_p99_latency_ms,
-             max_sharpe_drop=Thresholds().max_sharpe_drop, fee_bps=4.0, slippage_bps=2.0)
+             max_sharpe_drop=Thresholds().max_sharpe_drop, min_sharpe_returns=Thresholds().min_sharpe_returns,
+             fee_bps=4.0, slippage_bps=2.0)
 
 
 def rollout_policy(**overrides) -> RolloutPolicy:

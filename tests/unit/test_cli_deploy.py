@@ -25,7 +25,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOTRADER_INSTRUMENTS", INSTRUMENTS)
     monkeypatch.setenv("USER", "cli-tester")
     for name in ("AUTOTRADER_ENV", "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARTIFACTS_URI", "AUTOTRADER_WAREHOUSE",
-                 "AUTOTRADER_STAGE_SECONDS", "AUTOTRADER_SERVING_TOKEN"):
+                 "AUTOTRADER_STAGE_SECONDS", "AUTOTRADER_SERVING_TOKEN", "DAGSTER_HOME"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     settings = get_settings()
@@ -160,5 +160,18 @@ def test_rollout_status_rollback_and_emergency_rollback_end_to_end(home):
     assert registry.get_production().version == v2.version
     assert registry.get(v1.version).stage == "failed"
     assert set(state.routing_table().values()) == {"green"}
+    # every change left the production_deployment record on the local instance (DAGSTER_HOME)
+    import dagster as dg
+
+    from autotrader_assets.defs.deployment.record import latest_record
+
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        record = latest_record(instance)
+        assert record.metadata["version"].value == v2.version
+        assert record.metadata["change"].value == "emergency_rollback"
+        assert record.metadata["from_version"].value == v1.version
+        changes = [e.asset_materialization.metadata["change"].value
+                   for e in instance.fetch_materializations(dg.AssetKey("production_deployment"), limit=10).records]
+        assert changes == ["emergency_rollback", "manual_rollback", "rollout", "rollout"]
     critical = json.loads(run("status", "--json").output)["events"]
     assert any(e["kind"] == "emergency_rollback" and e["severity"] == "critical" for e in critical)

@@ -72,7 +72,7 @@ def test_sharpe_gate_against_production():
 def _report(**test_overrides) -> dict:
     test = {
         "auc": 0.55, "sharpe": 1.5, "sharpe_reason": None, "sharpe_annualization": "sqrt(365)",
-        "sharpe_returns": "daily", "sharpe_n_returns": 5, "max_drawdown": 0.05,
+        "sharpe_returns": "daily", "sharpe_n_returns": 60, "max_drawdown": 0.05, "total_return": 0.02,
     }
     test.update(test_overrides)
     return {
@@ -98,9 +98,35 @@ def test_sharpe_gate_from_report_covers_every_production_state():
     passed, meta = run_gate("sharpe_vs_production", report, bundle, THRESHOLDS)
     assert not passed and "needs features" in meta["reason"]
 
-    undefined = _report(sharpe=None, sharpe_reason="needs at least 2 returns, got 1")
+    undefined = _report(sharpe=None, sharpe_reason="returns have zero standard deviation")
     passed, meta = run_gate("sharpe_vs_production", undefined, bundle, THRESHOLDS)
-    assert not passed and "needs at least 2 returns" in meta["reason"]
+    assert not passed and "zero standard deviation" in meta["reason"] and "60 daily returns" in meta["reason"]
+
+
+def test_below_the_minimum_returns_the_promotion_gate_judges_total_return_not_sharpe():
+    bundle = _bundle()
+    assert THRESHOLDS.min_sharpe_returns == 30
+    # 50.10 from 3 returns: not meaningful, shown as such, and not what the gate judges.
+    lucky = _report(sharpe=50.10, sharpe_n_returns=3, total_return=-0.01)
+    passed, meta = run_gate("sharpe_vs_production", lucky, bundle, THRESHOLDS)
+    assert not passed and meta["judged_on"] == "total_return" and not meta["sharpe_meaningful"]
+    assert meta["candidate_sharpe_text"] == "50.10 (3 daily returns; not meaningful below 30)"
+    assert "total return -1.00% after costs is below 0" in meta["reason"] and "3 daily returns" in meta["reason"]
+    assert meta["warning"].startswith("Sharpe not applicable: insufficient data (3 daily returns")
+
+    # A worse Sharpe from few returns does not block a candidate that made more money.
+    report = _report(sharpe=-2.0, sharpe_n_returns=8, total_return=0.03)
+    report["production"] = {"version": 2, "unavailable_reason": None,
+                            "test": {"sharpe": 4.0, "sharpe_reason": None, "total_return": 0.01}}
+    passed, meta = run_gate("sharpe_vs_production", report, bundle, THRESHOLDS)
+    assert passed and meta["compared_to"] == "production v2" and meta["production_total_return"] == 0.01
+    report["production"]["test"]["total_return"] = 0.05
+    passed, meta = run_gate("sharpe_vs_production", report, bundle, THRESHOLDS)
+    assert not passed and "below production's 5.00% on the same rows" in meta["reason"]
+    # From the minimum on, the Sharpe decides again.
+    enough = _report(sharpe=-0.5, sharpe_n_returns=30, total_return=0.03)
+    passed, meta = run_gate("sharpe_vs_production", enough, bundle, THRESHOLDS)
+    assert not passed and meta["judged_on"] == "sharpe" and meta["sharpe_meaningful"]
 
 
 # -- drawdown -------------------------------------------------------------------------------------

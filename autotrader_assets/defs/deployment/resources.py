@@ -34,6 +34,7 @@ class DeploymentStackResource(dg.ConfigurableResource):
     max_error_rate: float = _DEFAULT_THRESHOLDS.max_error_rate
     max_p99_latency_ms: float = _DEFAULT_THRESHOLDS.max_p99_latency_ms
     max_sharpe_drop: float = _DEFAULT_THRESHOLDS.max_sharpe_drop
+    min_sharpe_returns: int = _DEFAULT_THRESHOLDS.min_sharpe_returns
     requests_per_second: Optional[float] = Field(default=None, description="Replay pace; default: the policy's.")
     ecs_config_json: str = Field(default="", description="ECS document (see deployment/stack.py); not secret.")
     serving_token: Optional[str] = Field(default=None, description="Bearer token of the serving slots (secret).")
@@ -50,7 +51,8 @@ class DeploymentStackResource(dg.ConfigurableResource):
             instruments=tuple(self.instruments), canary_instruments=tuple(self.canary_instruments),
             stage_seconds=self.stage_seconds if stage_seconds is None else stage_seconds,
             max_error_rate=self.max_error_rate, max_p99_latency_ms=self.max_p99_latency_ms,
-            max_sharpe_drop=self.max_sharpe_drop, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps, **pace,
+            max_sharpe_drop=self.max_sharpe_drop, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps,
+            min_sharpe_returns=self.min_sharpe_returns, **pace,
         )
         return open_stack(registry, state_url=self.state_url, backend=self.backend, workdir=self.workdir,
                           policy=policy, ecs_config=self.ecs_config_json, serving_token=self.serving_token or None,

@@ -57,7 +57,7 @@ def rollout_policy_from(settings: Settings, *, stage_seconds: float | None = Non
         instruments=settings.instruments, canary_instruments=settings.canary_instruments,
         stage_seconds=settings.stage_seconds if stage_seconds is None else stage_seconds,
         max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms, max_sharpe_drop=t.max_sharpe_drop,
-        fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
+        fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps, min_sharpe_returns=t.min_sharpe_returns,
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from autotrader_assets.settings import Thresholds
 from deploy_ops.models.bundle import ModelBundle
+from deploy_ops.trading.metrics import sharpe_meaningful, sharpe_text
 
 GateResult = tuple[bool, dict[str, Any]]
 
@@ -214,7 +215,8 @@ GATE_NAMES: tuple[str, ...] = (
 GATE_DESCRIPTIONS: dict[str, str] = {
     "auc_floor": "Test-period AUC is above the settings floor (min_auc).",
     "sharpe_vs_production": "Backtest Sharpe is not worse than production's on the same test rows "
-    "(or reaches min_sharpe_no_production when nothing is in production).",
+    "(or reaches min_sharpe_no_production when nothing is in production); from fewer than "
+    "min_sharpe_returns daily returns the total return after costs is compared instead.",
     "max_drawdown": "Test-period backtest max drawdown stays under the settings limit (max_drawdown).",
     "weights_finite": "No NaN or infinite weight, buffer or scaler statistic.",
     "output_shape_range": "One probability per probe row, every one finite and within [0, 1].",
@@ -225,21 +227,30 @@ GATE_DESCRIPTIONS: dict[str, str] = {
 def _sharpe_from_report(report: Mapping[str, Any], thresholds: Thresholds) -> GateResult:
     test = report["test"]
     floor = thresholds.min_sharpe_no_production
+    n = test.get("sharpe_n_returns")
+    minimum = thresholds.min_sharpe_returns
     convention = {
         "sharpe_annualization": test.get("sharpe_annualization"),
         "sharpe_returns": test.get("sharpe_returns"),
-        "sharpe_n_returns": test.get("sharpe_n_returns"),
+        "sharpe_n_returns": n,
+        "min_sharpe_returns": minimum,
+        # Reports written before the count was kept (n None) are judged on the Sharpe as then.
+        "sharpe_meaningful": n is None or sharpe_meaningful(n, minimum),
+        "candidate_sharpe_text": sharpe_text(test.get("sharpe"), n, minimum, returns=test.get("sharpe_returns") or "daily"),
     }
     production = report.get("production")
-    if production is None:
-        passed, meta = sharpe_vs_production_gate(test["sharpe"], None, floor)
-    elif production.get("unavailable_reason"):
-        passed, meta = False, {
+    if production is not None and production.get("unavailable_reason"):
+        return False, {
             "candidate_sharpe": test["sharpe"],
             "production_version": production["version"],
             "sharpe_floor_without_production": floor,
             "reason": production["unavailable_reason"],
+            **convention,
         }
+    if not convention["sharpe_meaningful"]:
+        return _total_return_instead(test, production, floor, convention)
+    if production is None:
+        passed, meta = sharpe_vs_production_gate(test["sharpe"], None, floor)
     elif production["test"]["sharpe"] is None:
         # A production model whose Sharpe is undefined here (e.g. it never traded) gives
         # nothing to compare against, so the candidate must clear the no-production floor.
@@ -254,7 +265,53 @@ def _sharpe_from_report(report: Mapping[str, Any], thresholds: Thresholds) -> Ga
         )
     if test["sharpe"] is None and test.get("sharpe_reason"):
         meta["reason"] = f"{meta.get('reason', '')} ({test['sharpe_reason']})".strip()
-    return passed, {**meta, **convention}
+    if meta.get("reason") and n is not None:
+        meta["reason"] += f"; both from {n} daily returns of the test period"
+    return passed, {**meta, "judged_on": "sharpe", **convention}
+
+
+def _total_return_instead(test: Mapping[str, Any], production: Mapping[str, Any] | None, floor: float,
+                          convention: dict[str, Any]) -> GateResult:
+    """Below ``min_sharpe_returns`` daily returns the Sharpe comparison is not applicable: an
+    annualised Sharpe of 8 daily returns has a standard error near sqrt(365/8) ~ 6.8, so comparing
+    two of them is a coin flip. Blocking would stop every weekly training (28 days, 30% test
+    period: about 8 returns); passing blindly would register a model that lost money on unseen
+    data. The gate judges what the Sharpe stands for, without the noisy volatility estimate: the
+    test period's total return after costs must not be below production's on the same rows (or
+    below 0 with no production model). The warning in the metadata says so."""
+    n, minimum = convention["sharpe_n_returns"], convention["min_sharpe_returns"]
+    cand = test.get("total_return")
+    prod_test = (production or {}).get("test") or {}
+    prod = prod_test.get("total_return") if production is not None else None
+    meta: dict[str, Any] = {
+        "candidate_sharpe": test.get("sharpe"),
+        "production_sharpe": prod_test.get("sharpe") if production is not None else None,
+        "production_version": production["version"] if production is not None else None,
+        "sharpe_floor_without_production": floor,
+        "judged_on": "total_return",
+        "candidate_total_return": cand,
+        "production_total_return": prod,
+        "warning": (f"Sharpe not applicable: insufficient data ({n} daily returns, fewer than {minimum}); "
+                    f"judged on the test period's total return after costs instead"),
+        **convention,
+    }
+    if not _finite(cand):
+        return _not_measured("candidate total return", cand, meta)
+    if production is None or not _finite(prod):
+        meta["compared_to"] = "floor (no production model)" if production is None else (
+            f"floor (production v{production['version']} total return unavailable)")
+        passed = float(cand) >= 0.0
+        if not passed:
+            meta["reason"] = (f"test-period total return {float(cand):.2%} after costs is below 0 "
+                              f"(Sharpe not judged: {n} daily returns, fewer than {minimum})")
+        return passed, meta
+    meta["compared_to"] = f"production v{production['version']}"
+    passed = float(cand) >= float(prod)
+    if not passed:
+        meta["reason"] = (f"test-period total return {float(cand):.2%} after costs is below production's "
+                          f"{float(prod):.2%} on the same rows (Sharpe not judged: {n} daily returns, "
+                          f"fewer than {minimum})")
+    return passed, meta
 
 
 def run_gate(
