@@ -1,0 +1,28 @@
+environment        = "staging"
+aws_region         = "us-east-1"
+availability_zones = ["us-east-1a", "us-east-1b", "us-east-1c"]
+vpc_cidr           = "10.20.0.0/16"
+alb_ingress_cidrs  = ["0.0.0.0/0"]
+certificate_arn    = "arn:aws:acm:us-east-1:123456789012:certificate/autotrader-staging"
+serving_domain     = "staging.autotrader.example.com"
+
+db_instance_class        = "db.t4g.medium"
+db_allocated_storage_gb  = 50
+db_backup_retention_days = 7
+redis_node_type          = "cache.t4g.small"
+
+serving_cpu       = 512
+serving_memory    = 1024
+serving_min_tasks = 1
+serving_max_tasks = 4
+run_cpu           = 2048
+run_memory        = 4096
+
+image_tag                = "2024.03.1"
+serving_token_secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:autotrader-staging/serving-token"
+monitoring_images = {
+  prometheus   = "prom/prometheus:v2.42.0"
+  pushgateway  = "prom/pushgateway:v1.5.1"
+  alertmanager = "prom/alertmanager:v0.25.0"
+  grafana      = "grafana/grafana:10.4.2"
+}

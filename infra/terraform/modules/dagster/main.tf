@@ -1,0 +1,143 @@
+# Dagster on ECS: the webserver, the daemon (schedules, sensors, the run queue and the
+# EcsRunLauncher) and the code location's gRPC server as services, plus the task definition
+# every run is launched from (DAGSTER_RUN_TASK_DEFINITION in infra/dagster/dagster.yaml). Secrets
+# come from Secrets Manager through the execution role; the task role lets the daemon launch runs.
+
+data "aws_region" "current" {}
+
+locals {
+  services = {
+    webserver = { command = ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"], cpu = 512, memory = 1024 }
+    daemon    = { command = ["dagster-daemon", "run"], cpu = 512, memory = 1024 }
+    code      = { command = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "autotrader_assets.definitions"], cpu = 1024, memory = 2048 }
+  }
+  environment = [for k, v in merge(var.environment_variables, {
+    AUTOTRADER_WAREHOUSE_SHARED_DIR = "/mnt/warehouse"
+    DAGSTER_COMPUTE_LOG_BUCKET      = var.logs_bucket
+    DAGSTER_RUN_CONTAINER_NAME      = "run"
+    DAGSTER_ECS_CLUSTER             = var.cluster_arn
+  }) : { name = k, value = v }]
+  secrets = [for k, v in var.secret_arns : { name = k, valueFrom = v }]
+  volume  = { name = "warehouse", efs = { fs = var.efs_file_system_id, ap = var.efs_access_point_id } }
+}
+
+resource "aws_cloudwatch_log_group" "this" {
+  name              = "/autotrader/${var.name}/dagster"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+}
+
+resource "aws_iam_role" "execution" {
+  name = "${var.name}-dagster-execution"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Principal = { Service = "ecs-tasks.amazonaws.com" }, Action = "sts:AssumeRole" }]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "execution" {
+  role       = aws_iam_role.execution.name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_iam_role_policy" "execution_secrets" {
+  name = "read-secrets"
+  role = aws_iam_role.execution.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns) },
+      { Effect = "Allow", Action = ["kms:Decrypt"], Resource = [var.kms_key_arn] },
+    ]
+  })
+}
+
+resource "aws_iam_role" "task" {
+  name = "${var.name}-dagster-task"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Principal = { Service = "ecs-tasks.amazonaws.com" }, Action = "sts:AssumeRole" }]
+  })
+}
+
+# What runs and the daemon do: read/write the platform's buckets, launch and watch run tasks
+# (EcsRunLauncher), pass the two roles to them, and drive the serving slots (the deployer).
+resource "aws_iam_role_policy" "task" {
+  name = "dagster"
+  role = aws_iam_role.task.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetObjectVersion", "s3:ListBucketVersions"]
+        Resource = concat(var.bucket_arns, [for b in var.bucket_arns : "${b}/*"], [var.logs_bucket_arn, "${var.logs_bucket_arn}/compute-logs/*"])
+      },
+      { Effect = "Allow", Action = ["kms:Decrypt", "kms:GenerateDataKey"], Resource = [var.kms_key_arn] },
+      {
+        Effect   = "Allow"
+        Action   = ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:CreateService", "ecs:UpdateService", "ecs:DescribeServices", "ecs:ListTasks", "ecs:TagResource"]
+        Resource = "*"
+        Condition = { ArnEquals = { "ecs:cluster" = var.cluster_arn } }
+      },
+      {
+        Effect   = "Allow"
+        Action   = ["elasticloadbalancing:ModifyListener", "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeRules"]
+        Resource = "*"
+      },
+      { Effect = "Allow", Action = ["iam:PassRole"], Resource = [aws_iam_role.task.arn, aws_iam_role.execution.arn] },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns) },
+    ]
+  })
+}
+
+resource "aws_ecs_task_definition" "this" {
+  for_each                 = merge(local.services, { run = { command = null, cpu = var.run_cpu, memory = var.run_memory } })
+  family                   = "${var.name}-dagster-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = each.value.cpu
+  memory                   = each.value.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+  volume {
+    name = local.volume.name
+    efs_volume_configuration {
+      file_system_id     = local.volume.efs.fs
+      transit_encryption = "ENABLED"
+      authorization_config {
+        access_point_id = local.volume.efs.ap
+        iam             = "ENABLED"
+      }
+    }
+  }
+  container_definitions = jsonencode([{
+    name                   = each.key
+    image                  = var.image
+    essential              = true
+    command                = each.value.command
+    readonlyRootFilesystem = false # dbt writes target/ and Dagster its scratch files under the home
+    environment            = local.environment
+    secrets                = local.secrets
+    mountPoints            = [{ sourceVolume = local.volume.name, containerPath = "/mnt/warehouse" }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options   = { awslogs-group = aws_cloudwatch_log_group.this.name, awslogs-region = data.aws_region.current.name, awslogs-stream-prefix = each.key }
+    }
+  }])
+}
+
+resource "aws_ecs_service" "this" {
+  for_each        = local.services
+  name            = "${var.name}-dagster-${each.key}"
+  cluster         = var.cluster_arn
+  task_definition = aws_ecs_task_definition.this[each.key].arn
+  # One daemon only: Dagster requires a single daemon per instance.
+  desired_count = 1
+  launch_type   = "FARGATE"
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [var.ecs_security_group_id]
+    assign_public_ip = false
+  }
+}

@@ -1,0 +1,74 @@
+output "archive_bucket" {
+  description = "Bucket of the raw bar archive (AUTOTRADER_ARCHIVE_URI = s3://<this>/archive)."
+  value       = aws_s3_bucket.data["archive"].bucket
+}
+
+output "artifacts_bucket" {
+  description = "Bucket of the model artifacts (AUTOTRADER_ARTIFACTS_URI = s3://<this>/artifacts)."
+  value       = aws_s3_bucket.data["artifacts"].bucket
+}
+
+output "backups_bucket" {
+  description = "Bucket of autotrader backup (AUTOTRADER_BACKUP_URI = s3://<this>/<environment>)."
+  value       = aws_s3_bucket.data["backups"].bucket
+}
+
+output "logs_bucket" {
+  description = "Bucket of the S3 and ALB access logs and of Dagster's compute logs."
+  value       = aws_s3_bucket.logs.bucket
+}
+
+output "bucket_arns" {
+  description = "ARNs of the archive, artifacts and backups buckets (for task IAM policies)."
+  value       = [for b in aws_s3_bucket.data : b.arn]
+}
+
+output "logs_bucket_arn" {
+  description = "ARN of the logs bucket."
+  value       = aws_s3_bucket.logs.arn
+}
+
+output "db_address" {
+  description = "Host name of the PostgreSQL instance (AUTOTRADER_REGISTRY_URL, DAGSTER_PG_HOST)."
+  value       = aws_db_instance.this.address
+}
+
+output "db_port" {
+  description = "Port of the PostgreSQL instance."
+  value       = aws_db_instance.this.port
+}
+
+output "db_name" {
+  description = "Database name."
+  value       = aws_db_instance.this.db_name
+}
+
+output "db_username" {
+  description = "Master user name."
+  value       = aws_db_instance.this.username
+}
+
+output "db_secret_arn" {
+  description = "Secrets Manager secret holding the database password (managed by RDS)."
+  value       = aws_db_instance.this.master_user_secret[0].secret_arn
+}
+
+output "redis_endpoint" {
+  description = "Primary endpoint of the Redis replication group (TLS)."
+  value       = aws_elasticache_replication_group.this.primary_endpoint_address
+}
+
+output "redis_auth_secret_arn" {
+  description = "Secrets Manager secret holding the Redis AUTH token."
+  value       = aws_secretsmanager_secret.redis_auth.arn
+}
+
+output "efs_file_system_id" {
+  description = "EFS file system of the warehouse."
+  value       = aws_efs_file_system.warehouse.id
+}
+
+output "efs_access_point_id" {
+  description = "EFS access point every run mounts as AUTOTRADER_WAREHOUSE_SHARED_DIR."
+  value       = aws_efs_access_point.warehouse.id
+}
