@@ -289,6 +289,10 @@ def test_paper_trading_through_dagster_with_real_slots(world):
     assert perf["total_pnl"].value == pytest.approx(account["end_equity"].iloc[-1] - 100_000.0)
     assert perf["max_drawdown"].value > 0.05
     assert perf["sharpe_convention"].value["annualization"] == "sqrt(365)"
+    # A handful of paper-traded days: the Sharpe is shown with its count and marked as meaningless.
+    n_returns = perf["sharpe_n_returns"].value
+    assert n_returns < 30 and perf["sharpe_meaningful"].value is False
+    assert perf["sharpe_text"].value.endswith(f"({n_returns} daily returns; not meaningful below 30)")
     assert "BTCUSDT" in perf["positions"].value and "green" in perf["positions"].value
     daily = query(world, "select * from trading_performance_daily order by date")
     assert daily["tripped"].tolist() == [False, True, False]

@@ -18,6 +18,7 @@ from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_tra
 from autotrader_assets.pushing import push_from_step
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
+from deploy_ops.trading.metrics import sharpe_meaningful, sharpe_text
 from deploy_ops import metrics_push
 from deploy_ops.trading.backtest import DEFAULT_INITIAL_EQUITY
 from deploy_ops.trading.breaker import BreakerStatus, BreakerStore
@@ -261,6 +262,10 @@ def trading_performance(
         "total_return": dg.MetadataValue.float(summary["total_return"]),
         "sharpe": dg.MetadataValue.float(sharpe["value"]) if sharpe["value"] is not None else sharpe["reason"],
         "sharpe_convention": dg.MetadataValue.json(sharpe),
+        # The count beside the figure: 3 daily returns give a Sharpe that means nothing.
+        "sharpe_n_returns": int(sharpe["n_returns"]),
+        "sharpe_meaningful": sharpe_meaningful(sharpe["n_returns"], settings.thresholds.min_sharpe_returns),
+        "sharpe_text": sharpe_text(sharpe["value"], sharpe["n_returns"], settings.thresholds.min_sharpe_returns),
         "win_rate": dg.MetadataValue.float(summary["win_rate"]) if summary["win_rate"] is not None else "no closed trades",
         "max_drawdown": dg.MetadataValue.float(summary["max_drawdown"]["value"]),
         "profit_factor": (pf["value"] if isinstance(pf["value"], str) else dg.MetadataValue.float(pf["value"]))

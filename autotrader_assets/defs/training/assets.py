@@ -34,6 +34,7 @@ from autotrader_assets.defs.training.plots import equity_curves_png, png_markdow
 from autotrader_assets.defs.training.train import FoldReport, TrainConfig
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, PROJECT_ROOT, Settings
+from deploy_ops.trading.metrics import sharpe_text
 from deploy_ops.models.bundle import ModelBundle
 
 TRAINING_GROUP = "training"
@@ -237,8 +238,9 @@ def candidate_model(
     report = outcome.report()
     test = report["test"]
     context.log.info(
-        f"candidate saved to {artifact_uri}: test AUC {test['auc']:.4f}, Sharpe {test['sharpe']} "
-        f"({test['sharpe_annualization']}, {test['sharpe_returns']}), max drawdown {test['max_drawdown']:.4f}"
+        f"candidate saved to {artifact_uri}: test AUC {test['auc']:.4f}, Sharpe "
+        f"{sharpe_text(test['sharpe'], test['sharpe_n_returns'], settings.thresholds.min_sharpe_returns, returns=test['sharpe_returns'])} "
+        f"({test['sharpe_annualization']}), max drawdown {test['max_drawdown']:.4f}"
     )
 
     curves = {"candidate": outcome.test.equity}
@@ -263,6 +265,8 @@ def candidate_model(
             "test_sharpe": _meta(test["sharpe"]),
             "sharpe_convention": f"{test['sharpe_annualization']} on {test['sharpe_returns']} returns "
             f"(n={test['sharpe_n_returns']})",
+            "test_sharpe_text": sharpe_text(test["sharpe"], test["sharpe_n_returns"],
+                                            settings.thresholds.min_sharpe_returns, returns=test["sharpe_returns"]),
             "test_max_drawdown": float(test["max_drawdown"]),
             "train_auc": float(report["train"]["auc"]),
             "shuffled_label_test_auc": float(report["shuffled_label_test_auc"]),
