@@ -36,16 +36,30 @@ def default_dates(days: int, today: dt.date | None = None) -> list[str]:
 
 
 def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> StageReport:
+    """The run's outcome; a check counts once, failed if any of its partitions' results failed
+    (partitioned checks record one result per partition: the failed ones are named)."""
     rep = StageReport(name, result.run_id, result.success, seconds)
+    judged: dict[tuple[str, str, str], list] = {}
     for ev in result.all_events:
         if ev.event_type_value == "ASSET_CHECK_EVALUATION":
             data = ev.event_specific_data
-            if data.passed:
-                rep.checks_passed += 1
-            else:
-                rep.checks_failed.append(f"{data.asset_key.to_user_string()}:{data.check_name} ({data.severity.value})")
+            key = (data.asset_key.to_user_string(), data.check_name, data.severity.value)
+            judged.setdefault(key, []).append(data)
         elif ev.event_type_value == "ASSET_MATERIALIZATION":
             rep.materializations += 1
+    for (asset, check, severity), results in judged.items():
+        failed = [r for r in results if not r.passed]
+        if not failed:
+            rep.checks_passed += 1
+            continue
+        line = f"{asset}:{check} ({severity})"
+        if any(r.partition for r in results):
+            names = [r.partition for r in failed]
+            line += (f" on {len(failed)} of {len(results)} partitions: {', '.join(names[:5])}"
+                     + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
+        if len(failed) == 1 and failed[0].description:
+            line += f" ({failed[0].description})"
+        rep.checks_failed.append(line)
     return rep
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from autotrader_assets.defs.market_data.replay import ReplaySource
 from autotrader_assets.defs.market_data.resources import MarketSourceResource
-from tests.support.pipeline import check_results, run_data_pipeline, shared_file, temp_resources
+from tests.support.pipeline import check_results, partition_results, run_data_pipeline, shared_file, temp_resources
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,11 @@ def test_two_instruments_two_dates_rows_archive_and_checks(tmp_path):
         )
 
     checks = check_results(result)
-    assert [c.passed for c in checks["market_bars_schema"]] == [True]
-    assert checks["market_bars_schema"][0].metadata["rows_checked"].value == sum(expected.values())
+    # One schema result per partition, each with its own row count.
+    schema = partition_results(result, "market_bars_schema")
+    assert {p: (e.passed, e.metadata["rows_checked"].value) for p, e in schema.items()} == {
+        f"{d}|{i}": (True, n) for (d, i), n in expected.items()
+    }
     assert all(c.passed for c in checks["unique_combination_bar_features_instrument__ts"])
     assert all(c.passed for c in checks["accepted_range_bar_features_rsi_14__100__0"])
 
@@ -95,10 +98,10 @@ def test_corrupt_partition_is_blocked_before_features(tmp_path):
     result = run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-01|BTCUSDT", raise_on_error=False)
     assert not result.success
 
-    schema = check_results(result)["market_bars_schema"][0]
-    assert not schema.passed
+    (schema,) = check_results(result)["market_bars_schema"]
+    assert not schema.passed and schema.partition == "2024-03-01|BTCUSDT"
     assert schema.severity == dg.AssetCheckSeverity.ERROR
-    assert schema.metadata["failed_partitions"].value == ["2024-03-01|BTCUSDT"]
+    assert schema.metadata["quarantined"].value is True
     cases = schema.metadata["failure_cases"].value
     assert "close" in cases and "high below max(open, close)" in cases
 
@@ -134,8 +137,8 @@ def test_pipeline_on_real_btc_minutes(tmp_path):
     counts = _counts(str(tmp_path / "warehouse.duckdb"), "bar_features")
     assert counts == {("2022-01-10", "BTCUSDT"): 1440, ("2022-01-11", "BTCUSDT"): 1440}
     checks = check_results(result)
-    assert checks["market_bars_schema"][0].passed
-    assert checks["market_bars_completeness"][0].passed  # the file is contiguous
+    assert [c.passed for c in checks["market_bars_schema"]] == [True, True]
+    assert [c.passed for c in checks["market_bars_completeness"]] == [True, True]  # the file is contiguous
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
     rsi = con.execute("select min(rsi_14), max(rsi_14), avg(rv_60) from bar_features where date = '2022-01-11'").fetchone()
     con.close()
@@ -236,13 +239,13 @@ def test_checks_read_large_selections_in_chunks(tmp_path, monkeypatch):
         resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|ETHUSDT", raise_on_error=False
     )
     assert not result.success
-    checks = check_results(result)
-    schema = checks["market_bars_schema"][0]
-    assert schema.metadata["failed_partitions"].value == ["2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT"]
-    assert schema.metadata["partitions_checked"].value == 4
+    schema = partition_results(result, "market_bars_schema")
+    assert sorted(p for p, e in schema.items() if not e.passed) == ["2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT"]
     replay = ReplaySource(seed=11)
-    assert schema.metadata["rows_checked"].value == sum(
-        len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")
-    )
-    completeness = checks["market_bars_completeness"][0]
-    assert completeness.metadata["worst_missing_fraction"].value < 0.05
+    assert {p: e.metadata["rows_checked"].value for p, e in schema.items()} == {
+        f"{d}|{i}": len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")
+    }
+    # The warnings judge what was published: only ETHUSDT's partitions.
+    completeness = partition_results(result, "market_bars_completeness")
+    assert sorted(completeness) == ["2024-03-01|ETHUSDT", "2024-03-02|ETHUSDT"]
+    assert all(e.metadata["missing_fraction"].value < 0.05 for e in completeness.values())

@@ -43,10 +43,20 @@ from tests.support.pipeline import shared_file
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
-#: The smallest replay window whose candidate clears every gate for each training seed tried
-#: (7, 8, 9: test Sharpe 13.2, 18.3, 12.7 against a floor of 0, max drawdown <= 2.2%): 30% of
-#: 8 days leaves 3 daily returns for the Sharpe gate. With 7 days (from 03-08) seed 9 trips the
-#: leakage gate (test AUC above train AUC); 6 days leave only the minimum 2 daily returns.
+#: The smallest replay window on which v1 (seed 7) and v2 (seed 9) clear every gate, measured on
+#: the minute-based features (horizons in minutes of time, so the replay's dropped minutes change
+#: some rows and with them the trained weights): v1 test Sharpe 7.85 against the floor 0 (max
+#: drawdown 3.1%, test AUC 0.675); v2 test Sharpe 12.21 against v1's 7.85 on the same test rows
+#: (drawdown 2.1%, test minus train AUC 0.012, shuffled-label AUC 0.462); in the canary (newest
+#: 240 minutes of BTCUSDT and ETHUSDT, 0.55/0.45 signal, 4+2 bps) v2 loses less than v1 per bar:
+#: Sharpe -59.8 against -95.5 (floor -114.6, 37% better; the gate allows 20% worse). Both lose
+#: money in those four hours after costs; the gate compares them, it does not ask for a profit.
+#: Seed 8, the v2 seed before the feature rewrite, now passes training (13.0) but fails that
+#: canary (-154.5, 62% worse: it trades 92 times against v1's 75). Seeds 10, 11, 13-15 pass
+#: everything too, seed 12 fails sharpe_vs_production (6.8 < 7.85). 30% of 8 days leaves 3
+#: daily returns for the Sharpe gate. With 7 days (from 03-08) seed 9 trips the leakage gate
+#: (test AUC 0.675 is 0.268 above the shuffled-label AUC, limit 0.25) and seed 8 fails the
+#: canary again (24% worse); 6 days leave only the minimum 2 daily returns.
 REPLAY_DATES = [(dt.date(2024, 3, 7) + dt.timedelta(days=i)).isoformat() for i in range(8)]
 PAPER_DATES = REPLAY_DATES[-2:]
 #: Real BTCUSDT minutes: 10 days of January 2022.
@@ -219,7 +229,7 @@ def test_replay_data_to_paper_trading(home):
     assert png_from_markdown(perf["equity_curve"]).startswith(b"\x89PNG\r\n\x1a\n")
 
     # -- a second candidate (another seed) must beat v1 on the same test rows, then roll out --------
-    retrained = run(defs, "training_job", instance, run_config=training_config(seed=8))
+    retrained = run(defs, "training_job", instance, run_config=training_config(seed=9))
     assert retrained.success, failures(retrained)
     assert checks(retrained)["sharpe_vs_production"].metadata["compared_to"].value != "floor (no production model)"
     v2 = registry.get(retrained.output_for_node("registered_model")["version"])
@@ -234,6 +244,12 @@ def test_replay_data_to_paper_trading(home):
         assert f"| {stage} | pass |" in meta["gate_readings"], meta["gate_readings"]
     stages = [s["stage"] for s in meta["report"]["stages"]]
     assert stages.index("canary") < stages.index("pct_25") < stages.index("pct_50") < stages.index("pct_100")
+    # The canary's Sharpe: both models on the same 2 x 240 replayed minutes, annualised per minute.
+    canary = next(s for s in meta["report"]["stages"] if s["stage"] == "canary")["sharpe"]
+    assert canary["instruments"] == ["BTCUSDT", "ETHUSDT"] and canary["coverage"] == 1.0, canary
+    for side in ("candidate_backtest", "live_backtest"):
+        assert (canary[side]["n_bars"], canary[side]["periods_per_year"]) == (240, 525_600), canary
+    assert canary["candidate"] >= canary["floor"], canary
     assert registry.get_production().version == 2
     assert registry.get(1).stage == "archived"
     assert set(state.routing_table().values()) == {"green"}
@@ -262,13 +278,16 @@ def test_real_btc_file_to_paper_trading(home):
     assert data.success, failures(data)
     counts = query(settings, "select date, instrument, count(*) from bar_features group by 1, 2 order by 1")
     assert [(str(d), i, n) for d, i, n in counts] == [(d, "BTCUSDT", 1440) for d in BTC_DATES]  # contiguous file
-    data_checks = checks(data)
-    assert data_checks["market_bars_schema"].passed and data_checks["market_bars_completeness"].passed
-    # Honest warnings on 2022 history: it is not fresh today, and real minutes have fat tails.
-    # Neither blocks: features and training go ahead.
-    not_passed = {name: ev.severity for name, ev in data_checks.items() if not ev.passed}
-    assert not_passed == {"market_bars_freshness": dg.AssetCheckSeverity.WARN,
-                          "market_bars_outliers": dg.AssetCheckSeverity.WARN}, failures(data)
+    # The market_bars checks record one result per partition: judge them all.
+    data_checks = data.get_asset_check_evaluations()
+    assert all(ev.passed for ev in data_checks if ev.check_name in ("market_bars_schema", "market_bars_completeness"))
+    # The one honest warning on 2022 history: it is not fresh today. It does not block: features
+    # and training go ahead. Real minutes have fat tails, but no bad print in these ten days: the
+    # outlier rule (scale floored at the day's mean absolute return, a spike must be taken back)
+    # flags none; the rule before that floor listed 20 ordinary fat-tail minutes here.
+    assert any(ev.check_name == "market_bars_outliers" for ev in data_checks)  # it ran (and passed)
+    not_passed = {ev.check_name: ev.severity for ev in data_checks if not ev.passed}
+    assert not_passed == {"market_bars_freshness": dg.AssetCheckSeverity.WARN}, failures(data)
 
     # Real prices: the candidate learns a little (test AUC 0.54-0.56, above the 0.51 floor), but
     # after 4 bps fees and 2 bps slippage its test-period backtest loses money: Sharpe -37, -26

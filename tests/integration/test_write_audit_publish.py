@@ -11,7 +11,14 @@ from autotrader_assets.defs.market_data.partitions import range_tags
 from autotrader_assets.defs.market_data.replay import ReplaySource
 from autotrader_assets.defs.market_data.resources import MarketSourceResource
 from autotrader_assets.defs.market_data.schema import BAR_COLUMNS, empty_bars
-from tests.support.pipeline import check_results, data_assets_and_checks, run_data_pipeline, shared_file, temp_resources
+from tests.support.pipeline import (
+    check_results,
+    data_assets_and_checks,
+    partition_results,
+    run_data_pipeline,
+    shared_file,
+    temp_resources,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +62,7 @@ def test_failed_dbt_test_keeps_the_partition_out_of_bar_features_and_training(tm
     instance = dg.DagsterInstance.ephemeral()
     result = run_data_pipeline(resources, instance, "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT", raise_on_error=False)
     assert not result.success
-    assert check_results(result)["market_bars_schema"][0].passed  # the bars themselves are consistent
+    assert all(e.passed for e in check_results(result)["market_bars_schema"])  # the bars themselves are consistent
     assert not check_results(result)["accepted_range_bar_features_ret_1__1___1"][0].passed
     assert "2024-03-02|BTCUSDT" in _error_text(result) and "quarantined" in _error_text(result)
 
@@ -104,9 +111,9 @@ def test_empty_refetch_over_good_days_changes_nothing_published(tmp_path):
     resources["market_source"] = HeaderOnlySource(name="header-only")
     result = run_data_pipeline(resources, instance, "2024-03-04|BTCUSDT", "2024-03-05|BTCUSDT", raise_on_error=False)
     assert not result.success
-    schema = check_results(result)["market_bars_schema"][0]
-    assert schema.metadata["failed_partitions"].value == ["2024-03-04|BTCUSDT", "2024-03-05|BTCUSDT"]
-    assert "partition is empty" in schema.metadata["quarantined_partitions"].value["2024-03-04|BTCUSDT"]
+    schema = partition_results(result, "market_bars_schema")
+    assert sorted(p for p, e in schema.items() if not e.passed) == ["2024-03-04|BTCUSDT", "2024-03-05|BTCUSDT"]
+    assert "partition is empty" in schema["2024-03-04|BTCUSDT"].description
 
     pd.testing.assert_frame_equal(_query(db, "select * exclude (ingested_at) from market_bars order by date, ts"), before_bars)
     pd.testing.assert_frame_equal(_query(db, "select * from bar_features order by date, ts"), before_feats)
@@ -174,7 +181,7 @@ def test_restore_of_a_version_that_fails_the_audit_is_refused(tmp_path):
         instance=instance, tags=range_tags("2024-04-01", "2024-04-01", ["BTCUSDT"]), raise_on_error=False
     )
     assert not result.success
-    assert check_results(result)["market_bars_schema"][0].metadata["failed_partitions"].value == ["2024-04-01|BTCUSDT"]
+    assert [(e.partition, e.passed) for e in check_results(result)["market_bars_schema"]] == [("2024-04-01|BTCUSDT", False)]
     pd.testing.assert_frame_equal(_query(db, "select ts, close from market_bars order by ts"), published)
 
 

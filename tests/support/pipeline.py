@@ -58,6 +58,11 @@ def run_data_pipeline(resources: dict, instance: dg.DagsterInstance, first: str,
     )
 
 
+def partition_results(result, check: str) -> dict[str, object]:
+    """partition -> the evaluation of ``check`` for it in a run result (partitioned checks)."""
+    return {e.partition: e for e in check_results(result).get(check, [])}
+
+
 def check_results(result) -> dict[str, list]:
     """check name -> list of evaluations in a run result."""
     out: dict[str, list] = {}

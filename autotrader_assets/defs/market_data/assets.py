@@ -9,6 +9,7 @@ partitions keep their last published version and are quarantined (rows, reasons,
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -17,6 +18,7 @@ import pandas as pd
 from autotrader_assets.defs.market_data.checks import (
     FRESHNESS_DEADLINE_CRON,
     CompletenessAudit,
+    EvaluationSpool,
     OutlierAudit,
     SchemaAudit,
     market_bars_check_specs,
@@ -113,7 +115,7 @@ def market_bars(
     archive: ArchiveResource,
     market_source: MarketSourceResource,
     settings: dg.ResourceParam[Settings],
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
     """One-minute OHLCV bars per day and instrument: archived raw, audited, and only published if they pass."""
     parts = context_partitions(context)
     store = archive.store()
@@ -146,89 +148,89 @@ def market_bars(
     schema = SchemaAudit()
     completeness = CompletenessAudit(limits.max_missing_fraction, settings.calendar_for)
     outliers = OutlierAudit(limits.outlier_robust_z)
-    missing: dict[str, float] = {}
+    selected = {key.name for key in context.selected_asset_check_keys}
+    spool = EvaluationSpool(selected)
+    worst = ("", 0.0)
+    # instrument -> (date, missing fraction, outlier bars) of its latest published date: the metrics pushed.
+    latest: dict[str, tuple[str, float, pd.DataFrame]] = {}
 
-    # Archive writes (Parquet encoding, S3 puts) release the GIL: overlap them with fetching.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive") as pool:
-        for k in range(0, len(parts), WRITE_CHUNK):
-            chunk = parts[k : k + WRITE_CHUNK]
-            frames: dict[tuple[str, str], pd.DataFrame] = {}
-            staged = {}
-            for date, instrument in chunk:
-                if restoring:
-                    bars = store.read(date, instrument, version=version)
-                else:
-                    start = pd.Timestamp(date, tz="UTC")
-                    bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
-                    # What the source returned is kept whatever the audit says.
-                    staged[(date, instrument)] = pool.submit(store.stage, date, instrument, bars, batch_id)
-                frames[(date, instrument)] = bars
-                missing[f"{date}|{instrument}"] = round(
-                    missing_fraction(bars, date=date, instrument=instrument, calendar=settings.calendar_for), 4
+    with spool:
+        # Archive writes (Parquet encoding, S3 puts) release the GIL: overlap them with fetching.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive") as pool:
+            for k in range(0, len(parts), WRITE_CHUNK):
+                chunk = parts[k : k + WRITE_CHUNK]
+                frames: dict[tuple[str, str], pd.DataFrame] = {}
+                staged = {}
+                for date, instrument in chunk:
+                    if restoring:
+                        bars = store.read(date, instrument, version=version)
+                    else:
+                        start = pd.Timestamp(date, tz="UTC")
+                        bars = source.fetch_bars(instrument, start, start + pd.Timedelta(days=1))
+                        # What the source returned is kept whatever the audit says.
+                        staged[(date, instrument)] = pool.submit(store.stage, date, instrument, bars, batch_id)
+                    frames[(date, instrument)] = bars
+                    fraction = round(missing_fraction(bars, date=date, instrument=instrument,
+                                                      calendar=settings.calendar_for), 4)
+                    if fraction > worst[1] or not worst[0]:
+                        worst = (f"{date}|{instrument}", fraction)
+                staged_bytes = {key: f.result() for key, f in staged.items()}
+
+                # Audit: the pandera schema over the whole chunk at once.
+                audit_frame = _audit_frame(frames)
+                _, failed, cases = partition_failures(chunk, audit_frame, calendar=settings.calendar_for)
+                reasons = _reasons(cases)
+                batch = PublishBatch(layer="market_bars", batch_id=batch_id)
+                for key, bars in frames.items():
+                    name = f"{key[0]}|{key[1]}"
+                    if name in failed:
+                        batch.failed[key] = bars
+                        batch.reasons[key] = reasons.get(name, "failed the schema")
+                    else:
+                        batch.passed[key] = bars
+                        batch.intervals[key] = detect_interval_seconds(bars)
+
+                # Publish: one transaction for the chunk (passing partitions + quarantine records).
+                with publisher_for(warehouse) as publisher:
+                    result = publisher.publish(batch)
+                rows_published += result.rows_published
+                published += [f"{d}|{i}" for d, i in result.published]
+                chunk_quarantined = {f"{d}|{i}": batch.reasons[(d, i)] for d, i in result.quarantined}
+                quarantined.update(chunk_quarantined)
+                spool.add(schema.evaluate(chunk, audit_frame, cases, chunk_quarantined, batch_id))
+                # The warnings judge what was published: the chunk's bars minus the quarantined ones.
+                published_rows = audit_frame[~(audit_frame["date"] + "|" + audit_frame["instrument"]).isin(chunk_quarantined)]
+                fractions, judged = completeness.evaluate(list(result.published), published_rows)
+                spool.add(judged)
+                found, judged = outliers.evaluate(list(result.published), published_rows)
+                spool.add(judged)
+                for date, instrument in result.published:
+                    if instrument not in latest or date > latest[instrument][0]:
+                        latest[instrument] = (date, fractions.get(f"{date}|{instrument}", 0.0),
+                                              found[(found["date"] == date) & (found["instrument"] == instrument)])
+
+                # Only after the commit: the archive's latest moves to what was published.
+                moves = []
+                for date, instrument in result.published:
+                    if restoring:
+                        if version != "latest":
+                            # The restored version becomes current again; the file it replaces is kept
+                            # as a version, so this rollback can itself be undone.
+                            moves.append(pool.submit(store.write, date, instrument, frames[(date, instrument)]))
+                    else:
+                        moves.append(pool.submit(
+                            store.promote, date, instrument, batch_id, staged_bytes[(date, instrument)]
+                        ))
+                if not restoring:
+                    moves += [pool.submit(store.quarantine, d, i, batch_id) for d, i in result.quarantined]
+                for m in moves:
+                    m.result()
+                context.log.info(
+                    f"audited {k + len(chunk)}/{len(parts)} partitions: published {len(published)} "
+                    f"({rows_published:,} bars), quarantined {len(quarantined)}"
                 )
-            staged_bytes = {key: f.result() for key, f in staged.items()}
 
-            # Audit: the pandera schema over the whole chunk at once.
-            audit_frame = _audit_frame(frames)
-            n_rows, failed, cases = partition_failures(chunk, audit_frame, calendar=settings.calendar_for)
-            reasons = _reasons(cases)
-            batch = PublishBatch(layer="market_bars", batch_id=batch_id)
-            for key, bars in frames.items():
-                name = f"{key[0]}|{key[1]}"
-                if name in failed:
-                    batch.failed[key] = bars
-                    batch.reasons[key] = reasons.get(name, "failed the schema")
-                else:
-                    batch.passed[key] = bars
-                    batch.intervals[key] = detect_interval_seconds(bars)
-
-            # Publish: one transaction for the chunk (passing partitions + quarantine records).
-            with publisher_for(warehouse) as publisher:
-                result = publisher.publish(batch)
-            rows_published += result.rows_published
-            published += [f"{d}|{i}" for d, i in result.published]
-            chunk_quarantined = {f"{d}|{i}": batch.reasons[(d, i)] for d, i in result.quarantined}
-            quarantined.update(chunk_quarantined)
-            schema.add(len(chunk), n_rows, cases, chunk_quarantined)
-            # The warnings judge what was published: the chunk's bars minus the quarantined ones.
-            published_rows = audit_frame[~(audit_frame["date"] + "|" + audit_frame["instrument"]).isin(chunk_quarantined)]
-            completeness.add(list(result.published), published_rows)
-            outliers.add(published_rows)
-
-            # Only after the commit: the archive's latest moves to what was published.
-            moves = []
-            for date, instrument in result.published:
-                if restoring:
-                    if version != "latest":
-                        # The restored version becomes current again; the file it replaces is kept
-                        # as a version, so this rollback can itself be undone.
-                        moves.append(pool.submit(store.write, date, instrument, frames[(date, instrument)]))
-                else:
-                    moves.append(pool.submit(
-                        store.promote, date, instrument, batch_id, staged_bytes[(date, instrument)]
-                    ))
-            if not restoring:
-                moves += [pool.submit(store.quarantine, d, i, batch_id) for d, i in result.quarantined]
-            for m in moves:
-                m.result()
-            context.log.info(
-                f"audited {k + len(chunk)}/{len(parts)} partitions: published {len(published)} "
-                f"({rows_published:,} bars), quarantined {len(quarantined)}"
-            )
-
-    if quarantined:
-        context.log.error(
-            f"{len(quarantined)} partition(s) failed the schema and were quarantined (their published "
-            f"version is unchanged): {', '.join(sorted(quarantined)[:20])}"
-        )
-    worst = max(missing.items(), key=lambda kv: kv[1]) if missing else ("", 0.0)
-    pushed = {}
-    for instrument, samples in market_data_groups(completeness.fractions, outliers.found).items():
-        pushed[instrument] = push_from_step(context, settings, metrics_push.MARKET_DATA_JOB, samples,
-                                            instrument=instrument)
-    return dg.MaterializeResult(
-        metadata={
-            "pushgateway": dg.MetadataValue.json({i: p["pushgateway"].value for i, p in pushed.items()}),
+        yield from _results(context, settings, spool, latest, {
             "dagster/row_count": dg.MetadataValue.int(rows_published),
             "partitions": dg.MetadataValue.int(len(parts)),
             "partitions_published": dg.MetadataValue.int(len(published)),
@@ -240,6 +242,31 @@ def market_bars(
             "warehouse": dg.MetadataValue.path(warehouse.path),
             "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),
             "worst_missing_partition": worst[0],
-        },
-        check_results=[schema.result(batch_id), completeness.result(), outliers.result()],
-    )
+        })
+
+
+def _results(context: dg.AssetExecutionContext, settings: Settings, spool: EvaluationSpool,
+             latest: dict[str, tuple[str, float, pd.DataFrame]], metadata: dict
+             ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+    """The materialization, then each partition's check results (which must point at it), then
+    the check outputs that blocking checks' downstream waits for."""
+    quarantined = metadata["quarantined_partitions"].value
+    if quarantined:
+        context.log.error(
+            f"{len(quarantined)} partition(s) failed the schema and were quarantined (their published "
+            f"version is unchanged): {', '.join(sorted(quarantined)[:20])}"
+        )
+    pushed = {}
+    for instrument, samples in market_data_groups(
+        {f"{d}|{i}": f for i, (d, f, _) in latest.items()}, [rows for _, _, rows in latest.values()]
+    ).items():
+        pushed[instrument] = push_from_step(context, settings, metrics_push.MARKET_DATA_JOB, samples,
+                                            instrument=instrument)
+    yield dg.MaterializeResult(metadata={
+        "pushgateway": dg.MetadataValue.json({i: p["pushgateway"].value for i, p in pushed.items()}),
+        **metadata,
+        "checks": dg.MetadataValue.json(spool.summary),
+    })
+    yield from spool.emit(context.instance, context.run_id, WRITE_CHUNK)
+    for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))

@@ -1,5 +1,6 @@
-"""The ``feature_drift_psi`` check: a check spec of ``feature_drift`` (judged on the rows the asset
-just computed, so the result carries the same partition), and the result it yields.
+"""The ``feature_drift_psi`` check: a check spec of ``feature_drift``, partitioned by date like it
+(judged on the rows the asset just computed, so each result is recorded against that date), and
+the result it yields.
 
 WARN when a feature's PSI is above ``psi_warn`` (0.2), ERROR above ``psi_critical`` (0.3), never
 blocking: drift is a reason to act (``feature_drift_sensor``), not to stop the data. A day that
@@ -7,20 +8,31 @@ cannot be judged (no model served it, or the model's bundle has no reference) is
 says why.
 """
 
+import warnings
 from typing import Any
 
 import dagster as dg
 
 from autotrader_assets.defs.monitoring.drift import DayDrift
 from autotrader_assets.defs.monitoring.plots import histogram_png, psi_bars_png
+from autotrader_assets.defs.trading.partitions import trading_partitions
 from autotrader_assets.defs.trading.performance import markdown_table, png_markdown
 
 FEATURE_DRIFT_PSI = "feature_drift_psi"
 FEATURE_DRIFT_ASSET = dg.AssetKey("feature_drift")
 
-feature_drift_psi_spec = dg.AssetCheckSpec(
+def _partitioned_like_feature_drift(name: str, **kwargs) -> dg.AssetCheckSpec:
+    """Partitioned by date like ``feature_drift``, so each day's verdict is recorded against its
+    date and the check's Partitions tab shows every judged day (unpartitioned, only the latest
+    run's result would show, whatever date it judged). ``partitions_def`` on a check spec is a
+    preview feature in Dagster 1.13: its warning is silenced here, the pin fixes its behaviour."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(name, asset=FEATURE_DRIFT_ASSET, partitions_def=trading_partitions(), **kwargs)
+
+
+feature_drift_psi_spec = _partitioned_like_feature_drift(
     FEATURE_DRIFT_PSI,
-    asset=FEATURE_DRIFT_ASSET,
     blocking=False,
     description="PSI of every model input feature vs the serving model's training reference: WARN above "
     "psi_warn (0.2), ERROR above psi_critical (0.3). Metadata: the per-feature table, PSI per feature "
