@@ -63,12 +63,36 @@ def dbt_executable() -> str:
     return found
 
 
-def dbt_resource(warehouse_path: str | Path, profiles_dir: str | Path) -> DbtCliResource:
-    """A dbt CLI resource that reads and writes the given DuckDB warehouse."""
+class WritableTargetDbtResource(DbtCliResource):
+    """dbt whose invocations write their ``target/`` (run_results.json, compiled SQL, partial
+    parse) and logs under ``target_dir``, never into the project checkout.
+
+    In the production image the checkout is read-only for the run's user and is the same for every
+    run; only the manifest the assets are built from (``dbt_project/target/manifest.json``, made at
+    image build) stays there. Each invocation gets its own folder (dagster-dbt's unique name), and
+    dagster-dbt still seeds it with the checkout's ``partial_parse.msgpack``.
+    """
+
+    target_dir: str
+
+    def cli(self, args, *, raise_on_error=True, manifest=None, dagster_dbt_translator=None, context=None,
+            target_path: Path | None = None):
+        if target_path is None:
+            target_path = Path(self.target_dir) / self._get_unique_target_path(context=context).name
+        return super().cli(args, raise_on_error=raise_on_error, manifest=manifest,
+                           dagster_dbt_translator=dagster_dbt_translator, context=context, target_path=target_path)
+
+
+def dbt_resource(warehouse_path: str | Path, profiles_dir: str | Path,
+                 target_dir: str | Path | None = None) -> DbtCliResource:
+    """A dbt CLI resource that reads and writes the given DuckDB warehouse; its target/ and logs go
+    to ``target_dir`` (default: ``dbt_target`` beside ``profiles_dir``, i.e. under AUTOTRADER_HOME)."""
     profiles = write_profiles(warehouse_path, profiles_dir)
-    return DbtCliResource(
+    target = Path(target_dir) if target_dir is not None else Path(profiles_dir).parent / "dbt_target"
+    return WritableTargetDbtResource(
         project_dir=str(DBT_PROJECT_DIR),
         profiles_dir=str(profiles),
         # dbt dies with the run worker that started it (kill -9 included): autotrader_assets/child_guard.py
         dbt_executable=guarded_executable(dbt_executable(), profiles),
+        target_dir=str(target.resolve()),
     )
