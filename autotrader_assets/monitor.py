@@ -39,13 +39,19 @@ class MonitoringError(RuntimeError):
 def render_prometheus_config(
     *, targets_file: Path, pushgateway: str, prometheus: str, alertmanager: str | None,
     scrape_interval: str | None = None, source: Path = PROMETHEUS_DIR / "prometheus.yml",
+    rules_dir: Path | None = None,
 ) -> dict:
-    """The repository's prometheus.yml with this machine's addresses and absolute paths."""
+    """The repository's prometheus.yml with this machine's addresses and absolute paths
+    (``rules_dir``: a rendered copy of the rules, ``deploy_ops.alerting.rules``, instead of the
+    repository's)."""
     config = yaml.safe_load(source.read_text())
     if scrape_interval:
         config["global"]["scrape_interval"] = scrape_interval
         config["global"]["evaluation_interval"] = scrape_interval
-    config["rule_files"] = [str((source.parent / pattern).resolve()) for pattern in config["rule_files"]]
+    if rules_dir is not None:
+        config["rule_files"] = [str(Path(rules_dir).resolve() / "*.yml")]
+    else:
+        config["rule_files"] = [str((source.parent / pattern).resolve()) for pattern in config["rule_files"]]
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     else:
@@ -73,6 +79,8 @@ class MonitoringStack:
     alertmanager_port: int | None = None
     alertmanager_config: Path | None = None
     scrape_interval: str | None = None
+    #: A rendered copy of the rules (``deploy_ops.alerting.rules.render_rules``); None: the repository's.
+    rules_dir: Path | None = None
     tools: Path = TOOLS
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -105,7 +113,7 @@ class MonitoringStack:
             targets_file=self.targets_file, pushgateway=f"127.0.0.1:{self.pushgateway_port}",
             prometheus=f"127.0.0.1:{self.prometheus_port}",
             alertmanager=f"127.0.0.1:{self.alertmanager_port}" if with_am else None,
-            scrape_interval=self.scrape_interval,
+            scrape_interval=self.scrape_interval, rules_dir=self.rules_dir,
         )
         rendered = self.workdir / "prometheus.yml"
         rendered.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -196,9 +204,15 @@ def stack_for(settings: Settings, prometheus_port: int, pushgateway_port: int, a
         am_config = render_local(ALERTMANAGER_CONFIG, workdir / "alertmanager", LocalEndpoints(
             pagerduty_url="http://127.0.0.1:9/pagerduty", slack_webhook_url="http://127.0.0.1:9/slack",
             smtp_smarthost="127.0.0.1:25"))
+    from deploy_ops.alerting.rules import render_rules
+
+    # The rules' runbook links start with the same AUTOTRADER_RUNBOOK_BASE_URL as the events' do.
+    rules_dir = workdir / "rules"
+    render_rules(PROMETHEUS_DIR / "rules", rules_dir, runbook_base_url=settings.runbook_base_url)
     return MonitoringStack(
         workdir=workdir, targets_file=targets, prometheus_port=prometheus_port,
         pushgateway_port=pushgateway_port, alertmanager_port=alertmanager_port, alertmanager_config=am_config,
+        rules_dir=rules_dir,
     )
 
 

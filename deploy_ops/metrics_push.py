@@ -74,6 +74,7 @@ CATALOGUE: dict[str, MetricSpec] = _specs(
     MetricSpec("autotrader_feature_psi", "gauge", "PSI of a model input feature on the last judged date vs the training reference", ("feature", "model_version")),
     # model_health (health_check).
     MetricSpec("autotrader_model_confidence_ratio", "gauge", "Mean max(p, 1-p) of the last full 2-hour window of paper-trading predictions"),
+    MetricSpec("autotrader_trading_rolling_win_rate_ratio", "gauge", "Win rate of the closed trades of the last full 4-hour window with 10+ trades (what WinRateLow judges)"),
     # market_bars (data_pipeline), one group per instrument.
     MetricSpec("autotrader_market_data_missing_ratio", "gauge", "Fraction of the session's expected bars missing on the instrument's last published date", ("instrument",)),
     MetricSpec("autotrader_market_data_outlier_bars", "gauge", "Bad prints (robust-z outliers) on the instrument's last published date", ("instrument",)),
@@ -263,6 +264,15 @@ def confidence_samples(confidence: Any) -> list[Sample]:
     return [] if number is None else [Sample("autotrader_model_confidence_ratio", number)]
 
 
+def health_samples(confidence: Any, win_rate_4h: Any) -> list[Sample]:
+    """model_health's group: the last full 2-hour window's confidence and the last full 4-hour
+    window's win rate (each left out when its window was not judged: the group is replaced, so an
+    old value never outlives the day that had it)."""
+    number = _finite(win_rate_4h)
+    window = [] if number is None else [Sample("autotrader_trading_rolling_win_rate_ratio", number)]
+    return confidence_samples(confidence) + window
+
+
 def market_data_samples(instrument: str, missing_ratio: Any, outlier_bars: int) -> list[Sample]:
     out = [Sample("autotrader_market_data_outlier_bars", float(outlier_bars), {"instrument": instrument})]
     number = _finite(missing_ratio)
@@ -297,6 +307,7 @@ __all__ = [
     "breaker_samples",
     "push_breaker",
     "confidence_samples",
+    "health_samples",
     "job_failure_samples",
     "job_success_samples",
     "market_data_samples",

@@ -17,7 +17,13 @@ An event of the deployment-state log (``deploy_ops.events``) is one of three thi
 Where an event reports what a Prometheus rule of ``monitoring/prometheus/rules/`` also watches
 (a breaker trip, a slot down, low win rate), it carries the rule's alert name, so one routing
 tree (``monitoring/alertmanager/alertmanager.yml``, by ``severity``) and one inhibition rule serve
-both.
+both. Such a condition must page once, not once per source: every alert also carries the label
+``incident`` (:func:`incident_of`), which the rule of the same name sets to the same value, and the
+critical route groups by ``alertname`` and ``incident``. Both sources' alerts then sit in one
+Alertmanager group, which is one PagerDuty incident (Alertmanager keys PagerDuty by the group),
+opened by whichever arrives first and resolved when both have cleared. The incident is coarser
+than the ``dedup_key`` where the rule cannot see the event's detail (a pushed gauge knows the breaker
+is tripped, not which trip): :data:`INCIDENTS`.
 """
 from __future__ import annotations
 
@@ -40,6 +46,29 @@ ALERTS_RUNBOOK = "docs/runbooks/alerts.md"
 #: Where an unlisted warning/critical kind points.
 UNLISTED_RUNBOOK = f"{ALERTS_RUNBOOK}#unlisted-events"
 DESCRIPTION_LIMIT = 1500
+
+
+#: The ``incident`` label of the alert names a Prometheus rule raises too, where it is coarser than
+#: the event's ``dedup_key``: the rules in ``monitoring/prometheus/rules/`` set exactly these
+#: (``tests/unit/test_alert_incidents.py``). ``ServingSlotDown`` is absent: both sources see the slot,
+#: so its incident is its dedup key ``slot-down-<slot>`` (the rule: ``slot-down-{{ $labels.slot_name }}``).
+INCIDENTS: dict[str, str] = {
+    # One breaker, and one trip in force at a time: a reset comes before the next trip.
+    "CircuitBreakerTripped": "circuit-breaker",
+    # Every open DeploymentFailed clears on the next good rollout or rollback: one condition.
+    "DeploymentFailed": "deployment-failed",
+    # The pushed failure streak is per job, not per partition.
+    "DataPipelineFailing": "data-pipeline-failing",
+    # The rule fires per feature, the event per model version: one drift incident.
+    "FeatureDriftCritical": "feature-drift-critical",
+    # The rule fires per slot, the health check's event per date.
+    "ServingErrorRateHigh": "serving-error-rate",
+}
+
+
+def incident_of(alertname: str, dedup_key: str) -> str:
+    """The ``incident`` label: what the critical route groups by (one PagerDuty incident each)."""
+    return INCIDENTS.get(alertname, dedup_key)
 
 
 def alert_section(alertname: str) -> str:
@@ -207,7 +236,7 @@ class Alert:
     @property
     def labels(self) -> dict[str, str]:
         return {"alertname": self.alertname, "severity": self.severity, "dedup_key": self.dedup_key,
-                "service": SERVICE}
+                "incident": incident_of(self.alertname, self.dedup_key), "service": SERVICE}
 
     def annotations(self, runbook_base_url: str = "") -> dict[str, str]:
         return {"summary": self.summary, "description": self.description,
@@ -266,6 +295,6 @@ _RECORDED_SEVERITY: dict[str, set[str]] = {
 }
 
 
-__all__ = ["ALERTS", "ALERTS_RUNBOOK", "Alert", "AlertSpec", "CONDITION_TTL", "ONE_SHOT_TTL",
-           "QUIET", "RESOLVERS", "Resolver", "SERVICE", "alert_for", "alert_section",
+__all__ = ["ALERTS", "ALERTS_RUNBOOK", "Alert", "AlertSpec", "CONDITION_TTL", "INCIDENTS", "ONE_SHOT_TTL",
+           "QUIET", "RESOLVERS", "Resolver", "SERVICE", "alert_for", "alert_section", "incident_of",
            "all_alertnames", "camel"]

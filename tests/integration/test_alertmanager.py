@@ -192,3 +192,56 @@ def test_the_weekly_report_mail_carries_its_charts(receivers):
     (msg,) = _wait(lambda: mail.messages, "the report mail")
     attachments = {part.get_filename(): part.get_content() for part in msg.iter_attachments()}
     assert attachments == {"equity_curve.png": png, "drawdown.png": png}
+
+
+def test_a_breaker_trip_seen_by_the_rule_and_the_event_pages_once_and_resolves_once(tmp_path, receivers):
+    """The pushed gauge's rule (posted here as Prometheus posts it: the series' job label, the rule's
+    labels, its relative runbook link) and the trip event share alertname and incident: one group,
+    one PagerDuty trigger with a runbook link, and one resolve only after both have cleared."""
+    import datetime as dt
+
+    from deploy_ops.db import utcnow
+
+    http, _ = receivers
+    port = free_port()
+    config = render_local(CONFIG, tmp_path / "am", LocalEndpoints(
+        pagerduty_url=f"{http.url}/v2/enqueue", slack_webhook_url=f"{http.url}/slack",
+        smtp_smarthost="127.0.0.1:9", timings=FAST_TIMINGS))
+    state = DeploymentStateStore(f"sqlite:///{tmp_path / 'registry.db'}")
+    outbox = Outbox(state)
+    client = AlertmanagerClient(f"http://127.0.0.1:{port}")
+    rule = next(r for r in yaml.safe_load((RULES / "batch.yml").read_text())["groups"][0]["rules"]
+                if r["alert"] == "CircuitBreakerTripped")
+
+    def rule_alert(ends: dt.datetime) -> dict:
+        labels = {"alertname": "CircuitBreakerTripped", "job": "circuit_breaker", **rule["labels"]}
+        return {"labels": labels, "annotations": dict(rule["annotations"]),
+                "startsAt": (utcnow() - dt.timedelta(seconds=30)).isoformat(), "endsAt": ends.isoformat()}
+
+    proc = _start_alertmanager(config, port, tmp_path)
+    try:
+        client.post_alerts([rule_alert(utcnow() + dt.timedelta(minutes=5))])  # Prometheus is first
+        breaker = BreakerStore(state.url)
+        breaker.trip("daily_loss", {"equity": 94.0})
+        outbox.flush(client, force=True)
+        both = _wait(lambda: (lambda a: a if len(a) == 2 else None)(
+            [a for a in client.alerts() if a["labels"]["alertname"] == "CircuitBreakerTripped"]), "both alerts")
+        assert {a["labels"].get("job", "event") for a in both} == {"circuit_breaker", "event"}
+        time.sleep(5)  # group_wait 1 s, group_interval 2 s: a second page would be here by now
+        triggers = [b for b in _pagerduty(http) if b["event_action"] == "trigger"]
+        assert len({t["dedup_key"] for t in triggers}) == 1, triggers
+        assert triggers[0]["payload"]["custom_details"]["incident"] == "circuit-breaker"
+        assert triggers[0]["links"][0]["href"].startswith("docs/runbooks/"), triggers[0]["links"]
+
+        breaker.reset(approved_by="risk officer", reason="drill over")
+        outbox.flush(client, force=True)  # the event resolves; the rule still fires: no resolve yet
+        time.sleep(4)
+        assert not [b for b in _pagerduty(http) if b["event_action"] == "resolve"]
+        client.post_alerts([rule_alert(utcnow())])  # the gauge back at 0: Prometheus resolves
+        resolves = _wait(lambda: [b for b in _pagerduty(http) if b["event_action"] == "resolve"], "the resolve")
+        assert resolves[0]["dedup_key"] == triggers[0]["dedup_key"]
+        time.sleep(3)
+        assert len({b["dedup_key"] for b in _pagerduty(http)}) == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -108,7 +108,8 @@ def _event(kind: str, severity: str, details: dict | None = None, event_id: int 
 def test_alert_labels_name_the_condition_and_runbook():
     alert = alert_for(_event("circuit_breaker_tripped", "critical", {"trip_id": 3}))
     assert alert.labels == {"alertname": "CircuitBreakerTripped", "severity": "critical",
-                            "dedup_key": "circuit-breaker-trip-3", "service": "autotrader"}
+                            "dedup_key": "circuit-breaker-trip-3", "incident": "circuit-breaker",
+                            "service": "autotrader"}
     assert alert.conditional
     assert alert.annotations("https://example.com/repo/")["runbook_url"] == (
         "https://example.com/repo/docs/runbooks/alerts.md#circuitbreakertripped")

@@ -140,6 +140,9 @@ def test_builders_leave_out_what_was_not_measured():
     assert mp.psi_samples([("ret_1", 3, float("nan")), ("rsi_14", 3, 0.25)]) == [
         mp.Sample("autotrader_feature_psi", 0.25, {"feature": "rsi_14", "model_version": "3"})]
     assert mp.confidence_samples(None) == []
+    assert mp.health_samples(None, None) == []
+    assert mp.health_samples(0.7, 0.4) == [mp.Sample("autotrader_model_confidence_ratio", 0.7),
+                                           mp.Sample("autotrader_trading_rolling_win_rate_ratio", 0.4)]
 
 
 def _slot(name, status, url):

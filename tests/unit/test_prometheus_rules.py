@@ -29,7 +29,8 @@ EXPECTED = {
     "DeploymentFailed": ("critical", None, ">= 1"),
     "FeatureDriftCritical": ("critical", None, "> 0.3"),
     "ServingLatencyHigh": ("warning", "10m", "> 0.2"),
-    "WinRateLow": ("warning", "4h", "< 0.5"),
+    # The 4 hours are the window of the pushed win rate (autotrader_trading_rolling_win_rate_ratio).
+    "WinRateLow": ("warning", None, "rolling_win_rate_ratio < 0.5"),
     "FeatureDriftWarning": ("warning", None, "> 0.2"),
     "MarketDataMissing": ("warning", None, "> 0.05"),
     "MarketDataOutliers": ("warning", None, "> 0"),
@@ -67,7 +68,9 @@ def test_every_playbook_alert_with_its_threshold_duration_labels_and_runbook():
     assert set(found) == set(EXPECTED)
     for name, (severity, duration, threshold) in EXPECTED.items():
         rule = found[name]
-        assert rule["labels"] == {"severity": severity}, name
+        # Critical rules also name their incident, as the events of the same name do (test_alert_incidents).
+        assert {k: v for k, v in rule["labels"].items() if k not in ("incident", "service")} == {"severity": severity}, name
+        assert ("incident" in rule["labels"]) == (severity == "critical"), name
         assert rule.get("for") == duration, name
         assert threshold in " ".join(rule["expr"].split()), f"{name}: {threshold!r} not in {rule['expr']}"
         assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, name
@@ -106,8 +109,9 @@ MUTATIONS = [
     ("serving.yml", "for: 10m", "for: 9m"),
     ("batch.yml", "autotrader_job_consecutive_failures{job=\"data_pipeline\"} >= 3", "autotrader_job_consecutive_failures{job=\"data_pipeline\"} >= 2"),
     ("batch.yml", "autotrader_feature_psi > 0.3", "autotrader_feature_psi >= 0.3"),
-    ("batch.yml", "autotrader_trading_win_rate_ratio < 0.5", "autotrader_trading_win_rate_ratio <= 0.5"),
-    ("batch.yml", "for: 4h", "for: 3h59m"),
+    ("batch.yml", "autotrader_trading_rolling_win_rate_ratio < 0.5", "autotrader_trading_rolling_win_rate_ratio <= 0.5"),
+    # WinRateLow on the whole history again instead of the 4-hour window: the test feeds it 10%.
+    ("batch.yml", "expr: autotrader_trading_rolling_win_rate_ratio < 0.5", "expr: autotrader_trading_win_rate_ratio < 0.5"),
     ("batch.yml", "autotrader_model_confidence_ratio < 0.6", "autotrader_model_confidence_ratio <= 0.6"),
     ("batch.yml", "for: 2h", "for: 1h59m"),
     ("batch.yml", "autotrader_market_data_missing_ratio > 0.05", "autotrader_market_data_missing_ratio >= 0.05"),

@@ -143,10 +143,13 @@ def model_health(
         log = context.log.warning if f.severity in ("warning", "critical") else context.log.info
         log(f"{f.severity}: {f.check}: {f.summary}")
     table = markdown_table(pd.DataFrame([f.row() for f in findings])) if findings else "no findings"
-    # The last full 2-hour window's mean: what the ModelConfidenceLow rule compares with 0.6.
+    # The last full 2-hour window's mean: what the ModelConfidenceLow rule compares with 0.6; the
+    # last full 4-hour window's win rate: what WinRateLow compares with 50% (not the whole history).
     windows = hl.rolling_confidence(positions) if problem is None else pd.Series(dtype=float)
-    pushed = push_from_step(context, settings, metrics_push.HEALTH_JOB,
-                            metrics_push.confidence_samples(windows.iloc[-1] if len(windows) else None))
+    win_windows = hl.rolling_win_rate(trades) if problem is None else pd.DataFrame(columns=["win_rate"])
+    pushed = push_from_step(context, settings, metrics_push.HEALTH_JOB, metrics_push.health_samples(
+        windows.iloc[-1] if len(windows) else None,
+        win_windows["win_rate"].iloc[-1] if len(win_windows) else None))
     return dg.MaterializeResult(metadata={**pushed,
         "date": date.isoformat(),
         "worst_severity": worst,
