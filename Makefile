@@ -10,7 +10,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools monitor
+.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools monitor checkov-tool checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ $(TOOLS)/.unpacked:
 
 monitoring-tools: $(TOOLS)/.unpacked
 
+# checkov (the Terraform and Dockerfile scanner of infra/), pinned, in a virtualenv of its own under
+# the ignored .tools/: its dependencies (boto3, networkx, bc-python-hcl2...) would pin the project's.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .tools/checkov
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	$(CHECKOV_VENV)/bin/checkov --version
+	touch $@
+
+checkov-tool: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+# Zero failed checks over infra/; every skip is justified inline next to its resource.
+checkov: checkov-tool
+	$(CHECKOV_VENV)/bin/checkov --directory infra --compact --quiet --skip-download
+
 install: $(STAMP) dbt-parse
 
 dbt_project/target/manifest.json: $(STAMP) $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f 2>/dev/null) dbt_project/dbt_project.yml
@@ -46,10 +62,10 @@ run: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m autotrader_assets.runner
 
-test: install monitoring-tools
+test: install monitoring-tools checkov-tool
 	$(BIN)/python -m pytest -q
 
-test-fast: install monitoring-tools
+test-fast: install monitoring-tools checkov-tool
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Prometheus (repo rules, the slots' file_sd targets), Pushgateway and Alertmanager on 127.0.0.1

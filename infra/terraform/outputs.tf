@@ -31,7 +31,7 @@ output "ecs_config" {
 
 output "dagster_run_task_definition" {
   description = "DAGSTER_RUN_TASK_DEFINITION of infra/dagster/dagster.yaml."
-  value       = module.dagster.run_task_definition_arn
+  value       = module.dagster.run_task_definition
 }
 
 output "dagster_run_container_name" {
@@ -41,7 +41,7 @@ output "dagster_run_container_name" {
 
 output "dagster_ecs_cluster" {
   description = "DAGSTER_ECS_CLUSTER of infra/dagster/dagster.yaml."
-  value       = module.compute.cluster_arn
+  value       = module.dagster.ecs_cluster
 }
 
 output "archive_uri" {

@@ -11,11 +11,19 @@ locals {
     daemon    = { command = ["dagster-daemon", "run"], cpu = 512, memory = 1024 }
     code      = { command = ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "autotrader_assets.definitions"], cpu = 1024, memory = 2048 }
   }
-  environment = [for k, v in merge(var.environment_variables, {
+  # The run task definition by family (its newest revision), not by ARN: the ARN would make every
+  # task definition of this for_each depend on one of its own instances (a cycle).
+  run_task_family = "${var.name}-dagster-run"
+  # What infra/dagster/dagster.yaml's run launcher and compute logs read; the root module exports
+  # the same values (dagster_run_task_definition, dagster_run_container_name, dagster_ecs_cluster).
+  launcher_environment = {
+    DAGSTER_RUN_TASK_DEFINITION = local.run_task_family
+    DAGSTER_RUN_CONTAINER_NAME  = "run"
+    DAGSTER_ECS_CLUSTER         = var.cluster_arn
+    DAGSTER_COMPUTE_LOG_BUCKET  = var.logs_bucket
+  }
+  environment = [for k, v in merge(var.environment_variables, local.launcher_environment, {
     AUTOTRADER_WAREHOUSE_SHARED_DIR = "/mnt/warehouse"
-    DAGSTER_COMPUTE_LOG_BUCKET      = var.logs_bucket
-    DAGSTER_RUN_CONTAINER_NAME      = "run"
-    DAGSTER_ECS_CLUSTER             = var.cluster_arn
   }) : { name = k, value = v }]
   secrets = [for k, v in var.secret_arns : { name = k, valueFrom = v }]
   volume  = { name = "warehouse", efs = { fs = var.efs_file_system_id, ap = var.efs_access_point_id } }

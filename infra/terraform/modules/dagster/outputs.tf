@@ -1,11 +1,16 @@
-output "run_task_definition_arn" {
-  description = "Task definition every run is launched from (DAGSTER_RUN_TASK_DEFINITION)."
-  value       = aws_ecs_task_definition.this["run"].arn
+output "run_task_definition" {
+  description = "Task definition family every run is launched from, its newest revision (DAGSTER_RUN_TASK_DEFINITION)."
+  value       = aws_ecs_task_definition.this["run"].family
 }
 
 output "run_container_name" {
   description = "Container of the run task definition (DAGSTER_RUN_CONTAINER_NAME)."
-  value       = "run"
+  value       = local.launcher_environment.DAGSTER_RUN_CONTAINER_NAME
+}
+
+output "ecs_cluster" {
+  description = "Cluster the runs start in (DAGSTER_ECS_CLUSTER)."
+  value       = local.launcher_environment.DAGSTER_ECS_CLUSTER
 }
 
 output "task_role_arn" {

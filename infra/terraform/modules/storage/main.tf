@@ -5,11 +5,6 @@
 
 locals {
   production = var.environment == "production"
-  buckets = {
-    archive   = { noncurrent_days = var.archive_noncurrent_days, expire_days = 0 }
-    artifacts = { noncurrent_days = 365, expire_days = 0 }
-    backups   = { noncurrent_days = 7, expire_days = var.backup_expiry_days }
-  }
 }
 
 resource "aws_s3_bucket" "logs" {
@@ -20,40 +15,48 @@ resource "aws_s3_bucket" "logs" {
   #checkov:skip=CKV2_AWS_62:nothing consumes events of the log bucket
 }
 
-resource "aws_s3_bucket" "data" {
-  for_each = local.buckets
-  bucket   = "${var.name}-${each.key}"
-  #checkov:skip=CKV_AWS_144:cross-region copies of backups are an operator choice (disaster-recovery.md, section 3); versioning protects against deletion
-  #checkov:skip=CKV2_AWS_62:no consumer of bucket events; the platform polls its own manifests
-}
-
-resource "aws_s3_bucket_public_access_block" "all" {
-  for_each                = merge({ logs = aws_s3_bucket.logs.id }, { for k, b in aws_s3_bucket.data : k => b.id })
-  bucket                  = each.value
+resource "aws_s3_bucket_public_access_block" "logs" {
+  bucket                  = aws_s3_bucket.logs.id
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
   restrict_public_buckets = true
 }
 
-resource "aws_s3_bucket_versioning" "all" {
-  for_each = merge({ logs = aws_s3_bucket.logs.id }, { for k, b in aws_s3_bucket.data : k => b.id })
-  bucket   = each.value
+resource "aws_s3_bucket_versioning" "logs" {
+  bucket = aws_s3_bucket.logs.id
   versioning_configuration {
     status = "Enabled"
   }
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
-  for_each = aws_s3_bucket.data
-  bucket   = each.value.id
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = var.kms_key_arn
-    }
-    bucket_key_enabled = true
-  }
+# The three data buckets, one module call each (not a for_each: checkov checks only a for_each's
+# first instance). Old archive versions stay a year (a data rollback reads them); backups expire.
+module "archive" {
+  source          = "./bucket"
+  bucket          = "${var.name}-archive"
+  kms_key_arn     = var.kms_key_arn
+  logs_bucket     = aws_s3_bucket.logs.id
+  noncurrent_days = var.archive_noncurrent_days
+  expire_days     = 0
+}
+
+module "artifacts" {
+  source          = "./bucket"
+  bucket          = "${var.name}-artifacts"
+  kms_key_arn     = var.kms_key_arn
+  logs_bucket     = aws_s3_bucket.logs.id
+  noncurrent_days = 365
+  expire_days     = 0
+}
+
+module "backups" {
+  source          = "./bucket"
+  bucket          = "${var.name}-backups"
+  kms_key_arn     = var.kms_key_arn
+  logs_bucket     = aws_s3_bucket.logs.id
+  noncurrent_days = 7
+  expire_days     = var.backup_expiry_days
 }
 
 resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
@@ -61,35 +64,6 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm = "AES256" # the only encryption ALB access logs accept
-    }
-  }
-}
-
-resource "aws_s3_bucket_logging" "data" {
-  for_each      = aws_s3_bucket.data
-  bucket        = each.value.id
-  target_bucket = aws_s3_bucket.logs.id
-  target_prefix = "s3/${each.key}/"
-}
-
-resource "aws_s3_bucket_lifecycle_configuration" "data" {
-  for_each = aws_s3_bucket.data
-  bucket   = each.value.id
-  rule {
-    id     = "versions"
-    status = "Enabled"
-    filter {}
-    noncurrent_version_expiration {
-      noncurrent_days = local.buckets[each.key].noncurrent_days
-    }
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
-    }
-    dynamic "expiration" {
-      for_each = local.buckets[each.key].expire_days > 0 ? [1] : []
-      content {
-        days = local.buckets[each.key].expire_days
-      }
     }
   }
 }

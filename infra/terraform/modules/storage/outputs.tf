@@ -1,16 +1,16 @@
 output "archive_bucket" {
   description = "Bucket of the raw bar archive (AUTOTRADER_ARCHIVE_URI = s3://<this>/archive)."
-  value       = aws_s3_bucket.data["archive"].bucket
+  value       = module.archive.bucket
 }
 
 output "artifacts_bucket" {
   description = "Bucket of the model artifacts (AUTOTRADER_ARTIFACTS_URI = s3://<this>/artifacts)."
-  value       = aws_s3_bucket.data["artifacts"].bucket
+  value       = module.artifacts.bucket
 }
 
 output "backups_bucket" {
   description = "Bucket of autotrader backup (AUTOTRADER_BACKUP_URI = s3://<this>/<environment>)."
-  value       = aws_s3_bucket.data["backups"].bucket
+  value       = module.backups.bucket
 }
 
 output "logs_bucket" {
@@ -20,7 +20,7 @@ output "logs_bucket" {
 
 output "bucket_arns" {
   description = "ARNs of the archive, artifacts and backups buckets (for task IAM policies)."
-  value       = [for b in aws_s3_bucket.data : b.arn]
+  value       = [module.archive.arn, module.artifacts.arn, module.backups.arn]
 }
 
 output "logs_bucket_arn" {
