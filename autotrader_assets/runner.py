@@ -27,6 +27,8 @@ class StageReport:
     checks_passed: int = 0
     checks_failed: list[str] = field(default_factory=list)
     materializations: int = 0
+    #: check name -> the partitions whose result failed (partitioned checks only).
+    failed_partitions: dict[str, list[str]] = field(default_factory=dict)
 
 
 def default_dates(days: int, today: dt.date | None = None) -> list[str]:
@@ -54,11 +56,13 @@ def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> Sta
             continue
         line = f"{asset}:{check} ({severity})"
         if any(r.partition for r in results):
+            rep.failed_partitions.setdefault(check, []).extend(r.partition for r in failed)
+        if len({r.partition for r in results}) > 1:
             names = [r.partition for r in failed]
             line += (f" on {len(failed)} of {len(results)} partitions: {', '.join(names[:5])}"
                      + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
-        if len(failed) == 1 and failed[0].description:
-            line += f" ({failed[0].description})"
+            if len(failed) == 1 and failed[0].description:
+                line += f" ({failed[0].description})"
         rep.checks_failed.append(line)
     return rep
 
@@ -135,6 +139,45 @@ def health_summary(path: str, dates: list[str], lock_timeout_s: float = 300.0) -
     finally:
         con.close()
     return [f"  {r.date}  {r.severity:<8} {r.check:<12} {r.summary}  [{r.runbook}]" for r in frame.itertuples()]
+
+
+#: Printed beside the paper account when the bars come from the embedded replay source.
+SYNTHETIC_NOTE = (
+    "  (replay data: synthetic prices with a planted momentum signal the model can learn; "
+    "these returns say nothing about a real market)"
+)
+
+
+def paper_lines(paper: list[str], market_source: str) -> list[str]:
+    """The paper account's days, with what they are worth when the bars are synthetic."""
+    return ["paper account:", *([SYNTHETIC_NOTE] if market_source == "replay" else []), *paper]
+
+
+def replay_check_notes(failed: dict[str, list[str]], seed: int) -> list[str]:
+    """What the market_bars warnings on replay data mean. The replay source drops 20-90
+    consecutive minutes on about 3% of days on purpose, so ``market_bars_completeness`` has
+    something real to find: each failed partition is matched with its planted outage. It plants
+    no bad prints, so an outlier it shows is not expected and is said to be so."""
+    from autotrader_assets.defs.market_data.replay import ReplaySource
+
+    source = ReplaySource(seed=seed)
+    lines = []
+    incomplete = failed.get("market_bars_completeness", [])
+    if incomplete:
+        lines.append("    expected: the replay source plants outages (20-90 missing minutes on ~3% of days) "
+                     "so that this check has something to find; the check is working:")
+        for part in incomplete:
+            date, instrument = part.split("|", 1)
+            outage = source.planted_outage(instrument, date)
+            lines.append(
+                f"      {part}: planted outage of {outage[1]} minutes from {outage[0]:%H:%M} UTC" if outage
+                else f"      {part}: not a planted outage: look at it "
+                     f"(`autotrader data validate --start {date} --instrument {instrument}`)"
+            )
+    if failed.get("market_bars_outliers"):
+        lines.append("    not expected: the replay source plants no bad prints; look at these partitions' "
+                     "market_bars_outliers results in the UI")
+    return lines
 
 
 #: Paper trading takes its signal thresholds from the production model's registry params.
@@ -233,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
               f"checks passed={r.checks_passed} failed={len(r.checks_failed)}  run={r.run_id}")
         for failed in r.checks_failed:
             print(f"    check not passed: {failed}")
+        if r.name == "data_pipeline" and settings.market_source == "replay":
+            for line in replay_check_notes(r.failed_partitions, settings.replay_seed):
+                print(line)
     from autotrader_assets.resources import WarehouseBusyError
 
     try:
@@ -248,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}"
               + (f" quarantined={info['quarantined']} (see `autotrader data validate`)" if info.get("quarantined") else ""))
     if paper:
-        print("paper account:")
-        print("\n".join(paper))
+        print("\n".join(paper_lines(paper, settings.market_source)))
     if health:
         print("model health (table model_health; what to do: docs/runbooks/feature-drift.md):")
         print("\n".join(health))

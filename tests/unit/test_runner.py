@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
 import pytest
 
 from autotrader_assets.runner import parse_args
@@ -31,3 +32,60 @@ def test_zero_days_is_a_usage_error(argv, capsys):
         parse_args(argv, settings)
     assert exc.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def _result(evaluations, success=True):
+    """What `_report` reads of a run result: its events."""
+    from types import SimpleNamespace
+
+    events = [SimpleNamespace(event_type_value="ASSET_CHECK_EVALUATION", event_specific_data=e) for e in evaluations]
+    return SimpleNamespace(run_id="r1", success=success, all_events=events)
+
+
+def test_a_partitioned_check_counts_once_and_names_its_failed_partitions():
+    import dagster as dg
+
+    from autotrader_assets.runner import _report
+
+    def ev(check, part, passed, description=None):
+        return dg.AssetCheckEvaluation(asset_key=dg.AssetKey("market_bars"), check_name=check, passed=passed,
+                                       severity=dg.AssetCheckSeverity.WARN, partition=part, description=description)
+
+    parts = [f"2024-03-0{d}|BTCUSDT" for d in range(1, 8)]
+    report = _report("data_pipeline", _result(
+        [ev("market_bars_outliers", p, True) for p in parts]
+        + [ev("market_bars_completeness", p, p != parts[2], "5.35% missing") for p in parts]), 1.0)
+    assert report.checks_passed == 1
+    assert report.checks_failed == [
+        "market_bars:market_bars_completeness (WARN) on 1 of 7 partitions: 2024-03-03|BTCUSDT (5.35% missing)"]
+    assert report.failed_partitions == {"market_bars_completeness": [parts[2]]}
+
+
+def test_replay_warnings_are_matched_with_what_the_source_planted():
+    from autotrader_assets.defs.market_data.replay import ReplaySource
+    from autotrader_assets.runner import replay_check_notes
+
+    source = ReplaySource(seed=7)
+    # make run on 2026-12-02 found this partition 5.35% incomplete: a planted 75-minute outage.
+    start, minutes = source.planted_outage("ETHUSDT", "2026-12-01")
+    assert (start.isoformat(), minutes) == ("2026-12-01T02:49:00+00:00", 75)
+    bars = source.day_bars("ETHUSDT", "2026-12-01")
+    assert not bars["ts"].between(start, start + pd.Timedelta(minutes=minutes - 1)).any()
+    assert source.planted_outage("BTCUSDT", "2026-12-01") is None
+
+    notes = replay_check_notes({"market_bars_completeness": ["2026-12-01|ETHUSDT", "2026-12-01|BTCUSDT"],
+                                "market_bars_outliers": ["2026-12-01|BTCUSDT"]}, seed=7)
+    assert notes[0].startswith("    expected: the replay source plants outages")
+    assert notes[1] == "      2026-12-01|ETHUSDT: planted outage of 75 minutes from 02:49 UTC"
+    assert notes[2].startswith("      2026-12-01|BTCUSDT: not a planted outage: look at it")
+    assert notes[3].startswith("    not expected: the replay source plants no bad prints")
+    assert replay_check_notes({}, seed=7) == []
+
+
+def test_paper_returns_on_replay_data_say_they_are_synthetic():
+    from autotrader_assets.runner import SYNTHETIC_NOTE, paper_lines
+
+    day = "  2026-12-01  equity   100,000.00 ->   101,800.00  (+1.80%)  fills=40"
+    assert paper_lines([day], "replay") == ["paper account:", SYNTHETIC_NOTE, day]
+    assert "synthetic" in SYNTHETIC_NOTE and "say nothing about a real market" in SYNTHETIC_NOTE
+    assert paper_lines([day], "binance") == ["paper account:", day]

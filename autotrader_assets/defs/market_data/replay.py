@@ -82,6 +82,15 @@ class ReplaySource:
 
     def day_bars(self, instrument: str, day: pd.Timestamp | str) -> pd.DataFrame:
         """All bars of one UTC calendar day (with this source's gaps)."""
+        return self._day(instrument, day)[0]
+
+    def planted_outage(self, instrument: str, day: pd.Timestamp | str) -> tuple[pd.Timestamp, int] | None:
+        """(start, minutes) of the outage this source plants in the day on purpose (about 3% of
+        days lose 20-90 consecutive minutes, so the completeness check has something real to
+        find), or None. Single missing minutes are not listed: they are too few to matter."""
+        return self._day(instrument, day)[1]
+
+    def _day(self, instrument: str, day: pd.Timestamp | str) -> tuple[pd.DataFrame, tuple[pd.Timestamp, int] | None]:
         day = _utc(pd.Timestamp(day)).floor("D")
         day_index = int((day - _EPOCH) / pd.Timedelta(days=1))
         if day_index < 0:
@@ -105,7 +114,7 @@ class ReplaySource:
             1.0 + 40.0 * np.abs(log_ret) / (self.daily_vol / np.sqrt(MINUTES_PER_DAY))
         ) / 40.0
         ts = day + pd.to_timedelta(np.arange(MINUTES_PER_DAY), unit="min")
-        keep = self._present_mask(rng)
+        keep, outage = self._present_mask(rng)
         frame = pd.DataFrame(
             {
                 "ts": ts[keep],
@@ -119,7 +128,8 @@ class ReplaySource:
             }
         )
         frame["ts"] = frame["ts"].astype("datetime64[ns, UTC]")
-        return frame[BAR_COLUMNS]
+        planted = None if outage is None else (day + pd.Timedelta(minutes=outage[0]), outage[1])
+        return frame[BAR_COLUMNS], planted
 
     # -- internals --------------------------------------------------------------------------
     def _daily_opens(self, instrument: str, n_days: int) -> np.ndarray:
@@ -153,16 +163,20 @@ class ReplaySource:
         jump_size = rng.normal(0.0, sigma_bar * 12.0, n) * jumps
         return ret + drift + jump_size
 
-    def _present_mask(self, rng: np.random.Generator) -> np.ndarray:
+    def _present_mask(self, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """Which minutes are present, and the planted outage as (first minute, length) or None."""
         n = MINUTES_PER_DAY
         if self.mode == "random_walk":
-            return np.ones(n, dtype=bool)
+            return np.ones(n, dtype=bool), None
         keep = rng.random(n) >= self.gap_probability
+        outage = None
         if rng.random() < self.outage_probability:
             start = int(rng.integers(0, n - 90))
-            keep[start : start + int(rng.integers(20, 90))] = False
+            length = int(rng.integers(20, 90))
+            keep[start : start + length] = False
+            outage = (start, length)
         keep[0] = True  # the day's open is always present so days stitch visibly
-        return keep
+        return keep, outage
 
 
 def hash_unit(text: str) -> float:
