@@ -11,78 +11,38 @@ log and the failure in the metadata.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import socket
 import time
-from pathlib import Path
 
 import dagster as dg
 import duckdb
-import numpy as np
-import pandas as pd
 import pytest
 import requests
-import torch
 from click.testing import CliRunner
 
 from autotrader_assets.commands.breaker import group as breaker_cli
-from autotrader_assets.defs.trading import paper_trading, trading_performance
 from autotrader_assets.monitor import MonitoringStack
-from autotrader_assets.resources import RegistryResource, WarehouseResource
-from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
+from autotrader_assets.settings import get_settings
 from deploy_ops.db import make_engine
-from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 from deploy_ops.trading.breaker import BreakerStore
-from tests.support.prometheus import ROOT, tool
+from tests.support.prometheus import (
+    DATES,
+    NODE_EXPORTER,
+    bar_features,
+    free_port,
+    materialize,
+    panel_queries,
+    pushed_metadata,
+    query,
+    save_bundle,
+    serving_targets,
+    tool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
-INSTRUMENTS = ["BTCUSDT", "ETHUSDT"]
-DATES = ["2024-03-01", "2024-03-02", "2024-03-03"]
-# Thresholds at 0.5: the untrained model's signal flips often, so there are closed trades, a win
-# rate and a profit factor; three dates give the daily returns a Sharpe ratio needs.
-RUN_CONFIG = {"ops": {"paper_trading": {"config": {"instruments": INSTRUMENTS, "long_threshold": 0.5,
-                                                   "short_threshold": 0.5}}}}
-#: Queries that read what only an exporter this machine does not run provides.
-NODE_EXPORTER = "node_"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def save_bundle(path: Path, seed: int) -> str:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model("mlp", len(FEATURES), hidden=[8])
-    bundle = ModelBundle(model=model, model_class="mlp", model_kwargs={"hidden": [8]},
-                         scaler=StandardScaler.fit(rng.normal(size=(100, len(FEATURES)))), feature_names=FEATURES)
-    return bundle.save(str(path))
-
-
-def bar_features(per_day: int = 240) -> pd.DataFrame:
-    rng = np.random.default_rng(5)
-    frames = []
-    n = per_day * len(DATES)
-    for k, name in enumerate(INSTRUMENTS):
-        close = (100.0 + 10 * k) * np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
-        open_ = np.r_[close[0], close[:-1]]
-        ts = pd.DatetimeIndex(np.concatenate([pd.date_range(d, periods=per_day, freq="1min") for d in DATES]))
-        frame = pd.DataFrame({"instrument": name, "ts": ts, "date": ts.date, "open": open_,
-                              "high": np.maximum(open_, close) * 1.0002, "low": np.minimum(open_, close) * 0.9998,
-                              "close": close, "volume": rng.uniform(1, 10, n)})
-        for col in FEATURE_COLUMNS:
-            # On the scaler's own scale, so the untrained model's output swings across 0.5.
-            frame[col] = rng.normal(0.0, 1.0, n)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -107,56 +67,6 @@ def world(tmp_path_factory):
         deployer.stop_all()
         stack.stop()
         make_engine(url).dispose()
-
-
-def resources(world, pushgateway_url: str) -> dict:
-    settings = dataclasses.replace(get_settings(), registry_url=world["url"], pushgateway_url=pushgateway_url)
-    return {"warehouse": WarehouseResource(path=str(world["warehouse"])),
-            "registry": RegistryResource(url=world["url"], artifacts_uri=str(world["root"] / "artifacts")),
-            "settings": settings}
-
-
-def materialize(world, pushgateway_url: str, instance, dates=DATES):
-    for date in dates:
-        result = dg.materialize([paper_trading, trading_performance], partition_key=date, instance=instance,
-                                resources=resources(world, pushgateway_url), run_config=RUN_CONFIG)
-    return result
-
-
-def pushed_metadata(result, asset: str) -> dict:
-    mats = [e.event_specific_data.materialization for e in result.all_events
-            if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(asset)]
-    return mats[-1].metadata["pushgateway"].value
-
-
-def query(stack: MonitoringStack, expr: str) -> list:
-    answer = requests.get(f"{stack.prometheus_url}/api/v1/query", params={"query": expr}, timeout=5).json()
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
-def serving_targets(stack: MonitoringStack) -> set[str]:
-    data = requests.get(f"{stack.prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-    return {t["labels"]["instance"] for t in data if t["labels"]["job"] == "autotrader-serving"}
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def panel_queries():
-    for name in ("system", "trading"):
-        board = json.loads((ROOT / "monitoring" / "grafana" / "dashboards" / f"{name}.json").read_text())
-        for panel in board["panels"]:
-            for target in panel["targets"]:
-                yield name, panel["title"], target
 
 
 def test_dashboards_have_data_from_paper_trading_and_the_live_slots(world, tmp_path, monkeypatch):
