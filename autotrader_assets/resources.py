@@ -101,8 +101,26 @@ class RegistryResource(dg.ConfigurableResource):
 def default_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for the given settings; the archive and dbt resources are added by their domains."""
     s = settings or get_settings()
-    return {
+    resources = {
         "warehouse": WarehouseResource(path=str(s.warehouse_path), lock_timeout_s=s.warehouse_lock_timeout_s),
         "registry": RegistryResource(url=s.registry_url, artifacts_uri=s.artifacts_uri, aws_region=s.aws_region,
                                      s3_endpoint_url=s.s3_endpoint_url or None),
     }
+    if s.io_uri:
+        resources["io_manager"] = s3_io_manager(s.io_uri, region=s.aws_region, endpoint_url=s.s3_endpoint_url or None)
+    return resources
+
+
+def s3_io_manager(uri: str, *, region: str, endpoint_url: str | None = None) -> dg.ConfigurableIOManager:
+    """Dagster's pickling IO manager on S3 at ``uri`` (``s3://bucket/prefix``).
+
+    In production a run is an ECS task with its own disk: a lone ``registered_model`` run must find
+    the ``candidate_model`` value another task stored, so the values go to S3, not to the default
+    filesystem IO manager under DAGSTER_HOME/storage. They are small references (table and
+    fingerprint, artifact URI and checksum, the gate report); the model itself is in the artifact store.
+    """
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource  # lazy: only the production profile uses S3 here
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    return S3PickleIOManager(s3_resource=S3Resource(region_name=region, endpoint_url=endpoint_url),
+                             s3_bucket=bucket, s3_prefix=prefix.strip("/") or "dagster-io")
