@@ -405,7 +405,8 @@ class Settings:
     thresholds: Thresholds = field(default_factory=Thresholds)
     aws_region: str = "us-east-1"
     #: The ECS deployment document of the production slot backend (AUTOTRADER_ECS_CONFIG: inline
-    #: JSON or ``@/path/to/file.json``, see ``defs/deployment/stack.py``); empty when unused.
+    #: JSON or ``@/path/to/file.json``, the root Terraform module's ``ecs_config`` output); empty
+    #: when unused. :func:`parse_ecs_config` reads it (``Settings.ecs()``).
     ecs_config: str = ""
     #: Seconds a warehouse writer or reader waits for DuckDB's file lock before failing with
     #: the holder's name (AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT).
@@ -442,12 +443,10 @@ class Settings:
     #: (AUTOTRADER_WAREHOUSE_SHARED_DIR): every run is its own ECS task with its own disk, so the
     #: warehouse must live where the next run's task finds it. None in the local profile.
     warehouse_shared_dir: Path | None = None
-    #: Where the values assets hand each other through Dagster's IO manager are pickled in production
-    #: (AUTOTRADER_IO_URI, ``s3://bucket/prefix``; default ``<AUTOTRADER_ARTIFACTS_URI>/dagster-io``):
-    #: ``training_dataset`` -> ``candidate_model`` -> ``registered_model`` may run in different ECS
-    #: tasks, which share no disk. Empty in the local profile: Dagster's filesystem IO manager
-    #: under ``DAGSTER_HOME/storage``.
-    io_uri: str = ""
+
+    def ecs(self) -> "EcsConfig":
+        """The parsed AUTOTRADER_ECS_CONFIG (:func:`parse_ecs_config`); SettingsError when unset or wrong."""
+        return parse_ecs_config(self.ecs_config)
 
     @property
     def is_production(self) -> bool:
@@ -541,7 +540,7 @@ def _instance_problems(dagster_home: str | None) -> list[str]:
 
 def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: str, warehouse_path: Path,
                         warehouse_shared_dir: Path | None, serving_token_set: bool,
-                        dagster_home: str | None, io_uri: str = "") -> list[str]:
+                        dagster_home: str | None) -> list[str]:
     """Everything that keeps the production profile from running on tasks that share no disk.
 
     Every store must be one that the next ECS task (another run, the daemon, an operator's CLI)
@@ -562,9 +561,6 @@ def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: s
             problems.append(f"{name} is not set (an s3://bucket/prefix URI)")
         elif not uri.startswith("s3://"):
             problems.append(f"{name}={uri!r} is on this task's disk; production needs an s3://bucket/prefix URI")
-    if io_uri and not io_uri.startswith("s3://"):
-        problems.append(f"AUTOTRADER_IO_URI={io_uri!r} is on this task's disk; the values runs hand each other need "
-                        "an s3://bucket/prefix URI (unset: under AUTOTRADER_ARTIFACTS_URI)")
     if warehouse_shared_dir is None:
         problems.append(f"the warehouse {warehouse_path} is on this task's own disk: set AUTOTRADER_WAREHOUSE_SHARED_DIR "
                         "to the shared file system (EFS) mount that holds it")
@@ -613,13 +609,10 @@ def load_settings() -> Settings:
         registry_url = _env("AUTOTRADER_REGISTRY_URL") or ""
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI") or ""
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI") or ""
-        io_uri = (_env("AUTOTRADER_IO_URI") or (f"{artifacts_uri.rstrip('/')}/dagster-io" if artifacts_uri else "")).rstrip("/")
         problems = production_problems(
             registry_url=registry_url, archive_uri=archive_uri, artifacts_uri=artifacts_uri,
             warehouse_path=warehouse_path, warehouse_shared_dir=warehouse_shared_dir,
             serving_token_set=bool(_env("AUTOTRADER_SERVING_TOKEN")), dagster_home=_env("DAGSTER_HOME"),
-            # Only an explicit one: the default follows AUTOTRADER_ARTIFACTS_URI, already judged above.
-            io_uri=_env("AUTOTRADER_IO_URI") or "",
         )
         if problems:
             raise SettingsError(
@@ -630,7 +623,6 @@ def load_settings() -> Settings:
         registry_url = _env("AUTOTRADER_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}")
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI", str(home / "archive"))
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI", str(home / "artifacts"))
-        io_uri = ""
 
     market_source = (_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower()
     return Settings(
@@ -639,7 +631,6 @@ def load_settings() -> Settings:
         dagster_home=dagster_home,
         warehouse_path=warehouse_path,
         warehouse_shared_dir=warehouse_shared_dir,
-        io_uri=io_uri,
         s3_endpoint_url=_s3_endpoint_url(),
         archive_uri=archive_uri,
         artifacts_uri=artifacts_uri,
@@ -655,7 +646,7 @@ def load_settings() -> Settings:
         stage_seconds=_env_float("AUTOTRADER_STAGE_SECONDS", 2.0 if env == "local" else 600.0),
         serving_token=_env("AUTOTRADER_SERVING_TOKEN"),
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
-        ecs_config=_env("AUTOTRADER_ECS_CONFIG", "") or "",
+        ecs_config=_env(ECS_CONFIG_ENV, "") or "",
         warehouse_lock_timeout_s=_env_float("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", 300.0),
         run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
         calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
@@ -668,6 +659,82 @@ def load_settings() -> Settings:
             _env("AUTOTRADER_PROMETHEUS_TARGETS", str(home / "monitoring" / "serving_targets.json"))
         ).resolve(),
     )
+
+
+#: The serving deployer's ECS document, name for name the root Terraform module's ``ecs_config``
+#: output (``terraform output -json ecs_config``; tests/unit/test_terraform.py holds them equal).
+ECS_CONFIG_ENV = "AUTOTRADER_ECS_CONFIG"
+ECS_CONFIG_SECTIONS = ("deployer", "endpoints")
+
+
+def ecs_deployer_keys() -> tuple[str, ...]:
+    """The keys of the document's ``deployer`` section: EcsDeployerConfig's fields, in order."""
+    from dataclasses import fields
+
+    from deploy_ops.slots.ecs.config import EcsDeployerConfig
+
+    return tuple(f.name for f in fields(EcsDeployerConfig))
+
+
+@dataclass(frozen=True)
+class EcsConfig:
+    """AUTOTRADER_ECS_CONFIG parsed: the deployer's settings and the URL each slot answers on."""
+
+    deployer: dict
+    endpoints: dict
+
+    def deployer_config(self):
+        """The EcsDeployerConfig of ``deployer`` (its own checks raise ValueError, named here)."""
+        from deploy_ops.slots.ecs.config import EcsDeployerConfig
+
+        try:
+            return EcsDeployerConfig(**self.deployer)
+        except ValueError as exc:
+            raise SettingsError(f"{ECS_CONFIG_ENV} 'deployer': {exc}") from exc
+
+
+def parse_ecs_config(text: str) -> EcsConfig:
+    """AUTOTRADER_ECS_CONFIG: inline JSON or ``@path`` holding ``{"deployer": {...}, "endpoints":
+    {"blue": url, "green": url}}``. Unknown or missing deployer keys are refused by name (a renamed
+    Terraform output would otherwise fail later, inside the deployer, with a TypeError)."""
+    from dataclasses import MISSING, fields
+
+    from deploy_ops.slots.ecs.config import EcsDeployerConfig
+    from deploy_ops.slots.names import SLOTS
+
+    text = (text or "").strip()
+    if not text:
+        raise SettingsError(f"the ECS backend needs {ECS_CONFIG_ENV} (JSON with 'deployer' and 'endpoints')")
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SettingsError(f"{ECS_CONFIG_ENV} names {path}, which cannot be read: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{ECS_CONFIG_ENV} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict) or not all(isinstance(document.get(k), dict) for k in ECS_CONFIG_SECTIONS):
+        raise SettingsError(f"{ECS_CONFIG_ENV} must be an object with 'deployer' and 'endpoints' objects")
+    extra_sections = sorted(set(document) - set(ECS_CONFIG_SECTIONS))
+    if extra_sections:
+        raise SettingsError(f"{ECS_CONFIG_ENV} has unknown sections {extra_sections} (known: {list(ECS_CONFIG_SECTIONS)})")
+    deployer, endpoints = document["deployer"], document["endpoints"]
+    known = ecs_deployer_keys()
+    unknown = sorted(set(deployer) - set(known))
+    required = [f.name for f in fields(EcsDeployerConfig) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in deployer]
+    if unknown or missing:
+        raise SettingsError(
+            f"{ECS_CONFIG_ENV} 'deployer' must hold EcsDeployerConfig's fields: "
+            + "; ".join(part for part in (f"unknown {unknown}" if unknown else "",
+                                          f"missing {missing}" if missing else "") if part)
+        )
+    bad_slots = sorted(set(endpoints) ^ set(SLOTS))
+    if bad_slots or not all(isinstance(v, str) and v.startswith(("http://", "https://")) for v in endpoints.values()):
+        raise SettingsError(f"{ECS_CONFIG_ENV} 'endpoints' must map exactly {list(SLOTS)} to http(s) URLs, got {endpoints!r}")
+    return EcsConfig(deployer=dict(deployer), endpoints=dict(endpoints))
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,29 +1,43 @@
 # The production settings, from what was built. ecs_config is AUTOTRADER_ECS_CONFIG's document:
-# its "deployer" keys are EcsDeployerConfig's fields, name for name (tests/unit/test_terraform.py).
+# its "deployer" keys are all of EcsDeployerConfig's fields, name for name, and its sections those
+# settings.parse_ecs_config reads (tests/unit/test_terraform.py holds the three equal). Every field
+# is written out, defaults included, so what serves in production is read here, not inferred.
 
 output "ecs_config" {
   description = "AUTOTRADER_ECS_CONFIG: {deployer: EcsDeployerConfig fields, endpoints: slot URLs}."
   value = {
     deployer = {
-      cluster                  = module.compute.cluster_name
-      service_prefix           = module.compute.service_prefix
-      task_family              = "${local.name}-serving"
-      container_name           = "serving"
-      image                    = "${module.compute.repository_urls["serving"]}:${var.image_tag}"
-      cpu                      = var.serving_cpu
-      memory                   = var.serving_memory
-      subnets                  = module.networking.private_subnet_ids
-      security_groups          = [module.networking.ecs_security_group_id]
-      listener_arn             = module.compute.listener_arn
-      blue_target_group_arn    = module.compute.blue_target_group_arn
-      green_target_group_arn   = module.compute.green_target_group_arn
-      region                   = var.aws_region
-      execution_role_arn       = module.dagster.execution_role_arn
-      serving_token_secret_arn = var.serving_token_secret_arn
-      task_role_arn            = module.dagster.task_role_arn
-      log_group                = module.dagster.log_group
-      assign_public_ip         = false
-      container_port           = 8080
+      cluster                           = module.compute.cluster_name
+      service_prefix                    = module.compute.service_prefix
+      task_family                       = "${local.name}-serving"
+      container_name                    = "serving"
+      image                             = "${module.compute.repository_urls["serving"]}:${var.image_tag}"
+      cpu                               = var.serving_cpu
+      memory                            = var.serving_memory
+      subnets                           = module.networking.private_subnet_ids
+      security_groups                   = [module.networking.ecs_security_group_id]
+      listener_arn                      = module.compute.listener_arn
+      blue_target_group_arn             = module.compute.blue_target_group_arn
+      green_target_group_arn            = module.compute.green_target_group_arn
+      region                            = var.aws_region
+      execution_role_arn                = module.dagster.execution_role_arn
+      serving_token_secret_arn          = var.serving_token_secret_arn
+      task_role_arn                     = module.dagster.task_role_arn
+      log_group                         = module.dagster.log_group
+      assign_public_ip                  = false
+      # The target groups' port: the ALB must reach the container where it listens.
+      container_port                    = module.compute.serving_port
+      health_check_grace_period_seconds = 60
+      extra_environment                 = {}
+      extra_secrets                     = {}
+      model_uri_env_var                 = "AUTOTRADER_MODEL_URI"
+      model_sha256_env_var              = "AUTOTRADER_MODEL_SHA256"
+      model_version_env_var             = "AUTOTRADER_MODEL_VERSION"
+      slot_env_var                      = "AUTOTRADER_SLOT"
+      serving_token_env_var             = "AUTOTRADER_SERVING_TOKEN"
+      stable_timeout_seconds            = 900
+      poll_interval_seconds             = 15
+      wait_for_healthy_targets          = true
     }
     endpoints = module.compute.slot_endpoints
   }

@@ -5,13 +5,13 @@ resource and the ``autotrader deploy`` CLI build the same objects through these 
 The deployment state lives beside the registry (same database URL). The slot backend follows
 the profile: local processes under ``<AUTOTRADER_HOME>/slots`` in ``local``, ECS services
 behind the ALB in ``production``, configured by the JSON document in ``AUTOTRADER_ECS_CONFIG``
-(inline, or ``@/path/to/file.json``)::
+(inline, or ``@/path/to/file.json``; read by ``settings.parse_ecs_config``, the root Terraform
+module's ``ecs_config`` output name for name)::
 
     {"deployer": {<EcsDeployerConfig fields>}, "endpoints": {"blue": "https://...", "green": "https://..."}}
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import duckdb
 import pandas as pd
 
-from autotrader_assets.settings import Settings, SettingsError
+from autotrader_assets.settings import ECS_CONFIG_ENV, Settings, SettingsError, parse_ecs_config
 from deploy_ops.models.registry import ModelRegistry, open_registry
 from deploy_ops.slots.ecs.backend import EcsBackend
 from deploy_ops.slots.local import LocalBackend
@@ -29,7 +29,6 @@ from deploy_ops.rollout.policy import RolloutPolicy
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.state import DeploymentStateStore
 
-ECS_CONFIG_ENV = "AUTOTRADER_ECS_CONFIG"
 BACKENDS = ("local", "ecs")
 FEATURE_TABLE = "bar_features"
 _BAR_COLUMNS = ("instrument", "ts", "date", "open", "high", "low", "close", "volume")
@@ -66,27 +65,6 @@ def backend_for_env(env: str) -> str:
     return "ecs" if env == "production" else "local"
 
 
-def parse_ecs_config(text: str) -> dict[str, Any]:
-    """The ECS deployment document: inline JSON or ``@path``; validated for shape here."""
-    text = (text or "").strip()
-    if not text:
-        raise SettingsError(f"the ECS backend needs {ECS_CONFIG_ENV} (JSON with 'deployer' and 'endpoints')")
-    if text.startswith("@"):
-        path = Path(text[1:]).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SettingsError(f"{ECS_CONFIG_ENV} names {path}, which cannot be read: {exc}") from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"{ECS_CONFIG_ENV} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("deployer"), dict) \
-            or not isinstance(document.get("endpoints"), dict):
-        raise SettingsError(f"{ECS_CONFIG_ENV} must be an object with 'deployer' and 'endpoints' objects")
-    return document
-
-
 def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
                  ecs_config: str = "", serving_token: str | None = None, require_token: bool = False,
                  instruments: Sequence[str] | None = None,
@@ -101,15 +79,10 @@ def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry
                                  instruments=instruments, targets_file=targets_file)
         return LocalBackend(deployer, registry)
     if kind == "ecs":
-        from deploy_ops.slots.ecs.config import EcsDeployerConfig
         from deploy_ops.slots.ecs.deployer import EcsDeployer
 
         document = parse_ecs_config(ecs_config)
-        try:
-            config = EcsDeployerConfig(**document["deployer"])
-        except TypeError as exc:
-            raise SettingsError(f"{ECS_CONFIG_ENV} 'deployer' has unknown or missing fields: {exc}") from exc
-        return EcsBackend(EcsDeployer(config), state, document["endpoints"], token=serving_token)
+        return EcsBackend(EcsDeployer(document.deployer_config()), state, document.endpoints, token=serving_token)
     raise SettingsError(f"deployment backend must be one of {BACKENDS}, got {kind!r}")
 
 

@@ -47,3 +47,8 @@ output "service_prefix" {
   description = "Prefix of the serving services (<prefix>-blue, <prefix>-green) the deployer creates and autoscaling scales."
   value       = "${var.name}-serving"
 }
+
+output "serving_port" {
+  description = "Port the slot target groups forward to (EcsDeployerConfig.container_port)."
+  value       = var.serving_port
+}
