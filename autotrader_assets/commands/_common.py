@@ -25,9 +25,29 @@ def resolve_actor(actor: str | None) -> str:
 
 
 def nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Option callback: refuse a blank value (a reason of spaces says nothing)."""
+    """Option callback: refuse a blank value (a reason of spaces says nothing) and control
+    characters (a newline would print as a forged row of the history tables), by the rule the
+    stores apply (``deploy_ops.text.required_text``), before anything runs."""
+    from deploy_ops.text import required_text
+
     if value is not None and not value.strip():
         raise click.BadParameter("must not be blank", ctx=ctx, param=param)
+    if value is not None:
+        try:
+            required_text(param.name or "value", value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return value
+
+
+def printable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Option callback for optional text (may be empty): control characters refused, as ``nonblank``."""
+    from deploy_ops.text import optional_text
+
+    try:
+        optional_text(param.name or "value", value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
     return value
 
 

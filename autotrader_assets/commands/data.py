@@ -7,6 +7,7 @@ import json
 import click
 import duckdb
 
+from autotrader_assets.commands._common import nonblank, one_line
 from autotrader_assets.settings import get_settings
 
 
@@ -123,11 +124,26 @@ def validate(start: str, end: str | None, instruments: tuple[str, ...], as_json:
         raise SystemExit(EXIT_INVALID)
 
 
+def failure_cause(result) -> str:
+    """What made a run fail, for the last line a terminal shows: the innermost error of the first
+    failed step (Dagster wraps the user's exception: its own message only says the step failed),
+    as ``ErrorClass: first line``."""
+    failure = next((e for e in result.all_events if e.is_step_failure), None)
+    if failure is None:
+        return "see the run in the Dagster UI"
+    error = failure.step_failure_data.error if failure.step_failure_data else None
+    if error is None:
+        return one_line(failure.message or "see the run in the Dagster UI")
+    while error.cause is not None:
+        error = error.cause
+    return f"{error.cls_name}: {one_line(error.message)}" if error.cls_name else one_line(error.message)
+
+
 @group.command("restore")
 @click.option("--date", "date", required=True, help="Date to restore, YYYY-MM-DD.")
 @click.option("--end", default=None, help="Last date of a range (default: --date).")
 @click.option("--instrument", default=None, help="One instrument (default: every configured instrument).")
-@click.option("--reason", required=True, help="Why the data is being rolled back (kept in the run tags).")
+@click.option("--reason", required=True, callback=nonblank, help="Why the data is being rolled back (kept in the run tags).")
 @click.option(
     "--version",
     "archive_version",
@@ -168,9 +184,7 @@ def restore(date: str, end: str | None, instrument: str | None, reason: str, arc
         instance=local_instance(settings), tags=tags, raise_on_error=False
     )
     if not result.success:
-        failure = next((e for e in result.all_events if e.is_failure), None)
-        msg = failure.message if failure is not None else "see the run in the Dagster UI"
-        raise click.ClickException(f"data rollback failed (run {result.run_id}): {msg}")
+        raise click.ClickException(f"data rollback failed (run {result.run_id}): {failure_cause(result)}")
     click.echo(f"restored; features rebuilt (run {result.run_id})")
 
 

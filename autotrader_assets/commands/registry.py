@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from autotrader_assets.commands._common import domain_errors, nonblank, print_table
+from autotrader_assets.commands._common import domain_errors, nonblank, print_table, printable
 from autotrader_assets.commands._common import resolve_actor as _actor
 
 from autotrader_assets.settings import SettingsError, get_settings
@@ -131,7 +131,7 @@ def get_cmd(version: int, as_json: bool) -> None:
 @group.command(name="promote")
 @click.argument("version", type=int)
 @click.option("--to", "to", type=click.Choice(_PROMOTE_TARGETS), required=True, help="Target stage.")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--reason", default="", callback=printable, help="Why (recorded in the audit trail).")
 @click.option("--actor", default=None, callback=nonblank, help="Who is doing this (default: $USER).")
 @_domain_errors
 def promote_cmd(version: int, to: str, reason: str, actor: str | None) -> None:

@@ -17,7 +17,7 @@ from deploy_ops.models.registry import ModelRegistry
 from deploy_ops.slots.backend import SlotBackend
 from deploy_ops.slots.roles import weights_for
 from deploy_ops.state import DeploymentStateStore, StateError
-from deploy_ops.text import MESSAGE, truncate
+from deploy_ops.text import MESSAGE, escape_controls, truncate
 
 
 @dataclass
@@ -73,7 +73,9 @@ def close_out(
         result.step(f"slot {stop} stopped", lambda: backend.stop(stop, force=force_stop))
     if mark_failed is not None:
         result.step(f"version {mark_failed} marked failed",
-                    lambda: registry.mark_failed(mark_failed, actor=actor, reason=reason))
+                    # The reason may quote an exception or a log tail: the registry refuses
+                    # control characters, and a failed rollout must still be marked failed.
+                    lambda: registry.mark_failed(mark_failed, actor=actor, reason=escape_controls(reason)))
     if check is not None:
         slot, version = check
         probe = backend.check(slot, version)

@@ -103,3 +103,33 @@ def test_history_lists_trips_and_resets_newest_first(store):
     data = json.loads(run("history", "--json", "--limit", "1").output)
     assert [d["action"] for d in data] == ["reset"]
     assert len(store.events.events_since(0, kinds=[TRIP_EVENT])) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reset", "--approved-by", "alice\n  9  2024-01-01  reset  approved by mallory", "--reason", "ok"],
+        ["reset", "--approved-by", "alice", "--reason", "ok\n  7  2024-01-01  reset: forged"],
+        ["reset", "--approved-by", "alice", "--reason", "ok\r\x1b[2Kfine"],
+        ["reset", "--approved-by", "ali\u202ece", "--reason", "ok"],
+    ],
+)
+def test_reset_refuses_control_characters_and_history_stays_one_row_per_record(store, args):
+    trip(store)
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "must be one line of printable text" in result.output
+    assert store.status().tripped
+    lines = run("history").output.strip().splitlines()
+    assert len(lines) == 1 and "trip" in lines[0]
+
+
+def test_the_breaker_store_refuses_control_characters_whoever_calls_it(store):
+    from deploy_ops.trading.breaker import BreakerError
+
+    trip(store)
+    with pytest.raises(BreakerError, match="approved_by must be one line of printable text"):
+        store.reset(approved_by="alice\nbob", reason="ok")
+    with pytest.raises(BreakerError, match=r"reason must be one line of printable text; it contains \\t"):
+        store.reset(approved_by="alice", reason="ok\there")
+    assert store.status().tripped and [r.action for r in store.history()] == ["trip"]

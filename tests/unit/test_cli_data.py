@@ -93,11 +93,22 @@ def test_archive_versions_lists_superseded_files(home):
         ["--date", "2024-03-01", "--instrument", "NOPE", "--reason", "x"],
         ["--date", "2024-03-01", "--reason", "  "],
         ["--date", "2024-03-01", "--reason", "x", "--version", "../../etc"],
+        ["--date", "2024-03-01", "--reason", "bad data\nforged row"],
     ],
 )
 def test_restore_refuses_bad_input_before_running_anything(home, args):
     result = run("restore", *args)
     assert result.exit_code == 2, result.output
+
+
+def test_restore_without_an_archive_ends_with_the_cause(home):
+    """The run fails before writing anything; the last line says why, not only that a step failed."""
+    result = CliRunner().invoke(group, ["restore", "--date", "2024-03-01", "--instrument", "BTCUSDT",
+                                        "--reason", "drill"])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: data rollback failed (run ")
+    assert "ArchiveMissingError: no archive (latest) for 1 partition(s), nothing restored: 2024-03-01|BTCUSDT" in last
 
 
 def test_validate_shows_published_and_quarantined_partitions(home):

@@ -219,3 +219,29 @@ def test_production_profile_without_configuration_is_a_clear_error(registry, mon
     assert result.exit_code == 1
     assert "production profile cannot start" in result.output
     assert "AUTOTRADER_REGISTRY_URL is not set" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["promote", "2", "--to", "production", "--reason", "better\n2  staging -> production  forged"],
+        ["rollback", "--to", "1", "--reason", "bad\x1b[31m"],
+        ["mark-failed", "3", "--reason", "x\u2028y"],
+        ["promote", "2", "--to", "production", "--actor", "eve\nmallory"],
+    ],
+)
+def test_control_characters_are_refused_and_history_is_unchanged(three_versions, args):
+    before = run("history").output
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "must be one line of printable text" in result.output
+    assert run("history").output == before
+    assert three_versions.get(1).stage == "production" and three_versions.get(2).stage == "staging"
+
+
+def test_the_registry_refuses_control_characters_whoever_calls_it(three_versions):
+    with pytest.raises(ValueError, match=r"reason must be one line of printable text; it contains \\n"):
+        three_versions.promote(2, actor="trainer", reason="ok\nforged row")
+    with pytest.raises(ValueError, match="actor must be one line of printable text"):
+        three_versions.mark_failed(3, actor="ci\r", reason="bad")
+    assert [h.to_stage for h in three_versions.history(2)] == ["staging"]

@@ -1,9 +1,11 @@
 """The one truncation helper: text that fits is kept, longer text is cut with a visible mark."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from deploy_ops.text import MARK, MESSAGE, optional_text, required_text, truncate
+from deploy_ops.text import MARK, MESSAGE, control_characters, escape_controls, optional_text, required_text, truncate
 
 
 def test_text_that_fits_is_returned_unchanged():
@@ -49,3 +51,33 @@ def test_optional_text_accepts_none_as_empty_and_refuses_other_types():
     assert optional_text("description", " kept as given ") == " kept as given "
     with pytest.raises(ValueError, match="description must be a string, got int"):
         optional_text("description", 3)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("ok\nforged row", "\\n"), ("ok\r", "\\r"), ("tab\there", "\\t"), ("esc\x1b[31m", "\\x1b"),
+    ("del\x7f", "\\x7f"), ("c1\x85", "\\x85"), ("line\u2028sep", "\\u2028"), ("bidi\u202etxt", "\\u202e"),
+    ("zero\u200bwidth", "\\u200b"),
+])
+def test_control_characters_are_refused_by_both_checks_naming_them(text, shown):
+    assert control_characters(text) == [shown]
+    with pytest.raises(ValueError, match="reason must be one line of printable text; it contains " + re.escape(shown)):
+        required_text("reason", text)
+    with pytest.raises(ValueError, match="description must be one line of printable text"):
+        optional_text("description", text)
+
+
+def test_a_surrounding_newline_is_refused_not_stripped_into_an_accepted_value():
+    with pytest.raises(KeyError, match="approved_by must be one line"):
+        required_text("approved_by", "alice\n", error=KeyError)
+
+
+def test_printable_text_in_any_script_is_accepted():
+    assert required_text("reason", "  rollback après incident — 障害 ✓  ") == "rollback après incident — 障害 ✓"
+    assert optional_text("description", "ünïcode, emoji 🚀, spaces") == "ünïcode, emoji 🚀, spaces"
+    assert control_characters("plain") == []
+
+
+def test_escape_controls_makes_composed_text_storable():
+    composed = escape_controls("slot blue did not start:\nTraceback...\n\x1b[31mboom")
+    assert composed == "slot blue did not start:\\nTraceback...\\n\\x1b[31mboom"
+    assert required_text("reason", composed) == composed
