@@ -215,7 +215,7 @@ def list_versions_cmd(as_json: bool) -> None:
 def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None,
                 drill_error_rate: float | None, drill_latency_ms: float | None) -> None:
     """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
-    from autotrader_assets.defs.deployment.report import rollout_markdown
+    from autotrader_assets.defs.deployment.report import GATE_HEADERS, gate_rows, rollout_title
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
     from deploy_ops.rollout.policy import plan_stages
     from deploy_ops.serving.faults import FaultConfig
@@ -242,7 +242,11 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
         drill = FaultConfig(error_rate=drill_error_rate or 0.0, latency_ms=drill_latency_ms or 0.0)
         report = stack.controller(actor=actor, progress=progress).run(
             version, traffic, candidate_faults=drill if drill.active else None)
-    click.echo(rollout_markdown(report))
+    # A terminal table, not the Markdown of the asset's metadata: aligned columns, no pipes.
+    click.echo(rollout_title(report))
+    print_table([h.upper() for h in GATE_HEADERS], gate_rows(report))
+    if report.reason:
+        click.echo(f"Reason: {report.reason}")
     if report.outcome != "refused":
         _record(stack, change="rollout" if report.succeeded else "automatic_rollback", outcome=report.outcome,
                 summary=f"rollout of version {version} by {actor}: {report.outcome}"
