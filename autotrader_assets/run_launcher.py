@@ -25,14 +25,22 @@ _START_SLACK_SECONDS = 5.0
 
 
 def worker_pid(instance, run_id: str) -> tuple[int, float] | None:
-    """(pid, event timestamp) of the run's worker, from its "Started process for run" event."""
+    """(pid, event timestamp) of the process running the run: its "Started process for run"
+    event, else the first engine event naming a pid ("Executing steps in process": the process
+    of a run executed in-process, such as `make run`'s)."""
+    found = []
     for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event
         data = getattr(event, "engine_event_data", None) if event is not None else None
         pid = (data.metadata or {}).get("pid") if data is not None else None
         if pid is not None and str(getattr(pid, "value", pid)).isdigit():
-            return int(getattr(pid, "value", pid)), record.timestamp
-    return None
+            found.append((str(record.message or "").startswith("Started process for run"),
+                          int(getattr(pid, "value", pid)), record.timestamp))
+    if not found:
+        return None
+    started = [f for f in found if f[0]]
+    _, pid, at = (started or found)[0]
+    return pid, at
 
 
 def process_start_time(pid: int) -> float | None:
@@ -58,8 +66,8 @@ class LocalRunLauncher(DefaultRunLauncher):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         found = worker_pid(self._instance, run.run_id)
         if found is None:
-            # Runs executed in-process (`make run`, `dagster job execute`) name no worker; the
-            # process that runs them reports their end. Not knowing is not a failure.
+            # A run that has not named its process yet: the start timeout covers one that never
+            # does. Not knowing is not a failure.
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded")
         pid, at = found
         if not pid_running(pid):
