@@ -12,13 +12,13 @@ import sys
 import click
 
 #: Command modules, one per group. Add a module name here when you add a group.
-COMMAND_MODULES: tuple[str, ...] = ("data", "registry", "breaker", "deploy", "alerts", "backup")
+COMMAND_MODULES: tuple[str, ...] = ("data", "registry", "breaker", "deploy", "alerts", "backup", "drill")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autotrader")
 def main() -> None:
-    """Operate the autotrader platform (registry, deploy, rollback, breaker, data, alerts, backup)."""
+    """Operate the autotrader platform (registry, deploy, rollback, breaker, data, alerts, backup, drill)."""
 
 
 for _name in COMMAND_MODULES:

@@ -39,7 +39,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 #: The procedures the project promises a runbook for.
 REQUIRED_RUNBOOKS = (
     "deploy-a-model.md", "rollback.md", "circuit-breaker.md", "data-restore.md", "serving-slots.md", "feature-drift.md",
-    "system-outage.md", "disaster-recovery.md",
+    "system-outage.md", "disaster-recovery.md", "fire-drill.md",
 )
 DEFINITIONS_MODULE = "autotrader_assets.definitions"
 
