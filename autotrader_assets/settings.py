@@ -443,6 +443,12 @@ class Settings:
     #: (AUTOTRADER_WAREHOUSE_SHARED_DIR): every run is its own ECS task with its own disk, so the
     #: warehouse must live where the next run's task finds it. None in the local profile.
     warehouse_shared_dir: Path | None = None
+    #: Where the values assets hand each other through Dagster's IO manager are pickled in production
+    #: (AUTOTRADER_IO_URI, ``s3://bucket/prefix``; default ``<AUTOTRADER_ARTIFACTS_URI>/dagster-io``):
+    #: ``training_dataset`` -> ``candidate_model`` -> ``registered_model`` may run in different ECS
+    #: tasks, which share no disk. Empty in the local profile: Dagster's filesystem IO manager
+    #: under ``DAGSTER_HOME/storage``.
+    io_uri: str = ""
 
     def ecs(self) -> "EcsConfig":
         """The parsed AUTOTRADER_ECS_CONFIG (:func:`parse_ecs_config`); SettingsError when unset or wrong."""
@@ -540,7 +546,7 @@ def _instance_problems(dagster_home: str | None) -> list[str]:
 
 def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: str, warehouse_path: Path,
                         warehouse_shared_dir: Path | None, serving_token_set: bool,
-                        dagster_home: str | None) -> list[str]:
+                        dagster_home: str | None, io_uri: str = "") -> list[str]:
     """Everything that keeps the production profile from running on tasks that share no disk.
 
     Every store must be one that the next ECS task (another run, the daemon, an operator's CLI)
@@ -561,6 +567,9 @@ def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: s
             problems.append(f"{name} is not set (an s3://bucket/prefix URI)")
         elif not uri.startswith("s3://"):
             problems.append(f"{name}={uri!r} is on this task's disk; production needs an s3://bucket/prefix URI")
+    if io_uri and not io_uri.startswith("s3://"):
+        problems.append(f"AUTOTRADER_IO_URI={io_uri!r} is on this task's disk; the values runs hand each other need "
+                        "an s3://bucket/prefix URI (unset: under AUTOTRADER_ARTIFACTS_URI)")
     if warehouse_shared_dir is None:
         problems.append(f"the warehouse {warehouse_path} is on this task's own disk: set AUTOTRADER_WAREHOUSE_SHARED_DIR "
                         "to the shared file system (EFS) mount that holds it")
@@ -609,10 +618,13 @@ def load_settings() -> Settings:
         registry_url = _env("AUTOTRADER_REGISTRY_URL") or ""
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI") or ""
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI") or ""
+        io_uri = (_env("AUTOTRADER_IO_URI") or (f"{artifacts_uri.rstrip('/')}/dagster-io" if artifacts_uri else "")).rstrip("/")
         problems = production_problems(
             registry_url=registry_url, archive_uri=archive_uri, artifacts_uri=artifacts_uri,
             warehouse_path=warehouse_path, warehouse_shared_dir=warehouse_shared_dir,
             serving_token_set=bool(_env("AUTOTRADER_SERVING_TOKEN")), dagster_home=_env("DAGSTER_HOME"),
+            # Only an explicit one: the default follows AUTOTRADER_ARTIFACTS_URI, already judged above.
+            io_uri=_env("AUTOTRADER_IO_URI") or "",
         )
         if problems:
             raise SettingsError(
@@ -623,6 +635,7 @@ def load_settings() -> Settings:
         registry_url = _env("AUTOTRADER_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}")
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI", str(home / "archive"))
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI", str(home / "artifacts"))
+        io_uri = ""
 
     market_source = (_env("AUTOTRADER_MARKET_SOURCE", "replay") or "replay").lower()
     return Settings(
@@ -631,6 +644,7 @@ def load_settings() -> Settings:
         dagster_home=dagster_home,
         warehouse_path=warehouse_path,
         warehouse_shared_dir=warehouse_shared_dir,
+        io_uri=io_uri,
         s3_endpoint_url=_s3_endpoint_url(),
         archive_uri=archive_uri,
         artifacts_uri=artifacts_uri,
