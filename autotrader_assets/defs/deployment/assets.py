@@ -42,7 +42,15 @@ def rollout_metadata(report: RolloutReport) -> dict[str, Any]:
     }
 
 
-@dg.asset(group_name=DEPLOYMENT_GROUP, deps=[dg.AssetKey("registered_model")], kinds={"python"})
+@dg.asset(
+    group_name=DEPLOYMENT_GROUP,
+    deps=[dg.AssetKey("registered_model")],
+    kinds={"python"},
+    owners=["team:ml-platform"],
+    tags={"domain": "deployment", "tier": "critical"},
+    # Bump when the rollout's stages, gates or what a materialization records change.
+    code_version="1",
+)
 def production_deployment(
     context: dg.AssetExecutionContext,
     config: ProductionDeploymentConfig,

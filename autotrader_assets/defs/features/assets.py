@@ -8,7 +8,7 @@ if anything failed, so sensors see it.
 """
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
@@ -31,12 +31,19 @@ FEATURES_LAYER = "bar_features"
 
 
 class FeatureTranslator(DagsterDbtTranslator):
-    """Model names become asset keys (``bar_features``); everything sits in the features group."""
+    """Model names become asset keys (``bar_features``); everything sits in the features group,
+    owned by the data team. Code versions stay dagster-dbt's: the checksum of each model's SQL."""
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         if dbt_resource_props["resource_type"] == "source":
             return "market_data"
         return "features"
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        return ["team:quant-data"]
+
+    def get_tags(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, str]:
+        return {**super().get_tags(dbt_resource_props), "domain": "features", "tier": "standard"}
 
 
 class FeaturesNotPublishedError(RuntimeError):

@@ -105,7 +105,9 @@ def _reasons(cases: pd.DataFrame) -> dict[str, str]:
         deadline_cron=FRESHNESS_DEADLINE_CRON, lower_bound_delta=dt.timedelta(hours=24)
     ),
     owners=["team:quant-data"],
-    tags={"domain": "market_data"},
+    tags={"domain": "market_data", "tier": "critical"},
+    # Bump when the same source data would be published differently (audit rules, columns).
+    code_version="1",
     check_specs=market_bars_check_specs,
 )
 def market_bars(

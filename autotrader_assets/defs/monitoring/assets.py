@@ -18,6 +18,12 @@ from deploy_ops import events, metrics_push
 from deploy_ops.state import DeploymentStateStore
 
 MONITORING_GROUP = "monitoring"
+#: Who answers for the platform's health: the ML platform team.
+MONITORING_OWNER = "team:ml-platform"
+#: `health_check_every_15_minutes` recomputes the latest date: an hour without a health check
+#: (warn after 30 minutes) means monitoring itself stopped, which an operator must hear about.
+HEALTH_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=1),
+                                                  warn_window=dt.timedelta(minutes=30))
 _BY_DATE = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
 
 
@@ -41,6 +47,11 @@ def reference_loader(registry: RegistryResource) -> dr.ReferenceLoader:
     check_specs=[feature_drift_psi_spec],
     group_name=MONITORING_GROUP,
     kinds={"python", "duckdb"},
+    owners=[MONITORING_OWNER],
+    tags={"domain": "monitoring", "tier": "standard"},
+    # Bump when the PSI convention or the reference used changes.
+    code_version="1",
+    freshness_policy=HEALTH_FRESHNESS,
 )
 def feature_drift(
     context: dg.AssetExecutionContext,
@@ -100,6 +111,11 @@ def is_latest(date: dt.date, today: dt.date | None = None) -> bool:
     deps=[feature_drift, dg.AssetDep("paper_trading"), dg.AssetDep("market_bars", partition_mapping=_BY_DATE)],
     group_name=MONITORING_GROUP,
     kinds={"python", "duckdb"},
+    owners=[MONITORING_OWNER],
+    tags={"domain": "monitoring", "tier": "standard"},
+    # Bump when a finding's rule or threshold source changes.
+    code_version="1",
+    freshness_policy=HEALTH_FRESHNESS,
 )
 def model_health(
     context: dg.AssetExecutionContext,

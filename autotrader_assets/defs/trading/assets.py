@@ -139,6 +139,14 @@ def breaker_metadata(status: BreakerStatus) -> dict[str, Any]:
     }
 
 
+#: Who answers for the paper account: the trading desk.
+TRADING_OWNER = "team:trading-desk"
+#: `daily_paper_trading` (00:40 UTC) computes yesterday and then `trading_performance`: both are
+#: stale if nothing materialized in the 24 hours before 01:30 UTC. (A cron policy looks at the
+#: latest materialization of any partition: a recomputed old date also counts.)
+PAPER_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="30 1 * * *", lower_bound_delta=dt.timedelta(hours=24))
+
+
 def clean_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     # Dagster metadata rejects None; a float NaN would render as "NaN" and mislead.
     out = {}
@@ -162,6 +170,11 @@ def clean_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="trading",
     kinds={"python", "duckdb"},
+    owners=[TRADING_OWNER],
+    tags={"domain": "trading", "tier": "critical"},
+    # Bump when the same predictions would give other fills, PnL or breaker decisions.
+    code_version="1",
+    freshness_policy=PAPER_FRESHNESS,
 )
 def paper_trading(
     context: dg.AssetExecutionContext,
@@ -227,7 +240,16 @@ def paper_trading(
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(deps=[paper_trading], group_name="trading", kinds={"python", "duckdb"})
+@dg.asset(
+    deps=[paper_trading],
+    group_name="trading",
+    kinds={"python", "duckdb"},
+    owners=[TRADING_OWNER],
+    tags={"domain": "trading", "tier": "standard"},
+    # Bump when a metric's definition or the charts change.
+    code_version="1",
+    freshness_policy=PAPER_FRESHNESS,
+)
 def trading_performance(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,

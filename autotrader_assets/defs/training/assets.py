@@ -38,6 +38,8 @@ from deploy_ops.trading.metrics import sharpe_text
 from deploy_ops.models.bundle import ModelBundle
 
 TRAINING_GROUP = "training"
+#: Who answers for the models: the quant research team.
+TRAINING_OWNER = "team:quant-research"
 # Spelled out rather than imported from defs.features: importing that package prepares the
 # dbt manifest, which the training code has no reason to trigger.
 DBT_MANIFEST_PATH = PROJECT_ROOT / "dbt_project" / "target" / "manifest.json"
@@ -127,6 +129,10 @@ def meta_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     deps=[dg.AssetKey("bar_features")],
     group_name=TRAINING_GROUP,
     kinds={"duckdb"},
+    owners=[TRAINING_OWNER],
+    tags={"domain": "training", "tier": "standard"},
+    # Bump when the same features would give other rows or labels.
+    code_version="1",
 )
 def training_dataset(
     context: dg.AssetExecutionContext, config: TrainingDatasetConfig, warehouse: WarehouseResource
@@ -183,7 +189,10 @@ def _load_dataset_frame(warehouse: WarehouseResource, dataset: Mapping[str, Any]
     return frame
 
 
-@dg.asset(group_name=TRAINING_GROUP, kinds={"pytorch"})
+@dg.asset(group_name=TRAINING_GROUP, kinds={"pytorch"}, owners=[TRAINING_OWNER],
+          tags={"domain": "training", "tier": "standard"},
+          # Bump when training, evaluation or the bundle format change.
+          code_version="1")
 def candidate_model(
     context: dg.AssetExecutionContext,
     config: CandidateModelConfig,
@@ -307,7 +316,10 @@ def registration_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@dg.asset(group_name=TRAINING_GROUP, kinds={"registry"})
+@dg.asset(group_name=TRAINING_GROUP, kinds={"registry"}, owners=[TRAINING_OWNER],
+          tags={"domain": "training", "tier": "standard"},
+          # Bump when the gates or what is registered change.
+          code_version="1")
 def registered_model(
     context: dg.AssetExecutionContext,
     candidate_model: dict,
