@@ -86,6 +86,7 @@ module "dagster" {
   efs_access_point_id   = module.storage.efs_access_point_id
   run_cpu               = var.run_cpu
   run_memory            = var.run_memory
+  ecs_config            = jsonencode(local.ecs_config)
   environment_variables = {
     AUTOTRADER_ENV           = "production"
     AUTOTRADER_ARCHIVE_URI   = "s3://${module.storage.archive_bucket}/archive"
@@ -99,9 +100,10 @@ module "dagster" {
     DAGSTER_PG_USERNAME      = module.storage.db_username
     AUTOTRADER_REDIS_HOST    = module.storage.redis_endpoint
   }
+  # Whole secrets (no JSON keys): the execution role may read exactly these ARNs.
   secret_arns = {
-    # RDS's managed secret is JSON; ECS picks the password key.
-    DAGSTER_PG_PASSWORD      = "${module.storage.db_secret_arn}:password::"
+    AUTOTRADER_REGISTRY_URL  = module.storage.registry_url_secret_arn
+    DAGSTER_PG_PASSWORD      = module.storage.db_secret_arn
     AUTOTRADER_SERVING_TOKEN = var.serving_token_secret_arn
     AUTOTRADER_REDIS_AUTH    = module.storage.redis_auth_secret_arn
   }

@@ -3,9 +3,13 @@
 # settings.parse_ecs_config reads (tests/unit/test_terraform.py holds the three equal). Every field
 # is written out, defaults included, so what serves in production is read here, not inferred.
 
-output "ecs_config" {
-  description = "AUTOTRADER_ECS_CONFIG: {deployer: EcsDeployerConfig fields, endpoints: slot URLs}."
-  value = {
+# A local, so main.tf hands the very same document to the Dagster tasks (AUTOTRADER_ECS_CONFIG).
+# It reads module.dagster's roles and log group while module.dagster reads it back: no cycle,
+# because Terraform resolves a module's outputs one by one and those three depend only on the IAM
+# roles and the log group, never on the task definitions that take the document
+# (tests/unit/test_terraform.py holds that).
+locals {
+  ecs_config = {
     deployer = {
       cluster                           = module.compute.cluster_name
       service_prefix                    = module.compute.service_prefix
@@ -41,6 +45,12 @@ output "ecs_config" {
     }
     endpoints = module.compute.slot_endpoints
   }
+}
+
+output "ecs_config" {
+  description = "AUTOTRADER_ECS_CONFIG: {deployer: EcsDeployerConfig fields, endpoints: slot URLs}."
+  # The same document the Dagster tasks get as AUTOTRADER_ECS_CONFIG (main.tf).
+  value = local.ecs_config
 }
 
 output "dagster_run_task_definition" {
@@ -84,8 +94,13 @@ output "db_address" {
 }
 
 output "db_secret_arn" {
-  description = "Secret of the database password."
+  description = "Secret of the database password (DAGSTER_PG_PASSWORD)."
   value       = module.storage.db_secret_arn
+}
+
+output "registry_url_secret_arn" {
+  description = "Secret of AUTOTRADER_REGISTRY_URL (the whole PostgreSQL URL), for an operator's CLI."
+  value       = module.storage.registry_url_secret_arn
 }
 
 output "alb_dns_name" {

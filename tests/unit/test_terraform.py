@@ -25,7 +25,13 @@ import yaml
 from hcl2.utils import SerializationOptions
 
 from autotrader_assets import settings as settings_module
-from autotrader_assets.settings import ECS_CONFIG_SECTIONS, SettingsError, ecs_deployer_keys, parse_ecs_config
+from autotrader_assets.settings import (
+    ECS_CONFIG_SECTIONS,
+    SHARED_DATABASE_SCHEMES,
+    SettingsError,
+    ecs_deployer_keys,
+    parse_ecs_config,
+)
 from deploy_ops.slots.ecs.config import EcsDeployerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,7 +373,9 @@ def test_every_module_output_is_used_or_exported_by_its_caller():
 
 
 def _ecs_output() -> dict:
-    return module().outputs["ecs_config"]["value"]
+    # The document is a root local: the output and the Dagster tasks' AUTOTRADER_ECS_CONFIG both use it.
+    assert module().outputs["ecs_config"]["value"] == "${local.ecs_config}"
+    return module().locals["ecs_config"]
 
 
 def _ecs_deployer_block() -> dict:
@@ -488,6 +496,127 @@ def test_dagster_launcher_variables_are_root_outputs_and_set_in_the_dagster_task
     readme = (INFRA / "README.md").read_text()
     for variable in ("DAGSTER_RUN_TASK_DEFINITION", "DAGSTER_RUN_CONTAINER_NAME", "DAGSTER_ECS_CLUSTER"):
         assert f"`{variable}`" in readme
+
+
+# -------------------------------------------------- what the production profile needs in Dagster
+
+
+_SETTING_NAME = re.compile(r"\b(?:AUTOTRADER|DAGSTER)_[A-Z0-9_]+\b")
+
+
+def _production_refusal(monkeypatch, **env: str) -> str:
+    """The SettingsError load_settings raises in production with only ``env`` set."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("AUTOTRADER_", "DAGSTER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTOTRADER_ENV", "production")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        settings_module.load_settings()
+    return str(info.value)
+
+
+def _production_required_names(monkeypatch, tmp_path) -> set[str]:
+    """Every variable the production profile refuses to start without, as settings name them.
+
+    First with nothing set (the stores, the serving token, DAGSTER_HOME), then with DAGSTER_HOME
+    holding the shipped dagster.yaml (every variable the instance file reads).
+    """
+    names = set(_SETTING_NAME.findall(_production_refusal(monkeypatch, AUTOTRADER_HOME=str(tmp_path / "home"))))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((INFRA / "dagster" / "dagster.yaml").read_text())
+    names |= set(_SETTING_NAME.findall(_production_refusal(
+        monkeypatch, AUTOTRADER_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(home))))
+    return names | {"AUTOTRADER_ENV"}
+
+
+def _dagster_task_names() -> tuple[set[str], set[str]]:
+    """(environment, secrets) names every Dagster task definition (webserver, daemon, code, run) gets."""
+    root, dagster = module(), module("modules/dagster")
+    call = root.modules["dagster"]
+    # Each task definition, the run's included, has the one container with the module's lists.
+    task = dagster.resource("aws_ecs_task_definition", "this")
+    assert task["for_each"] == "${merge(local.services, {run = {command = null, cpu = var.run_cpu, memory = var.run_memory}})}"
+    assert set(dagster.locals["services"]) == {"webserver", "daemon", "code"}
+    assert "environment            = local.environment" in dagster.text
+    assert "secrets                = local.secrets" in dagster.text
+    assert dagster.locals["environment"].startswith(
+        "${[for k, v in merge(var.environment_variables, local.launcher_environment, local.task_environment)")
+    assert dagster.locals["secrets"].startswith("${[for k, v in var.secret_arns")
+    environment = set(call["environment_variables"]) | set(dagster.locals["launcher_environment"]) \
+        | set(dagster.locals["task_environment"])
+    return environment, set(call["secret_arns"])
+
+
+def test_every_variable_the_production_profile_requires_is_set_in_the_dagster_tasks(monkeypatch, tmp_path):
+    required = _production_required_names(monkeypatch, tmp_path)
+    # The refusal names what the issue lists (a regex that found nothing would pass vacuously).
+    assert {"AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARCHIVE_URI", "AUTOTRADER_ARTIFACTS_URI",
+            "AUTOTRADER_WAREHOUSE_SHARED_DIR", "AUTOTRADER_SERVING_TOKEN", "DAGSTER_HOME",
+            "DAGSTER_PG_PASSWORD", "DAGSTER_RUN_TASK_DEFINITION"} <= required
+    environment, secrets = _dagster_task_names()
+    assert required - (environment | secrets) == set()
+    assert environment & secrets == set(), "a name both plain and secret"
+    # Deployment jobs change the serving slots: the deployer's document is there too.
+    assert "AUTOTRADER_ECS_CONFIG" in environment
+    assert module().modules["dagster"]["environment_variables"]["AUTOTRADER_ENV"] == "production"
+    # The secrets are secrets, never plain values: the URL carries the password.
+    assert {"AUTOTRADER_REGISTRY_URL", "DAGSTER_PG_PASSWORD", "AUTOTRADER_SERVING_TOKEN"} <= secrets
+
+
+def test_production_settings_refuse_the_tasks_without_the_registry_url(monkeypatch, tmp_path):
+    # What the containers looked like before the registry URL was given to them: refused, by name.
+    message = _production_refusal(monkeypatch, AUTOTRADER_HOME=str(tmp_path), AUTOTRADER_ARCHIVE_URI="s3://a/archive",
+                                  AUTOTRADER_ARTIFACTS_URI="s3://a/artifacts")
+    assert "AUTOTRADER_REGISTRY_URL is not set" in message
+
+
+def test_the_dagster_tasks_get_the_ecs_config_document_of_the_root_output():
+    root, dagster = module(), module("modules/dagster")
+    assert root.modules["dagster"]["ecs_config"] == "${jsonencode(local.ecs_config)}"
+    assert dagster.locals["task_environment"]["AUTOTRADER_ECS_CONFIG"] == "${var.ecs_config}"
+    # No cycle: the document reads only dagster outputs that depend on the roles and the log group,
+    # never on the task definitions that take the document.
+    used = set(re.findall(r"module\.dagster\.(\w+)", json.dumps(_ecs_output())))
+    assert used == {"execution_role_arn", "task_role_arn", "log_group"}
+    for output in used:
+        value = dagster.outputs[output]["value"]
+        assert re.fullmatch(r"\$\{aws_(iam_role\.(task|execution)\.arn|cloudwatch_log_group\.this\.name)\}", value), value
+
+
+def test_the_registry_url_is_a_kms_encrypted_postgresql_secret_only_the_execution_role_reads():
+    root, storage, dagster = module(), module("modules/storage"), module("modules/dagster")
+    secrets = root.modules["dagster"]["secret_arns"]
+    assert secrets["AUTOTRADER_REGISTRY_URL"] == "${module.storage.registry_url_secret_arn}"
+    assert secrets["DAGSTER_PG_PASSWORD"] == "${module.storage.db_secret_arn}"
+    assert storage.outputs["registry_url_secret_arn"]["value"] == "${aws_secretsmanager_secret_version.registry_url.arn}"
+    assert storage.outputs["db_secret_arn"]["value"] == "${aws_secretsmanager_secret_version.db_password.arn}"
+    for name in ("registry_url", "db_password"):
+        assert storage.resource("aws_secretsmanager_secret", name)["kms_key_id"] == "${var.kms_key_arn}"
+    # The URL is composed from the instance and the very password the instance was created with.
+    db = storage.resource("aws_db_instance", "this")
+    assert db["password"] == "${random_password.db_master.result}" and "manage_master_user_password" not in db
+    assert storage.resource("random_password", "db_master")["special"] is False  # no URL escaping needed
+    url = storage.resource("aws_secretsmanager_secret_version", "registry_url")["secret_string"]
+    assert url == ("postgresql+psycopg2://${aws_db_instance.this.username}:${random_password.db_master.result}"
+                   "@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${aws_db_instance.this.db_name}")
+    assert url.split(":", 1)[0].split("+", 1)[0] in SHARED_DATABASE_SCHEMES
+    assert storage.resource("aws_secretsmanager_secret_version", "db_password")["secret_string"] == \
+        "${random_password.db_master.result}"
+    # The execution role reads exactly the containers' secrets; the task role reads none.
+    policy = dagster.resource("aws_iam_role_policy", "execution_secrets")["policy"]
+    assert '{Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns)}' in policy
+    assert "secretsmanager" not in dagster.resource("aws_iam_role_policy", "task")["policy"]
+    # Whole secret ARNs only (a ":password::" suffix would not match the policy's resource).
+    patterns = _validation_regexes(dagster.variables["secret_arns"])
+    assert patterns
+    good = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:autotrader-production/registry-url-AbCdEf"
+    assert all(p.match(good) for p in patterns)
+    assert not all(p.match(f"{good}:password::") for p in patterns)
 
 
 # ------------------------------------------------------------------- the documented commands

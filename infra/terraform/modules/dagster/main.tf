@@ -22,9 +22,13 @@ locals {
     DAGSTER_ECS_CLUSTER         = var.cluster_arn
     DAGSTER_COMPUTE_LOG_BUCKET  = var.logs_bucket
   }
-  environment = [for k, v in merge(var.environment_variables, local.launcher_environment, {
+  # What this module itself fixes: the EFS mount below, and the serving deployer's document (the
+  # root output ecs_config), so deployment jobs in any run or the daemon can change serving slots.
+  task_environment = {
     AUTOTRADER_WAREHOUSE_SHARED_DIR = "/mnt/warehouse"
-  }) : { name = k, value = v }]
+    AUTOTRADER_ECS_CONFIG           = var.ecs_config
+  }
+  environment = [for k, v in merge(var.environment_variables, local.launcher_environment, local.task_environment) : { name = k, value = v }]
   secrets = [for k, v in var.secret_arns : { name = k, valueFrom = v }]
   volume  = { name = "warehouse", efs = { fs = var.efs_file_system_id, ap = var.efs_access_point_id } }
 }
@@ -48,6 +52,9 @@ resource "aws_iam_role_policy_attachment" "execution" {
   policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 }
 
+# Exactly the secrets of the containers' `secrets` (the registry URL, the database password, the
+# serving token, the Redis AUTH token): ECS resolves them with this role at task start, so the task
+# role itself reads none.
 resource "aws_iam_role_policy" "execution_secrets" {
   name = "read-secrets"
   role = aws_iam_role.execution.id
@@ -94,7 +101,6 @@ resource "aws_iam_role_policy" "task" {
         Resource = "*"
       },
       { Effect = "Allow", Action = ["iam:PassRole"], Resource = [aws_iam_role.task.arn, aws_iam_role.execution.arn] },
-      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns) },
     ]
   })
 }

@@ -51,6 +51,16 @@ variable "environment_variables" {
 variable "secret_arns" {
   type        = map(string)
   description = "Environment variable name -> Secrets Manager ARN, resolved by ECS at task start."
+  validation {
+    # Whole secrets, no ":jsonkey::" suffix: the execution role's policy grants these very ARNs.
+    condition     = alltrue([for arn in values(var.secret_arns) : can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[^:]+$", arn))])
+    error_message = "secret_arns values must be whole Secrets Manager secret ARNs (no JSON key suffix)."
+  }
+}
+
+variable "ecs_config" {
+  type        = string
+  description = "AUTOTRADER_ECS_CONFIG: the JSON of the root output ecs_config (the serving deployer's document)."
 }
 
 variable "efs_file_system_id" {

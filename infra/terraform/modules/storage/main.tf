@@ -132,8 +132,9 @@ resource "aws_db_instance" "this" {
   max_allocated_storage                 = var.db_allocated_storage_gb * 4
   db_name                               = "autotrader"
   username                              = "autotrader"
-  manage_master_user_password           = true # the password lives in Secrets Manager, never in state
-  master_user_secret_kms_key_id         = var.kms_key_arn
+  # Terraform's own password, not an RDS-managed one: the registry URL secret below must hold it,
+  # and an RDS-managed password can neither be read nor composed into a URL by Terraform.
+  password                              = random_password.db_master.result
   multi_az                              = local.production
   storage_encrypted                     = true
   kms_key_id                            = var.kms_key_arn
@@ -156,6 +157,40 @@ resource "aws_db_instance" "this" {
   enabled_cloudwatch_logs_exports       = ["postgresql", "upgrade"]
   #checkov:skip=CKV_AWS_157:multi-AZ is deliberate in production only (var.environment); dev and staging accept a single zone to halve their cost
   #checkov:skip=CKV_AWS_293:deletion protection is on in production; dev and staging are torn down by terraform destroy
+}
+
+# The master password and the registry URL built from it. Both live in Terraform state too: keep
+# the state in an encrypted, access-controlled backend. Only letters and digits, so the password
+# needs no URL escaping inside AUTOTRADER_REGISTRY_URL.
+resource "random_password" "db_master" {
+  length  = 40
+  special = false
+}
+
+# DAGSTER_PG_PASSWORD (dagster.yaml's storage).
+resource "aws_secretsmanager_secret" "db_password" {
+  name       = "${var.name}/db-password"
+  kms_key_id = var.kms_key_arn
+  #checkov:skip=CKV2_AWS_57:the master password is rotated by re-applying with a new random_password, which rewrites this secret and the registry URL together; a rotation lambda would change the password behind the URL secret
+}
+
+resource "aws_secretsmanager_secret_version" "db_password" {
+  secret_id     = aws_secretsmanager_secret.db_password.id
+  secret_string = random_password.db_master.result
+}
+
+# AUTOTRADER_REGISTRY_URL: the whole SQLAlchemy URL (registry, deployment state, breaker), the
+# scheme settings.production_problems accepts, in the instance's database (its tables do not
+# collide with the Dagster instance's).
+resource "aws_secretsmanager_secret" "registry_url" {
+  name       = "${var.name}/registry-url"
+  kms_key_id = var.kms_key_arn
+  #checkov:skip=CKV2_AWS_57:the URL holds the master password; it is rotated with it by re-applying with a new random_password, never by a rotation lambda that would leave the two apart
+}
+
+resource "aws_secretsmanager_secret_version" "registry_url" {
+  secret_id     = aws_secretsmanager_secret.registry_url.id
+  secret_string = "postgresql+psycopg2://${aws_db_instance.this.username}:${random_password.db_master.result}@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${aws_db_instance.this.db_name}"
 }
 
 # ---------------------------------------------------------------------------- Redis

@@ -49,8 +49,14 @@ output "db_username" {
 }
 
 output "db_secret_arn" {
-  description = "Secrets Manager secret holding the database password (managed by RDS)."
-  value       = aws_db_instance.this.master_user_secret[0].secret_arn
+  description = "Secrets Manager secret holding the database master password (DAGSTER_PG_PASSWORD)."
+  # The version's ARN is the secret's, and depends on the value: no task starts before it is written.
+  value       = aws_secretsmanager_secret_version.db_password.arn
+}
+
+output "registry_url_secret_arn" {
+  description = "Secrets Manager secret holding the whole PostgreSQL URL (AUTOTRADER_REGISTRY_URL)."
+  value       = aws_secretsmanager_secret_version.registry_url.arn
 }
 
 output "redis_endpoint" {
