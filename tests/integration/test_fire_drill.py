@@ -105,3 +105,16 @@ def test_drill_breaker_times_trip_to_known_good_serving_with_a_real_daemon(tmp_p
         for slot, info in state.slots().items():
             if info.pid and pid_running(info.pid):
                 deployer.stop_slot(slot, force=True)
+
+
+@pytest.mark.parametrize("args", [["drift", "--date", "2024-03-05"], ["slot-crash"],
+                                  ["error-rate", "--fault-seconds", "2"]])
+def test_every_drill_refuses_without_a_daemon_and_injects_nothing(tmp_path, args):
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text(LOCAL_DAGSTER_YAML)
+    done = subprocess.run([str(BIN / "autotrader"), "drill", *args, "--timeout", "5"], cwd=ROOT, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no dagster-daemon is running" in done.stderr and "make ui" in done.stderr
+    assert "injected" not in done.stdout
+    assert not (tmp_path / "drills").exists()  # the drift drill's backup: no row was moved
