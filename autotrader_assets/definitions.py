@@ -49,7 +49,7 @@ from autotrader_assets.defs.trading import (
 from autotrader_assets.defs.market_data import market_bars
 from autotrader_assets.defs.trading import paper_trading
 from autotrader_assets.defs.training import training_assets, training_checks, training_jobs, training_schedules
-from autotrader_assets.defs.operations import operations_jobs, operations_schedules
+from autotrader_assets.defs.operations import operations_jobs, operations_schedules, operations_sensors
 from autotrader_assets.resources import default_resources
 from autotrader_assets.settings import Settings, SettingsError, get_settings
 
@@ -107,7 +107,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs, *monitoring_jobs, *operations_jobs],
         schedules=[*market_data_schedules, *training_schedules, *trading_schedules, *monitoring_schedules,
                    *operations_schedules],
-        sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors, *alerting_sensors],
+        sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors, *alerting_sensors, *operations_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,
     )

@@ -32,6 +32,7 @@ RUNBOOKS: dict[str, str] = {
     "run_failed": "docs/runbooks/feature-drift.md#a-failed-run",
     "circuit_breaker_alert": "docs/runbooks/circuit-breaker.md#2-investigate",
     "deployment_run_failed": "docs/runbooks/rollback.md#1-look-first",
+    "run_launch_failed": "docs/runbooks/alerts.md#runlaunchfailed",
     # Notices and resolutions of the alerting domain (deploy_ops/alerting/catalog.py).
     "feature_drift_cleared": "docs/runbooks/alerts.md#featuredriftwarning",
     "data_pipeline_completed": "docs/runbooks/alerts.md#datapipelinecompleted",

@@ -170,6 +170,9 @@ ALERTS: dict[str, AlertSpec] = {
     "data_pipeline_failing": AlertSpec(
         "DataPipelineFailing", key=lambda e: f"data-pipeline-{_detail(e, 'partitions')}", conditional=True),
     "slot_down": AlertSpec("ServingSlotDown", key=lambda e: f"slot-down-{_detail(e, 'slot')}", conditional=True),
+    # run_launch_failure_sensor: one alert per run that would not launch, updated by each relaunch
+    # that fails too (the last says it gave up); one-shot: no event says the relaunch worked.
+    "run_launch_failed": AlertSpec("RunLaunchFailed", key=lambda e: f"run-launch-failed-{_detail(e, 'first_run_id', e.id)}"),
     **{kind: AlertSpec("DeploymentFailed", key=_deployment_key, conditional=True) for kind in _DEPLOYMENT_FAILURES},
     # warning: Slack
     "feature_drift_warning": AlertSpec("FeatureDriftWarning", key=lambda e: "feature-drift-warning", conditional=True),
@@ -286,6 +289,7 @@ def all_alertnames() -> dict[str, set[str]]:
 _RECORDED_SEVERITY: dict[str, set[str]] = {
     "circuit_breaker_tripped": {"critical"}, "circuit_breaker_alert": {"critical"},
     "feature_drift_critical": {"critical"}, "data_pipeline_failing": {"critical"}, "slot_down": {"critical"},
+    "run_launch_failed": {"critical"},
     **{kind: {"critical"} for kind in _DEPLOYMENT_FAILURES},
     "feature_drift_warning": {"warning"}, "run_failed": {"warning"}, "rollout_refused": {"warning"},
     "traffic_switched": {"warning"}, "slot_stopped": {"warning"}, "model_rollback": {"warning"},

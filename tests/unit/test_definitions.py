@@ -43,6 +43,7 @@ SENSORS = {
     "data_pipeline_failure_sensor",
     "alert_delivery_sensor", "job_notice_sensor",
     "job_success_metrics_sensor", "job_failure_metrics_sensor",
+    "run_launch_failure_sensor",
 }
 SCHEDULES = {
     "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
