@@ -278,6 +278,10 @@ def trading_performance(
     pf = summary["profit_factor"]
     sharpe = summary["sharpe"]
     metadata: dict[str, Any] = {
+        # Short enough for the asset page to draw them in place (the PNGs below open in a dialog).
+        "equity": dg.MetadataValue.md(perf.sparkline_markdown(equity, "equity", kind="equity", baseline=initial)),
+        "drawdown": dg.MetadataValue.md(perf.sparkline_markdown(perf.drawdown_series(equity, initial), "drawdown",
+                                                                kind="drawdown")),
         "current_equity": dg.MetadataValue.float(summary["current_equity"]),
         "total_pnl": dg.MetadataValue.float(summary["total_pnl"]),
         "daily_pnl": dg.MetadataValue.float(summary["daily_pnl"]),

@@ -227,10 +227,7 @@ def drawdown_png(equity: pd.Series, initial_equity: float, limit: float | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = equity.to_numpy(dtype=np.float64)
-    peaks = np.maximum.accumulate(np.maximum(values, initial_equity))
-    dd = pd.Series(-(peaks - values) / peaks, index=equity.index)
-    shown = _thin(dd)
+    shown = _thin(drawdown_series(equity, initial_equity))
     fig, ax = plt.subplots(figsize=(9, 2.6))
     ax.fill_between(shown.index, shown.to_numpy(), 0.0, color="#d62728", alpha=0.35, step="post")
     ax.plot(shown.index, shown.to_numpy(), color="#d62728", linewidth=0.8)
@@ -245,8 +242,90 @@ def drawdown_png(equity: pd.Series, initial_equity: float, limit: float | None =
 
 
 def png_markdown(png: bytes, alt: str) -> str:
-    """Markdown image with the PNG inline as a data URI (the Dagster UI renders it)."""
+    """Markdown image with the PNG inline as a data URI. The Dagster UI renders it, but a value
+    this long sits behind a "[Show Markdown]" button (see :func:`sparkline_markdown`)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+#: The Dagster 1.13 UI renders a Markdown metadata value in place on the asset page only when it is
+#: shorter than 1000 characters (``MetadataEntry.tsx``: ``expandSmallValues && mdStr.length < 1000``);
+#: a longer one is a "[Show Markdown]" button.
+INLINE_MARKDOWN_LIMIT = 1000
+SPARK_W, SPARK_H = 360, 72
+
+
+def _fmt_money(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def _spark_svg(values: np.ndarray, *, color: str, baseline: float | None, labels: tuple[str, str, str],
+               fill: bool) -> str:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if baseline is not None:
+        lo, hi = min(lo, baseline), max(hi, baseline)
+    span = hi - lo or 1.0
+    top, bottom = 12, SPARK_H - 12
+
+    def y(v: float) -> int:
+        return round(bottom - (v - lo) / span * (bottom - top))
+
+    xs = np.linspace(0, SPARK_W - 1, len(values)).round().astype(int)
+    ys = [y(v) for v in values]
+    path = f"M{xs[0]} {ys[0]}" + "".join(
+        f"l{xs[i] - xs[i - 1]}{'' if ys[i] < ys[i - 1] else ' '}{ys[i] - ys[i - 1]}" for i in range(1, len(values)))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SPARK_W}" height="{SPARK_H}">']
+    if baseline is not None:
+        parts.append(f'<path d="M0 {y(baseline)}H{SPARK_W}" stroke="#999" stroke-dasharray="3"/>')
+    if fill:
+        parts.append(f'<path d="{path}V{y(baseline if baseline is not None else lo)}H0z" '
+                     f'fill="{color}" fill-opacity=".3"/>')
+    parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+    top_label, bottom_label, end_label = labels
+    parts.append(f'<g font-size="10" font-family="sans-serif" fill="#888"><text y="9">{top_label}</text>'
+                 f'<text y="{SPARK_H - 1}">{bottom_label}</text>'
+                 f'<text x="{SPARK_W}" y="9" text-anchor="end">{end_label}</text></g></svg>')
+    return "".join(parts)
+
+
+def sparkline_markdown(series: pd.Series, alt: str, *, kind: str, baseline: float | None = None,
+                       limit: int = INLINE_MARKDOWN_LIMIT) -> str:
+    """A small SVG chart of ``series`` as a Markdown image short enough for the Dagster UI to show
+    on the asset page itself (under ``limit`` characters: fewer points until it fits).
+
+    ``kind`` is ``equity`` (the line, the starting capital ``baseline`` dashed, max/min/last in
+    money) or ``drawdown`` (a red area under 0, the deepest fall in %). The full-size PNG charts
+    stay beside it for detail.
+    """
+    values = series.to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return f"*{alt}: no data yet*"
+    if len(values) == 1:
+        values = np.repeat(values, 2)
+    points = min(len(values), 160)
+    while True:
+        picked = values[np.unique(np.linspace(0, len(values) - 1, points).round().astype(int))]
+        if kind == "equity":
+            first = baseline if baseline else picked[0]
+            labels = (f"max {_fmt_money(values.max())}", f"min {_fmt_money(values.min())}",
+                      f"now {_fmt_money(values[-1])} ({values[-1] / first - 1:+.1%})")
+            svg = _spark_svg(picked, color="#1f77b4", baseline=baseline, labels=labels, fill=False)
+        elif kind == "drawdown":
+            labels = ("0%", f"worst {values.min():.1%}", f"now {values[-1]:.1%}")
+            svg = _spark_svg(picked, color="#d62728", baseline=0.0, labels=labels, fill=True)
+        else:
+            raise ValueError(f"unknown sparkline kind {kind!r}; use 'equity' or 'drawdown'")
+        text = f"![{alt}](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode('ascii')})"
+        if len(text) < limit or points <= 8:
+            return text
+        points = max(8, int(points * 0.8))
+
+
+def drawdown_series(equity: pd.Series, initial_equity: float) -> pd.Series:
+    """Fall from the running peak (starting capital included), as a negative fraction."""
+    values = equity.to_numpy(dtype=np.float64)
+    peaks = np.maximum.accumulate(np.maximum(values, initial_equity))
+    return pd.Series(-(peaks - values) / peaks, index=equity.index)
 
 
 def _cell(value: Any) -> str:
@@ -295,11 +374,13 @@ __all__ = [
     "as_portfolio",
     "daily_table",
     "drawdown_png",
+    "drawdown_series",
     "equity_png",
     "instrument_table",
     "load_history",
     "markdown_table",
     "overall",
     "png_markdown",
+    "sparkline_markdown",
     "write_daily",
 ]
