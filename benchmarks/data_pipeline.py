@@ -30,8 +30,10 @@ FEATURE_COLUMNS = ["ret_1", "ret_5", "ret_15", "ret_60", "rv_15", "rv_60", "rsi_
                    "macd_hist", "bb_pos_20", "volume_z_60", "range_hl", "range_co"]
 
 # The same definitions as dbt_project/models/features/bar_features.sql, as one statement:
-# horizons in minutes (ASOF returns, RANGE frames), segments of consecutive published days,
-# 60-minute warm-up.
+# horizons in minutes (the last close at or before ts - k minutes, RANGE frames), segments of
+# consecutive published days, 60-minute warm-up. Computed the way the model computes them:
+# windows ordered by epoch_us(ts), the return's previous close as lag(close, bars in
+# (ts - k min, ts]), narrow window stages with open/high/low/date joined back at the end.
 RAW_FEATURES_SQL = """
 create or replace table raw_features as
 with seg_days as (
@@ -39,50 +41,55 @@ with seg_days as (
     from published_partitions where layer = 'market_bars' and (interval_s is null or interval_s = 60)
 ), bars as (
     select m.*, s.seg from market_bars m join seg_days s using (instrument, date)
+), counted as (
+    select instrument, seg, ts, t_us, close, volume, first_value(ts) over w as seg_start,
+        count(*) over (w range between 59999999 preceding and current row) as n1,
+        count(*) over (w range between 299999999 preceding and current row) as n5,
+        count(*) over (w range between 899999999 preceding and current row) as n15,
+        count(*) over (w range between 3599999999 preceding and current row) as n60
+    from (select *, epoch_us(ts) as t_us from bars)
+    window w as (partition by instrument, seg order by t_us)
 ), prior as (
-    select b.*, min(b.ts) over (partition by b.instrument, b.seg) as seg_start,
-        p1.close as c1, p5.close as c5, p15.close as c15, p60.close as c60
-    from bars b
-    asof left join bars p1 on b.instrument = p1.instrument and b.seg = p1.seg and b.ts - interval 1 minute >= p1.ts
-    asof left join bars p5 on b.instrument = p5.instrument and b.seg = p5.seg and b.ts - interval 5 minute >= p5.ts
-    asof left join bars p15 on b.instrument = p15.instrument and b.seg = p15.seg and b.ts - interval 15 minute >= p15.ts
-    asof left join bars p60 on b.instrument = p60.instrument and b.seg = p60.seg and b.ts - interval 60 minute >= p60.ts
+    select *, lag(close, n1) over w as c1, lag(close, n5) over w as c5, lag(close, n15) over w as c15,
+        lag(close, n60) over w as c60
+    from counted
+    window w as (partition by instrument, seg order by t_us)
 ), base as (
     select *, ln(close / c1) as ret_1, ln(close / c5) as ret_5, ln(close / c15) as ret_15, ln(close / c60) as ret_60,
         greatest(close - c1, 0) as gain, greatest(c1 - close, 0) as loss
     from prior
 ), rolling as (
-    select *,
-        stddev_samp(ret_1) over (w range between interval 14 minute preceding and current row) as rv_15,
-        stddev_samp(ret_1) over (w range between interval 59 minute preceding and current row) as rv_60,
-        greatest(avg(gain) over (w range between interval 13 minute preceding and current row), 0) as ag,
-        greatest(avg(loss) over (w range between interval 13 minute preceding and current row), 0) as al,
-        avg(close) over (w range between interval 11 minute preceding and current row) as s12,
-        avg(close) over (w range between interval 25 minute preceding and current row) as s26,
-        avg(close) over (w range between interval 19 minute preceding and current row) as s20,
-        stddev_samp(close) over (w range between interval 19 minute preceding and current row) as sd20,
-        avg(volume) over (w range between interval 59 minute preceding and current row) as vm,
-        stddev_samp(volume) over (w range between interval 59 minute preceding and current row) as vs
+    select instrument, seg, ts, t_us, close, volume, seg_start, ret_1, ret_5, ret_15, ret_60,
+        stddev_samp(ret_1) over (w range between 840000000 preceding and current row) as rv_15,
+        stddev_samp(ret_1) over (w range between 3540000000 preceding and current row) as rv_60,
+        greatest(avg(gain) over (w range between 780000000 preceding and current row), 0) as ag,
+        greatest(avg(loss) over (w range between 780000000 preceding and current row), 0) as al,
+        avg(close) over (w range between 660000000 preceding and current row) as s12,
+        avg(close) over (w range between 1500000000 preceding and current row) as s26,
+        avg(close) over (w range between 1140000000 preceding and current row) as s20,
+        stddev_samp(close) over (w range between 1140000000 preceding and current row) as sd20,
+        avg(volume) over (w range between 3540000000 preceding and current row) as vm,
+        stddev_samp(volume) over (w range between 3540000000 preceding and current row) as vs
     from base
-    window w as (partition by instrument, seg order by ts)
+    window w as (partition by instrument, seg order by t_us)
 ), sig as (
     select *, (s12 - s26) / close as macd,
-        avg((s12 - s26) / close) over (partition by instrument, seg order by ts range between interval 8 minute preceding and current row) as macd_signal,
+        avg((s12 - s26) / close) over (partition by instrument, seg order by t_us range between 480000000 preceding and current row) as macd_signal,
         ts >= seg_start + interval 60 minute as warm
     from rolling
 )
-select instrument, ts, date, open, high, low, close, volume,
+select b.instrument, b.ts, b.date, b.open, b.high, b.low, b.close, b.volume,
     case when warm then ret_1 end as ret_1, case when warm then ret_5 end as ret_5,
     case when warm then ret_15 end as ret_15, case when warm then ret_60 end as ret_60,
     case when warm then rv_15 end as rv_15, case when warm then rv_60 end as rv_60,
     case when warm then (case when ag + al = 0 then 50.0 else 100.0 * (ag / (ag + al)) end) end as rsi_14,
     case when warm then macd end as macd, case when warm then macd_signal end as macd_signal,
     case when warm then macd - macd_signal end as macd_hist,
-    case when warm then (case when sd20 > 0 then (close - s20) / (2 * sd20) else 0.0 end) end as bb_pos_20,
-    case when warm then (case when vs > 0 then (volume - vm) / vs else 0.0 end) end as volume_z_60,
-    case when warm then (high - low) / close end as range_hl,
-    case when warm then (close - open) / open end as range_co
-from sig
+    case when warm then (case when sd20 > 0 then (s.close - s20) / (2 * sd20) else 0.0 end) end as bb_pos_20,
+    case when warm then (case when vs > 0 then (s.volume - vm) / vs else 0.0 end) end as volume_z_60,
+    case when warm then (b.high - b.low) / b.close end as range_hl,
+    case when warm then (b.close - b.open) / b.open end as range_co
+from sig s join bars b using (instrument, ts)
 """
 
 #: Largest |difference| over every feature column, and the rows where only one side is NULL.

@@ -10,16 +10,19 @@
 -- reads (write-audit-publish, see docs/architecture.md).
 --
 -- Horizons are minutes of time, not bar counts: ret_k compares the close with the last close
--- at or before ts - k minutes (ASOF join), rolling statistics cover the k minutes ending at
--- ts (RANGE frames). Every window ends at the current row: a feature at t uses bars up to t.
+-- at or before ts - k minutes, rolling statistics cover the k minutes ending at ts (RANGE
+-- frames). Every window ends at the current row: a feature at t uses bars up to t.
 --
--- History is what was published. A feature window never crosses a day that is not published
--- (missing, or quarantined with nothing published): the history splits into segments at such
--- a day, and a bar's features stay NULL (warm-up) until its segment holds 60 minutes of bars
--- before it. A day published empty because its session is closed keeps the segment going.
--- Only partitions of 1-minute bars (interval_s = 60 in published_partitions) are used: ret_1
--- cannot exist on 5-minute bars, so other intervals are refused (the asset quarantines them
--- with that reason).
+-- How it is computed, for speed (the results are those of an ASOF join per horizon and RANGE
+-- frames on ts, bit for bit; docs/benchmarks.md has the measurements):
+-- * the windows order by epoch_us(ts), a BIGINT (see macros/minute_frames.sql);
+-- * "the last close at or before ts - k minutes" is lag(close, n) where n counts the bars in
+--   (ts - k minutes, ts]: the bar n rows back is the newest one outside that span. One cheap
+--   window stage instead of four ASOF joins, exact at any bar spacing and across gaps;
+-- * the window stages carry only the columns they compute on; open, high, low and date join
+--   back at the end (every window stage re-sorts what it carries).
+--
+{%- set return_horizons = [1, 5, 15, 60] %}
 
 with published_days as (
     select instrument, date
@@ -46,20 +49,32 @@ bars as (
     where {{ partition_filter(date_column='b.date', instrument_column='b.instrument') }}
 ),
 
-prior as (
-    -- the last close at or before ts - k minutes, in the same segment
+counted as (
+    -- bars in (ts - k minutes, ts] for each return horizon k, and the segment's first bar
     select
-        b.*,
-        min(b.ts) over (partition by b.instrument, b.seg) as seg_start,
-        p1.close as close_1m,
-        p5.close as close_5m,
-        p15.close as close_15m,
-        p60.close as close_60m
-    from bars b
-    asof left join bars p1 on b.instrument = p1.instrument and b.seg = p1.seg and b.ts - interval 1 minute >= p1.ts
-    asof left join bars p5 on b.instrument = p5.instrument and b.seg = p5.seg and b.ts - interval 5 minute >= p5.ts
-    asof left join bars p15 on b.instrument = p15.instrument and b.seg = p15.seg and b.ts - interval 15 minute >= p15.ts
-    asof left join bars p60 on b.instrument = p60.instrument and b.seg = p60.seg and b.ts - interval 60 minute >= p60.ts
+        instrument,
+        seg,
+        ts,
+        t_us,
+        close,
+        volume,
+        first_value(ts) over w as seg_start,
+        {%- for k in return_horizons %}
+        count(*) over (w range between {{ minutes_us(k, minus_us=1) }} preceding and current row) as n_{{ k }}m{% if not loop.last %},{% endif %}
+        {%- endfor %}
+    from (select *, epoch_us(ts) as t_us from bars)
+    window w as (partition by instrument, seg order by t_us)
+),
+
+prior as (
+    -- the last close at or before ts - k minutes, in the same segment (NULL if none)
+    select
+        *,
+        {%- for k in return_horizons %}
+        lag(close, n_{{ k }}m) over w as close_{{ k }}m{% if not loop.last %},{% endif %}
+        {%- endfor %}
+    from counted
+    window w as (partition by instrument, seg order by t_us)
 ),
 
 base as (
@@ -76,20 +91,31 @@ base as (
 
 rolling as (
     select
-        *,
-        stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 14 minute preceding and current row) as rv_15,
-        stddev_samp(ret_1) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as rv_60,
+        instrument,
+        seg,
+        ts,
+        t_us,
+        close,
+        volume,
+        seg_start,
+        ret_1,
+        ret_5,
+        ret_15,
+        ret_60,
+        stddev_samp(ret_1) over (w range between {{ minutes_us(14) }} preceding and current row) as rv_15,
+        stddev_samp(ret_1) over (w range between {{ minutes_us(59) }} preceding and current row) as rv_60,
         -- clamped at 0: windowed sums of non-negative values can come out at -1e-17, which
         -- would put the RSI a hair outside [0, 100]
-        greatest(avg(gain) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row), 0) as avg_gain_14,
-        greatest(avg(loss) over (partition by instrument, seg order by ts range between interval 13 minute preceding and current row), 0) as avg_loss_14,
-        avg(close) over (partition by instrument, seg order by ts range between interval 11 minute preceding and current row) as sma_12,
-        avg(close) over (partition by instrument, seg order by ts range between interval 25 minute preceding and current row) as sma_26,
-        avg(close) over (partition by instrument, seg order by ts range between interval 19 minute preceding and current row) as sma_20,
-        stddev_samp(close) over (partition by instrument, seg order by ts range between interval 19 minute preceding and current row) as sd_20,
-        avg(volume) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as vol_mean_60,
-        stddev_samp(volume) over (partition by instrument, seg order by ts range between interval 59 minute preceding and current row) as vol_sd_60
+        greatest(avg(gain) over (w range between {{ minutes_us(13) }} preceding and current row), 0) as avg_gain_14,
+        greatest(avg(loss) over (w range between {{ minutes_us(13) }} preceding and current row), 0) as avg_loss_14,
+        avg(close) over (w range between {{ minutes_us(11) }} preceding and current row) as sma_12,
+        avg(close) over (w range between {{ minutes_us(25) }} preceding and current row) as sma_26,
+        avg(close) over (w range between {{ minutes_us(19) }} preceding and current row) as sma_20,
+        stddev_samp(close) over (w range between {{ minutes_us(19) }} preceding and current row) as sd_20,
+        avg(volume) over (w range between {{ minutes_us(59) }} preceding and current row) as vol_mean_60,
+        stddev_samp(volume) over (w range between {{ minutes_us(59) }} preceding and current row) as vol_sd_60
     from base
+    window w as (partition by instrument, seg order by t_us)
 ),
 
 macd as (
@@ -102,40 +128,43 @@ macd as (
 signal as (
     select
         *,
-        avg(macd_raw) over (partition by instrument, seg order by ts range between interval 8 minute preceding and current row) as macd_signal_raw
+        avg(macd_raw) over (partition by instrument, seg order by t_us range between {{ minutes_us(8) }} preceding and current row) as macd_signal_raw
     from macd
 ),
 
 features as (
+    -- open, high, low and date were left out of the window stages; they join back here
     select
-        instrument,
-        ts,
-        date,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        ts >= seg_start + interval 60 minute as warm,
-        ret_1,
-        ret_5,
-        ret_15,
-        ret_60,
-        rv_15,
-        rv_60,
+        b.instrument,
+        b.ts,
+        b.date,
+        b.open,
+        b.high,
+        b.low,
+        b.close,
+        b.volume,
+        s.ts >= s.seg_start + interval 60 minute as warm,
+        s.ret_1,
+        s.ret_5,
+        s.ret_15,
+        s.ret_60,
+        s.rv_15,
+        s.rv_60,
         case
-            when avg_gain_14 + avg_loss_14 = 0 then 50.0
+            when s.avg_gain_14 + s.avg_loss_14 = 0 then 50.0
             -- the ratio first: (100 * g) / g can round to 100.00000000000001, g / g is exactly 1
-            else 100.0 * (avg_gain_14 / (avg_gain_14 + avg_loss_14))
+            else 100.0 * (s.avg_gain_14 / (s.avg_gain_14 + s.avg_loss_14))
         end as rsi_14,
-        macd_raw as macd,
-        macd_signal_raw as macd_signal,
-        macd_raw - macd_signal_raw as macd_hist,
-        case when sd_20 > 0 then (close - sma_20) / (2 * sd_20) else 0.0 end as bb_pos_20,
-        case when vol_sd_60 > 0 then (volume - vol_mean_60) / vol_sd_60 else 0.0 end as volume_z_60,
-        (high - low) / close as range_hl,
-        (close - open) / open as range_co
-    from signal
+        s.macd_raw as macd,
+        s.macd_signal_raw as macd_signal,
+        s.macd_raw - s.macd_signal_raw as macd_hist,
+        case when s.sd_20 > 0 then (s.close - s.sma_20) / (2 * s.sd_20) else 0.0 end as bb_pos_20,
+        case when s.vol_sd_60 > 0 then (s.volume - s.vol_mean_60) / s.vol_sd_60 else 0.0 end as volume_z_60,
+        (b.high - b.low) / b.close as range_hl,
+        (b.close - b.open) / b.open as range_co
+    from signal s
+    join bars b using (instrument, ts)
+    where {{ requested_dates_filter(date_column='b.date') }}
 )
 
 -- Warm-up: the first 60 minutes of a segment cannot fill the longest window; their features
@@ -153,4 +182,3 @@ select
     case when warm then {{ col }} end as {{ col }}{% if not loop.last %},{% endif %}
     {% endfor %}
 from features
-where {{ requested_dates_filter() }}
