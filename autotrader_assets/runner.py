@@ -29,12 +29,21 @@ class StageReport:
     materializations: int = 0
     #: check name -> the partitions whose result failed (partitioned checks only).
     failed_partitions: dict[str, list[str]] = field(default_factory=dict)
+    #: "step: why" of each failed step (a rolled-back rollout says which gate, with its numbers).
+    step_failures: list[str] = field(default_factory=list)
 
 
 def default_dates(days: int, today: dt.date | None = None) -> list[str]:
     """The last ``days`` complete UTC days (yesterday backwards), oldest first."""
     today = today or dt.datetime.now(dt.timezone.utc).date()
     return [(today - dt.timedelta(days=d)).isoformat() for d in range(days, 0, -1)]
+
+
+def _why(evaluation) -> str | None:
+    """Why a check result failed: its description, else its ``reason`` metadata (the promotion
+    gates put their reason there)."""
+    reason = evaluation.metadata.get("reason")
+    return evaluation.description or (str(reason.value) if reason is not None else None)
 
 
 def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> StageReport:
@@ -63,7 +72,20 @@ def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> Sta
                      + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
             if len(failed) == 1 and failed[0].description:
                 line += f" ({failed[0].description})"
+        elif _why(failed[0]):
+            line += f": {_why(failed[0])}"
         rep.checks_failed.append(line)
+    for ev in result.all_events:
+        if ev.event_type_value != "STEP_FAILURE":
+            continue
+        data = ev.event_specific_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            why = data.user_failure_data.description
+        elif data.error is not None and data.error.cls_name != "DagsterAssetCheckFailedError":
+            why = f"{data.error.cls_name}: {data.error.message.strip()}"
+        else:
+            continue  # a blocking check failed: its line above says which and why
+        rep.step_failures.append(f"{ev.step_key}: {why}")
     return rep
 
 
@@ -276,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
               f"checks passed={r.checks_passed} failed={len(r.checks_failed)}  run={r.run_id}")
         for failed in r.checks_failed:
             print(f"    check not passed: {failed}")
+        for failed in r.step_failures:
+            print(f"    step failed: {failed}")
         if r.name == "data_pipeline" and settings.market_source == "replay":
             for line in replay_check_notes(r.failed_partitions, settings.replay_seed):
                 print(line)

@@ -89,3 +89,38 @@ def test_paper_returns_on_replay_data_say_they_are_synthetic():
     assert paper_lines([day], "replay") == ["paper account:", SYNTHETIC_NOTE, day]
     assert "synthetic" in SYNTHETIC_NOTE and "say nothing about a real market" in SYNTHETIC_NOTE
     assert paper_lines([day], "binance") == ["paper account:", day]
+
+
+def test_report_says_why_a_check_and_a_step_failed():
+    """The summary of a failed stage names the reason: a failed (unpartitioned) check's reason
+    metadata, and a step's dg.Failure description (a rolled-back rollout's gate and numbers).
+    The assets are unannotated: this module's string annotations cannot name a local import."""
+    import dagster as dg
+
+    from autotrader_assets.runner import _report
+
+    @dg.asset
+    def candidate():
+        return 1
+
+    @dg.asset_check(asset=candidate, blocking=True)
+    def gate():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   metadata={"reason": "test-period total return -3.30% after costs is below 0"})
+
+    @dg.asset
+    def deployment():
+        raise dg.Failure(description="rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live")
+
+    defs = dg.Definitions(assets=[candidate, deployment], asset_checks=[gate])
+    trained = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={candidate.key},
+                                                                      asset_check_selection={gate.check_key})
+    rep = _report("training", trained.execute_in_process(raise_on_error=False), 1.0)
+    assert rep.checks_failed == ["candidate:gate (ERROR): test-period total return -3.30% after costs is below 0"]
+    assert rep.step_failures == []  # the blocking check's own step failure adds nothing new
+
+    deployed = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={deployment.key})
+    rep = _report("deployment", deployed.execute_in_process(raise_on_error=False), 1.0)
+    assert not rep.success and rep.checks_failed == []
+    assert rep.step_failures == [
+        "deployment: rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live"]
