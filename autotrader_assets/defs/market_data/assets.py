@@ -90,8 +90,11 @@ def _reasons(cases: pd.DataFrame) -> dict[str, str]:
     if cases.empty:
         return {}
     labels = cases.assign(
-        what=cases.get("column", pd.Series(index=cases.index, dtype=object)).fillna("").astype(str)
-        .str.cat(cases["check"].astype(str), sep=": ").str.lstrip(": ")
+        what=cases.get("column", pd.Series(index=cases.index, dtype=object))
+        .fillna("")
+        .astype(str)
+        .str.cat(cases["check"].astype(str), sep=": ")
+        .str.lstrip(": ")
     )
     return labels.groupby("partition")["what"].agg(lambda s: truncate("; ".join(sorted(set(s))), MESSAGE)).to_dict()
 
@@ -144,7 +147,7 @@ def market_bars(
         f"{'restoring' if restoring else 'fetching'} {len(parts)} partition(s) from {source_name} (batch {batch_id})"
     )
     rows_published = 0
-    published: list[str] = []
+    published = 0
     quarantined: dict[str, str] = {}
     limits = settings.thresholds
     schema = SchemaAudit()
@@ -172,8 +175,9 @@ def market_bars(
                         # What the source returned is kept whatever the audit says.
                         staged[(date, instrument)] = pool.submit(store.stage, date, instrument, bars, batch_id)
                     frames[(date, instrument)] = bars
-                    fraction = round(missing_fraction(bars, date=date, instrument=instrument,
-                                                      calendar=settings.calendar_for), 4)
+                    fraction = round(
+                        missing_fraction(bars, date=date, instrument=instrument, calendar=settings.calendar_for), 4
+                    )
                     if fraction > worst[1] or not worst[0]:
                         worst = (f"{date}|{instrument}", fraction)
                 staged_bytes = {key: f.result() for key, f in staged.items()}
@@ -196,20 +200,25 @@ def market_bars(
                 with publisher_for(warehouse) as publisher:
                     result = publisher.publish(batch)
                 rows_published += result.rows_published
-                published += [f"{d}|{i}" for d, i in result.published]
+                published += len(result.published)
                 chunk_quarantined = {f"{d}|{i}": batch.reasons[(d, i)] for d, i in result.quarantined}
                 quarantined.update(chunk_quarantined)
                 spool.add(schema.evaluate(chunk, audit_frame, cases, chunk_quarantined, batch_id))
                 # The warnings judge what was published: the chunk's bars minus the quarantined ones.
-                published_rows = audit_frame[~(audit_frame["date"] + "|" + audit_frame["instrument"]).isin(chunk_quarantined)]
+                published_rows = audit_frame[
+                    ~(audit_frame["date"] + "|" + audit_frame["instrument"]).isin(chunk_quarantined)
+                ]
                 fractions, judged = completeness.evaluate(list(result.published), published_rows)
                 spool.add(judged)
                 found, judged = outliers.evaluate(list(result.published), published_rows)
                 spool.add(judged)
                 for date, instrument in result.published:
                     if instrument not in latest or date > latest[instrument][0]:
-                        latest[instrument] = (date, fractions.get(f"{date}|{instrument}", 0.0),
-                                              found[(found["date"] == date) & (found["instrument"] == instrument)])
+                        latest[instrument] = (
+                            date,
+                            fractions.get(f"{date}|{instrument}", 0.0),
+                            found[(found["date"] == date) & (found["instrument"] == instrument)],
+                        )
 
                 # Only after the commit: the archive's latest moves to what was published.
                 moves = []
@@ -220,36 +229,46 @@ def market_bars(
                             # as a version, so this rollback can itself be undone.
                             moves.append(pool.submit(store.write, date, instrument, frames[(date, instrument)]))
                     else:
-                        moves.append(pool.submit(
-                            store.promote, date, instrument, batch_id, staged_bytes[(date, instrument)]
-                        ))
+                        moves.append(
+                            pool.submit(store.promote, date, instrument, batch_id, staged_bytes[(date, instrument)])
+                        )
                 if not restoring:
                     moves += [pool.submit(store.quarantine, d, i, batch_id) for d, i in result.quarantined]
                 for m in moves:
                     m.result()
                 context.log.info(
-                    f"audited {k + len(chunk)}/{len(parts)} partitions: published {len(published)} "
+                    f"audited {k + len(chunk)}/{len(parts)} partitions: published {published} "
                     f"({rows_published:,} bars), quarantined {len(quarantined)}"
                 )
 
-        yield from _results(context, settings, spool, latest, {
-            "dagster/row_count": dg.MetadataValue.int(rows_published),
-            "partitions": dg.MetadataValue.int(len(parts)),
-            "partitions_published": dg.MetadataValue.int(len(published)),
-            "quarantined_partitions": dg.MetadataValue.json(dict(sorted(quarantined.items()))),
-            "batch_id": batch_id,
-            "source": source_name,
-            "restored_from_archive": restoring,
-            "archive": dg.MetadataValue.path(store.uri),
-            "warehouse": dg.MetadataValue.path(warehouse.path),
-            "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),
-            "worst_missing_partition": worst[0],
-        })
+        yield from _results(
+            context,
+            settings,
+            spool,
+            latest,
+            {
+                "dagster/row_count": dg.MetadataValue.int(rows_published),
+                "partitions": dg.MetadataValue.int(len(parts)),
+                "partitions_published": dg.MetadataValue.int(published),
+                "quarantined_partitions": dg.MetadataValue.json(dict(sorted(quarantined.items()))),
+                "batch_id": batch_id,
+                "source": source_name,
+                "restored_from_archive": restoring,
+                "archive": dg.MetadataValue.path(store.uri),
+                "warehouse": dg.MetadataValue.path(warehouse.path),
+                "worst_missing_fraction": dg.MetadataValue.float(float(worst[1])),
+                "worst_missing_partition": worst[0],
+            },
+        )
 
 
-def _results(context: dg.AssetExecutionContext, settings: Settings, spool: EvaluationSpool,
-             latest: dict[str, tuple[str, float, pd.DataFrame]], metadata: dict
-             ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
+def _results(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    spool: EvaluationSpool,
+    latest: dict[str, tuple[str, float, pd.DataFrame]],
+    metadata: dict,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation | dg.Output]:
     """The materialization, then each partition's check results (which must point at it), then
     the check outputs that blocking checks' downstream waits for."""
     quarantined = metadata["quarantined_partitions"].value
@@ -262,13 +281,16 @@ def _results(context: dg.AssetExecutionContext, settings: Settings, spool: Evalu
     for instrument, samples in market_data_groups(
         {f"{d}|{i}": f for i, (d, f, _) in latest.items()}, [rows for _, _, rows in latest.values()]
     ).items():
-        pushed[instrument] = push_from_step(context, settings, metrics_push.MARKET_DATA_JOB, samples,
-                                            instrument=instrument)
-    yield dg.MaterializeResult(metadata={
-        "pushgateway": dg.MetadataValue.json({i: p["pushgateway"].value for i, p in pushed.items()}),
-        **metadata,
-        "checks": dg.MetadataValue.json(spool.summary),
-    })
+        pushed[instrument] = push_from_step(
+            context, settings, metrics_push.MARKET_DATA_JOB, samples, instrument=instrument
+        )
+    yield dg.MaterializeResult(
+        metadata={
+            "pushgateway": dg.MetadataValue.json({i: p["pushgateway"].value for i, p in pushed.items()}),
+            **metadata,
+            "checks": dg.MetadataValue.json(spool.summary),
+        }
+    )
     yield from spool.emit(context.instance, context.run_id, WRITE_CHUNK)
     for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
         yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
