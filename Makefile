@@ -10,7 +10,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast ui bench lint clean dbt-parse monitoring-tools monitor checkov-tool checkov
+.PHONY: install run test test-fast ui bench lint format clean dbt-parse monitoring-tools monitor checkov-tool checkov
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,7 +62,7 @@ run: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m autotrader_assets.runner
 
-test: install monitoring-tools checkov-tool
+test: install monitoring-tools checkov-tool lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install monitoring-tools checkov-tool
@@ -87,7 +87,12 @@ bench: install
 	$(BIN)/python benchmarks/drift.py
 
 lint: install
-	$(BIN)/python -m compileall -q autotrader_assets deploy_ops
+	$(BIN)/ruff check autotrader_assets deploy_ops tests benchmarks monitoring
+	$(BIN)/ruff format --check autotrader_assets deploy_ops tests benchmarks monitoring
+
+format: install
+	$(BIN)/ruff check --fix autotrader_assets deploy_ops tests benchmarks monitoring
+	$(BIN)/ruff format autotrader_assets deploy_ops tests benchmarks monitoring
 
 clean:
 	rm -rf $(AUTOTRADER_HOME) dbt_project/target dbt_project/logs

@@ -11,6 +11,7 @@ when the worker is gone it terminates dbt (SIGTERM, then SIGKILL after a grace) 
 A poll rather than ``PR_SET_PDEATHSIG``: that signal follows the *thread* that forked, and a
 worker thread ending would kill a healthy dbt.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 POLL_SECONDS = 1.0
 GRACE_SECONDS = 5.0
 
-_SCRIPT = '''#!{python}
+_SCRIPT = """#!{python}
 # Written by autotrader_assets/child_guard.py; do not edit. Runs {real} as a child that dies
 # with the process that started this script.
 import os, signal, subprocess, sys, time
@@ -48,7 +49,7 @@ while True:
             child.kill()
             child.wait()
         sys.exit(137)
-'''
+"""
 
 
 def guarded_executable(real: str | Path, folder: str | Path, name: str = "dbt-guarded") -> str:

@@ -4,6 +4,7 @@ data validation and alert tests.
 Each command group lives in ``autotrader_assets/commands/<name>.py`` and exposes a click
 group called ``group``; the CLI and the Dagster assets call the same domain functions.
 """
+
 from __future__ import annotations
 
 import importlib

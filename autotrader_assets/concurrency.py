@@ -15,6 +15,7 @@ behind a writer; they take DuckDB's lock only for the moment they read.
 The local instance needs none of this: it starts one run at a time anyway
 (``instance.py``, ``max_concurrent_runs: 1``).
 """
+
 from __future__ import annotations
 
 #: The run tag the production queue limits to one run at a time.

@@ -6,6 +6,7 @@ and costs from the ``settings`` resource (``settings: dg.ResourceParam[Settings]
 ``get_settings()``. The domains' lists are collected by hand, one line per kind of definition,
 so this file shows the whole code location at a glance.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,38 +19,38 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from autotrader_assets.defs.alerting import alerting_sensors
-from autotrader_assets.defs.features import feature_assets
-from autotrader_assets.defs.features.project import dbt_resource
-from autotrader_assets.defs.market_data import (
-    market_data_assets,
-    market_data_checks,
-    market_data_jobs,
-    market_data_schedules,
-)
-from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
 from autotrader_assets.defs.deployment import (
     deployment_assets,
     deployment_jobs,
     deployment_resource,
     deployment_sensors,
 )
+from autotrader_assets.defs.features import feature_assets
+from autotrader_assets.defs.features.project import dbt_resource
+from autotrader_assets.defs.market_data import (
+    market_bars,
+    market_data_assets,
+    market_data_checks,
+    market_data_jobs,
+    market_data_schedules,
+)
+from autotrader_assets.defs.market_data.resources import ArchiveResource, MarketSourceResource
 from autotrader_assets.defs.monitoring import (
     monitoring_assets,
     monitoring_jobs,
     monitoring_schedules,
     monitoring_sensors,
 )
+from autotrader_assets.defs.operations import operations_jobs, operations_schedules, operations_sensors
 from autotrader_assets.defs.trading import (
+    paper_trading,
     trading_assets,
     trading_checks,
     trading_jobs,
     trading_schedules,
     trading_sensors,
 )
-from autotrader_assets.defs.market_data import market_bars
-from autotrader_assets.defs.trading import paper_trading
 from autotrader_assets.defs.training import training_assets, training_checks, training_jobs, training_schedules
-from autotrader_assets.defs.operations import operations_jobs, operations_schedules, operations_sensors
 from autotrader_assets.resources import default_resources
 from autotrader_assets.settings import Settings, SettingsError, get_settings
 
@@ -85,13 +86,18 @@ def check_partitions_match(settings: Settings) -> None:
     paper_start = paper_trading.partitions_def.start.date().isoformat()
     problems = []
     if tuple(settings.instruments) != instruments:
-        problems.append(f"instruments {list(settings.instruments)} != partitions {list(instruments)} (AUTOTRADER_INSTRUMENTS)")
+        problems.append(
+            f"instruments {list(settings.instruments)} != partitions {list(instruments)} (AUTOTRADER_INSTRUMENTS)"
+        )
     for name, start in (("market_bars", bar_start), ("paper_trading", paper_start)):
         if settings.start_date != start:
-            problems.append(f"start date {settings.start_date} != {name} partitions from {start} (AUTOTRADER_START_DATE)")
+            problems.append(
+                f"start date {settings.start_date} != {name} partitions from {start} (AUTOTRADER_START_DATE)"
+            )
     if problems:
         raise SettingsError(
-            "settings do not match the partitions the assets were imported with: " + "; ".join(problems)
+            "settings do not match the partitions the assets were imported with: "
+            + "; ".join(problems)
             + ". Partitions come from the environment of the process that imports the code location."
         )
 
@@ -101,12 +107,23 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or get_settings()
     check_partitions_match(s)
     return dg.Definitions(
-        assets=[*market_data_assets, *feature_assets, *training_assets, *deployment_assets, *trading_assets,
-                *monitoring_assets],
+        assets=[
+            *market_data_assets,
+            *feature_assets,
+            *training_assets,
+            *deployment_assets,
+            *trading_assets,
+            *monitoring_assets,
+        ],
         asset_checks=[*market_data_checks, *training_checks, *trading_checks],
         jobs=[*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs, *monitoring_jobs, *operations_jobs],
-        schedules=[*market_data_schedules, *training_schedules, *trading_schedules, *monitoring_schedules,
-                   *operations_schedules],
+        schedules=[
+            *market_data_schedules,
+            *training_schedules,
+            *trading_schedules,
+            *monitoring_schedules,
+            *operations_schedules,
+        ],
         sensors=[*deployment_sensors, *trading_sensors, *monitoring_sensors, *alerting_sensors, *operations_sensors],
         resources=build_resources(s),
         executor=dg.in_process_executor,

@@ -15,6 +15,7 @@ and the slots. A step that cannot happen here is printed as such ("not configure
 Once traffic is on the known-good slot the drill resets the breaker (an approved reset, audited like
 any other) so that its alert can resolve; production stays on the known-good version.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,8 +33,7 @@ from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 #: The drills there are (one per fault); ``autotrader drill --help`` lists them.
 KINDS = ("breaker", "drift", "slot-crash", "error-rate")
 #: Steps of a drill's timeline, in the order the platform takes them.
-STEPS = ("fault", "event", "sensor tick", "alert delivered", "rollback run", "traffic on known-good",
-         "alert resolved")
+STEPS = ("fault", "event", "sensor tick", "alert delivered", "rollback run", "traffic on known-good", "alert resolved")
 #: A daemon whose last heartbeat is older than this is not running.
 HEARTBEAT_MAX_AGE_S = 90.0
 DEFAULT_TIMEOUT_S = 180.0
@@ -75,6 +75,7 @@ class Timeline:
     @property
     def pending(self) -> bool:
         return any(s.status == "waiting" for s in self.steps.values())
+
     notes: list[str] = field(default_factory=list)
 
     def done(self, name: str, at: float, detail: str) -> None:
@@ -117,8 +118,10 @@ def require_daemon(settings: Settings, instance: Any) -> None:
     age = daemon_heartbeat_age(instance)
     if age is None or age > HEARTBEAT_MAX_AGE_S:
         seen = "never" if age is None else f"{age:.0f} s ago"
-        raise DrillError(f"no dagster-daemon is running on {settings.dagster_home} (last heartbeat: {seen}); "
-                         "nothing would answer the fault. Start one: `make ui`")
+        raise DrillError(
+            f"no dagster-daemon is running on {settings.dagster_home} (last heartbeat: {seen}); "
+            "nothing would answer the fault. Start one: `make ui`"
+        )
 
 
 def open_instance(settings: Settings) -> Any:
@@ -127,8 +130,9 @@ def open_instance(settings: Settings) -> Any:
 
     yaml_file = settings.dagster_home / "dagster.yaml"
     if not yaml_file.is_file():
-        raise DrillError(f"no Dagster instance at {settings.dagster_home} (no dagster.yaml): start the daemon "
-                         "with `make ui` first")
+        raise DrillError(
+            f"no Dagster instance at {settings.dagster_home} (no dagster.yaml): start the daemon with `make ui` first"
+        )
     return dg.DagsterInstance.from_config(str(settings.dagster_home))
 
 
@@ -157,27 +161,36 @@ class BreakerDrill:
         """The known-good version traffic must end on; DrillError when the drill cannot run."""
         require_daemon(self.settings, self.instance)
         if self.breaker.status().tripped:
-            raise DrillError("the circuit breaker is already tripped: reset it first "
-                             "(autotrader breaker reset --approved-by NAME --reason TEXT)")
+            raise DrillError(
+                "the circuit breaker is already tripped: reset it first "
+                "(autotrader breaker reset --approved-by NAME --reason TEXT)"
+            )
         production = self.registry.get_production()
         known_good = self.registry.last_known_good()
         if production is None or known_good is None:
-            raise DrillError("an emergency rollback needs a production version and a known-good one before it: "
-                             "deploy two versions first (make run deploys one; autotrader deploy rollout another)")
+            raise DrillError(
+                "an emergency rollback needs a production version and a known-good one before it: "
+                "deploy two versions first (make run deploys one; autotrader deploy rollout another)"
+            )
         if not self.state.routing_table():
             raise DrillError("nothing is routed: no slot serves production (autotrader deploy status)")
         return known_good
 
-    def run(self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.2,
-            echo: Callable[[str], None] = lambda line: None) -> Timeline:
+    def run(
+        self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.2, echo: Callable[[str], None] = lambda line: None
+    ) -> Timeline:
         known_good = self.preflight()
         timeline = Timeline("breaker")
         since = self.state.last_event_id()
         self.breaker.trip("fire drill: injected daily loss above the limit", {"drill": True, "by": self.approved_by})
         t0 = self.clock()
         trip_id = self.breaker.status().trip_id
-        timeline.done("fault", 0.0, f"breaker tripped (trip {trip_id}) by the drill; production "
-                                    f"v{self.registry.get_production().version}, known-good v{known_good.version}")
+        timeline.done(
+            "fault",
+            0.0,
+            f"breaker tripped (trip {trip_id}) by the drill; production "
+            f"v{self.registry.get_production().version}, known-good v{known_good.version}",
+        )
         echo(f"injected: trip {trip_id} at {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
         pushed = metrics_push.push_breaker(self.settings.pushgateway_url, True)
         if pushed.warning:
@@ -195,25 +208,43 @@ class BreakerDrill:
             if trip_event_id is not None:
                 for event in self.state.events_since(trip_event_id, kinds=[_SENSOR_EVENT]):
                     if (event.details or {}).get("trip_id") == trip_id:
-                        timeline.done("sensor tick", now, f"circuit_breaker_sensor acted: {_SENSOR_EVENT} event "
-                                                          f"{event.id}, emergency_rollback requested")
+                        timeline.done(
+                            "sensor tick",
+                            now,
+                            f"circuit_breaker_sensor acted: {_SENSOR_EVENT} event "
+                            f"{event.id}, emergency_rollback requested",
+                        )
                 self._delivery(timeline, trip_event_id, "fire", "alert delivered", now)
             run = _run_for_trip(self.instance, trip_id) if trip_id is not None else None
             if run is not None and run.is_finished:
                 if run.status.value == "SUCCESS":
                     # Where the time went: the sensor's request, the queue, the run worker's start.
                     stats = self.instance.get_run_stats(run.run_id)
-                    parts = [f"{label} +{value - t0:.1f} s" for label, value in
-                             (("launched", stats.launch_time), ("started", stats.start_time)) if value]
-                    timeline.done("rollback run", now, f"emergency_rollback run {run.run_id[:8]} succeeded"
-                                                       + (f" ({', '.join(parts)})" if parts else ""))
+                    parts = [
+                        f"{label} +{value - t0:.1f} s"
+                        for label, value in (("launched", stats.launch_time), ("started", stats.start_time))
+                        if value
+                    ]
+                    timeline.done(
+                        "rollback run",
+                        now,
+                        f"emergency_rollback run {run.run_id[:8]} succeeded"
+                        + (f" ({', '.join(parts)})" if parts else ""),
+                    )
                 elif timeline.steps["rollback run"].status == "waiting":
-                    timeline.steps["rollback run"].detail = f"run {run.run_id[:8]} {run.status.value} (retried by the sensor)"
+                    timeline.steps[
+                        "rollback run"
+                    ].detail = f"run {run.run_id[:8]} {run.status.value} (retried by the sensor)"
             serving = self._serving_version()
             if serving == str(known_good.version):
-                timeline.done("traffic on known-good", now, f"every route on a ready slot serving v{known_good.version}")
-            if not reset_done and timeline.steps["traffic on known-good"].status == "done" \
-                    and timeline.steps["rollback run"].status == "done":
+                timeline.done(
+                    "traffic on known-good", now, f"every route on a ready slot serving v{known_good.version}"
+                )
+            if (
+                not reset_done
+                and timeline.steps["traffic on known-good"].status == "done"
+                and timeline.steps["rollback run"].status == "done"
+            ):
                 self.breaker.reset(approved_by=self.approved_by, reason="fire drill over: traffic on known-good")
                 metrics_push.push_breaker(self.settings.pushgateway_url, False)
                 reset_done = True
@@ -228,12 +259,16 @@ class BreakerDrill:
                 step.status = "not observed"
                 step.detail = (step.detail + "; " if step.detail else "") + f"not within {timeout:.0f} s"
         if not reset_done and self.breaker.status().tripped:
-            timeline.notes.append("the breaker is still TRIPPED: reset it when done "
-                                  "(autotrader breaker reset --approved-by NAME --reason TEXT)")
+            timeline.notes.append(
+                "the breaker is still TRIPPED: reset it when done "
+                "(autotrader breaker reset --approved-by NAME --reason TEXT)"
+            )
         production = self.registry.get_production()
         if production is not None and production.version == known_good.version:
-            timeline.notes.append(f"production is now v{known_good.version} (the known-good version); roll a newer "
-                                  "one out again with `autotrader deploy rollout` when ready")
+            timeline.notes.append(
+                f"production is now v{known_good.version} (the known-good version); roll a newer "
+                "one out again with `autotrader deploy rollout` when ready"
+            )
         return timeline
 
     def _delivery(self, timeline: Timeline, event_id: int, action: str, step: str, now: float) -> None:
@@ -246,8 +281,12 @@ class BreakerDrill:
         if row is not None and row.status == "delivered":
             timeline.done(step, now, f"{row.alertname} {action} delivered to Alertmanager (outbox row {row.id})")
         elif not self.settings.alertmanager_url and row is not None:
-            timeline.skip(step, "not configured", f"{row.alertname} {action} queued in the outbox; "
-                                                  "AUTOTRADER_ALERTMANAGER_URL is unset (autotrader alerts list)")
+            timeline.skip(
+                step,
+                "not configured",
+                f"{row.alertname} {action} queued in the outbox; "
+                "AUTOTRADER_ALERTMANAGER_URL is unset (autotrader alerts list)",
+            )
 
     def _serving_version(self) -> str | None:
         """The version every route is on, when all routes point at ready slots serving one version."""
@@ -259,11 +298,25 @@ class BreakerDrill:
         return None
 
 
-DRIFT_STEPS = ("fault", "feature_drift result", "event", "sensor tick", "alert delivered", "rollback/retrain run",
-               "traffic on known-good", "alert resolved")
+DRIFT_STEPS = (
+    "fault",
+    "feature_drift result",
+    "event",
+    "sensor tick",
+    "alert delivered",
+    "rollback/retrain run",
+    "traffic on known-good",
+    "alert resolved",
+)
 SLOT_CRASH_STEPS = ("fault", "slot seen down", "event", "alert delivered", "traffic on known-good", "alert resolved")
-ERROR_RATE_STEPS = ("fault", "error rate visible", "alert delivered", "automatic rollback", "fault removed",
-                    "alert resolved")
+ERROR_RATE_STEPS = (
+    "fault",
+    "error rate visible",
+    "alert delivered",
+    "automatic rollback",
+    "fault removed",
+    "alert resolved",
+)
 DRIFT_FEATURES_TABLE = "bar_features"
 
 
@@ -276,17 +329,25 @@ def _alertmanager_active(url: str, alertname: str, labels: dict[str, str]) -> bo
     reach the drill only there)."""
     import requests
 
-    answer = requests.get(f"{url.rstrip('/')}/api/v2/alerts", params={"active": "true", "silenced": "false",
-                                                                      "inhibited": "false"}, timeout=5)
+    answer = requests.get(
+        f"{url.rstrip('/')}/api/v2/alerts",
+        params={"active": "true", "silenced": "false", "inhibited": "false"},
+        timeout=5,
+    )
     answer.raise_for_status()
-    return any(a.get("labels", {}).get("alertname") == alertname
-               and all(a.get("labels", {}).get(k) == v for k, v in labels.items()) for a in answer.json())
+    return any(
+        a.get("labels", {}).get("alertname") == alertname
+        and all(a.get("labels", {}).get(k) == v for k, v in labels.items())
+        for a in answer.json()
+    )
 
 
 def _require_local(settings: Settings, kind: str) -> None:
     if settings.is_production:
-        raise DrillError(f"the {kind} drill acts on local serving processes (the local profile); on ECS, stop the "
-                         "slot's task or deploy a faulty task definition by hand (docs/runbooks/fire-drill.md)")
+        raise DrillError(
+            f"the {kind} drill acts on local serving processes (the local profile); on ECS, stop the "
+            "slot's task or deploy a faulty task definition by hand (docs/runbooks/fire-drill.md)"
+        )
 
 
 class _StackDrill:
@@ -313,12 +374,16 @@ class _StackDrill:
             raise DrillError("no production version: deploy one first (make run)")
         routes = set(self.state.routing_table().values())
         if len(routes) != 1:
-            raise DrillError(f"the drill needs every route on one slot; routes are on {sorted(routes) or 'nothing'} "
-                             "(autotrader deploy status)")
+            raise DrillError(
+                f"the drill needs every route on one slot; routes are on {sorted(routes) or 'nothing'} "
+                "(autotrader deploy status)"
+            )
         slot = routes.pop()
         if not self.stack.backend.check(slot, str(production.version)).ok:
-            raise DrillError(f"slot {slot} is not serving production v{production.version} healthily now: "
-                             "restore it first (autotrader deploy recover)")
+            raise DrillError(
+                f"slot {slot} is not serving production v{production.version} healthily now: "
+                "restore it first (autotrader deploy recover)"
+            )
         return slot, production
 
     def _healthy_on(self, version: str) -> str | None:
@@ -335,8 +400,9 @@ class SlotCrashDrill(_StackDrill):
 
     kind = "slot-crash"
 
-    def run(self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.5,
-            echo: Callable[[str], None] = lambda line: None) -> Timeline:
+    def run(
+        self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.5, echo: Callable[[str], None] = lambda line: None
+    ) -> Timeline:
         import os
         import signal
 
@@ -353,23 +419,32 @@ class SlotCrashDrill(_StackDrill):
         am = self.settings.alertmanager_url
         if not am:
             for step in ("alert delivered", "alert resolved"):
-                timeline.skip(step, "not configured", "ServingSlotDown comes from Prometheus through Alertmanager; "
-                                                      "AUTOTRADER_ALERTMANAGER_URL is unset (make monitor)")
+                timeline.skip(
+                    step,
+                    "not configured",
+                    "ServingSlotDown comes from Prometheus through Alertmanager; "
+                    "AUTOTRADER_ALERTMANAGER_URL is unset (make monitor)",
+                )
         fired = False
         deadline = t0 + timeout
         while self.clock() < deadline and timeline.pending:
             now = _age(t0, self.clock)
             if not self.stack.backend.check(slot, str(production.version)).ok:
-                timeline.done("slot seen down", now, f"slot {slot}: health probe fails "
-                                                     f"(state still says {self.state.get_slot(slot).status})")
+                timeline.done(
+                    "slot seen down",
+                    now,
+                    f"slot {slot}: health probe fails (state still says {self.state.get_slot(slot).status})",
+                )
             for event in self.state.events_since(since, kinds=["slot_down"]):
                 if (event.details or {}).get("slot") == slot:
                     timeline.done("event", now, f"slot_down event {event.id} (critical)")
-            healthy = self._healthy_on(str(production.version)) \
-                if timeline.steps["slot seen down"].status == "done" else None
+            healthy = (
+                self._healthy_on(str(production.version)) if timeline.steps["slot seen down"].status == "done" else None
+            )
             if healthy is not None:
-                timeline.done("traffic on known-good", now, f"every route on healthy slot {healthy} serving "
-                                                            f"v{production.version}")
+                timeline.done(
+                    "traffic on known-good", now, f"every route on healthy slot {healthy} serving v{production.version}"
+                )
             if am:
                 active = _alertmanager_active(am, "ServingSlotDown", {"slot": slot})
                 if active and not fired:
@@ -380,11 +455,14 @@ class SlotCrashDrill(_StackDrill):
             time.sleep(poll)
         timeline.finish(timeout)
         if timeline.steps["event"].status == "not observed":
-            timeline.steps["event"].detail += ("; nothing in the platform probes slots on its own: only "
-                                               "Prometheus' ServingSlotDown sees a dead slot")
+            timeline.steps["event"].detail += (
+                "; nothing in the platform probes slots on its own: only Prometheus' ServingSlotDown sees a dead slot"
+            )
         if timeline.steps["traffic on known-good"].status == "not observed":
-            timeline.notes.append(f"traffic is still routed to dead slot {slot}: no sensor restarts a crashed slot. "
-                                  "Restore serving now: autotrader deploy recover")
+            timeline.notes.append(
+                f"traffic is still routed to dead slot {slot}: no sensor restarts a crashed slot. "
+                "Restore serving now: autotrader deploy recover"
+            )
         return timeline
 
 
@@ -393,8 +471,16 @@ class ErrorRateDrill(_StackDrill):
 
     kind = "error-rate"
 
-    def __init__(self, settings: Settings, instance: Any, *, error_rate: float, fault_seconds: float,
-                 rate: float = 10.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        settings: Settings,
+        instance: Any,
+        *,
+        error_rate: float,
+        fault_seconds: float,
+        rate: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ):
         super().__init__(settings, instance, clock=clock)
         from deploy_ops.serving.faults import FaultConfig
 
@@ -415,8 +501,9 @@ class ErrorRateDrill(_StackDrill):
         by_status = parse_serving_metrics(text)["by_status"]
         return (sum(v for k, v in by_status.items() if k.startswith("5")), sum(by_status.values()))
 
-    def run(self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.1,
-            echo: Callable[[str], None] = lambda line: None) -> Timeline:
+    def run(
+        self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.1, echo: Callable[[str], None] = lambda line: None
+    ) -> Timeline:
         from deploy_ops.serving.client import ServingClient, ServingError
 
         slot, production = self.live_slot()
@@ -426,13 +513,21 @@ class ErrorRateDrill(_StackDrill):
         am = self.settings.alertmanager_url
         if not am:
             for step in ("alert delivered", "alert resolved"):
-                timeline.skip(step, "not configured", "ServingErrorRateHigh comes from Prometheus through "
-                                                      "Alertmanager; AUTOTRADER_ALERTMANAGER_URL is unset")
+                timeline.skip(
+                    step,
+                    "not configured",
+                    "ServingErrorRateHigh comes from Prometheus through "
+                    "Alertmanager; AUTOTRADER_ALERTMANAGER_URL is unset",
+                )
         # In place, same version: only the fault differs, so whatever reacts reacts to the 5xx alone.
         self.stack.backend.start(slot, production, faults=self.faults, force=True)
         t0 = self.clock()
-        timeline.done("fault", 0.0, f"slot {slot} restarted with v{production.version} answering "
-                                    f"{self.faults.error_rate:.0%} of /predict with 500")
+        timeline.done(
+            "fault",
+            0.0,
+            f"slot {slot} restarted with v{production.version} answering "
+            f"{self.faults.error_rate:.0%} of /predict with 500",
+        )
         echo(f"injected: slot {slot} at error rate {self.faults.error_rate}")
         fired = removed = False
         try:
@@ -449,8 +544,12 @@ class ErrorRateDrill(_StackDrill):
                                 pass  # the injected 500s are what the drill measures, from /metrics
                     errors, total = self._metrics(slot)
                     if total and errors / total > 0.01:
-                        timeline.done("error rate visible", now, f"slot {slot} /metrics: {errors:.0f} of {total:.0f} "
-                                                                 f"/predict answered 5xx ({errors / total:.1%} > 1%)")
+                        timeline.done(
+                            "error rate visible",
+                            now,
+                            f"slot {slot} /metrics: {errors:.0f} of {total:.0f} "
+                            f"/predict answered 5xx ({errors / total:.1%} > 1%)",
+                        )
                 if am:
                     active = _alertmanager_active(am, "ServingErrorRateHigh", {"slot": slot})
                     if active and not fired:
@@ -465,9 +564,12 @@ class ErrorRateDrill(_StackDrill):
                 # The fault stays until the alert fired (or, without Alertmanager, the rate is seen),
                 # at most --fault-seconds: a drill must not leave 5xx in production.
                 if not removed and (now >= self.fault_seconds or (visible and (fired or not am))):
-                    timeline.skip("automatic rollback", "not observed",
-                                  "nothing moved traffic off the faulty slot (outside a rollout nothing rolls back "
-                                  "on 5xx); operator action: autotrader deploy emergency-rollback")
+                    timeline.skip(
+                        "automatic rollback",
+                        "not observed",
+                        "nothing moved traffic off the faulty slot (outside a rollout nothing rolls back "
+                        "on 5xx); operator action: autotrader deploy emergency-rollback",
+                    )
                     self.stack.backend.start(slot, production, force=True)
                     removed = True
                     timeline.done("fault removed", _age(t0, self.clock), f"slot {slot} restarted without the fault")
@@ -487,8 +589,9 @@ class DriftDrill:
 
     kind = "drift"
 
-    def __init__(self, settings: Settings, instance: Any, *, date: dt.date, shift: float,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, settings: Settings, instance: Any, *, date: dt.date, shift: float, clock: Callable[[], float] = time.time
+    ):
         self.settings = settings
         self.instance = instance
         self.date = date
@@ -511,8 +614,10 @@ class DriftDrill:
 
         require_daemon(self.settings, self.instance)
         if self.backup.exists():
-            raise DrillError(f"a previous drift drill left its backup {self.backup}: put the rows back first "
-                             f"(autotrader drill drift --date {self.date} --restore)")
+            raise DrillError(
+                f"a previous drift drill left its backup {self.backup}: put the rows back first "
+                f"(autotrader drill drift --date {self.date} --restore)"
+            )
         if not self.settings.warehouse_path.is_file():
             raise DrillError(f"no warehouse at {self.settings.warehouse_path}: run the data pipeline first (make run)")
         with self._connect(read_only=True) as con:
@@ -525,18 +630,25 @@ class DriftDrill:
             dr.read_features(con, self.date, sorted(served), features)
         key = f"feature-drift-{self.date.isoformat()}-v{version}"
         if self.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1):
-            raise DrillError(f"the sensor already acted on drift of v{version} on {self.date} (run key {key}) and acts "
-                             "once per date and version: pick another --date")
+            raise DrillError(
+                f"the sensor already acted on drift of v{version} on {self.date} (run key {key}) and acts "
+                "once per date and version: pick another --date"
+            )
         return version, features
 
     def inject(self, features: list[str]) -> None:
         """Save the date's rows, then move every feature ``shift`` standard deviations."""
         self.backup.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
-            con.execute(f"copy (select * from {DRIFT_FEATURES_TABLE} where date = ?) to '{self.backup}' "
-                        "(format parquet)", [self.date])
-            sets = ", ".join(f'"{f}" = "{f}" + ? * coalesce((select stddev_samp("{f}") from {DRIFT_FEATURES_TABLE} '
-                             f'where date = ?), 1.0)' for f in features)
+            con.execute(
+                f"copy (select * from {DRIFT_FEATURES_TABLE} where date = ?) to '{self.backup}' (format parquet)",
+                [self.date],
+            )
+            sets = ", ".join(
+                f'"{f}" = "{f}" + ? * coalesce((select stddev_samp("{f}") from {DRIFT_FEATURES_TABLE} '
+                f"where date = ?), 1.0)"
+                for f in features
+            )
             params: list[Any] = []
             for _ in features:
                 params += [self.shift, self.date]
@@ -562,9 +674,22 @@ class DriftDrill:
         from pathlib import Path
 
         dagster = Path(sys.executable).parent / "dagster"
-        done = subprocess.run([str(dagster), "asset", "materialize", "-m", "autotrader_assets.definitions",
-                               "--select", "feature_drift", "--partition", self.date.isoformat()],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                str(dagster),
+                "asset",
+                "materialize",
+                "-m",
+                "autotrader_assets.definitions",
+                "--select",
+                "feature_drift",
+                "--partition",
+                self.date.isoformat(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if done.returncode != 0:
             raise DrillError(f"materializing feature_drift for {self.date} failed:\n{done.stderr[-2000:]}")
 
@@ -577,8 +702,9 @@ class DriftDrill:
                 return record
         return None
 
-    def run(self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.5,
-            echo: Callable[[str], None] = lambda line: None) -> Timeline:
+    def run(
+        self, timeout: float = DEFAULT_TIMEOUT_S, poll: float = 0.5, echo: Callable[[str], None] = lambda line: None
+    ) -> Timeline:
         import dagster as dg
 
         version, features = self.preflight()
@@ -588,8 +714,12 @@ class DriftDrill:
         since = self.state.last_event_id()
         self.inject(features)
         t0 = self.clock()
-        timeline.done("fault", 0.0, f"{DRIFT_FEATURES_TABLE} on {day}: {len(features)} feature(s) of v{version} "
-                                    f"moved {self.shift:+g} standard deviations (backup {self.backup.name})")
+        timeline.done(
+            "fault",
+            0.0,
+            f"{DRIFT_FEATURES_TABLE} on {day}: {len(features)} feature(s) of v{version} "
+            f"moved {self.shift:+g} standard deviations (backup {self.backup.name})",
+        )
         echo(f"injected: drift on {day} against v{version}; materializing feature_drift")
         restored = False
         try:
@@ -597,10 +727,14 @@ class DriftDrill:
             record = self._check_result(t0)
             if record is not None:
                 evaluation = record.event.dagster_event.event_specific_data
-                level = "critical" if evaluation.severity == dg.AssetCheckSeverity.ERROR and not evaluation.passed \
+                level = (
+                    "critical"
+                    if evaluation.severity == dg.AssetCheckSeverity.ERROR and not evaluation.passed
                     else ("passed" if evaluation.passed else "warning")
-                timeline.done("feature_drift result", _age(t0, self.clock),
-                              f"feature_drift_psi {level} (run {record.run_id[:8]})")
+                )
+                timeline.done(
+                    "feature_drift result", _age(t0, self.clock), f"feature_drift_psi {level} (run {record.run_id[:8]})"
+                )
             critical_id = decision = None
             deadline = t0 + timeout
             while self.clock() < deadline and timeline.pending:
@@ -610,40 +744,57 @@ class DriftDrill:
                     if event.kind == "feature_drift_critical" and details.get("date") == day and critical_id is None:
                         critical_id = event.id
                         timeline.done("event", now, f"feature_drift_critical event {event.id} (critical)")
-                    if event.kind == "feature_drift_decision" and details.get("run_key", "").startswith(
-                            f"feature-drift-{day}-") and decision is None:
+                    if (
+                        event.kind == "feature_drift_decision"
+                        and details.get("run_key", "").startswith(f"feature-drift-{day}-")
+                        and decision is None
+                    ):
                         decision = details
-                        timeline.done("sensor tick", now, f"feature_drift_sensor decided {details.get('action')} "
-                                                          f"({details.get('job')})")
+                        timeline.done(
+                            "sensor tick",
+                            now,
+                            f"feature_drift_sensor decided {details.get('action')} ({details.get('job')})",
+                        )
                 if critical_id is not None:
                     self._delivery(timeline, critical_id, "fire", "alert delivered", now)
                 if decision is not None:
-                    runs = self.instance.get_runs(filters=dg.RunsFilter(
-                        tags={"dagster/run_key": decision["run_key"]}), limit=1)
+                    runs = self.instance.get_runs(
+                        filters=dg.RunsFilter(tags={"dagster/run_key": decision["run_key"]}), limit=1
+                    )
                     if runs and runs[0].is_finished:
-                        timeline.done("rollback/retrain run", now, f"{runs[0].job_name} run {runs[0].run_id[:8]} "
-                                                                   f"{runs[0].status.value}")
+                        timeline.done(
+                            "rollback/retrain run",
+                            now,
+                            f"{runs[0].job_name} run {runs[0].run_id[:8]} {runs[0].status.value}",
+                        )
                     if decision.get("action") != "rollback":
-                        timeline.skip("traffic on known-good", "not configured",
-                                      f"the sensor retrains ({decision.get('job')}); no rollback to time")
+                        timeline.skip(
+                            "traffic on known-good",
+                            "not configured",
+                            f"the sensor retrains ({decision.get('job')}); no rollback to time",
+                        )
                     elif known_good is not None and self._serving(str(known_good.version)):
-                        timeline.done("traffic on known-good", now, f"every route on a ready slot serving "
-                                                                    f"v{known_good.version}")
+                        timeline.done(
+                            "traffic on known-good", now, f"every route on a ready slot serving v{known_good.version}"
+                        )
                 run_done = timeline.steps["rollback/retrain run"].status == "done"
                 if not restored and run_done and timeline.steps["traffic on known-good"].status != "waiting":
                     self.restore()
                     restored = True
                     self.materialize()  # the day judged again on its own rows: the drift clears
-                    timeline.notes.append(f"rows put back and feature_drift materialized again at "
-                                          f"+{_age(t0, self.clock):.1f} s")
+                    timeline.notes.append(
+                        f"rows put back and feature_drift materialized again at +{_age(t0, self.clock):.1f} s"
+                    )
                 if restored and critical_id is not None:
                     self._delivery(timeline, critical_id, "resolve", "alert resolved", now)
                 time.sleep(poll)
         finally:
             if not restored and self.backup.exists():
                 self.restore()
-                timeline.notes.append(f"rows of {day} put back (the drift was not re-judged: materialize "
-                                      "feature_drift for it to clear the alert)")
+                timeline.notes.append(
+                    f"rows of {day} put back (the drift was not re-judged: materialize "
+                    "feature_drift for it to clear the alert)"
+                )
         timeline.finish(timeout)
         return timeline
 
@@ -664,9 +815,25 @@ def _outbox_row_query(o: Any, action: str, event_id: int) -> Any:
     if action == "fire":
         return sa.select(o).where(o.c.action == "fire", o.c.event_id == event_id).order_by(o.c.id)
     fire_keys = sa.select(o.c.dedup_key).where(o.c.action == "fire", o.c.event_id == event_id)
-    return (sa.select(o).where(o.c.action == "resolve", o.c.dedup_key.in_(fire_keys), o.c.event_id > event_id)
-            .order_by(o.c.id.desc()))
+    return (
+        sa.select(o)
+        .where(o.c.action == "resolve", o.c.dedup_key.in_(fire_keys), o.c.event_id > event_id)
+        .order_by(o.c.id.desc())
+    )
 
 
-__all__ = ["BreakerDrill", "DriftDrill", "ErrorRateDrill", "SlotCrashDrill", "DEFAULT_TIMEOUT_S", "DrillError", "KINDS", "STEPS", "Step", "Timeline",
-           "daemon_heartbeat_age", "open_instance", "require_daemon"]
+__all__ = [
+    "BreakerDrill",
+    "DriftDrill",
+    "ErrorRateDrill",
+    "SlotCrashDrill",
+    "DEFAULT_TIMEOUT_S",
+    "DrillError",
+    "KINDS",
+    "STEPS",
+    "Step",
+    "Timeline",
+    "daemon_heartbeat_age",
+    "open_instance",
+    "require_daemon",
+]

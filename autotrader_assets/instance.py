@@ -1,5 +1,6 @@
 """The local Dagster instance: ``DAGSTER_HOME`` with SQLite storage, one run at a time, run
 monitoring on, the emergency path first in the queue."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ Pushgateway and this Alertmanager. Alertmanager starts only when
 ``monitoring/alertmanager/alertmanager.yml`` exists. Everything they store goes under
 ``AUTOTRADER_HOME/monitoring/``. The tests start the same stack with :class:`MonitoringStack`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ class MonitoringError(RuntimeError):
 
 
 def render_prometheus_config(
-    *, targets_file: Path, pushgateway: str, prometheus: str, alertmanager: str | None,
-    scrape_interval: str | None = None, source: Path = PROMETHEUS_DIR / "prometheus.yml",
+    *,
+    targets_file: Path,
+    pushgateway: str,
+    prometheus: str,
+    alertmanager: str | None,
+    scrape_interval: str | None = None,
+    source: Path = PROMETHEUS_DIR / "prometheus.yml",
     rules_dir: Path | None = None,
 ) -> dict:
     """The repository's prometheus.yml with this machine's addresses and absolute paths
@@ -102,27 +108,38 @@ class MonitoringStack:
             raise MonitoringError(f"{path} is missing: run `make monitoring-tools`")
         return str(path)
 
-    def start(self, ready_timeout: float = 30.0) -> "MonitoringStack":
+    def start(self, ready_timeout: float = 30.0) -> MonitoringStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.targets_file.exists():
             self.targets_file.parent.mkdir(parents=True, exist_ok=True)
             self.targets_file.write_text("[]\n")
-        with_am = self.alertmanager_port is not None and self.alertmanager_config is not None \
+        with_am = (
+            self.alertmanager_port is not None
+            and self.alertmanager_config is not None
             and self.alertmanager_config.is_file()
+        )
         config = render_prometheus_config(
-            targets_file=self.targets_file, pushgateway=f"127.0.0.1:{self.pushgateway_port}",
+            targets_file=self.targets_file,
+            pushgateway=f"127.0.0.1:{self.pushgateway_port}",
             prometheus=f"127.0.0.1:{self.prometheus_port}",
             alertmanager=f"127.0.0.1:{self.alertmanager_port}" if with_am else None,
-            scrape_interval=self.scrape_interval, rules_dir=self.rules_dir,
+            scrape_interval=self.scrape_interval,
+            rules_dir=self.rules_dir,
         )
         rendered = self.workdir / "prometheus.yml"
         rendered.write_text(yaml.safe_dump(config, sort_keys=False))
         commands = {
-            "pushgateway": [self._binary("prometheus-pushgateway"),
-                            f"--web.listen-address=127.0.0.1:{self.pushgateway_port}"],
-            "prometheus": [self._binary("prometheus"), f"--config.file={rendered}",
-                           f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-                           f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--web.enable-lifecycle"],
+            "pushgateway": [
+                self._binary("prometheus-pushgateway"),
+                f"--web.listen-address=127.0.0.1:{self.pushgateway_port}",
+            ],
+            "prometheus": [
+                self._binary("prometheus"),
+                f"--config.file={rendered}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+                "--web.enable-lifecycle",
+            ],
         }
         cwd = {name: self.workdir for name in ("pushgateway", "prometheus")}
         if with_am:
@@ -132,7 +149,8 @@ class MonitoringStack:
             # in the unpacked package when run from its usr/ folder.
             binary, cwd["alertmanager"] = relocated_alertmanager(Path(self._binary("prometheus-alertmanager")))
             commands["alertmanager"] = [
-                str(binary), f"--config.file={self.alertmanager_config}",
+                str(binary),
+                f"--config.file={self.alertmanager_config}",
                 f"--storage.path={self.workdir / 'alertmanager-data'}",
                 f"--web.listen-address=127.0.0.1:{self.alertmanager_port}",
                 "--cluster.listen-address=",  # one instance: no gossip port to collide with
@@ -140,11 +158,15 @@ class MonitoringStack:
         try:
             for name, command in commands.items():
                 log = open(self.workdir / f"{name}.log", "ab")
-                self.procs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                    cwd=str(cwd[name]), start_new_session=True)
+                self.procs[name] = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, cwd=str(cwd[name]), start_new_session=True
+                )
                 log.close()
-            for name, url in (("pushgateway", self.pushgateway_url), ("prometheus", self.prometheus_url),
-                              ("alertmanager", f"http://127.0.0.1:{self.alertmanager_port}")):
+            for name, url in (
+                ("pushgateway", self.pushgateway_url),
+                ("prometheus", self.prometheus_url),
+                ("alertmanager", f"http://127.0.0.1:{self.alertmanager_port}"),
+            ):
                 if name in self.procs:
                     self._wait_ready(name, url, ready_timeout)
         except BaseException:
@@ -169,7 +191,7 @@ class MonitoringStack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.procs.items())):
+        for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -179,14 +201,16 @@ class MonitoringStack:
                     proc.wait(timeout=5)
         self.procs.clear()
 
-    def __enter__(self) -> "MonitoringStack":
+    def __enter__(self) -> MonitoringStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def stack_for(settings: Settings, prometheus_port: int, pushgateway_port: int, alertmanager_port: int) -> MonitoringStack:
+def stack_for(
+    settings: Settings, prometheus_port: int, pushgateway_port: int, alertmanager_port: int
+) -> MonitoringStack:
     """The stack ``make monitor`` runs: state under the home, targets from the recorded slots."""
     from deploy_ops.slots.scrape_targets import write_targets
     from deploy_ops.state import DeploymentStateStore
@@ -201,17 +225,27 @@ def stack_for(settings: Settings, prometheus_port: int, pushgateway_port: int, a
 
         # The shipped routing tree with nowhere real to send: this machine has no PagerDuty, Slack
         # or mail relay, so notifications fail in Alertmanager's log and the alerts show in its UI.
-        am_config = render_local(ALERTMANAGER_CONFIG, workdir / "alertmanager", LocalEndpoints(
-            pagerduty_url="http://127.0.0.1:9/pagerduty", slack_webhook_url="http://127.0.0.1:9/slack",
-            smtp_smarthost="127.0.0.1:25"))
+        am_config = render_local(
+            ALERTMANAGER_CONFIG,
+            workdir / "alertmanager",
+            LocalEndpoints(
+                pagerduty_url="http://127.0.0.1:9/pagerduty",
+                slack_webhook_url="http://127.0.0.1:9/slack",
+                smtp_smarthost="127.0.0.1:25",
+            ),
+        )
     from deploy_ops.alerting.rules import render_rules
 
     # The rules' runbook links start with the same AUTOTRADER_RUNBOOK_BASE_URL as the events' do.
     rules_dir = workdir / "rules"
     render_rules(PROMETHEUS_DIR / "rules", rules_dir, runbook_base_url=settings.runbook_base_url)
     return MonitoringStack(
-        workdir=workdir, targets_file=targets, prometheus_port=prometheus_port,
-        pushgateway_port=pushgateway_port, alertmanager_port=alertmanager_port, alertmanager_config=am_config,
+        workdir=workdir,
+        targets_file=targets,
+        prometheus_port=prometheus_port,
+        pushgateway_port=pushgateway_port,
+        alertmanager_port=alertmanager_port,
+        alertmanager_config=am_config,
         rules_dir=rules_dir,
     )
 

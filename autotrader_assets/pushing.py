@@ -4,6 +4,7 @@ the Pushgateway did not take them, and the outcome as metadata (``pushgateway``)
 The samples come from ``deploy_ops/metrics_push.py`` (the catalogue, the groups, the builders);
 this module only adds what a Dagster step has: its logger and its metadata.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
@@ -18,7 +19,11 @@ METADATA_KEY = "pushgateway"
 
 
 def push_from_step(
-    context: Any, settings: Settings, group_job: str, samples: Iterable[metrics_push.Sample], **grouping: str,
+    context: Any,
+    settings: Settings,
+    group_job: str,
+    samples: Iterable[metrics_push.Sample],
+    **grouping: str,
 ) -> dict[str, Any]:
     """Push ``samples`` as the Pushgateway group ``group_job`` + ``grouping`` and return the
     metadata entry describing the outcome. Never raises for the Pushgateway's sake.
@@ -34,7 +39,7 @@ def push_from_step(
     return {METADATA_KEY: dg.MetadataValue.json(outcome.to_dict())}
 
 
-def market_data_groups(fractions: Mapping[str, float], outliers: "list[Any]") -> dict[str, list[metrics_push.Sample]]:
+def market_data_groups(fractions: Mapping[str, float], outliers: list[Any]) -> dict[str, list[metrics_push.Sample]]:
     """instrument -> samples of its latest published date in this run: the missing fraction
     (``CompletenessAudit.fractions``, keyed ``date|instrument``) and the outlier bars of that date
     (``OutlierAudit.found`` frames with ``ts`` and ``instrument``). One Pushgateway group per

@@ -3,6 +3,7 @@
 Assets receive these instead of reading the environment, so tests point a whole run at a
 temporary warehouse / archive / registry by building the resources with other paths.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,9 +78,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def table_exists(self, name: str) -> bool:
         with self.connect() as con:
             return bool(
-                con.execute(
-                    "select count(*) from information_schema.tables where table_name = ?", [name]
-                ).fetchone()[0]
+                con.execute("select count(*) from information_schema.tables where table_name = ?", [name]).fetchone()[0]
             )
 
 
@@ -94,8 +93,9 @@ class RegistryResource(dg.ConfigurableResource):
     def open(self):
         from deploy_ops.models.registry import open_registry
 
-        return open_registry(self.url, self.artifacts_uri, aws_region=self.aws_region,
-                             s3_endpoint_url=self.s3_endpoint_url)
+        return open_registry(
+            self.url, self.artifacts_uri, aws_region=self.aws_region, s3_endpoint_url=self.s3_endpoint_url
+        )
 
 
 def default_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -103,8 +103,12 @@ def default_resources(settings: Settings | None = None) -> dict[str, dg.Configur
     s = settings or get_settings()
     resources = {
         "warehouse": WarehouseResource(path=str(s.warehouse_path), lock_timeout_s=s.warehouse_lock_timeout_s),
-        "registry": RegistryResource(url=s.registry_url, artifacts_uri=s.artifacts_uri, aws_region=s.aws_region,
-                                     s3_endpoint_url=s.s3_endpoint_url or None),
+        "registry": RegistryResource(
+            url=s.registry_url,
+            artifacts_uri=s.artifacts_uri,
+            aws_region=s.aws_region,
+            s3_endpoint_url=s.s3_endpoint_url or None,
+        ),
     }
     if s.io_uri:
         resources["io_manager"] = s3_io_manager(s.io_uri, region=s.aws_region, endpoint_url=s.s3_endpoint_url or None)
@@ -122,5 +126,8 @@ def s3_io_manager(uri: str, *, region: str, endpoint_url: str | None = None) -> 
     from dagster_aws.s3 import S3PickleIOManager, S3Resource  # lazy: only the production profile uses S3 here
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    return S3PickleIOManager(s3_resource=S3Resource(region_name=region, endpoint_url=endpoint_url),
-                             s3_bucket=bucket, s3_prefix=prefix.strip("/") or "dagster-io")
+    return S3PickleIOManager(
+        s3_resource=S3Resource(region_name=region, endpoint_url=endpoint_url),
+        s3_bucket=bucket,
+        s3_prefix=prefix.strip("/") or "dagster-io",
+    )

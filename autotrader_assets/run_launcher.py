@@ -8,6 +8,7 @@ leaves its run STARTED forever, holding the only local run slot. Every worker re
 an engine event ("Started process for run (pid: N)"); this launcher looks that process up:
 gone, or a different process with the same pid (started after the event), means the worker died.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,13 @@ def worker_pid(instance, run_id: str) -> tuple[int, float] | None:
         data = getattr(event, "engine_event_data", None) if event is not None else None
         pid = (data.metadata or {}).get("pid") if data is not None else None
         if pid is not None and str(getattr(pid, "value", pid)).isdigit():
-            found.append((str(record.message or "").startswith("Started process for run"),
-                          int(getattr(pid, "value", pid)), record.timestamp))
+            found.append(
+                (
+                    str(record.message or "").startswith("Started process for run"),
+                    int(getattr(pid, "value", pid)),
+                    record.timestamp,
+                )
+            )
     if not found:
         return None
     started = [f for f in found if f[0]]
@@ -52,7 +58,7 @@ def process_start_time(pid: int) -> float | None:
             boot = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
     except (OSError, StopIteration, ValueError):
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = stat[stat.rfind(b")") + 2 :].split()
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -77,5 +83,6 @@ class LocalRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(
                 WorkerStatus.FAILED,
                 f"run worker process {pid} is gone (pid reused by a process started "
-                f"{time.strftime('%H:%M:%S', time.localtime(started))})")
+                f"{time.strftime('%H:%M:%S', time.localtime(started))})",
+            )
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} alive")

@@ -3,6 +3,7 @@
 Each stage is an ordinary Dagster run on the persistent local instance, so everything it
 built can be browsed afterwards with `make ui`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> Sta
             rep.failed_partitions.setdefault(check, []).extend(r.partition for r in failed)
         if len({r.partition for r in results}) > 1:
             names = [r.partition for r in failed]
-            line += (f" on {len(failed)} of {len(results)} partitions: {', '.join(names[:5])}"
-                     + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
+            line += f" on {len(failed)} of {len(results)} partitions: {', '.join(names[:5])}" + (
+                f" and {len(names) - 5} more" if len(names) > 5 else ""
+            )
             if len(failed) == 1 and failed[0].description:
                 line += f" ({failed[0].description})"
         elif _why(failed[0]):
@@ -89,7 +91,9 @@ def _report(name: str, result: dg.ExecuteInProcessResult, seconds: float) -> Sta
     return rep
 
 
-def run_data_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, dates: list[str], instruments: list[str]) -> StageReport:
+def run_data_pipeline(
+    defs: dg.Definitions, instance: dg.DagsterInstance, dates: list[str], instruments: list[str]
+) -> StageReport:
     """Market bars and dbt features for dates x instruments in one single-run backfill."""
     from autotrader_assets.defs.market_data.partitions import range_tags
 
@@ -186,19 +190,24 @@ def replay_check_notes(failed: dict[str, list[str]], seed: int) -> list[str]:
     lines = []
     incomplete = failed.get("market_bars_completeness", [])
     if incomplete:
-        lines.append("    expected: the replay source plants outages (20-90 missing minutes on ~3% of days) "
-                     "so that this check has something to find; the check is working:")
+        lines.append(
+            "    expected: the replay source plants outages (20-90 missing minutes on ~3% of days) "
+            "so that this check has something to find; the check is working:"
+        )
         for part in incomplete:
             date, instrument = part.split("|", 1)
             outage = source.planted_outage(instrument, date)
             lines.append(
-                f"      {part}: planted outage of {outage[1]} minutes from {outage[0]:%H:%M} UTC" if outage
+                f"      {part}: planted outage of {outage[1]} minutes from {outage[0]:%H:%M} UTC"
+                if outage
                 else f"      {part}: not a planted outage: look at it "
-                     f"(`autotrader data validate --start {date} --instrument {instrument}`)"
+                f"(`autotrader data validate --start {date} --instrument {instrument}`)"
             )
     if failed.get("market_bars_outliers"):
-        lines.append("    not expected: the replay source plants no bad prints; look at these partitions' "
-                     "market_bars_outliers results in the UI")
+        lines.append(
+            "    not expected: the replay source plants no bad prints; look at these partitions' "
+            "market_bars_outliers results in the UI"
+        )
     return lines
 
 
@@ -221,7 +230,8 @@ def trading_summary(path: str, lock_timeout_s: float = 300.0) -> list[str]:
     finally:
         con.close()
     return [
-        f"  {d}  equity {o:>12,.2f} -> {e:>12,.2f}  ({(e / o - 1):+.2%})  fills={n}" + (f"  BREAKER: {trip}" if trip else "")
+        f"  {d}  equity {o:>12,.2f} -> {e:>12,.2f}  ({(e / o - 1):+.2%})  fills={n}"
+        + (f"  BREAKER: {trip}" if trip else "")
         for d, o, e, n, trip in rows
     ]
 
@@ -257,8 +267,12 @@ def warehouse_summary(path: str, lock_timeout_s: float = 300.0) -> dict[str, obj
 def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
     """`make run`'s options; the number of days defaults to the settings' (AUTOTRADER_RUN_DAYS)."""
     parser = argparse.ArgumentParser(description="Materialize the autotrader asset graph on the embedded default.")
-    parser.add_argument("--days", type=int, default=settings.run_days,
-                        help=f"Complete UTC days to materialize, yesterday backwards (default {settings.run_days}).")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=settings.run_days,
+        help=f"Complete UTC days to materialize, yesterday backwards (default {settings.run_days}).",
+    )
     parser.add_argument("--paper-days", type=int, default=3, help="Most recent days to paper-trade (out of sample).")
     args = parser.parse_args(argv)
     if args.days < 1:
@@ -276,14 +290,16 @@ def main(argv: list[str] | None = None) -> int:
 
     dates = default_dates(args.days)
     instruments = list(settings.instruments)
-    print(f"autotrader: {len(dates)} day(s) {dates[0]}..{dates[-1]} x {len(instruments)} instrument(s), source={settings.market_source}")
+    print(
+        f"autotrader: {len(dates)} day(s) {dates[0]}..{dates[-1]} x {len(instruments)} instrument(s), source={settings.market_source}"
+    )
     reports = [run_data_pipeline(defs, instance, dates, instruments)]
     if reports[-1].success:
         reports.append(run_training(defs, instance))
     if reports[-1].success:
         reports.append(run_deployment(defs, instance))
     if reports[-1].success:
-        paper_dates = dates[-args.paper_days:]
+        paper_dates = dates[-args.paper_days :]
         reports.append(run_paper_trading(defs, instance, paper_dates))
     paper_traded = reports[-1].name == "paper_trading" and reports[-1].success
     if paper_traded:
@@ -294,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in reports:
         ok &= r.success
         status = "ok" if r.success else "FAILED"
-        print(f"{r.name:<22} {status:<7} {r.seconds:6.1f}s  materializations={r.materializations}  "
-              f"checks passed={r.checks_passed} failed={len(r.checks_failed)}  run={r.run_id}")
+        print(
+            f"{r.name:<22} {status:<7} {r.seconds:6.1f}s  materializations={r.materializations}  "
+            f"checks passed={r.checks_passed} failed={len(r.checks_failed)}  run={r.run_id}"
+        )
         for failed in r.checks_failed:
             print(f"    check not passed: {failed}")
         for failed in r.step_failures:
@@ -308,15 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tables = warehouse_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
         paper = trading_summary(str(settings.warehouse_path), settings.warehouse_lock_timeout_s)
-        health = health_summary(str(settings.warehouse_path), paper_dates, settings.warehouse_lock_timeout_s) \
-            if paper_traded else []
+        health = (
+            health_summary(str(settings.warehouse_path), paper_dates, settings.warehouse_lock_timeout_s)
+            if paper_traded
+            else []
+        )
     except WarehouseBusyError as exc:
         # A reader never crashes: the runs above are reported, the tables are not.
         tables, paper, health = {}, [], []
         print(f"warehouse summary unavailable: {exc}")
     for table, info in tables.items():
-        print(f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}"
-              + (f" quarantined={info['quarantined']} (see `autotrader data validate`)" if info.get("quarantined") else ""))
+        print(
+            f"{table:<22} rows={info['rows']:,} partitions={info['partitions']}"
+            + (
+                f" quarantined={info['quarantined']} (see `autotrader data validate`)"
+                if info.get("quarantined")
+                else ""
+            )
+        )
     if paper:
         print("\n".join(paper_lines(paper, settings.market_source)))
     if health:
@@ -325,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warehouse:   {settings.warehouse_path}")
     print(f"archive:     {settings.archive_uri}")
     print(f"DAGSTER_HOME {settings.dagster_home}  (browse it with `make ui`)")
-    print("serving slots keep running: `autotrader deploy status`; stop them with `autotrader deploy stop --reason TEXT`" if ok else "")
+    print(
+        "serving slots keep running: `autotrader deploy status`; stop them with `autotrader deploy stop --reason TEXT`"
+        if ok
+        else ""
+    )
     return 0 if ok else 1
 
 

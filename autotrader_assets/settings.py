@@ -14,6 +14,7 @@ Two profiles:
 This module deliberately imports nothing from Dagster so that ``deploy_ops`` callers (the CLI)
 can use it too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -271,7 +272,9 @@ def _file_source_settings(market_source: str, instruments: tuple[str, ...]) -> F
     if pattern and not directory:
         raise SettingsError("AUTOTRADER_FILE_PATTERN picks files in AUTOTRADER_FILE_DIR, which is not set")
     if pattern and "{instrument}" not in pattern:
-        raise SettingsError(f"AUTOTRADER_FILE_PATTERN={pattern!r} must contain {{instrument}}, e.g. \"{{instrument}}_*.csv\"")
+        raise SettingsError(
+            f'AUTOTRADER_FILE_PATTERN={pattern!r} must contain {{instrument}}, e.g. "{{instrument}}_*.csv"'
+        )
     path, paths = _parse_file_paths(raw_source) if raw_source else (None, ())
     files = FileSourceSettings(
         path=path,
@@ -289,7 +292,7 @@ def _file_source_settings(market_source: str, instruments: tuple[str, ...]) -> F
         raise SettingsError(
             f"AUTOTRADER_FILE_SOURCE is one file but {len(instruments)} instruments are configured "
             f"({', '.join(instruments)}): the same bars would be served to each. Give each instrument its file "
-            "(AUTOTRADER_FILE_SOURCE=\"" + ",".join(f"{i}=/path/{i}.csv" for i in instruments) + "\"), name the "
+            '(AUTOTRADER_FILE_SOURCE="' + ",".join(f"{i}=/path/{i}.csv" for i in instruments) + '"), name the '
             "column that says which instrument a row belongs to (AUTOTRADER_FILE_SYMBOL_COLUMN), or configure "
             "one instrument (AUTOTRADER_INSTRUMENTS)"
         )
@@ -328,7 +331,9 @@ class SmtpSettings:
             try:
                 return Path(self.password_file).read_text().rstrip("\n")
             except OSError as exc:
-                raise SettingsError(f"AUTOTRADER_SMTP_PASSWORD_FILE={self.password_file!r} cannot be read: {exc}") from exc
+                raise SettingsError(
+                    f"AUTOTRADER_SMTP_PASSWORD_FILE={self.password_file!r} cannot be read: {exc}"
+                ) from exc
         return secret("AUTOTRADER_SMTP_PASSWORD")
 
 
@@ -341,10 +346,15 @@ def _smtp_settings() -> SmtpSettings:
     starttls = (_env("AUTOTRADER_SMTP_STARTTLS", "1") or "1").strip().lower()
     if starttls not in ("1", "true", "yes", "0", "false", "no"):
         raise SettingsError(f"AUTOTRADER_SMTP_STARTTLS={starttls!r} must be 1/true/yes or 0/false/no")
-    return SmtpSettings(host=host, port=_env_int("AUTOTRADER_SMTP_PORT", 587), sender=sender, recipients=recipients,
-                        username=(_env("AUTOTRADER_SMTP_USER", "") or "").strip(),
-                        starttls=starttls in ("1", "true", "yes"),
-                        password_file=(_env("AUTOTRADER_SMTP_PASSWORD_FILE", "") or "").strip())
+    return SmtpSettings(
+        host=host,
+        port=_env_int("AUTOTRADER_SMTP_PORT", 587),
+        sender=sender,
+        recipients=recipients,
+        username=(_env("AUTOTRADER_SMTP_USER", "") or "").strip(),
+        starttls=starttls in ("1", "true", "yes"),
+        password_file=(_env("AUTOTRADER_SMTP_PASSWORD_FILE", "") or "").strip(),
+    )
 
 
 def _alertmanager_url() -> str:
@@ -450,7 +460,7 @@ class Settings:
     #: under ``DAGSTER_HOME/storage``.
     io_uri: str = ""
 
-    def ecs(self) -> "EcsConfig":
+    def ecs(self) -> EcsConfig:
         """The parsed AUTOTRADER_ECS_CONFIG (:func:`parse_ecs_config`); SettingsError when unset or wrong."""
         return parse_ecs_config(self.ecs_config)
 
@@ -511,8 +521,10 @@ def _env_references(node) -> list[str]:
 def _instance_problems(dagster_home: str | None) -> list[str]:
     """What keeps ``DAGSTER_HOME`` from being the shared production instance."""
     if not dagster_home:
-        return ["DAGSTER_HOME is not set: runs and sensors would be recorded in a new SQLite instance on this "
-                "disk that no production daemon sees; point it at the folder holding infra/dagster/dagster.yaml"]
+        return [
+            "DAGSTER_HOME is not set: runs and sensors would be recorded in a new SQLite instance on this "
+            "disk that no production daemon sees; point it at the folder holding infra/dagster/dagster.yaml"
+        ]
     config = Path(dagster_home).expanduser() / "dagster.yaml"
     if not config.is_file():
         return [f"{config} does not exist: copy infra/dagster/dagster.yaml there (the images do)"]
@@ -527,8 +539,9 @@ def _instance_problems(dagster_home: str | None) -> list[str]:
     problems = []
     storage = document.get("storage")
     if not (isinstance(storage, dict) and "postgres" in storage):
-        problems.append(f"{config} has no 'storage: postgres' section: the instance would keep runs in SQLite "
-                        "on this disk")
+        problems.append(
+            f"{config} has no 'storage: postgres' section: the instance would keep runs in SQLite on this disk"
+        )
     unset, empty = [], []
     for name in dict.fromkeys(_env_references(document)):
         value = os.environ.get(name)
@@ -537,16 +550,26 @@ def _instance_problems(dagster_home: str | None) -> list[str]:
         elif not value.strip() and name not in MAY_BE_EMPTY:
             empty.append(name)
     if unset:
-        problems.append(f"{config} reads {', '.join(unset)}, which {'is' if len(unset) == 1 else 'are'} not set"
-                        + (" (DAGSTER_PG_PASSWORD may be empty, but must be set)" if "DAGSTER_PG_PASSWORD" in unset else ""))
+        problems.append(
+            f"{config} reads {', '.join(unset)}, which {'is' if len(unset) == 1 else 'are'} not set"
+            + (" (DAGSTER_PG_PASSWORD may be empty, but must be set)" if "DAGSTER_PG_PASSWORD" in unset else "")
+        )
     if empty:
         problems.append(f"{config} reads {', '.join(empty)}, which {'is' if len(empty) == 1 else 'are'} empty")
     return problems
 
 
-def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: str, warehouse_path: Path,
-                        warehouse_shared_dir: Path | None, serving_token_set: bool,
-                        dagster_home: str | None, io_uri: str = "") -> list[str]:
+def production_problems(
+    *,
+    registry_url: str,
+    archive_uri: str,
+    artifacts_uri: str,
+    warehouse_path: Path,
+    warehouse_shared_dir: Path | None,
+    serving_token_set: bool,
+    dagster_home: str | None,
+    io_uri: str = "",
+) -> list[str]:
     """Everything that keeps the production profile from running on tasks that share no disk.
 
     Every store must be one that the next ECS task (another run, the daemon, an operator's CLI)
@@ -556,32 +579,45 @@ def production_problems(*, registry_url: str, archive_uri: str, artifacts_uri: s
     problems = []
     scheme = registry_url.split(":", 1)[0].split("+", 1)[0].lower() if registry_url else ""
     if not registry_url:
-        problems.append("AUTOTRADER_REGISTRY_URL is not set (the PostgreSQL URL of the registry, deployment state "
-                        "and breaker)")
+        problems.append(
+            "AUTOTRADER_REGISTRY_URL is not set (the PostgreSQL URL of the registry, deployment state and breaker)"
+        )
     elif scheme not in SHARED_DATABASE_SCHEMES:
         # Only the scheme is shown: the URL may carry a password.
-        problems.append(f"AUTOTRADER_REGISTRY_URL is a {scheme or 'local'}: URL; production needs a shared "
-                        "PostgreSQL database (postgresql://...)")
+        problems.append(
+            f"AUTOTRADER_REGISTRY_URL is a {scheme or 'local'}: URL; production needs a shared "
+            "PostgreSQL database (postgresql://...)"
+        )
     for name, uri in (("AUTOTRADER_ARCHIVE_URI", archive_uri), ("AUTOTRADER_ARTIFACTS_URI", artifacts_uri)):
         if not uri:
             problems.append(f"{name} is not set (an s3://bucket/prefix URI)")
         elif not uri.startswith("s3://"):
             problems.append(f"{name}={uri!r} is on this task's disk; production needs an s3://bucket/prefix URI")
     if io_uri and not io_uri.startswith("s3://"):
-        problems.append(f"AUTOTRADER_IO_URI={io_uri!r} is on this task's disk; the values runs hand each other need "
-                        "an s3://bucket/prefix URI (unset: under AUTOTRADER_ARTIFACTS_URI)")
+        problems.append(
+            f"AUTOTRADER_IO_URI={io_uri!r} is on this task's disk; the values runs hand each other need "
+            "an s3://bucket/prefix URI (unset: under AUTOTRADER_ARTIFACTS_URI)"
+        )
     if warehouse_shared_dir is None:
-        problems.append(f"the warehouse {warehouse_path} is on this task's own disk: set AUTOTRADER_WAREHOUSE_SHARED_DIR "
-                        "to the shared file system (EFS) mount that holds it")
+        problems.append(
+            f"the warehouse {warehouse_path} is on this task's own disk: set AUTOTRADER_WAREHOUSE_SHARED_DIR "
+            "to the shared file system (EFS) mount that holds it"
+        )
     elif not warehouse_shared_dir.is_dir():
-        problems.append(f"AUTOTRADER_WAREHOUSE_SHARED_DIR={str(warehouse_shared_dir)!r} is not a directory "
-                        "(is the EFS volume mounted?)")
+        problems.append(
+            f"AUTOTRADER_WAREHOUSE_SHARED_DIR={str(warehouse_shared_dir)!r} is not a directory "
+            "(is the EFS volume mounted?)"
+        )
     elif not warehouse_path.is_relative_to(warehouse_shared_dir):
-        problems.append(f"AUTOTRADER_WAREHOUSE={str(warehouse_path)!r} is outside AUTOTRADER_WAREHOUSE_SHARED_DIR="
-                        f"{str(warehouse_shared_dir)!r}; unset it (default: warehouse.duckdb in the shared folder)")
+        problems.append(
+            f"AUTOTRADER_WAREHOUSE={str(warehouse_path)!r} is outside AUTOTRADER_WAREHOUSE_SHARED_DIR="
+            f"{str(warehouse_shared_dir)!r}; unset it (default: warehouse.duckdb in the shared folder)"
+        )
     if not serving_token_set:
-        problems.append("AUTOTRADER_SERVING_TOKEN is not set: production slots refuse unauthenticated /predict, "
-                        "so paper trading and rollouts could not call them")
+        problems.append(
+            "AUTOTRADER_SERVING_TOKEN is not set: production slots refuse unauthenticated /predict, "
+            "so paper trading and rollouts could not call them"
+        )
     problems.extend(_instance_problems(dagster_home))
     return problems
 
@@ -612,17 +648,25 @@ def load_settings() -> Settings:
 
     shared_raw = _env("AUTOTRADER_WAREHOUSE_SHARED_DIR")
     warehouse_shared_dir = Path(shared_raw).expanduser().resolve() if shared_raw else None
-    default_warehouse = (warehouse_shared_dir if env == "production" and warehouse_shared_dir else home) / "warehouse.duckdb"
+    default_warehouse = (
+        warehouse_shared_dir if env == "production" and warehouse_shared_dir else home
+    ) / "warehouse.duckdb"
     warehouse_path = Path(_env("AUTOTRADER_WAREHOUSE", str(default_warehouse))).resolve()
     if env == "production":
         registry_url = _env("AUTOTRADER_REGISTRY_URL") or ""
         archive_uri = _env("AUTOTRADER_ARCHIVE_URI") or ""
         artifacts_uri = _env("AUTOTRADER_ARTIFACTS_URI") or ""
-        io_uri = (_env("AUTOTRADER_IO_URI") or (f"{artifacts_uri.rstrip('/')}/dagster-io" if artifacts_uri else "")).rstrip("/")
+        io_uri = (
+            _env("AUTOTRADER_IO_URI") or (f"{artifacts_uri.rstrip('/')}/dagster-io" if artifacts_uri else "")
+        ).rstrip("/")
         problems = production_problems(
-            registry_url=registry_url, archive_uri=archive_uri, artifacts_uri=artifacts_uri,
-            warehouse_path=warehouse_path, warehouse_shared_dir=warehouse_shared_dir,
-            serving_token_set=bool(_env("AUTOTRADER_SERVING_TOKEN")), dagster_home=_env("DAGSTER_HOME"),
+            registry_url=registry_url,
+            archive_uri=archive_uri,
+            artifacts_uri=artifacts_uri,
+            warehouse_path=warehouse_path,
+            warehouse_shared_dir=warehouse_shared_dir,
+            serving_token_set=bool(_env("AUTOTRADER_SERVING_TOKEN")),
+            dagster_home=_env("DAGSTER_HOME"),
             # Only an explicit one: the default follows AUTOTRADER_ARTIFACTS_URI, already judged above.
             io_uri=_env("AUTOTRADER_IO_URI") or "",
         )
@@ -733,7 +777,9 @@ def parse_ecs_config(text: str) -> EcsConfig:
         raise SettingsError(f"{ECS_CONFIG_ENV} must be an object with 'deployer' and 'endpoints' objects")
     extra_sections = sorted(set(document) - set(ECS_CONFIG_SECTIONS))
     if extra_sections:
-        raise SettingsError(f"{ECS_CONFIG_ENV} has unknown sections {extra_sections} (known: {list(ECS_CONFIG_SECTIONS)})")
+        raise SettingsError(
+            f"{ECS_CONFIG_ENV} has unknown sections {extra_sections} (known: {list(ECS_CONFIG_SECTIONS)})"
+        )
     deployer, endpoints = document["deployer"], document["endpoints"]
     known = ecs_deployer_keys()
     unknown = sorted(set(deployer) - set(known))
@@ -742,12 +788,17 @@ def parse_ecs_config(text: str) -> EcsConfig:
     if unknown or missing:
         raise SettingsError(
             f"{ECS_CONFIG_ENV} 'deployer' must hold EcsDeployerConfig's fields: "
-            + "; ".join(part for part in (f"unknown {unknown}" if unknown else "",
-                                          f"missing {missing}" if missing else "") if part)
+            + "; ".join(
+                part
+                for part in (f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else "")
+                if part
+            )
         )
     bad_slots = sorted(set(endpoints) ^ set(SLOTS))
     if bad_slots or not all(isinstance(v, str) and v.startswith(("http://", "https://")) for v in endpoints.values()):
-        raise SettingsError(f"{ECS_CONFIG_ENV} 'endpoints' must map exactly {list(SLOTS)} to http(s) URLs, got {endpoints!r}")
+        raise SettingsError(
+            f"{ECS_CONFIG_ENV} 'endpoints' must map exactly {list(SLOTS)} to http(s) URLs, got {endpoints!r}"
+        )
     return EcsConfig(deployer=dict(deployer), endpoints=dict(endpoints))
 
 

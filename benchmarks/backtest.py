@@ -15,6 +15,7 @@ vectorbt is only needed here: ``.venv/bin/pip install vectorbt "plotly<6" "panda
 (vectorbt 1.0 fails to import with plotly 6+, and unpinned it would pull pandas 3, which the
 project cannot use). Without it the script says so and reports our engine alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--bars must be >= 2 and --repeats >= 1")
 
     bars, proba = make_data(args.bars, args.seed)
-    print(f"bars: {args.bars:,}  seed: {args.seed}  fee: {FEE_BPS} bps  slippage: {SLIPPAGE_BPS} bps  "
-          f"signals: long if P(up) > {LONG_THRESHOLD}, else flat")
+    print(
+        f"bars: {args.bars:,}  seed: {args.seed}  fee: {FEE_BPS} bps  slippage: {SLIPPAGE_BPS} bps  "
+        f"signals: long if P(up) > {LONG_THRESHOLD}, else flat"
+    )
 
     run_ours = lambda: ours(bars, proba)  # noqa: E731
     run_ours()  # warm-up: first-call imports and page faults
@@ -137,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # vectorbt is an optional benchmark-only dependency
         (t_ours,) = best_times([run_ours], args.repeats)
         report("ours", args.bars, t_ours, args.repeats, peak_memory(run_ours), f"~{n_fills:,} fills")
-        print(f"vectorbt : not importable ({type(exc).__name__}: {exc}); install it with "
-              "`.venv/bin/pip install vectorbt \"plotly<6\" \"pandas==2.3.3\"` to get the ratio")
+        print(
+            f"vectorbt : not importable ({type(exc).__name__}: {exc}); install it with "
+            '`.venv/bin/pip install vectorbt "plotly<6" "pandas==2.3.3"` to get the ratio'
+        )
         return 0
 
     # vectorbt is given a tz-naive index: with a tz-aware one it spends seconds converting the
@@ -158,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     live = np.flatnonzero(b < 1.0)
     upto = int(live[0]) if len(live) else len(b)
     rel = np.abs(a[:upto] - b[:upto]) / b[:upto]
-    print(f"equity agreement: max relative difference {rel.max():.2e} over the first {upto:,} bars "
-          f"(while vectorbt's equity >= 1; ours ends at {a[-1]:.3g}, vectorbt at {b[-1]:.3g})")
+    print(
+        f"equity agreement: max relative difference {rel.max():.2e} over the first {upto:,} bars "
+        f"(while vectorbt's equity >= 1; ours ends at {a[-1]:.3g}, vectorbt at {b[-1]:.3g})"
+    )
     return 0
 
 
 def report(name: str, n_bars: int, seconds: float, repeats: int, peak: int, note: str) -> None:
     """One aligned result line."""
-    print(f"{name:<9}: {n_bars / seconds:>14,.0f} bars/s  ({seconds * 1e3:8.1f} ms, best of {repeats})  "
-          f"peak memory {peak / 2**20:7.1f} MiB  ({note})")
+    print(
+        f"{name:<9}: {n_bars / seconds:>14,.0f} bars/s  ({seconds * 1e3:8.1f} ms, best of {repeats})  "
+        f"peak memory {peak / 2**20:7.1f} MiB  ({note})"
+    )
 
 
 if __name__ == "__main__":

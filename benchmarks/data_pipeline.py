@@ -8,6 +8,7 @@ the figure; the target is <= 3x. Peak memory (this process and the dbt subproces
     .venv/bin/python benchmarks/data_pipeline.py                 # 1M and 5M bars
     .venv/bin/python benchmarks/data_pipeline.py --bars 200000   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,22 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The feature columns of bar_features; the equality check compares every one of them.
-FEATURE_COLUMNS = ["ret_1", "ret_5", "ret_15", "ret_60", "rv_15", "rv_60", "rsi_14", "macd", "macd_signal",
-                   "macd_hist", "bb_pos_20", "volume_z_60", "range_hl", "range_co"]
+FEATURE_COLUMNS = [
+    "ret_1",
+    "ret_5",
+    "ret_15",
+    "ret_60",
+    "rv_15",
+    "rv_60",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pos_20",
+    "volume_z_60",
+    "range_hl",
+    "range_co",
+]
 
 # The same definitions as dbt_project/models/features/bar_features.sql, as one statement:
 # horizons in minutes (the last close at or before ts - k minutes, RANGE frames), segments of
@@ -95,7 +110,9 @@ from sig s join bars b using (instrument, ts)
 #: Largest |difference| over every feature column, and the rows where only one side is NULL.
 FEATURE_DIFF_SQL = (
     "select greatest(" + ", ".join(f"coalesce(max(abs(a.{c} - b.{c})), 0)" for c in FEATURE_COLUMNS) + "), "
-    "sum(" + " + ".join(f"case when (a.{c} is null) <> (b.{c} is null) then 1 else 0 end" for c in FEATURE_COLUMNS) + ") "
+    "sum("
+    + " + ".join(f"case when (a.{c} is null) <> (b.{c} is null) then 1 else 0 end" for c in FEATURE_COLUMNS)
+    + ") "
     "from bar_features a join raw_features b using (instrument, ts)"
 )
 
@@ -116,10 +133,15 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     last = first + dt.timedelta(days=days - 1)
     # The code location's own resources, built from the settings with every store in workdir.
     settings = dataclasses.replace(
-        get_settings(), home=workdir, dagster_home=workdir / "dagster_home",
-        warehouse_path=workdir / "warehouse.duckdb", archive_uri=str(workdir / "archive"),
-        artifacts_uri=str(workdir / "artifacts"), registry_url=f"sqlite:///{workdir / 'registry.db'}",
-        market_source="replay", replay_seed=11,
+        get_settings(),
+        home=workdir,
+        dagster_home=workdir / "dagster_home",
+        warehouse_path=workdir / "warehouse.duckdb",
+        archive_uri=str(workdir / "archive"),
+        artifacts_uri=str(workdir / "artifacts"),
+        registry_url=f"sqlite:///{workdir / 'registry.db'}",
+        market_source="replay",
+        replay_seed=11,
     )
     resources = build_resources(settings)
     print(f"\n--- {n_bars:,} bars requested: {days} days x {len(instruments)} instruments ---", flush=True)
@@ -152,8 +174,15 @@ def run_once(n_bars: int, workdir: Path) -> dict:
     raw_s = min(raw)
     archive_files = sum(1 for _ in (workdir / "archive").rglob("*.parquet"))
     return {
-        "bars": bars, "features": feats, "raw_rows": raw_rows, "pipeline_s": pipeline_s, "raw_s": raw_s,
-        "archive_files": archive_files, "max_feature_diff": diff, "null_mismatches": null_mismatches, "steps": steps,
+        "bars": bars,
+        "features": feats,
+        "raw_rows": raw_rows,
+        "pipeline_s": pipeline_s,
+        "raw_s": raw_s,
+        "archive_files": archive_files,
+        "max_feature_diff": diff,
+        "null_mismatches": null_mismatches,
+        "steps": steps,
     }
 
 
@@ -170,9 +199,9 @@ def run_stages(n_bars: int, workdir: Path) -> dict:
 
     from autotrader_assets.defs.features.project import DBT_PROJECT_DIR, dbt_executable, write_profiles
     from autotrader_assets.defs.market_data.archive import LocalArchive
+    from autotrader_assets.defs.market_data.publish import DuckDBPublisher, PublishBatch, detect_interval_seconds
     from autotrader_assets.defs.market_data.replay import ReplaySource
     from autotrader_assets.defs.market_data.validation import validate_bars
-    from autotrader_assets.defs.market_data.publish import DuckDBPublisher, PublishBatch, detect_interval_seconds
     from autotrader_assets.settings import DEFAULT_INSTRUMENTS
 
     instruments = list(DEFAULT_INSTRUMENTS)
@@ -193,17 +222,24 @@ def run_stages(n_bars: int, workdir: Path) -> dict:
 
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        staged = dict(zip(frames, pool.map(lambda kv: archive.stage(kv[0][0], kv[0][1], kv[1], "bench"), frames.items())))
+        staged = dict(
+            zip(frames, pool.map(lambda kv: archive.stage(kv[0][0], kv[0][1], kv[1], "bench"), frames.items()))
+        )
     timings["archive"] = time.perf_counter() - t
 
     t = time.perf_counter()
     con = duckdb.connect(str(db))
     items = list(frames.items())
     for k in range(0, len(items), 256):
-        chunk = dict(items[k:k + 256])
-        DuckDBPublisher(con).publish(PublishBatch(
-            "market_bars", "bench", passed=chunk, intervals={key: detect_interval_seconds(df) for key, df in chunk.items()}
-        ))
+        chunk = dict(items[k : k + 256])
+        DuckDBPublisher(con).publish(
+            PublishBatch(
+                "market_bars",
+                "bench",
+                passed=chunk,
+                intervals={key: detect_interval_seconds(df) for key, df in chunk.items()},
+            )
+        )
     con.close()
     timings["warehouse"] = time.perf_counter() - t
 
@@ -215,16 +251,28 @@ def run_stages(n_bars: int, workdir: Path) -> dict:
     t = time.perf_counter()
     profiles = write_profiles(db, workdir / "dbt_profiles")
     subprocess.run(
-        [dbt_executable(), "build", "--quiet", "--profiles-dir", str(profiles), "--target-path", str(workdir / "dbt_target"),
-         "--vars", json.dumps({"dates": dates, "instruments": instruments})],
-        cwd=DBT_PROJECT_DIR, check=True, env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        [
+            dbt_executable(),
+            "build",
+            "--quiet",
+            "--profiles-dir",
+            str(profiles),
+            "--target-path",
+            str(workdir / "dbt_target"),
+            "--vars",
+            json.dumps({"dates": dates, "instruments": instruments}),
+        ],
+        cwd=DBT_PROJECT_DIR,
+        check=True,
+        env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
     )
     timings["dbt"] = time.perf_counter() - t
 
     t = time.perf_counter()
     con = duckdb.connect(str(db))
-    DuckDBPublisher(con).publish(PublishBatch("bar_features", "bench", audit_relation="bar_features_audit",
-                                              passed_keys=list(frames)))
+    DuckDBPublisher(con).publish(
+        PublishBatch("bar_features", "bench", audit_relation="bar_features_audit", passed_keys=list(frames))
+    )
     con.close()
     timings["publish features"] = time.perf_counter() - t
 
@@ -258,18 +306,32 @@ def main() -> int:
             r = run_once(n, Path(tmp))
         self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"bars in warehouse        {r['bars']:>12,}   (feature rows {r['features']:,}; raw SQL rows {r['raw_rows']:,}; archive files {r['archive_files']:,})")
-        print(f"pipeline (dagster)       {r['bars'] / r['pipeline_s']:>12,.0f} bars/s   {r['pipeline_s']:8.2f} s   replay -> pandera -> archive -> warehouse -> dbt")
+        print(
+            f"bars in warehouse        {r['bars']:>12,}   (feature rows {r['features']:,}; raw SQL rows {r['raw_rows']:,}; archive files {r['archive_files']:,})"
+        )
+        print(
+            f"pipeline (dagster)       {r['bars'] / r['pipeline_s']:>12,.0f} bars/s   {r['pipeline_s']:8.2f} s   replay -> pandera -> archive -> warehouse -> dbt"
+        )
         print(f"raw duckdb sql           {r['bars'] / r['raw_s']:>12,.0f} bars/s   {r['raw_s']:8.2f} s")
         print(f"ratio pipeline/raw       {r['pipeline_s'] / r['raw_s']:>12.2f}x  (target <= 3x)")
-        print(f"features match raw SQL   max |diff| over all {len(FEATURE_COLUMNS)} feature columns = "
-              f"{r['max_feature_diff']:.3g}, rows NULL on one side only = {r['null_mismatches']}")
-        print("steps: " + ", ".join(f"{k.replace('market_bars_market_bars_', 'check_')} {v:.1f}s" for k, v in r["steps"].items()))
-        print(f"peak RSS                 {self_mb:,.0f} MiB this process, {child_mb:,.0f} MiB largest child (dbt)", flush=True)
+        print(
+            f"features match raw SQL   max |diff| over all {len(FEATURE_COLUMNS)} feature columns = "
+            f"{r['max_feature_diff']:.3g}, rows NULL on one side only = {r['null_mismatches']}"
+        )
+        print(
+            "steps: "
+            + ", ".join(f"{k.replace('market_bars_market_bars_', 'check_')} {v:.1f}s" for k, v in r["steps"].items())
+        )
+        print(
+            f"peak RSS                 {self_mb:,.0f} MiB this process, {child_mb:,.0f} MiB largest child (dbt)",
+            flush=True,
+        )
         with tempfile.TemporaryDirectory(prefix="atbench-") as tmp:
             s = run_stages(n, Path(tmp))
-        print(f"stages without dagster   {s['bars'] / s['total_s']:>12,.0f} bars/s   {s['total_s']:8.2f} s   "
-              + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+        print(
+            f"stages without dagster   {s['bars'] / s['total_s']:>12,.0f} bars/s   {s['total_s']:8.2f} s   "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items())
+        )
         print(f"raw duckdb sql (again)   {s['bars'] / s['raw_s']:>12,.0f} bars/s   {s['raw_s']:8.2f} s")
         print(f"ratio stages/raw         {s['total_s'] / s['raw_s']:>12.2f}x", flush=True)
     return 0

@@ -9,6 +9,7 @@ baseline bins the same columns with ``numpy.histogram`` over the same bins (``[-
 edges, +inf]``) and applies the same floored PSI formula; both must give the same values. The
 process is pinned to one core; each side is timed as the best of ``--repeats``.
 """
+
 from __future__ import annotations
 
 import argparse

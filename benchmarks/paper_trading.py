@@ -20,6 +20,7 @@ The ratio paper date / engine alone is the serving and bookkeeping overhead. Wit
 (the default) the script also times one ``dg.materialize`` of the asset, to show Dagster's own
 per-run cost beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,18 @@ def make_features(instruments: list[str], n_bars: int, seed: int) -> pd.DataFram
     for k, name in enumerate(instruments):
         close = (100.0 + k) * np.exp(np.cumsum(rng.normal(0.0, 3e-4, n_bars)))
         open_ = np.r_[close[0], close[:-1]]
-        frame = pd.DataFrame({
-            "instrument": name, "ts": ts, "date": ts.date, "open": open_, "high": np.maximum(open_, close),
-            "low": np.minimum(open_, close), "close": close, "volume": rng.uniform(1, 10, n_bars),
-        })
+        frame = pd.DataFrame(
+            {
+                "instrument": name,
+                "ts": ts,
+                "date": ts.date,
+                "open": open_,
+                "high": np.maximum(open_, close),
+                "low": np.minimum(open_, close),
+                "close": close,
+                "volume": rng.uniform(1, 10, n_bars),
+            }
+        )
         for col in FEATURE_COLUMNS:
             frame[col] = rng.normal(0.0, 1.0, n_bars)
         frames.append(frame)
@@ -88,22 +97,24 @@ def main() -> None:
     from autotrader_assets.defs.trading import warehouse as wh
     from autotrader_assets.defs.trading.paper import DayInput, PaperParams, run_paper_day, targets_from_proba
     from autotrader_assets.defs.trading.service import breaker_view, duckdb_connector, run_paper_trading
-    from deploy_ops.trading.breaker import BreakerStore
-    from deploy_ops.trading.backtest import run_portfolio
-    from deploy_ops.slots.local import LocalDeployer
     from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+    from deploy_ops.slots.local import LocalDeployer
     from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
+    from deploy_ops.trading.backtest import run_portfolio
+    from deploy_ops.trading.breaker import BreakerStore
 
     t = Thresholds()
-    params = PaperParams(fee_bps=4.0, slippage_bps=2.0, daily_loss_limit=t.breaker_daily_loss,
-                         drawdown_limit=t.breaker_drawdown)
+    params = PaperParams(
+        fee_bps=4.0, slippage_bps=2.0, daily_loss_limit=t.breaker_daily_loss, drawdown_limit=t.breaker_drawdown
+    )
     with tempfile.TemporaryDirectory(prefix="bench-paper-") as tmp:
         root = Path(tmp)
         url = f"sqlite:///{root / 'registry.db'}"
         state = DeploymentStateStore(url)
         torch.manual_seed(args.seed)
         bundle = ModelBundle(
-            model=build_model("mlp", len(FEATURE_COLUMNS), hidden=(64, 32)), model_class="mlp",
+            model=build_model("mlp", len(FEATURE_COLUMNS), hidden=(64, 32)),
+            model_class="mlp",
             model_kwargs={"hidden": [64, 32]},
             scaler=StandardScaler.fit(np.random.default_rng(args.seed).normal(size=(256, len(FEATURE_COLUMNS)))),
             feature_names=list(FEATURE_COLUMNS),
@@ -141,8 +152,13 @@ def main() -> None:
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 targets = {n: targets_from_proba(proba[n], params.signal) for n in instruments}
-                result = run_portfolio(bars, targets, fee_bps=params.fee_bps, slippage_bps=params.slippage_bps,
-                                       initial_equity=params.initial_equity)
+                result = run_portfolio(
+                    bars,
+                    targets,
+                    fee_bps=params.fee_bps,
+                    slippage_bps=params.slippage_bps,
+                    initial_equity=params.initial_equity,
+                )
                 engine.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 run_paper_day(day_input, None, params, view)
@@ -162,10 +178,14 @@ def main() -> None:
                 with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
                     t0 = time.perf_counter()
                     dg.materialize(
-                        [paper_trading], partition_key=DATE, instance=instance,
-                        resources={"warehouse": WarehouseResource(path=warehouse),
-                                   "registry": RegistryResource(url=url, artifacts_uri=str(root / "artifacts")),
-                                   "settings": get_settings()},
+                        [paper_trading],
+                        partition_key=DATE,
+                        instance=instance,
+                        resources={
+                            "warehouse": WarehouseResource(path=warehouse),
+                            "registry": RegistryResource(url=url, artifacts_uri=str(root / "artifacts")),
+                            "settings": get_settings(),
+                        },
                         run_config={"ops": {"paper_trading": {"config": {"instruments": instruments}}}},
                     )
                     dagster_seconds = time.perf_counter() - t0
@@ -173,19 +193,27 @@ def main() -> None:
             deployer.stop_all()
 
     fastest = breakdowns[int(np.argmin(paper))]
-    print(f"paper trading, one date x {len(instruments)} instruments x {args.bars} bars "
-          f"({requests} HTTP /predict requests, {day.portfolio.fills.shape[0]} fills), best of {args.repeats}")
+    print(
+        f"paper trading, one date x {len(instruments)} instruments x {args.bars} bars "
+        f"({requests} HTTP /predict requests, {day.portfolio.fills.shape[0]} fills), best of {args.repeats}"
+    )
     if day.trip is not None:
-        print(f"  (the untrained model loses: the breaker trips at {day.trip.at:%H:%M} on {day.trip.reason}; "
-              f"later repeats find it stored and halt from there)")
+        print(
+            f"  (the untrained model loses: the breaker trips at {day.trip.at:%H:%M} on {day.trip.reason}; "
+            f"later repeats find it stored and halt from there)"
+        )
     print(f"  paper date (features + HTTP + engine + breaker + writes) {best(paper)}")
-    print(f"    of which: read {fastest['read'] * 1000:.1f} ms, predict (HTTP) {fastest['predict'] * 1000:.1f} ms, "
-          f"engine+breaker {fastest['engine'] * 1000:.1f} ms, breaker store {fastest['breaker'] * 1000:.1f} ms, "
-          f"write {fastest['write'] * 1000:.1f} ms")
+    print(
+        f"    of which: read {fastest['read'] * 1000:.1f} ms, predict (HTTP) {fastest['predict'] * 1000:.1f} ms, "
+        f"engine+breaker {fastest['engine'] * 1000:.1f} ms, breaker store {fastest['breaker'] * 1000:.1f} ms, "
+        f"write {fastest['write'] * 1000:.1f} ms"
+    )
     print(f"  engine alone (run_portfolio, same predictions)        {best(engine)}")
     print(f"  engine + breaker (run_paper_day, same predictions)    {best(engine_breaker)}")
-    print(f"  overhead ratio paper date / engine alone: {min(paper) / min(engine):.1f}x "
-          f"(serving + bookkeeping {1000 * (min(paper) - min(engine)):.1f} ms)")
+    print(
+        f"  overhead ratio paper date / engine alone: {min(paper) / min(engine):.1f}x "
+        f"(serving + bookkeeping {1000 * (min(paper) - min(engine)):.1f} ms)"
+    )
     if dagster_seconds is not None:
         print(f"  one dg.materialize of paper_trading (in-process, fresh instance): {dagster_seconds * 1000:.0f} ms")
 

@@ -18,6 +18,7 @@ the same single torch thread: the HTTP/in-process ratio is the cost of serving.
 Exit status 1 when p99 misses ``--target-p99-ms`` (5 ms) or the achieved rate falls short of 97%
 of the requested one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 
 
 # -- load generator (runs in its own process) -------------------------------------------------------
-async def _run_load(host: str, port: int, request: bytes, rate: float, duration: float, warmup: float,
-                    connections: int) -> dict[str, Any]:
+async def _run_load(
+    host: str, port: int, request: bytes, rate: float, duration: float, warmup: float, connections: int
+) -> dict[str, Any]:
     idle: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
         idle.put_nowait(await asyncio.open_connection(host, port))
@@ -128,14 +130,18 @@ def loadgen_main(args: argparse.Namespace) -> int:
     body = Path(args.body_file).read_bytes()
     token = os.environ.get("AUTOTRADER_SERVING_TOKEN")
     headers = [
-        "POST /predict HTTP/1.1", f"Host: {args.host}:{args.port}", "Content-Type: application/json",
-        f"Content-Length: {len(body)}", "Connection: keep-alive",
+        "POST /predict HTTP/1.1",
+        f"Host: {args.host}:{args.port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
     ]
     if token:
         headers.append(f"Authorization: Bearer {token}")
     request = ("\r\n".join(headers) + "\r\n\r\n").encode() + body
-    result = asyncio.run(_run_load(args.host, args.port, request, args.rate, args.duration, args.warmup,
-                                   args.connections))
+    result = asyncio.run(
+        _run_load(args.host, args.port, request, args.rate, args.duration, args.warmup, args.connections)
+    )
     print(json.dumps(result))
     return 0
 
@@ -149,7 +155,9 @@ def _make_bundle(path: Path):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     bundle = ModelBundle(
-        model=build_model("mlp", N_FEATURES, hidden=(64, 32)), model_class="mlp", model_kwargs={"hidden": [64, 32]},
+        model=build_model("mlp", N_FEATURES, hidden=(64, 32)),
+        model_class="mlp",
+        model_kwargs={"hidden": [64, 32]},
         scaler=StandardScaler.fit(rng.normal(size=(500, N_FEATURES))),
         feature_names=[f"f{i}" for i in range(N_FEATURES)],
     )
@@ -202,9 +210,9 @@ def _server_side(metrics_text: str) -> dict[str, float]:
 
 def driver_main(args: argparse.Namespace) -> int:
     """Start a slot, run the generator process against it, print the comparison."""
+    from deploy_ops.models.bundle import ModelBundle
     from deploy_ops.serving.client import ServingClient
     from deploy_ops.slots.local import LocalDeployer
-    from deploy_ops.models.bundle import ModelBundle
     from deploy_ops.state import DeploymentStateStore
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -231,10 +239,28 @@ def driver_main(args: argparse.Namespace) -> int:
             np.testing.assert_allclose(served, bundle.predict_proba(batch), rtol=1e-6, atol=1e-9)
 
             generator = subprocess.run(
-                [sys.executable, __file__, "loadgen", "--host", info.host, "--port", str(info.port),
-                 "--rate", str(args.rate), "--duration", str(args.duration), "--warmup", str(args.warmup),
-                 "--connections", str(args.connections), "--body-file", str(body_file)],
-                env={**os.environ, "AUTOTRADER_SERVING_TOKEN": token}, capture_output=True, text=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "loadgen",
+                    "--host",
+                    info.host,
+                    "--port",
+                    str(info.port),
+                    "--rate",
+                    str(args.rate),
+                    "--duration",
+                    str(args.duration),
+                    "--warmup",
+                    str(args.warmup),
+                    "--connections",
+                    str(args.connections),
+                    "--body-file",
+                    str(body_file),
+                ],
+                env={**os.environ, "AUTOTRADER_SERVING_TOKEN": token},
+                capture_output=True,
+                text=True,
                 timeout=args.duration + args.warmup + 120,
             )
             if generator.returncode != 0:
@@ -247,8 +273,14 @@ def driver_main(args: argparse.Namespace) -> int:
     http = load["latency_ms"]
     ok = load["statuses"].get("200", 0)
     report = {
-        "config": {"rate": args.rate, "duration_s": args.duration, "batch_rows": args.batch,
-                   "features": bundle.n_features, "connections": args.connections, "cpus": os.cpu_count()},
+        "config": {
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "batch_rows": args.batch,
+            "features": bundle.n_features,
+            "connections": args.connections,
+            "cpus": os.cpu_count(),
+        },
         "http": load,
         "server_side_ms": server,
         "load_average_at_start": load_before,
@@ -259,16 +291,20 @@ def driver_main(args: argparse.Namespace) -> int:
     passed = http["p99"] < args.target_p99_ms and ok == load["requests"] and load["achieved_rps"] >= 0.97 * args.rate
     report["pass"] = passed
 
-    print(f"serving benchmark: {args.rate:.0f} req/s for {args.duration:.0f}s, batch {args.batch}x{bundle.n_features}, "
-          f"{args.connections} keep-alive connections, {os.cpu_count()} cpus, load average {load_before:.2f}")
+    print(
+        f"serving benchmark: {args.rate:.0f} req/s for {args.duration:.0f}s, batch {args.batch}x{bundle.n_features}, "
+        f"{args.connections} keep-alive connections, {os.cpu_count()} cpus, load average {load_before:.2f}"
+    )
     print(f"  requests  {load['requests']}  statuses {load['statuses']}  achieved {load['achieved_rps']:.1f} req/s")
     print("  HTTP /predict latency (ms):     " + "  ".join(f"{k} {v:.3f}" for k, v in http.items()))
     print("  generator timer lag (ms):       " + "  ".join(f"{k} {v:.3f}" for k, v in load["generator_lag_ms"].items()))
     if server:
         print(f"  server-side handler (histogram): mean {server['mean']:.3f}  p99 {server['p99']:.3f} (ms)")
     print("  in-process predict_proba (ms):  " + "  ".join(f"{k} {v:.3f}" for k, v in baseline.items()))
-    print(f"  ratio HTTP / in-process:        p50 {report['ratio_http_over_in_process']['p50']:.1f}x  "
-          f"p99 {report['ratio_http_over_in_process']['p99']:.1f}x")
+    print(
+        f"  ratio HTTP / in-process:        p50 {report['ratio_http_over_in_process']['p50']:.1f}x  "
+        f"p99 {report['ratio_http_over_in_process']['p99']:.1f}x"
+    )
     print(f"  p99 target {args.target_p99_ms} ms: {'PASS' if passed else 'FAIL'}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

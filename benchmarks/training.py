@@ -26,6 +26,7 @@ through the bundle takes 1.5 times as long as the bare forward pass.
     .venv/bin/python benchmarks/training.py                 # 200k rows, 3 epochs, 5 rounds
     .venv/bin/python benchmarks/training.py --rows 50000 --epochs 2 --rounds 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from autotrader_assets.defs.training.train import TrainConfig, fit_model  # noqa: E402
-from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model  # noqa: E402
 
 N_FEATURES = 14  # the bar_features model input width
 FEATURE_NAMES = [f"f{i}" for i in range(N_FEATURES)]
@@ -144,20 +145,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-calls", type=int, default=200)
     parser.add_argument("--infer-batch", type=int, default=1024)
     args = parser.parse_args(argv)
-    if min(args.rows, args.val_rows, args.epochs, args.rounds, args.batch_size,
-           args.single_calls, args.batch_calls, args.infer_batch) < 1:
+    if (
+        min(
+            args.rows,
+            args.val_rows,
+            args.epochs,
+            args.rounds,
+            args.batch_size,
+            args.single_calls,
+            args.batch_calls,
+            args.infer_batch,
+        )
+        < 1
+    ):
         parser.error("all counts must be >= 1")
 
     torch.set_num_threads(1)
     load1, load5, load15 = os.getloadavg()
-    print(f"torch {torch.__version__}  numpy {np.__version__}  threads {torch.get_num_threads()}  "
-          f"cpus {os.cpu_count()}  load average {load1:.2f} {load5:.2f} {load15:.2f}")
+    print(
+        f"torch {torch.__version__}  numpy {np.__version__}  threads {torch.get_num_threads()}  "
+        f"cpus {os.cpu_count()}  load average {load1:.2f} {load5:.2f} {load15:.2f}"
+    )
 
     defaults = TrainConfig()  # the candidate_model defaults
     config = TrainConfig(
-        model_class="mlp", hidden=defaults.hidden, dropout=defaults.dropout,
-        learning_rate=defaults.learning_rate, weight_decay=defaults.weight_decay,
-        batch_size=args.batch_size, max_epochs=args.epochs, patience=args.epochs + 1, seed=args.seed,
+        model_class="mlp",
+        hidden=defaults.hidden,
+        dropout=defaults.dropout,
+        learning_rate=defaults.learning_rate,
+        weight_decay=defaults.weight_decay,
+        batch_size=args.batch_size,
+        max_epochs=args.epochs,
+        patience=args.epochs + 1,
+        seed=args.seed,
     )
     x_all, y_all = make_data(args.rows + args.val_rows, args.seed)
     x_train, y_train = x_all[: args.rows], y_all[: args.rows]
@@ -167,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     xs = torch.from_numpy(scaler.transform(x_train))
     ys = torch.from_numpy(y_train.copy())
     n_params = sum(p.numel() for p in build_model("mlp", N_FEATURES, **config.model_kwargs()).parameters())
-    print(f"\n[training] rows {args.rows:,} x {N_FEATURES} features  val rows {args.val_rows:,} (ours only)  "
-          f"epochs {args.epochs}  batch {args.batch_size}  MLP hidden {list(config.hidden)} "
-          f"dropout {config.dropout} ({n_params} params)  seed {args.seed}")
+    print(
+        f"\n[training] rows {args.rows:,} x {N_FEATURES} features  val rows {args.val_rows:,} (ours only)  "
+        f"epochs {args.epochs}  batch {args.batch_size}  MLP hidden {list(config.hidden)} "
+        f"dropout {config.dropout} ({n_params} params)  seed {args.seed}"
+    )
 
     # Warm-up: allocator, autograd and Adam first-call paths on a small slice, both sides.
     warm = TrainConfig(**{**config.as_params(), "hidden": config.hidden, "max_epochs": 1, "patience": 2})
@@ -189,17 +211,28 @@ def main(argv: list[str] | None = None) -> int:
     t_ours, t_plain = float(all_ours.min()), float(all_plain.min())
     samples = args.rows * args.epochs
     sps_ours, sps_plain = samples / t_ours, samples / t_plain
-    print(f"ours  (fit_model) : {sps_ours:>11,.0f} samples/s  ({t_ours:6.2f} s best, "
-          f"{np.median(all_ours):6.2f} s median of {args.rounds}; "
-          f"last-epoch train loss {train_ours.last_loss:.4f})")  # type: ignore[attr-defined]
-    print(f"plain (torch loop): {sps_plain:>11,.0f} samples/s  ({t_plain:6.2f} s best, "
-          f"{np.median(all_plain):6.2f} s median of {args.rounds}; "
-          f"last-epoch train loss {train_plain.last_loss:.4f})")  # type: ignore[attr-defined]
+    print(
+        f"ours  (fit_model) : {sps_ours:>11,.0f} samples/s  ({t_ours:6.2f} s best, "
+        f"{np.median(all_ours):6.2f} s median of {args.rounds}; "
+        f"last-epoch train loss {train_ours.last_loss:.4f})"
+    )  # type: ignore[attr-defined]
+    print(
+        f"plain (torch loop): {sps_plain:>11,.0f} samples/s  ({t_plain:6.2f} s best, "
+        f"{np.median(all_plain):6.2f} s median of {args.rounds}; "
+        f"last-epoch train loss {train_plain.last_loss:.4f})"
+    )  # type: ignore[attr-defined]
     ratio = sps_ours / sps_plain
-    verdict = ("same speed" if abs(ratio - 1) < 0.005
-               else f"{(ratio - 1) * 100:.0f}% faster" if ratio > 1 else f"{(1 - ratio) * 100:.0f}% slower")
-    print(f"ratio ours/plain (training throughput, best runs): {ratio:.2f}x  ({verdict}; "
-          f"median runs: {np.median(all_plain) / np.median(all_ours):.2f}x)")
+    verdict = (
+        "same speed"
+        if abs(ratio - 1) < 0.005
+        else f"{(ratio - 1) * 100:.0f}% faster"
+        if ratio > 1
+        else f"{(1 - ratio) * 100:.0f}% slower"
+    )
+    print(
+        f"ratio ours/plain (training throughput, best runs): {ratio:.2f}x  ({verdict}; "
+        f"median runs: {np.median(all_plain) / np.median(all_ours):.2f}x)"
+    )
 
     # ---- inference on the saved and reloaded bundle --------------------------------------------
     trained: ModelBundle = result["bundle"]  # type: ignore[assignment]
@@ -228,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = [
         ("1 row", args.single_calls, lambda: bundle.predict_proba(raw_row), lambda: plain_predict(scaled_row)),
-        (f"{args.infer_batch} rows", args.batch_calls,
-         lambda: bundle.predict_proba(raw_batch), lambda: plain_predict(scaled_batch)),
+        (
+            f"{args.infer_batch} rows",
+            args.batch_calls,
+            lambda: bundle.predict_proba(raw_batch),
+            lambda: plain_predict(scaled_batch),
+        ),
     ]
     for name, calls, ours_fn, plain_fn in cases:
         call_latencies([ours_fn, plain_fn], max(50, calls // 10))  # warm-up

@@ -17,6 +17,7 @@ existing stores unless ``force=True``, and restores the database before the ware
 
 Recovery objectives: RPO 1 h (the ``hourly_backup`` schedule), RTO 4 h (docs/runbooks/disaster-recovery.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,13 +99,16 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "Manifest":
+    def from_json(cls, text: str, where: str) -> Manifest:
         try:
             data = json.loads(text)
             files = tuple(BackupFile(**f) for f in data["files"])
             manifest = cls(
-                backup_id=data["backup_id"], created_at=data["created_at"], registry_backend=data["registry_backend"],
-                files=files, format_version=data["format_version"],
+                backup_id=data["backup_id"],
+                created_at=data["created_at"],
+                registry_backend=data["registry_backend"],
+                files=files,
+                format_version=data["format_version"],
             )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise BackupInvalidError(f"the manifest of {where} is unreadable (truncated or corrupt): {exc}") from exc
@@ -195,13 +199,14 @@ class S3Destination:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                found.append(common["Prefix"][len(base):].rstrip("/"))
+                found.append(common["Prefix"][len(base) :].rstrip("/"))
         return sorted(found)
 
     def put(self, backup_id: str, name: str, source: Path) -> None:
         # SSE on every object even if the bucket default were missing (the Terraform sets both).
-        self.client.upload_file(str(source), self.bucket, self._key(backup_id, name),
-                                ExtraArgs={"ServerSideEncryption": "AES256"})
+        self.client.upload_file(
+            str(source), self.bucket, self._key(backup_id, name), ExtraArgs={"ServerSideEncryption": "AES256"}
+        )
 
     def get(self, backup_id: str, name: str, target: Path) -> None:
         from botocore.exceptions import ClientError
@@ -228,7 +233,7 @@ def open_destination(uri: str, region: str = "us-east-1") -> Destination:
     if not uri or not uri.strip():
         raise BackupError("no backup destination: set AUTOTRADER_BACKUP_URI or pass --to/--from")
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         return S3Destination(bucket, prefix, region=region)
     if "://" in uri:
         raise BackupError(f"backup destination {uri!r} must be a local folder or s3://bucket/prefix")
@@ -269,8 +274,16 @@ def _sqlite_path(url: str) -> Path:
 def _pg_args(url: str) -> tuple[list[str], dict[str, str]]:
     """pg_dump/pg_restore connection options and environment (the password never on a command line)."""
     parsed = make_url(normalize_url(url))
-    args = ["--host", parsed.host or "127.0.0.1", "--port", str(parsed.port or 5432),
-            "--username", parsed.username or "postgres", "--dbname", parsed.database or "postgres"]
+    args = [
+        "--host",
+        parsed.host or "127.0.0.1",
+        "--port",
+        str(parsed.port or 5432),
+        "--username",
+        parsed.username or "postgres",
+        "--dbname",
+        parsed.database or "postgres",
+    ]
     env = dict(os.environ)
     if parsed.password:
         env["PGPASSWORD"] = str(parsed.password)
@@ -487,8 +500,20 @@ def _restore_registry(url: str, folder: Path, manifest: Manifest) -> None:
         return
     args, env = _pg_args(url)
     # One transaction: a pg_restore that fails part way leaves the database as it was.
-    _run_pg("pg_restore", ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
-                           "--exit-on-error", *args, str(folder / REGISTRY_PGDUMP)], env)
+    _run_pg(
+        "pg_restore",
+        [
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            *args,
+            str(folder / REGISTRY_PGDUMP),
+        ],
+        env,
+    )
 
 
 def _restore_warehouse(path: Path, folder: Path, connect: ConnectWarehouse) -> None:

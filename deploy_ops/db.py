@@ -1,5 +1,6 @@
 """What the SQL stores (registry, deployment state, breaker, leases) share: one engine per URL
 (SQLite or PostgreSQL), UTC timestamps, and the JSON encoding of detail columns."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,9 +15,9 @@ from sqlalchemy.engine import make_url
 def normalize_url(url: str) -> str:
     """Map ``postgres://`` / ``postgresql://`` to the psycopg2 driver we install."""
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 

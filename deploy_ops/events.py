@@ -11,6 +11,7 @@ A runbook reference is ``docs/runbooks/<file>.md#<anchor>``: the section an oper
 ``tests/unit/test_events.py`` checks that every reference in :data:`RUNBOOKS` names an existing
 section.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,15 @@ class OpsEvent:
     at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "at": self.at, "kind": self.kind, "severity": self.severity,
-                "summary": self.summary, "details": self.details, "runbook": self.runbook}
+        return {
+            "id": self.id,
+            "at": self.at,
+            "kind": self.kind,
+            "severity": self.severity,
+            "summary": self.summary,
+            "details": self.details,
+            "runbook": self.runbook,
+        }
 
 
 def check_runbook(runbook: str) -> str:
@@ -93,8 +101,15 @@ def shape(event: Event) -> OpsEvent:
     """Any event of the log in the common shape (runbook empty for events recorded without one)."""
     details = dict(event.details)
     runbook = str(details.pop(RUNBOOK_KEY, "") or "")
-    return OpsEvent(kind=event.kind, severity=event.severity, summary=event.message, details=details,
-                    runbook=runbook, id=event.id, at=event.at.isoformat() if event.at else None)
+    return OpsEvent(
+        kind=event.kind,
+        severity=event.severity,
+        summary=event.message,
+        details=details,
+        runbook=runbook,
+        id=event.id,
+        at=event.at.isoformat() if event.at else None,
+    )
 
 
 __all__ = ["OpsEvent", "RUNBOOKS", "RUNBOOK_KEY", "check_runbook", "record", "shape"]

@@ -15,6 +15,7 @@ so a metric that disappeared from the batch (an instrument no longer traded) dis
 Pushgateway too; :func:`push` with ``replace=False`` (HTTP POST) replaces only the pushed names,
 which the run-status sensors need to keep the other's series in their shared group.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,32 +56,86 @@ def _specs(*specs: MetricSpec) -> dict[str, MetricSpec]:
 
 CATALOGUE: dict[str, MetricSpec] = _specs(
     # trading_performance (paper_trading_job, performance_report): the whole paper account.
-    MetricSpec("autotrader_trading_equity", "gauge", "Paper account equity at the last computed bar (account currency)"),
+    MetricSpec(
+        "autotrader_trading_equity", "gauge", "Paper account equity at the last computed bar (account currency)"
+    ),
     MetricSpec("autotrader_trading_pnl", "gauge", "Paper account PnL since inception (account currency)"),
     MetricSpec("autotrader_trading_daily_pnl", "gauge", "PnL of the last computed date (account currency)"),
-    MetricSpec("autotrader_trading_sharpe_ratio", "gauge", "Annualised Sharpe ratio of daily returns (sqrt(365), rf 0, ddof 1)"),
+    MetricSpec(
+        "autotrader_trading_sharpe_ratio", "gauge", "Annualised Sharpe ratio of daily returns (sqrt(365), rf 0, ddof 1)"
+    ),
     MetricSpec("autotrader_trading_win_rate_ratio", "gauge", "Fraction of closed round trips with a positive PnL"),
-    MetricSpec("autotrader_trading_max_drawdown_ratio", "gauge", "Largest fall from the equity peak, as a fraction of the peak"),
-    MetricSpec("autotrader_trading_profit_factor", "gauge", "Gross profit / gross loss of closed round trips (+Inf without losses)"),
-    MetricSpec("autotrader_trading_trades_per_minute", "gauge", "Fills per minute of market time over the account's history"),
+    MetricSpec(
+        "autotrader_trading_max_drawdown_ratio", "gauge", "Largest fall from the equity peak, as a fraction of the peak"
+    ),
+    MetricSpec(
+        "autotrader_trading_profit_factor",
+        "gauge",
+        "Gross profit / gross loss of closed round trips (+Inf without losses)",
+    ),
+    MetricSpec(
+        "autotrader_trading_trades_per_minute", "gauge", "Fills per minute of market time over the account's history"
+    ),
     MetricSpec("autotrader_trading_fills_total", "counter", "Fills since the account started"),
     MetricSpec("autotrader_trading_trades_total", "counter", "Closed round trips since the account started"),
-    MetricSpec("autotrader_trading_position_units", "gauge", "Open position per instrument (units; negative is short)", ("instrument",)),
-    MetricSpec("autotrader_trading_position_notional", "gauge", "Open position per instrument at the last close (account currency)", ("instrument",)),
-    MetricSpec("autotrader_trading_instrument_pnl", "gauge", "PnL of each instrument's sleeve since inception (account currency)", ("instrument",)),
+    MetricSpec(
+        "autotrader_trading_position_units",
+        "gauge",
+        "Open position per instrument (units; negative is short)",
+        ("instrument",),
+    ),
+    MetricSpec(
+        "autotrader_trading_position_notional",
+        "gauge",
+        "Open position per instrument at the last close (account currency)",
+        ("instrument",),
+    ),
+    MetricSpec(
+        "autotrader_trading_instrument_pnl",
+        "gauge",
+        "PnL of each instrument's sleeve since inception (account currency)",
+        ("instrument",),
+    ),
     # paper_trading and `autotrader breaker reset`, in the one group BREAKER_JOB.
     MetricSpec("autotrader_circuit_breaker_tripped", "gauge", "1 while the circuit breaker's trip is in force, else 0"),
     # feature_drift (health_check).
-    MetricSpec("autotrader_feature_psi", "gauge", "PSI of a model input feature on the last judged date vs the training reference", ("feature", "model_version")),
+    MetricSpec(
+        "autotrader_feature_psi",
+        "gauge",
+        "PSI of a model input feature on the last judged date vs the training reference",
+        ("feature", "model_version"),
+    ),
     # model_health (health_check).
-    MetricSpec("autotrader_model_confidence_ratio", "gauge", "Mean max(p, 1-p) of the last full 2-hour window of paper-trading predictions"),
-    MetricSpec("autotrader_trading_rolling_win_rate_ratio", "gauge", "Win rate of the closed trades of the last full 4-hour window with 10+ trades (what WinRateLow judges)"),
+    MetricSpec(
+        "autotrader_model_confidence_ratio",
+        "gauge",
+        "Mean max(p, 1-p) of the last full 2-hour window of paper-trading predictions",
+    ),
+    MetricSpec(
+        "autotrader_trading_rolling_win_rate_ratio",
+        "gauge",
+        "Win rate of the closed trades of the last full 4-hour window with 10+ trades (what WinRateLow judges)",
+    ),
     # market_bars (data_pipeline), one group per instrument.
-    MetricSpec("autotrader_market_data_missing_ratio", "gauge", "Fraction of the session's expected bars missing on the instrument's last published date", ("instrument",)),
-    MetricSpec("autotrader_market_data_outlier_bars", "gauge", "Bad prints (robust-z outliers) on the instrument's last published date", ("instrument",)),
+    MetricSpec(
+        "autotrader_market_data_missing_ratio",
+        "gauge",
+        "Fraction of the session's expected bars missing on the instrument's last published date",
+        ("instrument",),
+    ),
+    MetricSpec(
+        "autotrader_market_data_outlier_bars",
+        "gauge",
+        "Bad prints (robust-z outliers) on the instrument's last published date",
+        ("instrument",),
+    ),
     # the run-status sensors, one group per job.
     MetricSpec("autotrader_job_last_success_timestamp_seconds", "gauge", "Unix time the job's last run succeeded"),
-    MetricSpec("autotrader_job_consecutive_failures", "gauge", "Failed runs in a row of the job for the same partition(s); 0 after a success"),
+    MetricSpec(
+        "autotrader_job_consecutive_failures",
+        "gauge",
+        "Failed runs in a row of the job for the same partition(s); 0 after a success",
+    ),
 )
 
 
@@ -156,17 +211,31 @@ class PushOutcome:
         """The log line for a failed push (None otherwise)."""
         if self.status != "failed":
             return None
-        return (f"metrics not pushed to the Pushgateway {self.url} (job {self.job}, group {dict(self.grouping)}): "
-                f"{self.error}; the run goes on without them")
+        return (
+            f"metrics not pushed to the Pushgateway {self.url} (job {self.job}, group {dict(self.grouping)}): "
+            f"{self.error}; the run goes on without them"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "url": self.url or "-", "job": self.job, "grouping": dict(self.grouping),
-                "samples": self.n_samples, "seconds": round(self.seconds, 4), "error": self.error or "-"}
+        return {
+            "status": self.status,
+            "url": self.url or "-",
+            "job": self.job,
+            "grouping": dict(self.grouping),
+            "samples": self.n_samples,
+            "seconds": round(self.seconds, 4),
+            "error": self.error or "-",
+        }
 
 
 def push(
-    url: str, job: str, samples: Iterable[Sample], grouping: Mapping[str, str] | None = None, *,
-    replace: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+    url: str,
+    job: str,
+    samples: Iterable[Sample],
+    grouping: Mapping[str, str] | None = None,
+    *,
+    replace: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> PushOutcome:
     """Push ``samples`` as the group ``job`` + ``grouping``; never raises for the Pushgateway's sake.
 
@@ -185,12 +254,14 @@ def push(
     except (OSError, ValueError) as exc:
         # OSError covers refused connections, timeouts and the client's own error for a non-2xx
         # answer; ValueError a URL the HTTP library cannot use. Either way the batch result stands.
-        return PushOutcome("failed", url, job, grouping, n, time.perf_counter() - started,
-                           f"{type(exc).__name__}: {exc}"[:300])
+        return PushOutcome(
+            "failed", url, job, grouping, n, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"[:300]
+        )
     return PushOutcome("pushed", url, job, grouping, n, time.perf_counter() - started)
 
 
 # -- the samples of each batch -------------------------------------------------------------------
+
 
 def _finite(value: Any) -> float | None:
     """A number worth pushing: None, text ("no closed trades") and NaN are left out."""
@@ -255,7 +326,9 @@ def psi_samples(psi_by_feature: Iterable[tuple[str, Any, Any]]) -> list[Sample]:
     for feature, version, psi in psi_by_feature:
         number = _finite(psi)
         if number is not None:
-            out.append(Sample("autotrader_feature_psi", number, {"feature": str(feature), "model_version": str(version)}))
+            out.append(
+                Sample("autotrader_feature_psi", number, {"feature": str(feature), "model_version": str(version)})
+            )
     return out
 
 
@@ -282,8 +355,10 @@ def market_data_samples(instrument: str, missing_ratio: Any, outlier_bars: int) 
 
 
 def job_success_samples(finished_at: float) -> list[Sample]:
-    return [Sample("autotrader_job_last_success_timestamp_seconds", float(finished_at)),
-            Sample("autotrader_job_consecutive_failures", 0.0)]
+    return [
+        Sample("autotrader_job_last_success_timestamp_seconds", float(finished_at)),
+        Sample("autotrader_job_consecutive_failures", 0.0),
+    ]
 
 
 def job_failure_samples(consecutive_failures: int) -> list[Sample]:

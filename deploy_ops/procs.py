@@ -1,4 +1,5 @@
 """Process liveness on Linux, shared by the local deployer and the rollout lease check."""
+
 from __future__ import annotations
 
 import os
@@ -20,4 +21,4 @@ def pid_running(pid: int | None) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     # The state letter follows the last ')' (the command name may itself contain parentheses).
-    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")

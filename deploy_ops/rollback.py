@@ -20,6 +20,7 @@ production alias, and records an event:
 
 No Dagster imports: the Dagster jobs, the sensor and the CLI call these functions.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -84,8 +85,9 @@ class RollbackReport:
         return asdict(self)
 
 
-def _smoke(backend: SlotBackend, state: DeploymentStateStore, registry: ModelRegistry, slot: str,
-           mv: ModelVersion) -> str:
+def _smoke(
+    backend: SlotBackend, state: DeploymentStateStore, registry: ModelRegistry, slot: str, mv: ModelVersion
+) -> str:
     """Health plus one known-answer prediction (the scaler's mean row, scored in-process too)."""
     check = backend.check(slot, str(mv.version))
     if not check.ok:
@@ -109,12 +111,19 @@ def _smoke(backend: SlotBackend, state: DeploymentStateStore, registry: ModelReg
     return f"slot {slot} healthy, known-answer prediction matches (deviation {deviation:.1e})"
 
 
-def _open_deployment(state: DeploymentStateStore, mv: ModelVersion, slot: str, live: str | None,
-                     previous: ModelVersion | None, mode: str) -> int:
+def _open_deployment(
+    state: DeploymentStateStore, mv: ModelVersion, slot: str, live: str | None, previous: ModelVersion | None, mode: str
+) -> int:
     dep = state.start_deployment(str(mv.version), slot=slot, stage=mode)
     # A lease makes a crash half way through recoverable like an interrupted rollout.
-    LeaseStore(state).create(dep.id, mode=mode, version=str(mv.version), live_slot=live, candidate_slot=slot,
-                             previous_version=str(previous.version) if previous else None)
+    LeaseStore(state).create(
+        dep.id,
+        mode=mode,
+        version=str(mv.version),
+        live_slot=live,
+        candidate_slot=slot,
+        previous_version=str(previous.version) if previous else None,
+    )
     return dep.id
 
 
@@ -148,7 +157,9 @@ def manual_rollback(
     if mv.stage == FAILED:
         raise RollbackError(f"refusing to roll back to version {mv.version}: it is marked failed")
     if not reserve and mv.stage not in (ARCHIVED, STAGING):
-        raise RollbackError(f"cannot roll back to version {mv.version} in stage {mv.stage}; targets must be archived or staging")
+        raise RollbackError(
+            f"cannot roll back to version {mv.version} in stage {mv.stage}; targets must be archived or staging"
+        )
     registry.load_bundle(mv.version)  # the artifact must verify before any process is touched
 
     live = find_live_slot(state, production)
@@ -162,17 +173,32 @@ def manual_rollback(
         report.actions.append(_smoke(backend, state, registry, slot, mv))
     except Exception as exc:  # nothing was switched yet: undo the start and report why
         message = f"rollback to version {mv.version} failed before switching traffic: {exc}"
-        undone = close_out(state, backend, report.deployment_id, status="failed", reason=message,
-                           event="model_rollback_failed", message=message,
-                           details={**report.to_dict(), "error": truncate(exc, MESSAGE)},
-                           stop=slot, force_stop=live is None)
+        undone = close_out(
+            state,
+            backend,
+            report.deployment_id,
+            status="failed",
+            reason=message,
+            event="model_rollback_failed",
+            message=message,
+            details={**report.to_dict(), "error": truncate(exc, MESSAGE)},
+            stop=slot,
+            force_stop=live is None,
+        )
         raise RollbackError(f"{message} [{undone.summary()}]") from exc
     if not reserve:
-        _registry_rollback(registry, report, production, mv, actor=actor, reason=reason,
-                           mark_failed=mark_current_failed)
+        _registry_rollback(
+            registry, report, production, mv, actor=actor, reason=reason, mark_failed=mark_current_failed
+        )
     _switch_and_retire(state, backend, slot, report, force_stop=False)
-    return _succeeded(state, report, f"manual rollback by {actor}: {reason}", event="model_rollback",
-                      message=f"{actor} rolled production back to version {mv.version}: {reason}", severity="warning")
+    return _succeeded(
+        state,
+        report,
+        f"manual rollback by {actor}: {reason}",
+        event="model_rollback",
+        message=f"{actor} rolled production back to version {mv.version}: {reason}",
+        severity="warning",
+    )
 
 
 def emergency_rollback(
@@ -193,11 +219,17 @@ def emergency_rollback(
         message = "no known-good version: no other version ever held production without failing"
         # The emergency path failing is an emergency of its own: say so before raising.
         events.record(
-            state, "emergency_rollback_failed", "critical",
+            state,
+            "emergency_rollback_failed",
+            "critical",
             f"emergency rollback ({actor}: {truncate(reason, DETAIL)}) failed: {message}",
-            {"actor": actor, "reason": reason, "error": message,
-             "production_version": production.version if production else None,
-             "operator_actions": NO_KNOWN_GOOD_ACTIONS},
+            {
+                "actor": actor,
+                "reason": reason,
+                "error": message,
+                "production_version": production.version if production else None,
+                "operator_actions": NO_KNOWN_GOOD_ACTIONS,
+            },
             runbook=EMERGENCY_RUNBOOK,
         )
         raise RollbackError(f"{message}. {' '.join(NO_KNOWN_GOOD_ACTIONS)}")
@@ -205,19 +237,26 @@ def emergency_rollback(
     preempted = None
     if running is not None:
         preempted = f"deployment {running.id} of version {running.version} (stage {running.stage})"
-        state.finish_deployment(running.id, "failed", reason=truncate(f"preempted by emergency rollback ({actor}): {reason}", MESSAGE))
+        state.finish_deployment(
+            running.id, "failed", reason=truncate(f"preempted by emergency rollback ({actor}): {reason}", MESSAGE)
+        )
 
     slots = state.slots()
-    ready = [s for s in SLOTS if s in slots and slots[s].version == str(target.version)
-             and backend.check(s, str(target.version)).ok]
+    ready = [
+        s
+        for s in SLOTS
+        if s in slots and slots[s].version == str(target.version) and backend.check(s, str(target.version)).ok
+    ]
     default = state.routing_table().get(DEFAULT_ROUTE)
     slot = ready[0] if ready else (other_slot(default) if default in SLOTS else "blue")
-    report = RollbackReport("emergency", target.version, production.version if production else None, slot, None,
-                            actor, reason)
+    report = RollbackReport(
+        "emergency", target.version, production.version if production else None, slot, None, actor, reason
+    )
     if preempted:
         report.actions.append(f"preempted {preempted}")
-    report.deployment_id = _open_deployment(state, target, slot, default if default in SLOTS else None,
-                                            production, "emergency_rollback")
+    report.deployment_id = _open_deployment(
+        state, target, slot, default if default in SLOTS else None, production, "emergency_rollback"
+    )
     try:
         if ready:
             report.actions.append(f"slot {slot} already serves version {target.version}")
@@ -227,20 +266,45 @@ def emergency_rollback(
             report.actions.append(f"slot {slot} started with version {target.version}")
         _switch_and_retire(state, backend, slot, report, force_stop=True)
         if production is not None and production.version != target.version:
-            _registry_rollback(registry, report, production, target, actor=actor, reason=f"emergency: {reason}",
-                               mark_failed=mark_current_failed)
+            _registry_rollback(
+                registry,
+                report,
+                production,
+                target,
+                actor=actor,
+                reason=f"emergency: {reason}",
+                mark_failed=mark_current_failed,
+            )
         elif production is None:
             registry.promote(target.version, PRODUCTION, actor=actor, reason=f"emergency: {reason}")
             report.actions.append(f"registry production -> {target.version}")
     except Exception as exc:  # emergency: say exactly what got done before the failure; undo nothing
-        close_out(state, backend, report.deployment_id, status="failed", reason=f"{type(exc).__name__}: {exc}",
-                  event="emergency_rollback_failed", message=f"emergency rollback to {target.version} failed: {exc}",
-                  details={**report.to_dict(), "error": truncate(exc, MESSAGE),
-                           "operator_actions": FAILED_EMERGENCY_ACTIONS, events.RUNBOOK_KEY: EMERGENCY_RUNBOOK})
-        raise RollbackError(f"emergency rollback to version {target.version} failed after {report.actions}: {exc}") from exc
-    return _succeeded(state, report, f"emergency rollback by {actor}: {reason}", event="emergency_rollback",
-                      message=f"{actor}: all traffic to last known-good version {target.version}: {reason}",
-                      severity="critical")
+        close_out(
+            state,
+            backend,
+            report.deployment_id,
+            status="failed",
+            reason=f"{type(exc).__name__}: {exc}",
+            event="emergency_rollback_failed",
+            message=f"emergency rollback to {target.version} failed: {exc}",
+            details={
+                **report.to_dict(),
+                "error": truncate(exc, MESSAGE),
+                "operator_actions": FAILED_EMERGENCY_ACTIONS,
+                events.RUNBOOK_KEY: EMERGENCY_RUNBOOK,
+            },
+        )
+        raise RollbackError(
+            f"emergency rollback to version {target.version} failed after {report.actions}: {exc}"
+        ) from exc
+    return _succeeded(
+        state,
+        report,
+        f"emergency rollback by {actor}: {reason}",
+        event="emergency_rollback",
+        message=f"{actor}: all traffic to last known-good version {target.version}: {reason}",
+        severity="critical",
+    )
 
 
 def ensure_production_serving(
@@ -294,16 +358,25 @@ def ensure_production_serving(
             report.actions.append(_smoke(backend, state, registry, slot, production))
             _switch_and_retire(state, backend, slot, report, force_stop=True)
         except Exception as exc:  # nothing healthy left: the event and the exception say so loudly
-            close_out(state, backend, report.deployment_id, status="failed", reason=str(exc),
-                      event="restore_serving_failed",
-                      message=f"could not restore production version {production.version}: {exc}",
-                      details={**report.to_dict(), "error": truncate(exc, MESSAGE)})
+            close_out(
+                state,
+                backend,
+                report.deployment_id,
+                status="failed",
+                reason=str(exc),
+                event="restore_serving_failed",
+                message=f"could not restore production version {production.version}: {exc}",
+                details={**report.to_dict(), "error": truncate(exc, MESSAGE)},
+            )
             raise RollbackError(f"could not restore serving of production version {production.version}: {exc}") from exc
         state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(reason, MESSAGE))
     report.finished_at = utcnow().isoformat()
-    state.record_event("production_serving_ensured", truncate(f"traffic on slot {report.slot} (version {production.version}): {reason}", MESSAGE),
-                       severity="warning" if changed else "info",
-                       details=report.to_dict())
+    state.record_event(
+        "production_serving_ensured",
+        truncate(f"traffic on slot {report.slot} (version {production.version}): {reason}", MESSAGE),
+        severity="warning" if changed else "info",
+        details=report.to_dict(),
+    )
     return report
 
 
@@ -343,14 +416,25 @@ def switch_traffic(
         )
     table = state.switch_all(to_slot)
     backend.set_weights(weights_for(to_slot, 100))
-    state.record_event("traffic_switched", truncate(f"{actor} switched all traffic to slot {to_slot} ({info.version}): {reason}", MESSAGE),
-                       severity="warning", details={"slot": to_slot, "version": info.version, "actor": actor,
-                                                    "reason": reason, "forced": force})
+    state.record_event(
+        "traffic_switched",
+        truncate(f"{actor} switched all traffic to slot {to_slot} ({info.version}): {reason}", MESSAGE),
+        severity="warning",
+        details={"slot": to_slot, "version": info.version, "actor": actor, "reason": reason, "forced": force},
+    )
     return table
 
 
-def _registry_rollback(registry: ModelRegistry, report: RollbackReport, production: ModelVersion,
-                       target: ModelVersion, *, actor: str, reason: str, mark_failed: bool) -> None:
+def _registry_rollback(
+    registry: ModelRegistry,
+    report: RollbackReport,
+    production: ModelVersion,
+    target: ModelVersion,
+    *,
+    actor: str,
+    reason: str,
+    mark_failed: bool,
+) -> None:
     registry.rollback(target.version, actor=actor, reason=reason, mark_failed=mark_failed)
     report.actions.append(
         f"registry production {production.version} -> {target.version}"
@@ -358,8 +442,9 @@ def _registry_rollback(registry: ModelRegistry, report: RollbackReport, producti
     )
 
 
-def _succeeded(state: DeploymentStateStore, report: RollbackReport, reason: str, *, event: str, message: str,
-               severity: str) -> RollbackReport:
+def _succeeded(
+    state: DeploymentStateStore, report: RollbackReport, reason: str, *, event: str, message: str, severity: str
+) -> RollbackReport:
     """Close a rollback's deployment as succeeded and record its event (failures go through close_out)."""
     report.finished_at = utcnow().isoformat()
     state.finish_deployment(report.deployment_id, "succeeded", reason=truncate(reason, MESSAGE))
@@ -367,8 +452,9 @@ def _succeeded(state: DeploymentStateStore, report: RollbackReport, reason: str,
     return report
 
 
-def _switch_and_retire(state: DeploymentStateStore, backend: SlotBackend, slot: str, report: RollbackReport,
-                       *, force_stop: bool) -> None:
+def _switch_and_retire(
+    state: DeploymentStateStore, backend: SlotBackend, slot: str, report: RollbackReport, *, force_stop: bool
+) -> None:
     state.switch_all(slot)
     backend.set_weights(weights_for(slot, 100))
     report.actions.append(f"all routes -> {slot}")

@@ -13,6 +13,7 @@ transaction: a reader sees the table before or after, never half of it.
 Other modules may keep their own tables in the same database (the circuit breaker does), using
 :attr:`DeploymentStateStore.engine` with a ``MetaData`` of their own.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -186,22 +187,38 @@ class Deployment:
 
 def _slot_from_row(row: Any) -> SlotRecord:
     return SlotRecord(
-        slot=row.slot, status=row.status, version=row.version, url=row.url, host=row.host,
-        port=row.port, pid=row.pid, updated_at=as_utc(row.updated_at),
+        slot=row.slot,
+        status=row.status,
+        version=row.version,
+        url=row.url,
+        host=row.host,
+        port=row.port,
+        pid=row.pid,
+        updated_at=as_utc(row.updated_at),
     )
 
 
 def _event_from_row(row: Any) -> Event:
     return Event(
-        id=row.id, at=as_utc(row.at), kind=row.kind, severity=row.severity,
-        message=row.message, details=dict(row.details or {}),
+        id=row.id,
+        at=as_utc(row.at),
+        kind=row.kind,
+        severity=row.severity,
+        message=row.message,
+        details=dict(row.details or {}),
     )
 
 
 def _deployment_from_row(row: Any) -> Deployment:
     return Deployment(
-        id=row.id, version=row.version, slot=row.slot, started_at=as_utc(row.started_at),
-        status=row.status, stage=row.stage, finished_at=as_utc(row.finished_at), reason=row.reason,
+        id=row.id,
+        version=row.version,
+        slot=row.slot,
+        started_at=as_utc(row.started_at),
+        status=row.status,
+        stage=row.stage,
+        finished_at=as_utc(row.finished_at),
+        reason=row.reason,
     )
 
 
@@ -250,8 +267,9 @@ class DeploymentStateStore:
         _check_slot(slot)
         if status not in SLOT_STATUSES:
             raise StateError(f"unknown slot status {status!r}; statuses are {SLOT_STATUSES}")
-        values = dict(slot=slot, status=status, version=version, url=url, host=host, port=port, pid=pid,
-                      updated_at=utcnow())
+        values = dict(
+            slot=slot, status=status, version=version, url=url, host=host, port=port, pid=pid, updated_at=utcnow()
+        )
         with self.engine.begin() as conn:
             self._upsert(conn, slots_table, values, "slot")
         return SlotRecord(**values)
@@ -331,8 +349,9 @@ class DeploymentStateStore:
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(sa.update(routing_table).values(slot=to_slot, updated_at=now))
-            self._upsert(conn, routing_table, dict(instrument=DEFAULT_ROUTE, slot=to_slot, updated_at=now),
-                         "instrument")
+            self._upsert(
+                conn, routing_table, dict(instrument=DEFAULT_ROUTE, slot=to_slot, updated_at=now), "instrument"
+            )
             rows = conn.execute(sa.select(routing_table.c.instrument, routing_table.c.slot)).all()
         return dict(sorted((i, s) for i, s in rows))
 
@@ -389,7 +408,7 @@ class DeploymentStateStore:
         if min_severity is not None:
             if min_severity not in SEVERITIES:
                 raise StateError(f"unknown severity {min_severity!r}; severities are {SEVERITIES}")
-            query = query.where(events_table.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity):]))
+            query = query.where(events_table.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(events_table.c.id).limit(limit)).all()
         return [_event_from_row(row) for row in rows]
@@ -420,11 +439,15 @@ class DeploymentStateStore:
                 deployment_id = int(result.inserted_primary_key[0])
         except sa.exc.IntegrityError as exc:
             running = self.active_deployment()
-            detail = f" (deployment {running.id} of version {running.version}, stage {running.stage})" if running else ""
+            detail = (
+                f" (deployment {running.id} of version {running.version}, stage {running.stage})" if running else ""
+            )
             raise DeploymentInProgressError(f"a deployment is already running{detail}") from exc
         return Deployment(deployment_id, version, slot, now, "running", stage, None, reason)
 
-    def update_deployment(self, deployment_id: int, *, stage: str | None = None, reason: str | None = None) -> Deployment:
+    def update_deployment(
+        self, deployment_id: int, *, stage: str | None = None, reason: str | None = None
+    ) -> Deployment:
         """Move a running deployment to another stage and/or note why."""
         values: dict[str, Any] = {}
         if stage is not None:
@@ -470,9 +493,7 @@ class DeploymentStateStore:
     def deployments(self, limit: int = 20) -> list[Deployment]:
         """The most recent deployments, newest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(deployments_table).order_by(deployments_table.c.id.desc()).limit(limit)
-            ).all()
+            rows = conn.execute(sa.select(deployments_table).order_by(deployments_table.c.id.desc()).limit(limit)).all()
         return [_deployment_from_row(row) for row in rows]
 
     @staticmethod
@@ -485,5 +506,3 @@ class DeploymentStateStore:
         if row is None:
             raise DeploymentNotFoundError(f"no deployment with id {deployment_id}")
         return _deployment_from_row(row)
-
-

@@ -10,6 +10,7 @@ repr); events, deployment reasons, gate details and error samples keep a readabl
 named limits below are the only sizes deploy_ops and the code location use for stored text;
 presentation code passes its own column widths.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -71,8 +72,7 @@ def _refuse_control(name: str, value: str, error: type[Exception]) -> str:
     return value
 
 
-def required_text(name: str, value: Any, *, max_len: int | None = None,
-                  error: type[Exception] = ValueError) -> str:
+def required_text(name: str, value: Any, *, max_len: int | None = None, error: type[Exception] = ValueError) -> str:
     """``value`` without surrounding blanks; ``error`` naming ``name`` when it is not a string,
     is blank, is longer than ``max_len`` once stripped, or holds a control character
     (:func:`control_characters`) anywhere, surrounding blanks included: a refused value is

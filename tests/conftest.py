@@ -1,27 +1,27 @@
 """Shared fixtures: a throwaway PostgreSQL database and a tiny model bundle."""
+
 from __future__ import annotations
 
 import os
 import uuid
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
+if TYPE_CHECKING:
+    from deploy_ops.models.bundle import ModelBundle
+
 #: Server the PostgreSQL tests use; override with AUTOTRADER_TEST_PG_ADMIN_URL.
-PG_ADMIN_URL = os.environ.get(
-    "AUTOTRADER_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("AUTOTRADER_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a freshly created, uniquely named PostgreSQL database, dropped after the test
     (also when it fails). Skips the test when the server is unreachable."""
-    admin = sa.create_engine(
-        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
     name = f"autotrader_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
@@ -44,7 +44,7 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def make_bundle() -> Callable[..., "ModelBundle"]:
+def make_bundle() -> Callable[..., ModelBundle]:
     """Factory for small untrained MLP bundles; different seeds give different weights (and
     therefore different artifact checksums)."""
     import torch

@@ -1,4 +1,5 @@
 """Helpers shared by the command groups: the actor, option checks, one-line errors, tables."""
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ Alerts come from the deployment-state event log through the outbox
 (the ``alert_delivery_sensor`` does it every 30 s; ``flush`` does it now); without it they wait
 in the outbox, and ``list`` shows what would have been sent.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def _client() -> AlertmanagerClient | None:
     return AlertmanagerClient(url) if url else None
 
 
-_NO_URL = ("AUTOTRADER_ALERTMANAGER_URL is not set: alerts wait in the outbox "
-           "(`autotrader alerts list` shows what would be sent)")
+_NO_URL = (
+    "AUTOTRADER_ALERTMANAGER_URL is not set: alerts wait in the outbox "
+    "(`autotrader alerts list` shows what would be sent)"
+)
 
 
 @click.group(name="alerts")
@@ -55,8 +58,14 @@ def list_cmd(status: str, limit: int, as_json: bool) -> None:
         from deploy_ops.db import utcnow
 
         now = utcnow()
-        click.echo(json.dumps([{**r.to_dict(), "payload": r.payload(now, outbox.runbook_base_url)} for r in rows],
-                              indent=2, sort_keys=True, default=str))
+        click.echo(
+            json.dumps(
+                [{**r.to_dict(), "payload": r.payload(now, outbox.runbook_base_url)} for r in rows],
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
         return
     url = get_settings().alertmanager_url
     click.echo(f"Alertmanager: {url}" if url else _NO_URL)
@@ -65,10 +74,21 @@ def list_cmd(status: str, limit: int, as_json: bool) -> None:
         return
     print_table(
         ["id", "event", "action", "severity", "alertname", "dedup_key", "status", "tries", "summary"],
-        [[str(r.id), str(r.event_id), r.action + ("" if not r.is_open else " (open)"), r.severity, r.alertname,
-          truncate(r.dedup_key, 40), r.status, str(r.attempts),
-          truncate(r.summary, 70) + (f" [last error: {truncate(r.last_error, 60)}]" if r.last_error and r.status == "pending" else "")]
-         for r in rows],
+        [
+            [
+                str(r.id),
+                str(r.event_id),
+                r.action + ("" if not r.is_open else " (open)"),
+                r.severity,
+                r.alertname,
+                truncate(r.dedup_key, 40),
+                r.status,
+                str(r.attempts),
+                truncate(r.summary, 70)
+                + (f" [last error: {truncate(r.last_error, 60)}]" if r.last_error and r.status == "pending" else ""),
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -87,17 +107,26 @@ def flush_cmd(force: bool) -> None:
 
 
 @group.command("test")
-@click.option("--severity", type=click.Choice(list(SEVERITIES)), required=True,
-              help="Route to test: critical -> PagerDuty, warning -> Slack, info -> email.")
+@click.option(
+    "--severity",
+    type=click.Choice(list(SEVERITIES)),
+    required=True,
+    help="Route to test: critical -> PagerDuty, warning -> Slack, info -> email.",
+)
 @_domain_errors
 def test_cmd(severity: str) -> None:
     """Send a test alert of SEVERITY through the configured route (an AlertTest alert)."""
     s = get_settings()
     outbox = _outbox()
     who = default_actor() or "unknown"
-    event = events.record(outbox.state, "alert_test", severity,
-                          f"test alert ({severity}) sent by {who} with `autotrader alerts test`",
-                          {"actor": who}, runbook=alert_section("AlertTest"))
+    event = events.record(
+        outbox.state,
+        "alert_test",
+        severity,
+        f"test alert ({severity}) sent by {who} with `autotrader alerts test`",
+        {"actor": who},
+        runbook=alert_section("AlertTest"),
+    )
     client = _client()
     result = outbox.flush(client, force=True)
     sent = [r for r in result.delivered_rows if r.event_id == event.id]
@@ -106,6 +135,9 @@ def test_cmd(severity: str) -> None:
         return
     if result.error or not sent:
         raise click.ClickException(
-            f"test alert (event {event.id}) not delivered, it stays queued: {result.error or 'not due yet'}")
-    click.echo(f"test alert AlertTest ({severity}, dedup_key {sent[0].dedup_key}) delivered to {s.alertmanager_url}; "
-               f"Alertmanager routes severity={severity} to its receiver")
+            f"test alert (event {event.id}) not delivered, it stays queued: {result.error or 'not due yet'}"
+        )
+    click.echo(
+        f"test alert AlertTest ({severity}, dedup_key {sent[0].dedup_key}) delivered to {s.alertmanager_url}; "
+        f"Alertmanager routes severity={severity} to its receiver"
+    )

@@ -6,6 +6,7 @@ Backups go to ``AUTOTRADER_BACKUP_URI`` (a folder, or ``s3://bucket/prefix``) un
 that fails, and never overwrites an existing database or warehouse without ``--force``.
 Refusals exit 1 with a one-line message; usage mistakes exit 2.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,9 @@ class _Bar:
     """A click progress bar on stderr, advanced by the domain's ``progress(label)`` callback."""
 
     def __init__(self, length: int, label: str):
-        self._bar = click.progressbar(length=length, label=label, file=click.get_text_stream("stderr"),
-                                      item_show_func=lambda item: item)
+        self._bar = click.progressbar(
+            length=length, label=label, file=click.get_text_stream("stderr"), item_show_func=lambda item: item
+        )
 
     def __enter__(self) -> Callable[[str], None]:
         bar = self._bar.__enter__()
@@ -85,19 +87,24 @@ def create_cmd(to_uri: str | None, as_json: bool) -> None:
     s = get_settings()
     destination = _destination(s, to_uri)
     with _Bar(CREATE_STEPS, "backing up") as tick:
-        manifest = create_backup(destination, s.registry_url, s.warehouse_path, connect_warehouse=_connect(s),
-                                 progress=tick)
+        manifest = create_backup(
+            destination, s.registry_url, s.warehouse_path, connect_warehouse=_connect(s), progress=tick
+        )
     if as_json:
         click.echo(manifest.to_json().rstrip())
         return
-    click.echo(f"backup {manifest.backup_id} written to {destination.uri} "
-               f"({', '.join(manifest.components)}; {_human(manifest.size)})")
+    click.echo(
+        f"backup {manifest.backup_id} written to {destination.uri} "
+        f"({', '.join(manifest.components)}; {_human(manifest.size)})"
+    )
     if "warehouse" not in manifest.components:
         click.echo(f"note: no warehouse at {s.warehouse_path} yet, so none was backed up")
 
 
 @group.command("list")
-@click.option("--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI).")
+@click.option(
+    "--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_domain_errors
 def list_cmd(from_uri: str | None, as_json: bool) -> None:
@@ -106,17 +113,28 @@ def list_cmd(from_uri: str | None, as_json: bool) -> None:
 
     listed = list_backups(_destination(get_settings(), from_uri))
     if as_json:
-        click.echo(json.dumps([
-            {"backup_id": b.backup_id, "problem": b.problem or None,
-             "manifest": json.loads(b.manifest.to_json()) if b.manifest else None} for b in listed
-        ], indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "backup_id": b.backup_id,
+                        "problem": b.problem or None,
+                        "manifest": json.loads(b.manifest.to_json()) if b.manifest else None,
+                    }
+                    for b in listed
+                ],
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return
     if not listed:
         click.echo("no backups")
         return
     rows = [
         [b.backup_id, b.manifest.created_at, ",".join(b.manifest.components), _human(b.manifest.size), "ok"]
-        if b.manifest else [b.backup_id, "-", "-", "-", f"UNUSABLE: {b.problem}"]
+        if b.manifest
+        else [b.backup_id, "-", "-", "-", f"UNUSABLE: {b.problem}"]
         for b in listed
     ]
     print_table(["BACKUP", "CREATED", "COMPONENTS", "SIZE", "STATUS"], rows)
@@ -130,7 +148,9 @@ def _resolve_id(destination, backup_id: str) -> str:
 
 @group.command("verify")
 @click.argument("backup_id")
-@click.option("--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI).")
+@click.option(
+    "--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI)."
+)
 @_domain_errors
 def verify_cmd(backup_id: str, from_uri: str | None) -> None:
     """Re-read every file of BACKUP_ID (or `latest`) and check its size and sha256."""
@@ -146,7 +166,9 @@ def verify_cmd(backup_id: str, from_uri: str | None) -> None:
 
 @group.command("restore")
 @click.argument("backup_id")
-@click.option("--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI).")
+@click.option(
+    "--from", "from_uri", metavar="URI", help="Folder or s3://bucket/prefix (default: AUTOTRADER_BACKUP_URI)."
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing registry database and warehouse.")
 @_domain_errors
 def restore_cmd(backup_id: str, from_uri: str | None, force: bool) -> None:
@@ -158,8 +180,14 @@ def restore_cmd(backup_id: str, from_uri: str | None, force: bool) -> None:
     backup_id = _resolve_id(destination, backup_id)
     manifest = describe_backup(destination, backup_id)
     with _Bar(restore_steps(manifest), f"restoring {backup_id}") as tick:
-        restore_backup(destination, backup_id, s.registry_url, s.warehouse_path, force=force,
-                       connect_warehouse=_connect(s), progress=tick)
+        restore_backup(
+            destination,
+            backup_id,
+            s.registry_url,
+            s.warehouse_path,
+            force=force,
+            connect_warehouse=_connect(s),
+            progress=tick,
+        )
     click.echo(f"restored backup {backup_id} ({', '.join(manifest.components)}) from {destination.uri}")
     click.echo("next: autotrader deploy status; autotrader breaker status (see docs/runbooks/disaster-recovery.md)")
-

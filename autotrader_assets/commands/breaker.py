@@ -5,6 +5,7 @@ is the only way to re-enable trading after a trip: it needs ``--approved-by`` an
 and writes an audit row. Usage mistakes exit 2 (click's convention); refusals (nothing to reset)
 and database errors exit 1 with a one-line message.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,4 +111,6 @@ def history_cmd(limit: int, as_json: bool) -> None:
         return
     for r in records:
         who = f" approved by {r.approved_by}" if r.approved_by else ""
-        click.echo(f"{r.id:>5}  {r.recorded_at.isoformat()}  {r.action:<5}  market {r.market_at.isoformat()}{who}: {r.reason}")
+        click.echo(
+            f"{r.id:>5}  {r.recorded_at.isoformat()}  {r.action:<5}  market {r.market_at.isoformat()}{who}: {r.reason}"
+        )

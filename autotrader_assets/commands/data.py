@@ -1,4 +1,5 @@
 """`autotrader data`: validate warehouse partitions and inspect the archive."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -143,7 +144,9 @@ def failure_cause(result) -> str:
 @click.option("--date", "date", required=True, help="Date to restore, YYYY-MM-DD.")
 @click.option("--end", default=None, help="Last date of a range (default: --date).")
 @click.option("--instrument", default=None, help="One instrument (default: every configured instrument).")
-@click.option("--reason", required=True, callback=nonblank, help="Why the data is being rolled back (kept in the run tags).")
+@click.option(
+    "--reason", required=True, callback=nonblank, help="Why the data is being rolled back (kept in the run tags)."
+)
 @click.option(
     "--version",
     "archive_version",
@@ -172,7 +175,6 @@ def restore(date: str, end: str | None, instrument: str | None, reason: str, arc
     if not reason.strip():
         raise click.BadParameter("--reason must not be empty")
     from autotrader_assets.definitions import defs
-
     from autotrader_assets.defs.market_data.archive import is_version_stamp
 
     if archive_version not in ("latest", "previous") and not is_version_stamp(archive_version):

@@ -4,6 +4,7 @@ Every command opens the same stack the Dagster assets use (``defs/deployment/sta
 registry and deployment state from settings, local slot processes or ECS by profile. Usage
 mistakes exit with code 2; refusals and failed rollouts exit with code 1 and say why.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,17 +14,12 @@ import click
 
 from autotrader_assets.commands._common import domain_errors, nonblank, one_line, print_table
 from autotrader_assets.commands._common import resolve_actor as _actor
-
 from autotrader_assets.settings import get_settings
 from deploy_ops.slots.names import SLOTS
 from deploy_ops.text import truncate
 
 #: Column widths of `deploy status` (one terminal line per row; `deploy status --json` has the full texts).
 HEALTH_WIDTH, REASON_WIDTH, MESSAGE_WIDTH = 60, 80, 100
-
-
-
-
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -43,9 +39,21 @@ def _refusals() -> tuple[type[BaseException], ...]:
     from deploy_ops.slots.local import MissingTokenError, SlotInUseError, SlotStartError
     from deploy_ops.state import DeploymentInProgressError, StateError
 
-    return (RegistryError, RollbackError, RolloutError, DeploymentInProgressError, StateError, SlotStartError,
-            SlotInUseError, MissingTokenError, DeploymentError, ArtifactIntegrityError, ArtifactNotFoundError,
-            LookupError, ValueError)
+    return (
+        RegistryError,
+        RollbackError,
+        RolloutError,
+        DeploymentInProgressError,
+        StateError,
+        SlotStartError,
+        SlotInUseError,
+        MissingTokenError,
+        DeploymentError,
+        ArtifactIntegrityError,
+        ArtifactNotFoundError,
+        LookupError,
+        ValueError,
+    )
 
 
 _domain_errors = domain_errors("state", _refusals)
@@ -64,12 +72,23 @@ def group() -> None:
 
 @group.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--events", "n_events", default=10, show_default=True, type=click.IntRange(0, 1000),
-              help="How many recent warning/critical events to show.")
+@click.option(
+    "--events",
+    "n_events",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="How many recent warning/critical events to show.",
+)
 @_domain_errors
 def status_cmd(as_json: bool, n_events: int) -> None:
     """Production version, slots (with a live health probe), routing, deployments and recent events."""
-    from autotrader_assets.defs.deployment.stack import ECS_CONFIG_ENV, event_rows, status_stack_from_settings, summarize_slots
+    from autotrader_assets.defs.deployment.stack import (
+        ECS_CONFIG_ENV,
+        event_rows,
+        status_stack_from_settings,
+        summarize_slots,
+    )
     from deploy_ops.rollout.recovery import WATCH_INTERVAL_SECONDS
     from deploy_ops.state import DEFAULT_ROUTE
 
@@ -85,51 +104,109 @@ def status_cmd(as_json: bool, n_events: int) -> None:
     owner_json = _owner(stack, active) if active is not None else None
     deployments = stack.state.deployments(limit=5)
     # The log pages oldest-first; looking back over the last 500 ids finds the recent ones cheaply.
-    events = stack.state.events_since(max(0, stack.state.last_event_id() - 500), min_severity="warning",
-                                      limit=1000)[-n_events:] if n_events else []
+    events = (
+        stack.state.events_since(max(0, stack.state.last_event_id() - 500), min_severity="warning", limit=1000)[
+            -n_events:
+        ]
+        if n_events
+        else []
+    )
     if as_json:
-        click.echo(json.dumps({
-            "backend": backend,
-            "production_version": production.version if production else None,
-            "slots": slots,
-            "routing": routes,
-            "instruments_by_slot": per_slot,
-            "active_deployment": {**_deployment_dict(active), "owner": owner_json} if active else None,
-            "recent_deployments": [_deployment_dict(d) for d in deployments],
-            "events": event_rows(events),
-        }, indent=2, sort_keys=True, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "backend": backend,
+                    "production_version": production.version if production else None,
+                    "slots": slots,
+                    "routing": routes,
+                    "instruments_by_slot": per_slot,
+                    "active_deployment": {**_deployment_dict(active), "owner": owner_json} if active else None,
+                    "recent_deployments": [_deployment_dict(d) for d in deployments],
+                    "events": event_rows(events),
+                },
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
         return
     click.echo(f"backend:    {backend}")
-    click.echo(f"production: {'version ' + str(production.version) if production else 'none (the first rollout bootstraps)'}")
-    click.echo(f"routing:    default -> {default or '(none)'}; " +
-               "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in SLOTS))
+    click.echo(
+        f"production: {'version ' + str(production.version) if production else 'none (the first rollout bootstraps)'}"
+    )
+    click.echo(
+        f"routing:    default -> {default or '(none)'}; "
+        + "; ".join(f"{s}: {len(per_slot[s])} instrument(s)" for s in SLOTS)
+    )
     if active is not None:
         owner = owner_json["owner"] or "unknown"
         if owner_json["alive"]:
-            click.echo(f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}, "
-                       f"owner {owner} ({owner_json['detail']})")
+            click.echo(
+                f"RUNNING:    deployment {active.id} of version {active.version}, stage {active.stage}, "
+                f"owner {owner} ({owner_json['detail']})"
+            )
         else:
-            click.echo(f"INTERRUPTED: deployment {active.id} of version {active.version} at stage {active.stage}: "
-                       f"its owner {owner} is DEAD ({owner_json['detail']}). interrupted_deployment_sensor "
-                       f"recovers it within {WATCH_INTERVAL_SECONDS} s when the Dagster daemon runs; "
-                       f"now: autotrader deploy recover")
+            click.echo(
+                f"INTERRUPTED: deployment {active.id} of version {active.version} at stage {active.stage}: "
+                f"its owner {owner} is DEAD ({owner_json['detail']}). interrupted_deployment_sensor "
+                f"recovers it within {WATCH_INTERVAL_SECONDS} s when the Dagster daemon runs; "
+                f"now: autotrader deploy recover"
+            )
     click.echo("")
     if slots:
-        print_table(["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
-               [[s["slot"], s["status"], s["version"] or "-", "ok" if s["healthy"] else truncate(s["detail"], HEALTH_WIDTH) if s["healthy"] is None else f"DOWN ({truncate(s['detail'], HEALTH_WIDTH)})",
-                 s["url"] or "-", str(s["pid"] or "-"), ",".join(per_slot.get(s["slot"], [])) or "-"] for s in slots])
+        print_table(
+            ["SLOT", "STATUS", "VERSION", "HEALTH", "URL", "PID", "INSTRUMENTS"],
+            [
+                [
+                    s["slot"],
+                    s["status"],
+                    s["version"] or "-",
+                    "ok"
+                    if s["healthy"]
+                    else truncate(s["detail"], HEALTH_WIDTH)
+                    if s["healthy"] is None
+                    else f"DOWN ({truncate(s['detail'], HEALTH_WIDTH)})",
+                    s["url"] or "-",
+                    str(s["pid"] or "-"),
+                    ",".join(per_slot.get(s["slot"], [])) or "-",
+                ]
+                for s in slots
+            ],
+        )
     else:
         click.echo("no slot has ever been started")
     if deployments:
         click.echo("")
-        print_table(["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
-               [[str(d.id), d.version, d.slot or "-", d.status, d.stage, d.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                 truncate(one_line(d.reason or "-"), REASON_WIDTH)] for d in deployments])
+        print_table(
+            ["DEPLOYMENT", "VERSION", "SLOT", "STATUS", "STAGE", "STARTED", "REASON"],
+            [
+                [
+                    str(d.id),
+                    d.version,
+                    d.slot or "-",
+                    d.status,
+                    d.stage,
+                    d.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    truncate(one_line(d.reason or "-"), REASON_WIDTH),
+                ]
+                for d in deployments
+            ],
+        )
     if events:
         click.echo("")
-        print_table(["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
-               [[str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.severity, e.kind, truncate(one_line(e.message), MESSAGE_WIDTH)]
-                for e in events])
+        print_table(
+            ["EVENT", "AT", "SEVERITY", "KIND", "MESSAGE"],
+            [
+                [
+                    str(e.id),
+                    e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                    e.severity,
+                    e.kind,
+                    truncate(one_line(e.message), MESSAGE_WIDTH),
+                ]
+                for e in events
+            ],
+        )
 
 
 def _owner(stack: Any, active: Any) -> dict[str, Any]:
@@ -138,8 +215,12 @@ def _owner(stack: Any, active: Any) -> dict[str, Any]:
 
     lease = LeaseStore(stack.state).get(active.id)
     alive, detail = owner_liveness(lease, active.started_at, stack.policy.lease_timeout_seconds)
-    return {"owner": lease.owner if lease else None, "alive": alive, "detail": detail,
-            "heartbeat_at": lease.heartbeat_at.isoformat() if lease else None}
+    return {
+        "owner": lease.owner if lease else None,
+        "alive": alive,
+        "detail": detail,
+        "heartbeat_at": lease.heartbeat_at.isoformat() if lease else None,
+    }
 
 
 def _record(stack: Any, *, change: str, outcome: str, summary: str, extra: dict[str, Any] | None = None) -> None:
@@ -152,27 +233,45 @@ def _record(stack: Any, *, change: str, outcome: str, summary: str, extra: dict[
 
         instance = cli_instance(get_settings())
         if instance is None:
-            click.echo("warning: no Dagster instance (DAGSTER_HOME has no dagster.yaml): the production_deployment "
-                       "asset does not show this change", err=True)
+            click.echo(
+                "warning: no Dagster instance (DAGSTER_HOME has no dagster.yaml): the production_deployment "
+                "asset does not show this change",
+                err=True,
+            )
             return
         with instance:
-            report_outside_a_run(instance, production_materialization(
-                stack.registry, stack.state, change=change, outcome=outcome, summary=summary, extra=extra))
+            report_outside_a_run(
+                instance,
+                production_materialization(
+                    stack.registry, stack.state, change=change, outcome=outcome, summary=summary, extra=extra
+                ),
+            )
     except Exception as exc:  # the change itself succeeded; say what was not recorded
         click.echo(f"warning: the production_deployment asset was not updated: {type(exc).__name__}: {exc}", err=True)
 
 
 def _rollback_record(stack: Any, report: Any, change: str) -> None:
-    _record(stack, change=change, outcome="rolled_back",
-            summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
-                    f"{report.slot} (was {report.from_version}): {report.reason}",
-            extra={"from_version": report.from_version if report.from_version is not None else "-"})
+    _record(
+        stack,
+        change=change,
+        outcome="rolled_back",
+        summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
+        f"{report.slot} (was {report.from_version}): {report.reason}",
+        extra={"from_version": report.from_version if report.from_version is not None else "-"},
+    )
 
 
 def _deployment_dict(d: Any) -> dict[str, Any]:
-    return {"id": d.id, "version": d.version, "slot": d.slot, "status": d.status, "stage": d.stage,
-            "started_at": d.started_at.isoformat(), "finished_at": d.finished_at.isoformat() if d.finished_at else None,
-            "reason": d.reason}
+    return {
+        "id": d.id,
+        "version": d.version,
+        "slot": d.slot,
+        "status": d.status,
+        "stage": d.stage,
+        "started_at": d.started_at.isoformat(),
+        "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+        "reason": d.reason,
+    }
 
 
 @group.command(name="list-versions")
@@ -187,33 +286,77 @@ def list_versions_cmd(as_json: bool) -> None:
         if info.is_ready and info.version is not None:
             serving.setdefault(info.version, []).append(slot)
     versions = list(reversed(stack.registry.list_versions()))
-    rows = [{"version": v.version, "stage": v.stage, "name": v.name, "created_at": v.created_at.isoformat(),
-             "sha256": v.sha256, "serving_slots": sorted(serving.get(str(v.version), []))} for v in versions]
+    rows = [
+        {
+            "version": v.version,
+            "stage": v.stage,
+            "name": v.name,
+            "created_at": v.created_at.isoformat(),
+            "sha256": v.sha256,
+            "serving_slots": sorted(serving.get(str(v.version), [])),
+        }
+        for v in versions
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
     if not rows:
         click.echo("no model versions registered")
         return
-    print_table(["VERSION", "STAGE", "NAME", "CREATED", "SHA256", "SERVING"],
-           [[str(r["version"]), r["stage"], r["name"], r["created_at"][:19].replace("T", " "), r["sha256"][:12],
-             ",".join(r["serving_slots"]) or "-"] for r in rows])
+    print_table(
+        ["VERSION", "STAGE", "NAME", "CREATED", "SHA256", "SERVING"],
+        [
+            [
+                str(r["version"]),
+                r["stage"],
+                r["name"],
+                r["created_at"][:19].replace("T", " "),
+                r["sha256"][:12],
+                ",".join(r["serving_slots"]) or "-",
+            ]
+            for r in rows
+        ],
+    )
 
 
 @group.command(name="rollout")
 @click.argument("version", type=int)
-@click.option("--stage-seconds", type=float, default=None, callback=_positive,
-              help="Seconds each traffic stage watches live traffic (default: settings, AUTOTRADER_STAGE_SECONDS).")
-@click.option("--traffic-rows", type=click.IntRange(2, 100_000), default=240, show_default=True,
-              help="Newest bar_features rows per instrument replayed through the slots.")
+@click.option(
+    "--stage-seconds",
+    type=float,
+    default=None,
+    callback=_positive,
+    help="Seconds each traffic stage watches live traffic (default: settings, AUTOTRADER_STAGE_SECONDS).",
+)
+@click.option(
+    "--traffic-rows",
+    type=click.IntRange(2, 100_000),
+    default=240,
+    show_default=True,
+    help="Newest bar_features rows per instrument replayed through the slots.",
+)
 @click.option("--actor", default=None, callback=nonblank, help="Who runs it (default: $USER).")
-@click.option("--drill-error-rate", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Drill: the candidate answers this fraction of /predict calls with 500 (local slots only).")
-@click.option("--drill-latency-ms", type=click.FloatRange(0.0, 600_000.0), default=None,
-              help="Drill: the candidate adds this many milliseconds to every /predict (local slots only).")
+@click.option(
+    "--drill-error-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Drill: the candidate answers this fraction of /predict calls with 500 (local slots only).",
+)
+@click.option(
+    "--drill-latency-ms",
+    type=click.FloatRange(0.0, 600_000.0),
+    default=None,
+    help="Drill: the candidate adds this many milliseconds to every /predict (local slots only).",
+)
 @_domain_errors
-def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, actor: str | None,
-                drill_error_rate: float | None, drill_latency_ms: float | None) -> None:
+def rollout_cmd(
+    version: int,
+    stage_seconds: float | None,
+    traffic_rows: int,
+    actor: str | None,
+    drill_error_rate: float | None,
+    drill_latency_ms: float | None,
+) -> None:
     """Roll VERSION (a staging version) out: canary, 25%, 50%, 100%, gated; rolled back on any gate."""
     from autotrader_assets.defs.deployment.report import GATE_HEADERS, gate_rows, rollout_title
     from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource
@@ -224,12 +367,22 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
     settings = get_settings()
     stack = _stack(stage_seconds)
     bootstrap = stack.registry.get_production() is None
-    names = ["pre_deploy_checks", "deploy", "smoke_test",
-             *[p.name for p in plan_stages(stack.policy, bootstrap=bootstrap)], "finalize"]
+    names = [
+        "pre_deploy_checks",
+        "deploy",
+        "smoke_test",
+        *[p.name for p in plan_stages(stack.policy, bootstrap=bootstrap)],
+        "finalize",
+    ]
     traffic = WarehouseTrafficSource(settings.warehouse_path, stack.policy.instruments, rows=traffic_rows)
     failures: list[str] = []
-    with click.progressbar(length=len(names), label=f"rollout of version {version}", show_pos=True,
-                           item_show_func=lambda s: s, file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(
+        length=len(names),
+        label=f"rollout of version {version}",
+        show_pos=True,
+        item_show_func=lambda s: s,
+        file=click.get_text_stream("stderr"),
+    ) as bar:
 
         def progress(stage: str, report: Any) -> None:
             if report is None:
@@ -241,17 +394,22 @@ def rollout_cmd(version: int, stage_seconds: float | None, traffic_rows: int, ac
 
         drill = FaultConfig(error_rate=drill_error_rate or 0.0, latency_ms=drill_latency_ms or 0.0)
         report = stack.controller(actor=actor, progress=progress).run(
-            version, traffic, candidate_faults=drill if drill.active else None)
+            version, traffic, candidate_faults=drill if drill.active else None
+        )
     # A terminal table, not the Markdown of the asset's metadata: aligned columns, no pipes.
     click.echo(rollout_title(report))
     print_table([h.upper() for h in GATE_HEADERS], gate_rows(report))
     if report.reason:
         click.echo(f"Reason: {report.reason}")
     if report.outcome != "refused":
-        _record(stack, change="rollout" if report.succeeded else "automatic_rollback", outcome=report.outcome,
-                summary=f"rollout of version {version} by {actor}: {report.outcome}"
-                        + (f" at {report.failed_stage}: {one_line(report.reason or '')}" if not report.succeeded else ""),
-                extra={"candidate_version": report.version, "failed_stage": report.failed_stage or "-"})
+        _record(
+            stack,
+            change="rollout" if report.succeeded else "automatic_rollback",
+            outcome=report.outcome,
+            summary=f"rollout of version {version} by {actor}: {report.outcome}"
+            + (f" at {report.failed_stage}: {one_line(report.reason or '')}" if not report.succeeded else ""),
+            extra={"candidate_version": report.version, "failed_stage": report.failed_stage or "-"},
+        )
     if not report.succeeded:
         raise click.ClickException(f"rollout of version {version} {report.outcome}: {one_line(report.reason or '')}")
     click.echo(f"version {version} serves 100% of traffic from slot {report.candidate_slot}")
@@ -268,10 +426,15 @@ def switch_traffic_cmd(to_slot: str, reason: str, force: bool, actor: str | None
     from deploy_ops.rollback import switch_traffic
 
     stack = _stack()
-    table = switch_traffic(stack.registry, stack.state, stack.backend, to_slot, actor=_actor(actor), reason=reason,
-                           force=force)
-    _record(stack, change="traffic_switch", outcome="switched",
-            summary=f"all traffic to slot {to_slot} by {_actor(actor)}: {reason}")
+    table = switch_traffic(
+        stack.registry, stack.state, stack.backend, to_slot, actor=_actor(actor), reason=reason, force=force
+    )
+    _record(
+        stack,
+        change="traffic_switch",
+        outcome="switched",
+        summary=f"all traffic to slot {to_slot} by {_actor(actor)}: {reason}",
+    )
     click.echo(f"all traffic -> {to_slot} ({len(table)} route(s))")
 
 
@@ -289,19 +452,35 @@ def recover_cmd(actor: str | None) -> None:
     active = stack.state.active_deployment()
     orphan = find_orphaned(stack.state, lease_timeout_seconds=stack.policy.lease_timeout_seconds)
     if active is not None and orphan is None:
-        raise click.ClickException(f"deployment {active.id} of version {active.version} is running and its owner is "
-                                   f"alive; it gates and rolls back on its own (emergency-rollback preempts it)")
-    why = (f"deployment {orphan.deployment_id} of version {orphan.version} left at stage {orphan.stage} by "
-           f"{orphan.owner or 'an unknown owner'} ({orphan.why})" if orphan else "serving verified by hand")
-    report = ensure_production_serving(stack.registry, stack.state, stack.backend, actor=who, reason=why,
-                                       lease_timeout_seconds=stack.policy.lease_timeout_seconds)
+        raise click.ClickException(
+            f"deployment {active.id} of version {active.version} is running and its owner is "
+            f"alive; it gates and rolls back on its own (emergency-rollback preempts it)"
+        )
+    why = (
+        f"deployment {orphan.deployment_id} of version {orphan.version} left at stage {orphan.stage} by "
+        f"{orphan.owner or 'an unknown owner'} ({orphan.why})"
+        if orphan
+        else "serving verified by hand"
+    )
+    report = ensure_production_serving(
+        stack.registry,
+        stack.state,
+        stack.backend,
+        actor=who,
+        reason=why,
+        lease_timeout_seconds=stack.policy.lease_timeout_seconds,
+    )
     for action in report.actions:
         click.echo(f"- {action}")
     if report.to_version is None:
         click.echo("no production version: nothing to serve")
         return
-    _record(stack, change="interrupted_rollout_recovered" if orphan else "restore_serving", outcome="restored",
-            summary=f"{why}; version {report.to_version} serves from slot {report.slot}")
+    _record(
+        stack,
+        change="interrupted_rollout_recovered" if orphan else "restore_serving",
+        outcome="restored",
+        summary=f"{why}; version {report.to_version} serves from slot {report.slot}",
+    )
     click.echo(f"production is version {report.to_version}, served from slot {report.slot}")
 
 
@@ -316,8 +495,15 @@ def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | N
     from deploy_ops.rollback import manual_rollback
 
     stack = _stack()
-    report = manual_rollback(stack.registry, stack.state, stack.backend, to_version, reason=reason,
-                             actor=_actor(actor), mark_current_failed=mark_failed)
+    report = manual_rollback(
+        stack.registry,
+        stack.state,
+        stack.backend,
+        to_version,
+        reason=reason,
+        actor=_actor(actor),
+        mark_current_failed=mark_failed,
+    )
     for action in report.actions:
         click.echo(f"- {action}")
     _rollback_record(stack, report, "manual_rollback")
@@ -325,8 +511,9 @@ def rollback_cmd(to_version: int, reason: str, mark_failed: bool, actor: str | N
 
 
 @group.command(name="emergency-rollback")
-@click.option("--reason", default="emergency rollback to the last known-good version", show_default=True,
-              callback=nonblank)
+@click.option(
+    "--reason", default="emergency rollback to the last known-good version", show_default=True, callback=nonblank
+)
 @click.option("--keep-current", is_flag=True, help="Archive the current production version instead of failing it.")
 @click.option("--actor", default=None, callback=nonblank, help="Who asks (default: $USER).")
 @_domain_errors
@@ -335,8 +522,14 @@ def emergency_rollback_cmd(reason: str, keep_current: bool, actor: str | None) -
     from deploy_ops.rollback import emergency_rollback
 
     stack = _stack()
-    report = emergency_rollback(stack.registry, stack.state, stack.backend, reason=reason, actor=_actor(actor),
-                                mark_current_failed=not keep_current)
+    report = emergency_rollback(
+        stack.registry,
+        stack.state,
+        stack.backend,
+        reason=reason,
+        actor=_actor(actor),
+        mark_current_failed=not keep_current,
+    )
     for action in report.actions:
         click.echo(f"- {action}")
     _rollback_record(stack, report, "emergency_rollback")
@@ -359,12 +552,16 @@ def stop_cmd(slots: str, reason: str, actor: str | None) -> None:
     if getattr(stack.backend, "kind", "") != "local" or deployer is None:
         raise click.ClickException("`deploy stop` manages local slot processes; on ECS scale the services instead")
     who = _actor(actor)
-    for slot in (SLOTS if slots == "all" else (slots,)):
+    for slot in SLOTS if slots == "all" else (slots,):
         info = stack.state.get_slot(slot)
         if info is None or info.status == "stopped":
             click.echo(f"{slot}: not running")
             continue
         deployer.stop_slot(slot, force=True)
-        stack.state.record_event("slot_stopped", f"{slot} stopped by {who}: {reason}", severity="warning",
-                                 details={"slot": slot, "actor": who, "reason": reason})
+        stack.state.record_event(
+            "slot_stopped",
+            f"{slot} stopped by {who}: {reason}",
+            severity="warning",
+            details={"slot": slot, "actor": who, "reason": reason},
+        )
         click.echo(f"{slot}: stopped")

@@ -7,6 +7,7 @@ refuses to start, injecting nothing (exit 1), when no daemon runs, the breaker i
 or there is no known-good version to fall back to. Exit 1 too when a step was not observed within
 ``--timeout``. Runbook: ``docs/runbooks/fire-drill.md``.
 """
+
 from __future__ import annotations
 
 import click
@@ -20,10 +21,19 @@ def group() -> None:
 
 
 @group.command("breaker")
-@click.option("--approved-by", default=None, callback=nonblank,
-              help="Who approves the drill's breaker reset at the end (default: your login name).")
-@click.option("--timeout", type=click.FloatRange(min=1.0), default=180.0, show_default=True,
-              help="Seconds to wait for the whole answer before calling a step not observed.")
+@click.option(
+    "--approved-by",
+    default=None,
+    callback=nonblank,
+    help="Who approves the drill's breaker reset at the end (default: your login name).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1.0),
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for the whole answer before calling a step not observed.",
+)
 def breaker_cmd(approved_by: str | None, timeout: float) -> None:
     """Trip the breaker; time event, sensor, alert, emergency rollback, known-good traffic, resolution."""
     from autotrader_assets.drills import BreakerDrill, DrillError, open_instance
@@ -57,17 +67,35 @@ def _print(timeline, measured: str | None, seconds: float | None) -> None:
 
 
 def _timeout_option(default: float):
-    return click.option("--timeout", type=click.FloatRange(min=1.0), default=default, show_default=True,
-                        help="Seconds to wait for the whole answer before calling a step not observed.")
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=1.0),
+        default=default,
+        show_default=True,
+        help="Seconds to wait for the whole answer before calling a step not observed.",
+    )
 
 
 @group.command("drift")
-@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
-              help="A date paper trading served (model_confidence has it) whose features the drill moves.")
-@click.option("--shift", type=float, default=5.0, show_default=True,
-              help="Standard deviations every feature of that date moves (negative: down); not 0.")
-@click.option("--restore", is_flag=True,
-              help="Only put back the rows a drift drill left in its backup (after an interrupted drill).")
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    required=True,
+    help="A date paper trading served (model_confidence has it) whose features the drill moves.",
+)
+@click.option(
+    "--shift",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Standard deviations every feature of that date moves (negative: down); not 0.",
+)
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Only put back the rows a drift drill left in its backup (after an interrupted drill).",
+)
 @_timeout_option(600.0)
 def drift_cmd(day, shift: float, restore: bool, timeout: float) -> None:
     """Move a served date's features, materialize feature_drift; time event, sensor, alert,
@@ -107,10 +135,20 @@ def slot_crash_cmd(timeout: float) -> None:
 
 
 @group.command("error-rate")
-@click.option("--error-rate", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.2,
-              show_default=True, help="Share of /predict the faulty slot answers with 500 (0 < r <= 1).")
-@click.option("--fault-seconds", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
-              help="Longest the fault stays in (it is removed earlier once its alert fired).")
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of /predict the faulty slot answers with 500 (0 < r <= 1).",
+)
+@click.option(
+    "--fault-seconds",
+    type=click.FloatRange(min=1.0),
+    default=120.0,
+    show_default=True,
+    help="Longest the fault stays in (it is removed earlier once its alert fired).",
+)
 @_timeout_option(600.0)
 def error_rate_cmd(error_rate: float, fault_seconds: float, timeout: float) -> None:
     """Restart the live slot answering 5xx, send it traffic; time /metrics, alert, rollback; fault off."""

@@ -5,6 +5,7 @@ audit and stage-history rows in the same transaction as the change. Usage mistak
 code 2 (click's convention); domain refusals (unknown version, illegal transition, damaged
 artifact) exit with code 1 and a one-line message.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import click
 
 from autotrader_assets.commands._common import domain_errors, nonblank, print_table, printable
 from autotrader_assets.commands._common import resolve_actor as _actor
-
 from autotrader_assets.settings import SettingsError, get_settings
 from deploy_ops.models.artifacts import ArtifactNotFoundError
 from deploy_ops.models.bundle import ArtifactIntegrityError
@@ -30,19 +30,20 @@ from deploy_ops.models.registry import (
 _PROMOTE_TARGETS = tuple(s for s in STAGES if s != "failed")
 
 
-
 def _open() -> ModelRegistry:
     settings = get_settings()
-    return open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
-                         s3_endpoint_url=settings.s3_endpoint_url or None)
+    return open_registry(
+        settings.registry_url,
+        settings.artifacts_uri,
+        aws_region=settings.aws_region,
+        s3_endpoint_url=settings.s3_endpoint_url or None,
+    )
 
 
 #: Registry and configuration errors become one-line ``Error: ...`` messages, exit code 1.
 _domain_errors = domain_errors(
     "registry", lambda: (RegistryError, ArtifactIntegrityError, ArtifactNotFoundError, SettingsError, ValueError)
 )
-
-
 
 
 def _fmt_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
@@ -150,7 +151,8 @@ def promote_cmd(version: int, to: str, reason: str, actor: str | None) -> None:
 @click.option("--reason", required=True, callback=nonblank, help="Why (recorded in the audit trail).")
 @click.option("--actor", default=None, callback=nonblank, help="Who is doing this (default: $USER).")
 @click.option(
-    "--mark-failed", is_flag=True,
+    "--mark-failed",
+    is_flag=True,
     help="Mark the outgoing production version failed instead of archived.",
 )
 @_domain_errors
@@ -179,8 +181,9 @@ def mark_failed_cmd(version: int, reason: str, actor: str | None) -> None:
 
 @group.command(name="history")
 @click.argument("version", type=int, required=False)
-@click.option("--production", "production_only", is_flag=True,
-              help="Show which version held production, when, and why.")
+@click.option(
+    "--production", "production_only", is_flag=True, help="Show which version held production, when, and why."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_domain_errors
 def history_cmd(version: int | None, production_only: bool, as_json: bool) -> None:

@@ -7,6 +7,7 @@ them; ``client.py`` talks to Alertmanager's v2 API; ``amconfig.py`` renders the 
 weekly performance report with its charts. No Dagster here: the sensor and the CLI call
 :func:`deliver_now`.
 """
+
 from __future__ import annotations
 
 from deploy_ops.alerting.client import AlertmanagerClient, AlertmanagerError
@@ -14,8 +15,9 @@ from deploy_ops.alerting.outbox import FlushResult, Outbox
 from deploy_ops.state import DeploymentStateStore
 
 
-def deliver_now(registry_url: str, alertmanager_url: str | None, *, runbook_base_url: str = "",
-                force: bool = False) -> FlushResult:
+def deliver_now(
+    registry_url: str, alertmanager_url: str | None, *, runbook_base_url: str = "", force: bool = False
+) -> FlushResult:
     """Queue every new event's alert and, when ``alertmanager_url`` is given, deliver what is due
     (everything pending with ``force``). Without a URL the alerts stay queued for
     ``autotrader alerts list``."""

@@ -6,6 +6,7 @@ Alertmanager (tests, ``make monitor``, fire drills) keeps that tree -- routes, g
 inhibition, receivers -- and changes only where it sends: the endpoints, the folder of the
 secret files and, for tests, the wait times. So what is tested is the tree that ships.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,14 @@ class LocalEndpoints:
 
 def _replace_secret_dir(node: Any, secrets_dir: str) -> Any:
     if isinstance(node, dict):
-        return {k: (v.replace(SECRETS_DIR, secrets_dir) if k.endswith("_file") and isinstance(v, str)
-                    else _replace_secret_dir(v, secrets_dir)) for k, v in node.items()}
+        return {
+            k: (
+                v.replace(SECRETS_DIR, secrets_dir)
+                if k.endswith("_file") and isinstance(v, str)
+                else _replace_secret_dir(v, secrets_dir)
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_replace_secret_dir(v, secrets_dir) for v in node]
     return node
@@ -77,16 +84,22 @@ def render_local(source: Path, out_dir: Path, endpoints: LocalEndpoints) -> Path
     out_dir = Path(out_dir)
     secrets = out_dir / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
-    for name, value in (("pagerduty_routing_key", endpoints.pagerduty_routing_key),
-                        ("slack_webhook_url", endpoints.slack_webhook_url),
-                        ("smtp_password", endpoints.smtp_password)):
+    for name, value in (
+        ("pagerduty_routing_key", endpoints.pagerduty_routing_key),
+        ("slack_webhook_url", endpoints.slack_webhook_url),
+        ("smtp_password", endpoints.smtp_password),
+    ):
         path = secrets / SECRET_FILES[name]
         path.write_text(value)
         path.chmod(0o600)
     config = _replace_secret_dir(copy.deepcopy(config), str(secrets))
     glob = config.setdefault("global", {})
-    glob.update(pagerduty_url=endpoints.pagerduty_url, smtp_smarthost=endpoints.smtp_smarthost,
-                smtp_from=endpoints.smtp_from, smtp_require_tls=endpoints.smtp_require_tls)
+    glob.update(
+        pagerduty_url=endpoints.pagerduty_url,
+        smtp_smarthost=endpoints.smtp_smarthost,
+        smtp_from=endpoints.smtp_from,
+        smtp_require_tls=endpoints.smtp_require_tls,
+    )
     for receiver in config["receivers"]:
         for email in receiver.get("email_configs", []) or []:
             email["to"] = endpoints.email_to
@@ -108,8 +121,6 @@ def receiver_for_severity(config: Mapping[str, Any]) -> dict[str, str]:
             if name.strip() == "severity":
                 out[value.strip().strip('"')] = route["receiver"]
     return out
-
-
 
 
 #: Debian's Alertmanager reads its default notification templates (and UI) from this absolute
@@ -137,10 +148,20 @@ def relocated_alertmanager(binary: Path) -> tuple[Path, Path]:
         tmp.chmod(0o755)
         tmp.replace(relocated)
     if not (usr / "share" / "prometheus" / "alertmanager" / "default.tmpl").exists():
-        raise FileNotFoundError(f"{usr}/share/prometheus/alertmanager/default.tmpl is missing: unpack the "
-                                "prometheus-alertmanager package there (make monitoring-tools)")
+        raise FileNotFoundError(
+            f"{usr}/share/prometheus/alertmanager/default.tmpl is missing: unpack the "
+            "prometheus-alertmanager package there (make monitoring-tools)"
+        )
     return relocated, usr
 
 
-__all__ = ["FAST_TIMINGS", "LocalEndpoints", "SECRETS_DIR", "load", "receiver_for_severity", "relocated_alertmanager",
-           "render_local", "repo_config_path"]
+__all__ = [
+    "FAST_TIMINGS",
+    "LocalEndpoints",
+    "SECRETS_DIR",
+    "load",
+    "receiver_for_severity",
+    "relocated_alertmanager",
+    "render_local",
+    "repo_config_path",
+]

@@ -25,6 +25,7 @@ opened by whichever arrives first and resolved when both have cleared. The incid
 than the ``dedup_key`` where the rule cannot see the event's detail (a pushed gauge knows the breaker
 is tripped, not which trip): :data:`INCIDENTS`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -127,7 +128,8 @@ def _health_name(event: OpsEvent) -> str:
     if check == "data_quality" and "outliers_by_instrument" in event.details:
         return "MarketDataOutliers"
     return _HEALTH_NAMES.get((check, event.severity)) or "ModelHealth" + "".join(
-        p.capitalize() for p in check.split("_"))
+        p.capitalize() for p in check.split("_")
+    )
 
 
 def _drift_cleared(resolver: OpsEvent, alert: Mapping[str, Any]) -> bool:
@@ -144,8 +146,14 @@ def _same_partitions(resolver: OpsEvent, alert: Mapping[str, Any]) -> bool:
 
 
 _DEPLOYMENT_FAILURES = (
-    "rollout_rolled_back", "rollout_interrupted", "deployment_run_failed", "model_rollback_failed",
-    "emergency_rollback_failed", "restore_serving_failed", "slot_start_failed", "slot_retire_failed",
+    "rollout_rolled_back",
+    "rollout_interrupted",
+    "deployment_run_failed",
+    "model_rollback_failed",
+    "emergency_rollback_failed",
+    "restore_serving_failed",
+    "slot_start_failed",
+    "slot_retire_failed",
     # circuit_breaker_sensor: one per failed attempt at the emergency rollback it requested
     "emergency_rollback_run_failed",
 )
@@ -160,25 +168,32 @@ def _deployment_key(event: OpsEvent) -> str:
 ALERTS: dict[str, AlertSpec] = {
     # critical: PagerDuty
     "circuit_breaker_tripped": AlertSpec(
-        "CircuitBreakerTripped", key=lambda e: f"circuit-breaker-trip-{_detail(e, 'trip_id')}", conditional=True),
+        "CircuitBreakerTripped", key=lambda e: f"circuit-breaker-trip-{_detail(e, 'trip_id')}", conditional=True
+    ),
     # The sensor's answer to the same trip: identical labels, so Alertmanager holds one alert.
     "circuit_breaker_alert": AlertSpec(
-        "CircuitBreakerTripped", key=lambda e: f"circuit-breaker-trip-{_detail(e, 'trip_id')}", conditional=True),
+        "CircuitBreakerTripped", key=lambda e: f"circuit-breaker-trip-{_detail(e, 'trip_id')}", conditional=True
+    ),
     "feature_drift_critical": AlertSpec(
-        "FeatureDriftCritical", key=lambda e: f"feature-drift-critical-v{_detail(e, 'model_version')}",
-        conditional=True),
+        "FeatureDriftCritical", key=lambda e: f"feature-drift-critical-v{_detail(e, 'model_version')}", conditional=True
+    ),
     "data_pipeline_failing": AlertSpec(
-        "DataPipelineFailing", key=lambda e: f"data-pipeline-{_detail(e, 'partitions')}", conditional=True),
+        "DataPipelineFailing", key=lambda e: f"data-pipeline-{_detail(e, 'partitions')}", conditional=True
+    ),
     "slot_down": AlertSpec("ServingSlotDown", key=lambda e: f"slot-down-{_detail(e, 'slot')}", conditional=True),
     # run_launch_failure_sensor: one alert per run that would not launch, updated by each relaunch
     # that fails too (the last says it gave up); one-shot: no event says the relaunch worked.
-    "run_launch_failed": AlertSpec("RunLaunchFailed", key=lambda e: f"run-launch-failed-{_detail(e, 'first_run_id', e.id)}"),
+    "run_launch_failed": AlertSpec(
+        "RunLaunchFailed", key=lambda e: f"run-launch-failed-{_detail(e, 'first_run_id', e.id)}"
+    ),
     **{kind: AlertSpec("DeploymentFailed", key=_deployment_key, conditional=True) for kind in _DEPLOYMENT_FAILURES},
     # warning: Slack
     "feature_drift_warning": AlertSpec("FeatureDriftWarning", key=lambda e: "feature-drift-warning", conditional=True),
     "model_health_finding": AlertSpec(
-        _health_name, key=lambda e: f"model-health-{_detail(e, 'check')}-{_detail(e, 'date')}",
-        severities=("warning", "critical")),
+        _health_name,
+        key=lambda e: f"model-health-{_detail(e, 'check')}-{_detail(e, 'date')}",
+        severities=("warning", "critical"),
+    ),
     "run_failed": AlertSpec("RunFailed", key=lambda e: f"run-failed-{_detail(e, 'run_id', e.id)}"),
     "rollout_refused": AlertSpec("RolloutRefused", key=_deployment_key),
     "traffic_switched": AlertSpec("TrafficSwitched"),
@@ -189,12 +204,14 @@ ALERTS: dict[str, AlertSpec] = {
     "report_mail_failed": AlertSpec("ReportMailFailed"),
     # info: email
     "rollout_succeeded": AlertSpec("DeploymentCompleted", key=_deployment_key),
-    "model_promoted": AlertSpec("ModelPromoted", key=lambda e: f"model-promoted-v{_detail(e, 'version')}-"
-                                                               f"{_detail(e, 'stage')}"),
+    "model_promoted": AlertSpec(
+        "ModelPromoted", key=lambda e: f"model-promoted-v{_detail(e, 'version')}-{_detail(e, 'stage')}"
+    ),
     "data_pipeline_completed": AlertSpec("DataPipelineCompleted", key=lambda e: f"run-{_detail(e, 'run_id', e.id)}"),
     "training_completed": AlertSpec("TrainingCompleted", key=lambda e: f"run-{_detail(e, 'run_id', e.id)}"),
-    "weekly_performance_report": AlertSpec("WeeklyPerformanceReport",
-                                           key=lambda e: f"report-{_detail(e, 'run_id', e.id)}"),
+    "weekly_performance_report": AlertSpec(
+        "WeeklyPerformanceReport", key=lambda e: f"report-{_detail(e, 'run_id', e.id)}"
+    ),
     # `autotrader alerts test`: any severity, through the route of that severity.
     "alert_test": AlertSpec("AlertTest"),
 }
@@ -214,10 +231,19 @@ RESOLVERS: dict[str, Resolver] = {
 
 #: Log lines nobody is alerted for (progress of a rollout, slot bookkeeping, decisions already
 #: described by the alert that caused them).
-QUIET: frozenset[str] = frozenset({
-    "rollout_started", "rollout_stage_passed", "slot_started", "slot_stopped", "feature_drift_decision",
-    "circuit_breaker_reset", "production_serving_ensured", "feature_drift_cleared",
-})
+QUIET: frozenset[str] = frozenset(
+    {
+        "rollout_started",
+        "rollout_stage_passed",
+        "slot_started",
+        "slot_stopped",
+        "feature_drift_decision",
+        "circuit_breaker_reset",
+        "production_serving_ensured",
+        "feature_drift_cleared",
+    }
+)
+
 
 def camel(kind: str) -> str:
     return "".join(part.capitalize() for part in kind.split("_") if part)
@@ -238,13 +264,21 @@ class Alert:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"alertname": self.alertname, "severity": self.severity, "dedup_key": self.dedup_key,
-                "incident": incident_of(self.alertname, self.dedup_key), "service": SERVICE}
+        return {
+            "alertname": self.alertname,
+            "severity": self.severity,
+            "dedup_key": self.dedup_key,
+            "incident": incident_of(self.alertname, self.dedup_key),
+            "service": SERVICE,
+        }
 
     def annotations(self, runbook_base_url: str = "") -> dict[str, str]:
-        return {"summary": self.summary, "description": self.description,
-                "runbook_url": runbook_base_url + self.runbook_url,
-                "event_id": "" if self.event_id is None else str(self.event_id)}
+        return {
+            "summary": self.summary,
+            "description": self.description,
+            "runbook_url": runbook_base_url + self.runbook_url,
+            "event_id": "" if self.event_id is None else str(self.event_id),
+        }
 
 
 def _description(event: OpsEvent) -> str:
@@ -261,13 +295,29 @@ def alert_for(event: OpsEvent) -> Alert | None:
         if event.kind in QUIET or event.kind in RESOLVERS or event.severity == "info":
             return None
         name = camel(event.kind)
-        return Alert(name, event.severity, _per_event(event), False, event.summary, _description(event),
-                     event.runbook or UNLISTED_RUNBOOK, event.id)
+        return Alert(
+            name,
+            event.severity,
+            _per_event(event),
+            False,
+            event.summary,
+            _description(event),
+            event.runbook or UNLISTED_RUNBOOK,
+            event.id,
+        )
     if event.severity not in spec.severities:
         return None
     name = spec.name_of(event)
-    return Alert(name, spec.severity or event.severity, spec.key(event), spec.conditional, event.summary,
-                 _description(event), event.runbook or alert_section(name), event.id)
+    return Alert(
+        name,
+        spec.severity or event.severity,
+        spec.key(event),
+        spec.conditional,
+        event.summary,
+        _description(event),
+        event.runbook or alert_section(name),
+        event.id,
+    )
 
 
 def all_alertnames() -> dict[str, set[str]]:
@@ -287,18 +337,44 @@ def all_alertnames() -> dict[str, set[str]]:
 
 #: The severity each alerting kind is recorded with (``test_alerting`` checks the code agrees).
 _RECORDED_SEVERITY: dict[str, set[str]] = {
-    "circuit_breaker_tripped": {"critical"}, "circuit_breaker_alert": {"critical"},
-    "feature_drift_critical": {"critical"}, "data_pipeline_failing": {"critical"}, "slot_down": {"critical"},
+    "circuit_breaker_tripped": {"critical"},
+    "circuit_breaker_alert": {"critical"},
+    "feature_drift_critical": {"critical"},
+    "data_pipeline_failing": {"critical"},
+    "slot_down": {"critical"},
     "run_launch_failed": {"critical"},
     **{kind: {"critical"} for kind in _DEPLOYMENT_FAILURES},
-    "feature_drift_warning": {"warning"}, "run_failed": {"warning"}, "rollout_refused": {"warning"},
-    "traffic_switched": {"warning"}, "slot_stopped": {"warning"}, "model_rollback": {"warning"},
-    "emergency_rollback": {"warning"}, "report_mail_failed": {"warning"},
-    "rollout_succeeded": {"info"}, "model_promoted": {"info"}, "data_pipeline_completed": {"info"},
-    "training_completed": {"info"}, "weekly_performance_report": {"info"},
+    "feature_drift_warning": {"warning"},
+    "run_failed": {"warning"},
+    "rollout_refused": {"warning"},
+    "traffic_switched": {"warning"},
+    "slot_stopped": {"warning"},
+    "model_rollback": {"warning"},
+    "emergency_rollback": {"warning"},
+    "report_mail_failed": {"warning"},
+    "rollout_succeeded": {"info"},
+    "model_promoted": {"info"},
+    "data_pipeline_completed": {"info"},
+    "training_completed": {"info"},
+    "weekly_performance_report": {"info"},
 }
 
 
-__all__ = ["ALERTS", "ALERTS_RUNBOOK", "Alert", "AlertSpec", "CONDITION_TTL", "INCIDENTS", "ONE_SHOT_TTL",
-           "QUIET", "RESOLVERS", "Resolver", "SERVICE", "alert_for", "alert_section", "incident_of",
-           "all_alertnames", "camel"]
+__all__ = [
+    "ALERTS",
+    "ALERTS_RUNBOOK",
+    "Alert",
+    "AlertSpec",
+    "CONDITION_TTL",
+    "INCIDENTS",
+    "ONE_SHOT_TTL",
+    "QUIET",
+    "RESOLVERS",
+    "Resolver",
+    "SERVICE",
+    "alert_for",
+    "alert_section",
+    "incident_of",
+    "all_alertnames",
+    "camel",
+]

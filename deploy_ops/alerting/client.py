@@ -1,4 +1,5 @@
 """Alertmanager's v2 HTTP API: post alerts, read them back, ask whether it is up."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -33,7 +34,8 @@ class AlertmanagerClient:
         if response.status_code >= 300:
             raise AlertmanagerError(
                 f"Alertmanager at {self.url} answered {response.status_code} to {method} {path}: "
-                f"{truncate(response.text.strip(), DETAIL)}")
+                f"{truncate(response.text.strip(), DETAIL)}"
+            )
         return response
 
     def post_alerts(self, alerts: Sequence[dict[str, Any]]) -> None:

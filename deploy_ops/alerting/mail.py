@@ -4,6 +4,7 @@ Alertmanager's email receiver carries text only; the report's equity and drawdow
 in a mail of their own, sent straight to the SMTP relay. The caller passes the relay's settings
 (``Settings.smtp``) and the password it read; nothing here reads the environment.
 """
+
 from __future__ import annotations
 
 import smtplib
@@ -51,8 +52,9 @@ def build_message(relay: Relay, subject: str, body: str, attachments: Sequence[A
 def send(relay: Relay, subject: str, body: str, attachments: Sequence[Attachment] = ()) -> EmailMessage:
     """Send one mail; MailError (naming the relay, never the password) when it is not accepted."""
     if not relay.host or not relay.sender or not relay.recipients:
-        raise MailError("no SMTP relay configured: set AUTOTRADER_SMTP_HOST, AUTOTRADER_SMTP_FROM and "
-                        "AUTOTRADER_REPORT_EMAIL_TO")
+        raise MailError(
+            "no SMTP relay configured: set AUTOTRADER_SMTP_HOST, AUTOTRADER_SMTP_FROM and AUTOTRADER_REPORT_EMAIL_TO"
+        )
     msg = build_message(relay, subject, body, attachments)
     try:
         with smtplib.SMTP(relay.host, relay.port, timeout=relay.timeout) as smtp:
@@ -62,7 +64,9 @@ def send(relay: Relay, subject: str, body: str, attachments: Sequence[Attachment
                 smtp.login(relay.username, relay.password or "")
             smtp.send_message(msg)
     except (smtplib.SMTPException, OSError) as exc:
-        raise MailError(f"SMTP relay {relay.host}:{relay.port} did not take the mail: {type(exc).__name__}: {exc}") from exc
+        raise MailError(
+            f"SMTP relay {relay.host}:{relay.port} did not take the mail: {type(exc).__name__}: {exc}"
+        ) from exc
     return msg
 
 

@@ -19,6 +19,7 @@ post and the commit, two flushers racing) gives one alert and one notification p
 The tables live beside ``events`` in the deployment-state database and are created if absent,
 so a database that predates them keeps working: its first flush queues its history once.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -117,8 +118,16 @@ class OutboxRow:
         return self.action == "fire" and self.conditional and self.resolved_by is None
 
     def alert(self) -> Alert:
-        return Alert(self.alertname, self.severity, self.dedup_key, self.conditional, self.summary,
-                     self.description, self.runbook, self.event_id)
+        return Alert(
+            self.alertname,
+            self.severity,
+            self.dedup_key,
+            self.conditional,
+            self.summary,
+            self.description,
+            self.runbook,
+            self.event_id,
+        )
 
     def payload(self, now: dt.datetime, runbook_base_url: str = "") -> dict[str, Any]:
         """The alert as Alertmanager's ``POST /api/v2/alerts`` takes it, as of ``now``."""
@@ -130,8 +139,12 @@ class OutboxRow:
             # arrives firing.
             ends = now + (CONDITION_TTL if self.conditional else ONE_SHOT_TTL)
         starts = min(self.starts_at, ends)
-        return {"labels": alert.labels, "annotations": alert.annotations(runbook_base_url),
-                "startsAt": starts.isoformat(), "endsAt": ends.isoformat()}
+        return {
+            "labels": alert.labels,
+            "annotations": alert.annotations(runbook_base_url),
+            "startsAt": starts.isoformat(),
+            "endsAt": ends.isoformat(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -143,11 +156,25 @@ class OutboxRow:
 
 def _row(r: Any) -> OutboxRow:
     return OutboxRow(
-        id=r.id, event_id=r.event_id, action=r.action, alertname=r.alertname, severity=r.severity,
-        dedup_key=r.dedup_key, conditional=bool(r.conditional), summary=r.summary, description=r.description,
-        runbook=r.runbook, starts_at=as_utc(r.starts_at), ends_at=as_utc(r.ends_at), resolved_by=r.resolved_by,
-        status=r.status, attempts=int(r.attempts or 0), next_attempt_at=as_utc(r.next_attempt_at),
-        last_error=r.last_error, delivered_at=as_utc(r.delivered_at), last_sent_at=as_utc(r.last_sent_at),
+        id=r.id,
+        event_id=r.event_id,
+        action=r.action,
+        alertname=r.alertname,
+        severity=r.severity,
+        dedup_key=r.dedup_key,
+        conditional=bool(r.conditional),
+        summary=r.summary,
+        description=r.description,
+        runbook=r.runbook,
+        starts_at=as_utc(r.starts_at),
+        ends_at=as_utc(r.ends_at),
+        resolved_by=r.resolved_by,
+        status=r.status,
+        attempts=int(r.attempts or 0),
+        next_attempt_at=as_utc(r.next_attempt_at),
+        last_error=r.last_error,
+        delivered_at=as_utc(r.delivered_at),
+        last_sent_at=as_utc(r.last_sent_at),
     )
 
 
@@ -170,8 +197,10 @@ class FlushResult:
     delivered_rows: list[OutboxRow] = field(default_factory=list)
 
     def describe(self) -> str:
-        text = (f"{self.enqueued} alert(s) and {self.resolved} resolution(s) queued, {self.delivered} delivered, "
-                f"{self.refreshed} open alert(s) re-sent, {self.pending} pending")
+        text = (
+            f"{self.enqueued} alert(s) and {self.resolved} resolution(s) queued, {self.delivered} delivered, "
+            f"{self.refreshed} open alert(s) re-sent, {self.pending} pending"
+        )
         if self.error:
             text += f"; delivery failed ({self.failed} row(s) retried later): {self.error}"
         return text
@@ -203,8 +232,11 @@ class Outbox:
                 if resolver is not None:
                     resolved += self._resolve(conn, ops, resolver)
             if events:
-                conn.execute(sa.update(cursor_table).where(cursor_table.c.name == _CURSOR)
-                             .values(last_event_id=events[-1].id, updated_at=utcnow()))
+                conn.execute(
+                    sa.update(cursor_table)
+                    .where(cursor_table.c.name == _CURSOR)
+                    .values(last_event_id=events[-1].id, updated_at=utcnow())
+                )
         return fired, resolved
 
     def _ensure_cursor(self) -> None:
@@ -220,47 +252,96 @@ class Outbox:
         # The first statement writes, so SQLite takes its write lock and PostgreSQL the row lock
         # now: two flushers queue the same events one after the other, never both.
         conn.execute(sa.update(cursor_table).where(cursor_table.c.name == _CURSOR).values(name=_CURSOR))
-        return int(conn.execute(sa.select(cursor_table.c.last_event_id)
-                                .where(cursor_table.c.name == _CURSOR)).scalar_one())
+        return int(
+            conn.execute(sa.select(cursor_table.c.last_event_id).where(cursor_table.c.name == _CURSOR)).scalar_one()
+        )
 
-    def _insert(self, conn: sa.Connection, event: OpsEvent, alert: Alert, action: str, *,
-                ends_at: dt.datetime | None = None, starts_at: dt.datetime | None = None,
-                summary: str | None = None) -> bool:
-        exists = conn.execute(sa.select(outbox_table.c.id).where(
-            outbox_table.c.event_id == event.id, outbox_table.c.action == action,
-            outbox_table.c.dedup_key == alert.dedup_key)).first()
+    def _insert(
+        self,
+        conn: sa.Connection,
+        event: OpsEvent,
+        alert: Alert,
+        action: str,
+        *,
+        ends_at: dt.datetime | None = None,
+        starts_at: dt.datetime | None = None,
+        summary: str | None = None,
+    ) -> bool:
+        exists = conn.execute(
+            sa.select(outbox_table.c.id).where(
+                outbox_table.c.event_id == event.id,
+                outbox_table.c.action == action,
+                outbox_table.c.dedup_key == alert.dedup_key,
+            )
+        ).first()
         if exists:
             return False
         at = as_utc(dt.datetime.fromisoformat(event.at)) if event.at else utcnow()
-        conn.execute(sa.insert(outbox_table).values(
-            event_id=event.id, action=action, alertname=alert.alertname, severity=alert.severity,
-            dedup_key=alert.dedup_key, conditional=alert.conditional, summary=summary or alert.summary,
-            description=alert.description, runbook=alert.runbook_url, details=event.details,
-            starts_at=starts_at or at, ends_at=ends_at, resolved_by=None, status="pending", attempts=0,
-            next_attempt_at=utcnow(), last_error=None, delivered_at=None, last_sent_at=None))
+        conn.execute(
+            sa.insert(outbox_table).values(
+                event_id=event.id,
+                action=action,
+                alertname=alert.alertname,
+                severity=alert.severity,
+                dedup_key=alert.dedup_key,
+                conditional=alert.conditional,
+                summary=summary or alert.summary,
+                description=alert.description,
+                runbook=alert.runbook_url,
+                details=event.details,
+                starts_at=starts_at or at,
+                ends_at=ends_at,
+                resolved_by=None,
+                status="pending",
+                attempts=0,
+                next_attempt_at=utcnow(),
+                last_error=None,
+                delivered_at=None,
+                last_sent_at=None,
+            )
+        )
         return True
 
     def _resolve(self, conn: sa.Connection, event: OpsEvent, resolver: Any) -> int:
         o = outbox_table
-        open_rows = [_row(r) for r in conn.execute(sa.select(o).where(
-            o.c.action == "fire", o.c.conditional.is_(True), o.c.resolved_by.is_(None),
-            o.c.alertname.in_(resolver.alertnames), o.c.event_id < event.id).order_by(o.c.id)).all()]
+        open_rows = [
+            _row(r)
+            for r in conn.execute(
+                sa.select(o)
+                .where(
+                    o.c.action == "fire",
+                    o.c.conditional.is_(True),
+                    o.c.resolved_by.is_(None),
+                    o.c.alertname.in_(resolver.alertnames),
+                    o.c.event_id < event.id,
+                )
+                .order_by(o.c.id)
+            ).all()
+        ]
         details = {r.id: conn.execute(sa.select(o.c.details).where(o.c.id == r.id)).scalar_one() for r in open_rows}
         cleared = [r for r in open_rows if resolver.clears(event, details[r.id] or {})]
         by_key: dict[str, OutboxRow] = {}
         for r in cleared:
             by_key[r.dedup_key] = r  # the newest fire row of each condition carries its labels
         at = as_utc(dt.datetime.fromisoformat(event.at)) if event.at else utcnow()
-        for key, r in by_key.items():
-            self._insert(conn, event, r.alert(), "resolve", ends_at=max(at, r.starts_at), starts_at=r.starts_at,
-                         summary=truncate(f"{r.summary} -- resolved: {event.summary}", MESSAGE))
+        for r in by_key.values():
+            self._insert(
+                conn,
+                event,
+                r.alert(),
+                "resolve",
+                ends_at=max(at, r.starts_at),
+                starts_at=r.starts_at,
+                summary=truncate(f"{r.summary} -- resolved: {event.summary}", MESSAGE),
+            )
         if cleared:
             conn.execute(sa.update(o).where(o.c.id.in_([r.id for r in cleared])).values(resolved_by=event.id))
         return len(by_key)
 
     # -- step 2: rows -> Alertmanager --------------------------------------------------------------
-    def deliver(self, client: AlertmanagerClient, *, force: bool = False, now: dt.datetime | None = None,
-                limit: int = BATCH) -> FlushResult:
+    def deliver(
+        self, client: AlertmanagerClient, *, force: bool = False, now: dt.datetime | None = None, limit: int = BATCH
+    ) -> FlushResult:
         """Post every due pending row (all pending ones with ``force``) and re-send stale open alerts."""
         result = FlushResult()
         now = now or utcnow()
@@ -295,21 +376,39 @@ class Outbox:
     def _stale_open(self, now: dt.datetime, *, exclude: set[str]) -> list[OutboxRow]:
         o = outbox_table
         with self.engine.connect() as conn:
-            rows = [_row(r) for r in conn.execute(sa.select(o).where(
-                o.c.action == "fire", o.c.conditional.is_(True), o.c.resolved_by.is_(None),
-                o.c.status == "delivered").order_by(o.c.id)).all()]
+            rows = [
+                _row(r)
+                for r in conn.execute(
+                    sa.select(o)
+                    .where(
+                        o.c.action == "fire",
+                        o.c.conditional.is_(True),
+                        o.c.resolved_by.is_(None),
+                        o.c.status == "delivered",
+                    )
+                    .order_by(o.c.id)
+                ).all()
+            ]
         newest: dict[str, OutboxRow] = {}
         for r in rows:
             newest[r.dedup_key] = r
-        return [r for k, r in newest.items()
-                if k not in exclude and (r.last_sent_at is None or r.last_sent_at <= now - REFRESH)]
+        return [
+            r
+            for k, r in newest.items()
+            if k not in exclude and (r.last_sent_at is None or r.last_sent_at <= now - REFRESH)
+        ]
 
     def _sent(self, due: Iterable[OutboxRow], refresh: Iterable[OutboxRow], now: dt.datetime) -> None:
         o = outbox_table
         with self.engine.begin() as conn:
             for r in due:
-                conn.execute(sa.update(o).where(o.c.id == r.id).values(
-                    status="delivered", delivered_at=now, last_sent_at=now, attempts=r.attempts + 1, last_error=None))
+                conn.execute(
+                    sa.update(o)
+                    .where(o.c.id == r.id)
+                    .values(
+                        status="delivered", delivered_at=now, last_sent_at=now, attempts=r.attempts + 1, last_error=None
+                    )
+                )
             ids = [r.id for r in refresh]
             if ids:
                 conn.execute(sa.update(o).where(o.c.id.in_(ids)).values(last_sent_at=now))
@@ -318,9 +417,15 @@ class Outbox:
         o = outbox_table
         with self.engine.begin() as conn:
             for r in due:
-                conn.execute(sa.update(o).where(o.c.id == r.id).values(
-                    attempts=r.attempts + 1, next_attempt_at=now + backoff(r.attempts + 1),
-                    last_error=truncate(error, MESSAGE)))
+                conn.execute(
+                    sa.update(o)
+                    .where(o.c.id == r.id)
+                    .values(
+                        attempts=r.attempts + 1,
+                        next_attempt_at=now + backoff(r.attempts + 1),
+                        last_error=truncate(error, MESSAGE),
+                    )
+                )
 
     # -- both, and reading ---------------------------------------------------------------------
     def flush(self, client: AlertmanagerClient | None, *, force: bool = False) -> FlushResult:
@@ -337,14 +442,16 @@ class Outbox:
 
     def cursor(self) -> int:
         with self.engine.connect() as conn:
-            value = conn.execute(sa.select(cursor_table.c.last_event_id)
-                                 .where(cursor_table.c.name == _CURSOR)).scalar()
+            value = conn.execute(sa.select(cursor_table.c.last_event_id).where(cursor_table.c.name == _CURSOR)).scalar()
         return int(value or 0)
 
     def pending_count(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(outbox_table)
-                                    .where(outbox_table.c.status == "pending")).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.status == "pending")
+                ).scalar_one()
+            )
 
     def rows(self, *, status: str | None = None, limit: int = 50) -> list[OutboxRow]:
         """Rows newest first, optionally only ``pending`` or ``delivered`` ones."""
@@ -362,10 +469,25 @@ class Outbox:
         """Conditional alerts still firing (newest fire row per dedup key)."""
         o = outbox_table
         with self.engine.connect() as conn:
-            rows = [_row(r) for r in conn.execute(sa.select(o).where(
-                o.c.action == "fire", o.c.conditional.is_(True), o.c.resolved_by.is_(None)).order_by(o.c.id)).all()]
+            rows = [
+                _row(r)
+                for r in conn.execute(
+                    sa.select(o)
+                    .where(o.c.action == "fire", o.c.conditional.is_(True), o.c.resolved_by.is_(None))
+                    .order_by(o.c.id)
+                ).all()
+            ]
         return list({r.dedup_key: r for r in rows}.values())
 
 
-__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "FlushResult", "Outbox", "OutboxRow", "REFRESH", "backoff",
-           "cursor_table", "outbox_table"]
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_CAP",
+    "FlushResult",
+    "Outbox",
+    "OutboxRow",
+    "REFRESH",
+    "backoff",
+    "cursor_table",
+    "outbox_table",
+]

@@ -8,6 +8,7 @@ start with that same base URL, so a page carries the same kind of link whichever
 pass shortened ``for`` durations here, so the rules they run are the shipped ones with only the
 waits changed, and the change is stated where they call it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,11 @@ def alert_rules(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_rules(
-    source_dir: Path, out_dir: Path, *, runbook_base_url: str = "", durations: Mapping[str, str] | None = None,
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    runbook_base_url: str = "",
+    durations: Mapping[str, str] | None = None,
     evaluation_interval: str | None = None,
 ) -> list[Path]:
     """Write every ``*.yml`` of ``source_dir`` into ``out_dir``: runbook URLs prefixed with

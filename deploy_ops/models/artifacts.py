@@ -7,6 +7,7 @@ match what the caller recorded, so a tampered or truncated file can never be ser
 
 No Dagster imports here: the registry, the CLI and the serving app all use this module.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,6 @@ class ArtifactStore(ABC):
         Raises ``ArtifactNotFoundError`` if nothing is there and ``ArtifactIntegrityError`` if
         the bytes differ from the recorded checksum.
         """
-
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -122,8 +122,9 @@ class LocalArtifactStore(ArtifactStore):
 class S3ArtifactStore(ArtifactStore):
     """Artifacts in an S3 bucket under a key prefix (the production profile)."""
 
-    def __init__(self, bucket: str, prefix: str = "", region: str = "us-east-1", client=None,
-                 endpoint_url: str | None = None):
+    def __init__(
+        self, bucket: str, prefix: str = "", region: str = "us-east-1", client=None, endpoint_url: str | None = None
+    ):
         if not bucket:
             raise ValueError("S3 artifact store needs a bucket name")
         self.bucket = bucket

@@ -7,6 +7,7 @@ fitted on training data only, and the ordered feature list.
 
 No Dagster imports here: the serving app, the registry and the training assets all use it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,7 +73,7 @@ class StandardScaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "StandardScaler":
+    def fit(cls, x: np.ndarray) -> StandardScaler:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or len(x) == 0:
             raise ValueError("scaler needs a non-empty 2-D array")
@@ -143,7 +144,7 @@ class ModelBundle:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, expected_sha256: str | None = None) -> "ModelBundle":
+    def from_bytes(cls, data: bytes, expected_sha256: str | None = None) -> ModelBundle:
         if expected_sha256 is not None:
             actual = sha256_bytes(data)
             if actual != expected_sha256:
@@ -157,9 +158,7 @@ class ModelBundle:
         kwargs = dict(payload["model_kwargs"])
         model = build_model(payload["model_class"], n_features=len(feature_names), **kwargs)
         model.load_state_dict(payload["state_dict"])
-        scaler = StandardScaler(
-            mean=payload["scaler_mean"].numpy(), std=payload["scaler_std"].numpy()
-        )
+        scaler = StandardScaler(mean=payload["scaler_mean"].numpy(), std=payload["scaler_std"].numpy())
         return cls(
             model=model,
             model_class=payload["model_class"],
@@ -177,7 +176,7 @@ class ModelBundle:
         return sha256_bytes(data)
 
     @classmethod
-    def load(cls, path: str, expected_sha256: str | None = None) -> "ModelBundle":
+    def load(cls, path: str, expected_sha256: str | None = None) -> ModelBundle:
         with open(path, "rb") as fh:
             return cls.from_bytes(fh.read(), expected_sha256=expected_sha256)
 

@@ -30,6 +30,7 @@ PostgreSQL) so two concurrent promotes cannot both read the same "before" state 
 
 No Dagster imports here: the CLI and the Dagster assets share this module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -290,7 +291,10 @@ class ModelRegistry:
                 .returning(model_versions.c.version)
             ).scalar_one()
             mutation = _Mutation(
-                "register", version, actor, reason,
+                "register",
+                version,
+                actor,
+                reason,
                 details={"stage": stage, "artifact_uri": uri, "sha256": sha, "name": name},
             )
             mutation.changes.append((version, None, stage))
@@ -341,7 +345,9 @@ class ModelRegistry:
             target = self._stage_of(conn, to_version)
             current = self._production_version(conn)
             if current is None:
-                raise IllegalTransitionError("no version is in production, so there is nothing to roll back; use promote")
+                raise IllegalTransitionError(
+                    "no version is in production, so there is nothing to roll back; use promote"
+                )
             if current == to_version:
                 raise IllegalTransitionError(f"version {to_version} already holds production")
             if target == FAILED:
@@ -353,7 +359,10 @@ class ModelRegistry:
                 )
             outgoing = FAILED if mark_failed else ARCHIVED
             mutation = _Mutation(
-                "rollback", to_version, actor, reason,
+                "rollback",
+                to_version,
+                actor,
+                reason,
                 details={"from_version": current, "from_version_to_stage": outgoing, "to_version_from_stage": target},
             )
             mutation.changes.append((current, PRODUCTION, outgoing))
@@ -375,8 +384,7 @@ class ModelRegistry:
                 fallback = self._last_known_good(conn, exclude=version)
                 hint = f" (last known good: version {fallback})" if fallback is not None else ""
                 raise IllegalTransitionError(
-                    f"version {version} is in production; fail it through rollback "
-                    f"--to <version> --mark-failed{hint}"
+                    f"version {version} is in production; fail it through rollback --to <version> --mark-failed{hint}"
                 )
             _check_transition(version, current, FAILED)
             mutation = _Mutation("mark_failed", version, actor, reason, details={"from_stage": current})
@@ -435,8 +443,14 @@ class ModelRegistry:
         with self.engine.connect() as conn:
             return [
                 StageChange(
-                    id=r.id, version=r.version, from_stage=r.from_stage, to_stage=r.to_stage,
-                    action=r.action, actor=r.actor, reason=r.reason, at=as_utc(r.at),
+                    id=r.id,
+                    version=r.version,
+                    from_stage=r.from_stage,
+                    to_stage=r.to_stage,
+                    action=r.action,
+                    actor=r.actor,
+                    reason=r.reason,
+                    at=as_utc(r.at),
                 )
                 for r in conn.execute(query)
             ]
@@ -449,8 +463,13 @@ class ModelRegistry:
         with self.engine.connect() as conn:
             return [
                 AuditEntry(
-                    id=r.id, action=r.action, version=r.version, actor=r.actor, reason=r.reason,
-                    details=json.loads(r.details), at=as_utc(r.at),
+                    id=r.id,
+                    action=r.action,
+                    version=r.version,
+                    actor=r.actor,
+                    reason=r.reason,
+                    details=json.loads(r.details),
+                    at=as_utc(r.at),
                 )
                 for r in conn.execute(query)
             ]
@@ -464,17 +483,27 @@ class ModelRegistry:
                 open_index[change.version] = len(periods)
                 periods.append(
                     ProductionPeriod(
-                        version=change.version, since=change.at, until=None,
-                        action=change.action, actor=change.actor, reason=change.reason,
+                        version=change.version,
+                        since=change.at,
+                        until=None,
+                        action=change.action,
+                        actor=change.actor,
+                        reason=change.reason,
                     )
                 )
             elif change.from_stage == PRODUCTION and change.version in open_index:
                 i = open_index.pop(change.version)
                 p = periods[i]
                 periods[i] = ProductionPeriod(
-                    version=p.version, since=p.since, until=change.at, action=p.action,
-                    actor=p.actor, reason=p.reason, ended_by_action=change.action,
-                    ended_by_actor=change.actor, ended_reason=change.reason,
+                    version=p.version,
+                    since=p.since,
+                    until=change.at,
+                    action=p.action,
+                    actor=p.actor,
+                    reason=p.reason,
+                    ended_by_action=change.action,
+                    ended_by_actor=change.actor,
+                    ended_reason=change.reason,
                     ended_to_stage=change.to_stage,
                 )
         return periods
@@ -546,29 +575,41 @@ class ModelRegistry:
         audit_id = conn.execute(
             audit_log.insert()
             .values(
-                action=mutation.action, version=mutation.version, actor=mutation.actor,
-                reason=mutation.reason, details=json.dumps(mutation.details, sort_keys=True), at=at,
+                action=mutation.action,
+                version=mutation.version,
+                actor=mutation.actor,
+                reason=mutation.reason,
+                details=json.dumps(mutation.details, sort_keys=True),
+                at=at,
             )
             .returning(audit_log.c.id)
         ).scalar_one()
         for version, from_stage, to_stage in mutation.changes:
             conn.execute(
                 stage_history.insert().values(
-                    audit_id=audit_id, version=version, from_stage=from_stage, to_stage=to_stage,
-                    action=mutation.action, actor=mutation.actor, reason=mutation.reason, at=at,
+                    audit_id=audit_id,
+                    version=version,
+                    from_stage=from_stage,
+                    to_stage=to_stage,
+                    action=mutation.action,
+                    actor=mutation.actor,
+                    reason=mutation.reason,
+                    at=at,
                 )
             )
 
 
-def open_registry(url: str, artifacts_uri: str, aws_region: str = "us-east-1",
-                  s3_endpoint_url: str | None = None) -> ModelRegistry:
+def open_registry(
+    url: str, artifacts_uri: str, aws_region: str = "us-east-1", s3_endpoint_url: str | None = None
+) -> ModelRegistry:
     """Open (creating tables if absent) the registry at database ``url`` with artifacts at
     ``artifacts_uri`` (a local directory or ``s3://bucket/prefix``; ``s3_endpoint_url`` overrides
     the S3 endpoint)."""
     if not url:
         raise ValueError("registry URL is empty")
-    return ModelRegistry(make_engine(url), open_artifact_store(artifacts_uri, aws_region=aws_region,
-                                                               endpoint_url=s3_endpoint_url))
+    return ModelRegistry(
+        make_engine(url), open_artifact_store(artifacts_uri, aws_region=aws_region, endpoint_url=s3_endpoint_url)
+    )
 
 
 def allowed_transitions(stage: str) -> list[str]:

@@ -8,6 +8,7 @@ with it, ``stop`` stopped, ``mark_failed`` marked failed in the registry, ``chec
 the deployment closed with ``status`` and one critical event recorded, both saying what was done
 and what failed. The caller decides what to raise from :attr:`CloseOut.problems`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,10 +73,12 @@ def close_out(
     if stop is not None:
         result.step(f"slot {stop} stopped", lambda: backend.stop(stop, force=force_stop))
     if mark_failed is not None:
-        result.step(f"version {mark_failed} marked failed",
-                    # The reason may quote an exception or a log tail: the registry refuses
-                    # control characters, and a failed rollout must still be marked failed.
-                    lambda: registry.mark_failed(mark_failed, actor=actor, reason=escape_controls(reason)))
+        result.step(
+            f"version {mark_failed} marked failed",
+            # The reason may quote an exception or a log tail: the registry refuses
+            # control characters, and a failed rollout must still be marked failed.
+            lambda: registry.mark_failed(mark_failed, actor=actor, reason=escape_controls(reason)),
+        )
     if check is not None:
         slot, version = check
         probe = backend.check(slot, version)
@@ -90,7 +93,9 @@ def close_out(
         except StateError as exc:
             result.problems.append(f"closing deployment {deployment_id}: {exc}")
     state.record_event(
-        event, truncate(f"{message} [{result.summary()}]", MESSAGE), severity="critical",
+        event,
+        truncate(f"{message} [{result.summary()}]", MESSAGE),
+        severity="critical",
         details={**details, "actions": result.actions, "problems": result.problems},
     )
     return result

@@ -54,6 +54,7 @@ finalize instead. The interrupted version stays in staging: it was never judged.
 
 No Dagster imports: the Dagster asset, the CLI and the tests drive the same controller.
 """
+
 from __future__ import annotations
 
 import logging
@@ -141,10 +142,17 @@ class RolloutController:
 
     def recover_interrupted(self, *, force: bool = False) -> RecoveryReport | None:
         """Recover a deployment left ``running`` by a controller that is gone (see :func:`recover_interrupted`)."""
-        return recover_interrupted(self.registry, self.state, self.backend,
-                                   lease_timeout_seconds=self.policy.lease_timeout_seconds, force=force)
+        return recover_interrupted(
+            self.registry,
+            self.state,
+            self.backend,
+            lease_timeout_seconds=self.policy.lease_timeout_seconds,
+            force=force,
+        )
 
-    def run(self, version: int, traffic: TrafficSource, *, candidate_faults: FaultConfig | None = None) -> RolloutReport:
+    def run(
+        self, version: int, traffic: TrafficSource, *, candidate_faults: FaultConfig | None = None
+    ) -> RolloutReport:
         """Roll ``version`` out; returns the report (outcome succeeded, rolled_back or refused).
 
         ``candidate_faults`` makes the candidate misbehave on purpose (drills: fault injection).
@@ -156,20 +164,39 @@ class RolloutController:
         bootstrap = production is None
         candidate = "blue" if bootstrap else other_slot(live) if live else "green"
         report = RolloutReport(
-            version=int(version), outcome=REFUSED, mode="bootstrap" if bootstrap else "blue_green",
-            deployment_id=None, live_slot=live, candidate_slot=candidate,
-            previous_version=production.version if production else None, started_at=utcnow().isoformat(),
+            version=int(version),
+            outcome=REFUSED,
+            mode="bootstrap" if bootstrap else "blue_green",
+            deployment_id=None,
+            live_slot=live,
+            candidate_slot=candidate,
+            previous_version=production.version if production else None,
+            started_at=utcnow().isoformat(),
         )
         dep = self.state.start_deployment(str(version), slot=candidate, stage="pre_deploy_checks")
         report.deployment_id = dep.id
-        self.leases.create(dep.id, mode=report.mode, version=str(version), live_slot=live, candidate_slot=candidate,
-                           previous_version=str(production.version) if production else None)
-        self.state.record_event(
-            "rollout_started", f"rollout {dep.id} of version {version} to slot {candidate} ({report.mode})",
-            details={"deployment_id": dep.id, "version": int(version), "candidate_slot": candidate,
-                     "live_slot": live, "actor": self.actor},
+        self.leases.create(
+            dep.id,
+            mode=report.mode,
+            version=str(version),
+            live_slot=live,
+            candidate_slot=candidate,
+            previous_version=str(production.version) if production else None,
         )
-        with Heartbeat(self.leases, self.state, dep.id, interval=min(2.0, self.policy.lease_timeout_seconds / 4)) as beat:
+        self.state.record_event(
+            "rollout_started",
+            f"rollout {dep.id} of version {version} to slot {candidate} ({report.mode})",
+            details={
+                "deployment_id": dep.id,
+                "version": int(version),
+                "candidate_slot": candidate,
+                "live_slot": live,
+                "actor": self.actor,
+            },
+        )
+        with Heartbeat(
+            self.leases, self.state, dep.id, interval=min(2.0, self.policy.lease_timeout_seconds / 4)
+        ) as beat:
             self._beat = beat
             try:
                 replays = self._pre_deploy(report, int(version), production, live, traffic)
@@ -217,12 +244,19 @@ class RolloutController:
         if not stage.passed:
             raise _GateTripped(stage.stage, f"stage {stage.stage} failed: {stage.reason}")
         self.state.record_event(
-            "rollout_stage_passed", f"stage {stage.stage} passed",
+            "rollout_stage_passed",
+            f"stage {stage.stage} passed",
             details={"stage": stage.stage, "gates": [g.to_dict() for g in stage.gates]},
         )
 
-    def _pre_deploy(self, report: RolloutReport, version: int, production: ModelVersion | None,
-                    live: str | None, traffic: TrafficSource) -> dict[str, Replay] | None:
+    def _pre_deploy(
+        self,
+        report: RolloutReport,
+        version: int,
+        production: ModelVersion | None,
+        live: str | None,
+        traffic: TrafficSource,
+    ) -> dict[str, Replay] | None:
         started = time.monotonic()
         stage = self._begin(report, "pre_deploy_checks")
         gates = stage.gates
@@ -234,15 +268,28 @@ class RolloutController:
         except RegistryError as exc:
             gates.append(GateReading("version_exists", False, None, None, str(exc)))
         if mv is not None:
-            gates.append(GateReading(
-                "stage_is_staging", mv.stage == STAGING, None, None,
-                f"version {version} is {mv.stage}" + ("" if mv.stage == STAGING else "; only staging versions are rolled out"),
-            ))
+            gates.append(
+                GateReading(
+                    "stage_is_staging",
+                    mv.stage == STAGING,
+                    None,
+                    None,
+                    f"version {version} is {mv.stage}"
+                    + ("" if mv.stage == STAGING else "; only staging versions are rolled out"),
+                )
+            )
             try:
                 bundle = self._bundle(version)
                 artifact_ok = True
-                gates.append(GateReading("artifact_verifies", True, None, None,
-                                         f"sha256 {mv.sha256[:12]}... matches; {bundle.n_features} features"))
+                gates.append(
+                    GateReading(
+                        "artifact_verifies",
+                        True,
+                        None,
+                        None,
+                        f"sha256 {mv.sha256[:12]}... matches; {bundle.n_features} features",
+                    )
+                )
             except Exception as exc:  # a missing, damaged or unloadable artifact all refuse the rollout
                 gates.append(GateReading("artifact_verifies", False, None, None, f"{type(exc).__name__}: {exc}"))
         gates.append(self._system_health(production, live))
@@ -254,8 +301,15 @@ class RolloutController:
                 names = self._bundle(version).feature_names
                 for replay in replays.values():
                     replay.rows_for(names)
-            gates.append(GateReading("traffic_available", True, float(sum(map(len, replays.values()))), None,
-                                     f"{len(replays)} instruments, {sum(map(len, replays.values()))} replay rows"))
+            gates.append(
+                GateReading(
+                    "traffic_available",
+                    True,
+                    float(sum(map(len, replays.values()))),
+                    None,
+                    f"{len(replays)} instruments, {sum(map(len, replays.values()))} replay rows",
+                )
+            )
         except Exception as exc:  # the source is caller code: any failure refuses, with its message
             gates.append(GateReading("traffic_available", False, None, None, f"{type(exc).__name__}: {exc}"))
         stage.finished_at = utcnow().isoformat()
@@ -278,12 +332,20 @@ class RolloutController:
             slots = self.state.slots()
             busy = [s for s in SLOTS if s in slots and slots[s].is_ready and self.backend.check(s, None).ok]
             if busy:
-                return GateReading("system_healthy", False, None, None,
-                                   f"no production version, yet slot(s) {busy} are serving; stop them or promote first")
+                return GateReading(
+                    "system_healthy",
+                    False,
+                    None,
+                    None,
+                    f"no production version, yet slot(s) {busy} are serving; stop them or promote first",
+                )
             return GateReading("system_healthy", True, None, None, "no production version: bootstrap into blue")
         if live is None:
             return GateReading(
-                "system_healthy", False, None, None,
+                "system_healthy",
+                False,
+                None,
+                None,
                 f"production version {production.version} is not served by any ready slot; restore it first "
                 f"(autotrader deploy rollback --to {production.version} --reason ...)",
             )
@@ -292,10 +354,16 @@ class RolloutController:
             return GateReading("system_healthy", False, None, None, f"live slot {live} is unhealthy: {check.detail}")
         default = self.state.routing_table().get(DEFAULT_ROUTE)
         if default != live:
-            return GateReading("system_healthy", False, None, None,
-                               f"the default route points at {default}, not at the live slot {live}")
-        return GateReading("system_healthy", True, None, None,
-                           f"live slot {live} serves production version {production.version}")
+            return GateReading(
+                "system_healthy",
+                False,
+                None,
+                None,
+                f"the default route points at {default}, not at the live slot {live}",
+            )
+        return GateReading(
+            "system_healthy", True, None, None, f"live slot {live} serves production version {production.version}"
+        )
 
     def _deploy(self, report: RolloutReport, mv: ModelVersion, candidate: str, faults: FaultConfig | None) -> None:
         started = time.monotonic()
@@ -308,7 +376,9 @@ class RolloutController:
 
             if not isinstance(exc, (SlotStartError, DeploymentError)) or isinstance(exc, SlotInUseError):
                 raise
-            stage.gates.append(GateReading("slot_started", False, None, None, truncate(f"{type(exc).__name__}: {exc}", LOG_TAIL)))
+            stage.gates.append(
+                GateReading("slot_started", False, None, None, truncate(f"{type(exc).__name__}: {exc}", LOG_TAIL))
+            )
             self._end(stage, started)
             return
         stage.gates.append(GateReading("slot_started", True, None, None, f"slot {candidate} ready at {url}"))
@@ -328,9 +398,16 @@ class RolloutController:
             try:
                 ready = client.ready()
                 sha_ok = ready.get("sha256") == mv.sha256
-                stage.gates.append(GateReading("checksum", sha_ok, None, None,
-                                               f"/ready sha256 {str(ready.get('sha256'))[:12]}... "
-                                               + ("matches" if sha_ok else f"!= registry {mv.sha256[:12]}...")))
+                stage.gates.append(
+                    GateReading(
+                        "checksum",
+                        sha_ok,
+                        None,
+                        None,
+                        f"/ready sha256 {str(ready.get('sha256'))[:12]}... "
+                        + ("matches" if sha_ok else f"!= registry {mv.sha256[:12]}..."),
+                    )
+                )
             except ServingError as exc:
                 stage.gates.append(GateReading("checksum", False, None, None, truncate(exc, DETAIL)))
             # A few attempts: a transient 5xx is the error-rate gate's business, not a broken model.
@@ -341,20 +418,37 @@ class RolloutController:
                 except ServingError as exc:
                     last_error = truncate(exc, DETAIL)
         if answer is None:
-            stage.gates.append(GateReading("known_answer", False, None, None,
-                                           f"no successful /predict in {attempts} attempts: {last_error}"))
+            stage.gates.append(
+                GateReading(
+                    "known_answer", False, None, None, f"no successful /predict in {attempts} attempts: {last_error}"
+                )
+            )
         else:
             deviation = float(np.max(np.abs(np.asarray(answer.probabilities) - expected)))
             right_version = answer.model_version == str(mv.version)
-            stage.gates.append(GateReading(
-                "known_answer", deviation <= 1e-5 and right_version, deviation, 1e-5,
-                f"max |served - registry bundle| = {deviation:.2e} over {len(probe)} rows; "
-                f"answered by version {answer.model_version}" + (f" after {attempts} attempts" if attempts > 1 else ""),
-            ))
+            stage.gates.append(
+                GateReading(
+                    "known_answer",
+                    deviation <= 1e-5 and right_version,
+                    deviation,
+                    1e-5,
+                    f"max |served - registry bundle| = {deviation:.2e} over {len(probe)} rows; "
+                    f"answered by version {answer.model_version}"
+                    + (f" after {attempts} attempts" if attempts > 1 else ""),
+                )
+            )
         self._end(stage, started)
 
-    def _traffic_stage(self, report: RolloutReport, plan: StagePlan, mv: ModelVersion, production: ModelVersion | None,
-                       live: str | None, candidate: str, traffic: TrafficSource) -> None:
+    def _traffic_stage(
+        self,
+        report: RolloutReport,
+        plan: StagePlan,
+        mv: ModelVersion,
+        production: ModelVersion | None,
+        live: str | None,
+        candidate: str,
+        traffic: TrafficSource,
+    ) -> None:
         started = time.monotonic()
         stage = self._begin(report, plan.name)
         stage.candidate_instruments = list(plan.candidate_instruments)
@@ -396,7 +490,9 @@ class RolloutController:
                 clients[url] = ServingClient(url, token=self.token, session=session, read_timeout=5.0)
             return clients[url]
 
-        slot_url = {role: (self.state.get_slot(slot).url if self.state.get_slot(slot) else None) for role, slot in slots.items()}
+        slot_url = {
+            role: (self.state.get_slot(slot).url if self.state.get_slot(slot) else None) for role, slot in slots.items()
+        }
         role_of = {slot: role for role, slot in slots.items()}
         deadline = started + self.policy.stage_seconds
         hard_deadline = started + self.policy.stage_timeout
@@ -432,7 +528,8 @@ class RolloutController:
                         failure = "p99 latency"
                         break
                 covered = all(not np.isnan(cand_p[i]).any() for i in canary) and all(
-                    not np.isnan(live_p[i]).any() for i in live_p)
+                    not np.isnan(live_p[i]).any() for i in live_p
+                )
                 if now >= deadline and candidate_traffic.requests >= self.policy.min_requests and covered:
                     break
                 if now >= hard_deadline:
@@ -454,12 +551,24 @@ class RolloutController:
                 if role is None:
                     raise RolloutError(f"{instrument} is routed to slot {info.slot}, which is not part of this rollout")
                 rows = (cand_rows if role == "candidate" else live_rows)[instrument][start:end]
-                self._send(client_for(info.url), instrument, rows, stats[role],
-                           cand_p.get(instrument) if role == "candidate" else None, start)
+                self._send(
+                    client_for(info.url),
+                    instrument,
+                    rows,
+                    stats[role],
+                    cand_p.get(instrument) if role == "candidate" else None,
+                    start,
+                )
                 if compare and role == "candidate" and instrument in live_p:
                     # Shadow: the live slot answers the same bars; callers never see its answer.
-                    self._send(client_for(slot_url["live"]), instrument, live_rows[instrument][start:end], stats["live"],
-                               live_p[instrument], start)
+                    self._send(
+                        client_for(slot_url["live"]),
+                        instrument,
+                        live_rows[instrument][start:end],
+                        stats["live"],
+                        live_p[instrument],
+                        start,
+                    )
                 spare = interval - (time.monotonic() - now)
                 if spare > 0:
                     time.sleep(spare)
@@ -471,15 +580,22 @@ class RolloutController:
         stage.health_checks = health
         for role, slot in slots.items():
             stage.server[role] = server_delta(scrape_before[role], self._scrape(slot))
-        self._gates(stage, stats["candidate"], health["candidate"], failure, plan, compare,
-                    cand_p, live_p, replays)
+        self._gates(stage, stats["candidate"], health["candidate"], failure, plan, compare, cand_p, live_p, replays)
         if failure is not None:
             stage.reason = f"stage stopped early on {failure}: " + "; ".join(
-                f"{g.gate}: {g.detail}" for g in stage.gates if not g.passed)
+                f"{g.gate}: {g.detail}" for g in stage.gates if not g.passed
+            )
         self._end(stage, started)
 
-    def _send(self, client: ServingClient, instrument: str, rows: np.ndarray, stats: SlotTraffic,
-              sink: np.ndarray | None, offset: int) -> None:
+    def _send(
+        self,
+        client: ServingClient,
+        instrument: str,
+        rows: np.ndarray,
+        stats: SlotTraffic,
+        sink: np.ndarray | None,
+        offset: int,
+    ) -> None:
         try:
             result = client.predict(instrument, rows)
         except ServingError as exc:
@@ -487,37 +603,68 @@ class RolloutController:
             return
         stats.record_ok(result.latency_ms, len(rows))
         if sink is not None:
-            sink[offset: offset + len(rows)] = result.probabilities
+            sink[offset : offset + len(rows)] = result.probabilities
 
-    def _gates(self, stage: StageReport, candidate_traffic: SlotTraffic, health: Mapping[str, Any], failure: str | None,
-               plan: StagePlan, compare: bool, cand_p: Mapping[str, np.ndarray], live_p: Mapping[str, np.ndarray],
-               replays: Mapping[str, Replay]) -> None:
+    def _gates(
+        self,
+        stage: StageReport,
+        candidate_traffic: SlotTraffic,
+        health: Mapping[str, Any],
+        failure: str | None,
+        plan: StagePlan,
+        compare: bool,
+        cand_p: Mapping[str, np.ndarray],
+        live_p: Mapping[str, np.ndarray],
+        replays: Mapping[str, Replay],
+    ) -> None:
         policy = self.policy
         failed_checks = health["checks"] - health["ok"]
-        stage.gates.append(GateReading(
-            "health", failed_checks == 0, float(failed_checks), 0.0,
-            f"{health['ok']}/{health['checks']} health checks of the candidate passed"
-            + (f"; last failure: {health['failures'][-1]}" if health["failures"] else ""),
-        ))
+        stage.gates.append(
+            GateReading(
+                "health",
+                failed_checks == 0,
+                float(failed_checks),
+                0.0,
+                f"{health['ok']}/{health['checks']} health checks of the candidate passed"
+                + (f"; last failure: {health['failures'][-1]}" if health["failures"] else ""),
+            )
+        )
         if failure == "health":
             return  # traffic to a dead slot measures nothing more; the health gate says it all
         enough = candidate_traffic.requests >= policy.min_requests
         if not enough:
-            stage.gates.append(GateReading(
-                "traffic", False, float(candidate_traffic.requests), float(policy.min_requests),
-                f"only {candidate_traffic.requests} requests reached the candidate in {policy.stage_timeout:.0f}s; need {policy.min_requests}",
-            ))
+            stage.gates.append(
+                GateReading(
+                    "traffic",
+                    False,
+                    float(candidate_traffic.requests),
+                    float(policy.min_requests),
+                    f"only {candidate_traffic.requests} requests reached the candidate in {policy.stage_timeout:.0f}s; need {policy.min_requests}",
+                )
+            )
         rate = candidate_traffic.error_rate
-        stage.gates.append(GateReading(
-            "error_rate", rate is not None and rate <= policy.max_error_rate, rate, policy.max_error_rate,
-            f"{candidate_traffic.errors}/{candidate_traffic.requests} candidate requests failed" + (f" (e.g. {candidate_traffic.error_samples[0]})" if candidate_traffic.error_samples else ""),
-        ))
+        stage.gates.append(
+            GateReading(
+                "error_rate",
+                rate is not None and rate <= policy.max_error_rate,
+                rate,
+                policy.max_error_rate,
+                f"{candidate_traffic.errors}/{candidate_traffic.requests} candidate requests failed"
+                + (f" (e.g. {candidate_traffic.error_samples[0]})" if candidate_traffic.error_samples else ""),
+            )
+        )
         p99 = candidate_traffic.percentile(99)
-        stage.gates.append(GateReading(
-            "p99_latency_ms", p99 is not None and p99 <= policy.max_p99_latency_ms, p99, policy.max_p99_latency_ms,
-            f"client-side p99 {p99:.1f} ms over {len(candidate_traffic.latencies_ms)} answered requests" if p99 is not None
-            else "no answered request to measure",
-        ))
+        stage.gates.append(
+            GateReading(
+                "p99_latency_ms",
+                p99 is not None and p99 <= policy.max_p99_latency_ms,
+                p99,
+                policy.max_p99_latency_ms,
+                f"client-side p99 {p99:.1f} ms over {len(candidate_traffic.latencies_ms)} answered requests"
+                if p99 is not None
+                else "no answered request to measure",
+            )
+        )
         if failure is not None:
             stage.sharpe = {"evaluated": False, "reason": f"stage stopped early on {failure}"}
             return
@@ -532,24 +679,41 @@ class RolloutController:
         coverage = sum(int(m.sum()) for m in both.values()) / max(1, sum(len(m) for m in both.values()))
         if coverage < 0.5:
             stage.sharpe = {"coverage": coverage}
-            stage.gates.append(GateReading("sharpe", False, None, None,
-                                           f"only {coverage:.0%} of the canary bars were answered by both slots"))
+            stage.gates.append(
+                GateReading(
+                    "sharpe", False, None, None, f"only {coverage:.0%} of the canary bars were answered by both slots"
+                )
+            )
             return
         bars = {i: replays[i].bars.loc[both[i]].reset_index(drop=True) for i in both}
-        cand_sharpe, cand_detail = backtest_sharpe({i: cand_p[i][both[i]] for i in both}, bars,
-                                                   fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
-        live_sharpe, live_detail = backtest_sharpe({i: live_p[i][both[i]] for i in both}, bars,
-                                                   fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps)
+        cand_sharpe, cand_detail = backtest_sharpe(
+            {i: cand_p[i][both[i]] for i in both}, bars, fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps
+        )
+        live_sharpe, live_detail = backtest_sharpe(
+            {i: live_p[i][both[i]] for i in both}, bars, fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps
+        )
         n_returns = min(int(cand_detail["n_bars"]), int(live_detail["n_bars"]))
-        gate = sharpe_gate(live_sharpe, cand_sharpe, policy.max_sharpe_drop, n_returns=n_returns,
-                           min_returns=policy.min_sharpe_returns, periods_per_year=cand_detail["periods_per_year"])
+        gate = sharpe_gate(
+            live_sharpe,
+            cand_sharpe,
+            policy.max_sharpe_drop,
+            n_returns=n_returns,
+            min_returns=policy.min_sharpe_returns,
+            periods_per_year=cand_detail["periods_per_year"],
+        )
         stage.sharpe = {
-            "n_returns": n_returns, "min_returns": policy.min_sharpe_returns,
+            "n_returns": n_returns,
+            "min_returns": policy.min_sharpe_returns,
             "meaningful": n_returns >= policy.min_sharpe_returns,
             "returns": f"{bar_label(cand_detail['periods_per_year'])} bars",
-            "instruments": sorted(both), "coverage": coverage, "live": live_sharpe, "candidate": cand_sharpe,
+            "instruments": sorted(both),
+            "coverage": coverage,
+            "live": live_sharpe,
+            "candidate": cand_sharpe,
             "relative_drop": (live_sharpe - (cand_sharpe or 0.0)) / abs(live_sharpe) if live_sharpe else None,
-            "floor": gate.threshold, "live_backtest": live_detail, "candidate_backtest": cand_detail,
+            "floor": gate.threshold,
+            "live_backtest": live_detail,
+            "candidate_backtest": cand_detail,
         }
         stage.gates.append(gate)
 
@@ -559,15 +723,23 @@ class RolloutController:
         passed = [s.stage for s in report.stages if s.passed and s.stage not in ("pre_deploy_checks", "finalize")]
         reason = f"rollout {report.deployment_id}: gates passed at {', '.join(passed)}"
         self.registry.promote(mv.version, PRODUCTION, actor=self.actor, reason=reason)
-        stage.gates.append(GateReading("promoted", True, None, None,
-                                       f"production alias moved to version {mv.version}"
-                                       + (f" from {report.previous_version}" if report.previous_version else "")))
+        stage.gates.append(
+            GateReading(
+                "promoted",
+                True,
+                None,
+                None,
+                f"production alias moved to version {mv.version}"
+                + (f" from {report.previous_version}" if report.previous_version else ""),
+            )
+        )
         retire_error = None
         if live is not None:
             try:
                 self.backend.stop(live)
-                stage.gates.append(GateReading("retired", True, None, None,
-                                               f"slot {live} (version {report.previous_version}) stopped"))
+                stage.gates.append(
+                    GateReading("retired", True, None, None, f"slot {live} (version {report.previous_version}) stopped")
+                )
             except Exception as exc:  # promoted and serving: surfaced below, never rolled back for this
                 retire_error = f"{type(exc).__name__}: {exc}"
                 stage.reason = f"slot {live} could not be stopped: {retire_error}"
@@ -579,9 +751,15 @@ class RolloutController:
         report.reason = reason
         self.state.finish_deployment(report.deployment_id, "succeeded", reason=reason)
         self.state.record_event(
-            "rollout_succeeded", f"version {mv.version} serves 100% from slot {candidate}",
-            details={"deployment_id": report.deployment_id, "version": mv.version, "slot": candidate,
-                     "previous_version": report.previous_version, "stages": [s.stage for s in report.stages]},
+            "rollout_succeeded",
+            f"version {mv.version} serves 100% from slot {candidate}",
+            details={
+                "deployment_id": report.deployment_id,
+                "version": mv.version,
+                "slot": candidate,
+                "previous_version": report.previous_version,
+                "stages": [s.stage for s in report.stages],
+            },
         )
         if self.progress:
             self.progress(stage.stage, stage)
@@ -589,7 +767,8 @@ class RolloutController:
             self.state.record_event(
                 "slot_retire_failed",
                 truncate(f"slot {live} still runs version {report.previous_version}: {retire_error}", MESSAGE),
-                severity="critical", details={"slot": live, "deployment_id": report.deployment_id},
+                severity="critical",
+                details={"slot": live, "deployment_id": report.deployment_id},
             )
             raise RetireError(f"version {mv.version} is live, but slot {live} could not be stopped: {retire_error}")
 
@@ -600,27 +779,49 @@ class RolloutController:
         report.reason = f"pre-deploy checks failed: {stage.reason}"
         report.finished_at = utcnow().isoformat()
         self.state.finish_deployment(report.deployment_id, "failed", reason=report.reason)
-        self.state.record_event("rollout_refused", f"rollout of version {report.version} refused: {stage.reason}",
-                                severity="warning",
-                                details={"deployment_id": report.deployment_id, "version": report.version,
-                                         "gates": [g.to_dict() for g in stage.gates]})
+        self.state.record_event(
+            "rollout_refused",
+            f"rollout of version {report.version} refused: {stage.reason}",
+            severity="warning",
+            details={
+                "deployment_id": report.deployment_id,
+                "version": report.version,
+                "gates": [g.to_dict() for g in stage.gates],
+            },
+        )
         return report
 
-    def _rollback(self, report: RolloutReport, stage: str, reason: str, *, mark_failed: bool,
-                  status: str = "rolled_back") -> None:
+    def _rollback(
+        self, report: RolloutReport, stage: str, reason: str, *, mark_failed: bool, status: str = "rolled_back"
+    ) -> None:
         live, candidate = report.live_slot, report.candidate_slot
         report.outcome = ROLLED_BACK if status == "rolled_back" else "failed"
         report.reason = reason
         report.finished_at = utcnow().isoformat()
         result = close_out(
-            self.state, self.backend, report.deployment_id, status=status, reason=reason,
-            event="rollout_rolled_back", message=f"rollout of version {report.version} rolled back at {stage}: {reason}",
-            details={"deployment_id": report.deployment_id, "version": report.version, "stage": stage,
-                     "reason": reason, "live_slot": live, "candidate_slot": candidate,
-                     "stages": [s.to_dict() for s in report.stages]},
+            self.state,
+            self.backend,
+            report.deployment_id,
+            status=status,
+            reason=reason,
+            event="rollout_rolled_back",
+            message=f"rollout of version {report.version} rolled back at {stage}: {reason}",
+            details={
+                "deployment_id": report.deployment_id,
+                "version": report.version,
+                "stage": stage,
+                "reason": reason,
+                "live_slot": live,
+                "candidate_slot": candidate,
+                "stages": [s.to_dict() for s in report.stages],
+            },
             # bootstrap: nothing to fall back to, and the candidate may hold the only routes
-            route_to=live, stop=candidate, force_stop=live is None,
-            registry=self.registry, mark_failed=report.version if mark_failed else None, actor=self.actor,
+            route_to=live,
+            stop=candidate,
+            force_stop=live is None,
+            registry=self.registry,
+            mark_failed=report.version if mark_failed else None,
+            actor=self.actor,
             check=(live, str(report.previous_version)) if live is not None else None,
         )
         report.rollback_actions.extend(result.actions)

@@ -1,5 +1,5 @@
-"""The errors a rollout raises.
-"""
+"""The errors a rollout raises."""
+
 from __future__ import annotations
 
 

@@ -1,6 +1,7 @@
 """Rollout leases: who runs a deployment and their heartbeat, so an interrupted rollout or
 rollback can be recognised and recovered.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -63,12 +64,26 @@ class LeaseStore:
         self.engine = state.engine
         _lease_metadata.create_all(self.engine, checkfirst=True)
 
-    def create(self, deployment_id: int, *, mode: str, version: str, live_slot: str | None,
-               candidate_slot: str, previous_version: str | None) -> Lease:
+    def create(
+        self,
+        deployment_id: int,
+        *,
+        mode: str,
+        version: str,
+        live_slot: str | None,
+        candidate_slot: str,
+        previous_version: str | None,
+    ) -> Lease:
         values = dict(
-            deployment_id=deployment_id, owner_host=socket.gethostname(), owner_pid=os.getpid(),
-            heartbeat_at=utcnow(), mode=mode, version=version, live_slot=live_slot,
-            candidate_slot=candidate_slot, previous_version=previous_version,
+            deployment_id=deployment_id,
+            owner_host=socket.gethostname(),
+            owner_pid=os.getpid(),
+            heartbeat_at=utcnow(),
+            mode=mode,
+            version=version,
+            live_slot=live_slot,
+            candidate_slot=candidate_slot,
+            previous_version=previous_version,
         )
         with self.engine.begin() as conn:
             conn.execute(sa.insert(leases_table).values(**values))
@@ -77,17 +92,30 @@ class LeaseStore:
     def heartbeat(self, deployment_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                sa.update(leases_table).where(leases_table.c.deployment_id == deployment_id).values(heartbeat_at=utcnow())
+                sa.update(leases_table)
+                .where(leases_table.c.deployment_id == deployment_id)
+                .values(heartbeat_at=utcnow())
             )
 
     def get(self, deployment_id: int) -> Lease | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(leases_table).where(leases_table.c.deployment_id == deployment_id)).one_or_none()
+            row = conn.execute(
+                sa.select(leases_table).where(leases_table.c.deployment_id == deployment_id)
+            ).one_or_none()
         if row is None:
             return None
         at = as_utc(row.heartbeat_at)
-        return Lease(row.deployment_id, row.owner_host, row.owner_pid, at, row.mode, row.version,
-                     row.live_slot, row.candidate_slot, row.previous_version)
+        return Lease(
+            row.deployment_id,
+            row.owner_host,
+            row.owner_pid,
+            at,
+            row.mode,
+            row.version,
+            row.live_slot,
+            row.candidate_slot,
+            row.previous_version,
+        )
 
 
 def lease_is_alive(lease: Lease | None, started_at: dt.datetime, timeout: float) -> bool:
@@ -122,7 +150,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rollout-heartbeat-{deployment_id}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

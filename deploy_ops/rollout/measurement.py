@@ -2,6 +2,7 @@
 Prometheus' histogram quantile, the delta between two scrapes) and the Sharpe gate (backtest Sharpe
 of live vs candidate predictions on the same bars).
 """
+
 from __future__ import annotations
 
 import math
@@ -133,8 +134,15 @@ def bar_label(periods_per_year: int | None) -> str:
     return f"{seconds:.0f}-second"
 
 
-def sharpe_gate(live: float | None, candidate: float | None, max_drop: float, *, n_returns: int,
-                min_returns: int, periods_per_year: int | None = None) -> GateReading:
+def sharpe_gate(
+    live: float | None,
+    candidate: float | None,
+    max_drop: float,
+    *,
+    n_returns: int,
+    min_returns: int,
+    periods_per_year: int | None = None,
+) -> GateReading:
     """Fail when the candidate's Sharpe is more than ``max_drop`` below the live one, or when the
     two series have fewer than ``min_returns`` bar returns (too few to compare: the stage fails
     with "insufficient data" rather than promote on noise; the rollout is the last gate before
@@ -148,11 +156,17 @@ def sharpe_gate(live: float | None, candidate: float | None, max_drop: float, *,
     basis = f"annualised from {n_returns} {bar_label(periods_per_year)} returns each"
     if n_returns < min_returns:
         return GateReading(
-            "sharpe", False, None, float(min_returns),
+            "sharpe",
+            False,
+            None,
+            float(min_returns),
             f"insufficient data: {basis}, fewer than the {min_returns} a Sharpe needs to mean anything; "
-            f"replay more rows (--traffic-rows) or lengthen the stage")
+            f"replay more rows (--traffic-rows) or lengthen the stage",
+        )
     if live is None and candidate is None:
-        return GateReading("sharpe", True, None, None, f"neither model's returns vary over these bars (no trades); {basis}")
+        return GateReading(
+            "sharpe", True, None, None, f"neither model's returns vary over these bars (no trades); {basis}"
+        )
     live_v = 0.0 if live is None else float(live)
     cand_v = 0.0 if candidate is None else float(candidate)
     floor = live_v - max_drop * abs(live_v)
@@ -161,8 +175,10 @@ def sharpe_gate(live: float | None, candidate: float | None, max_drop: float, *,
         relation = f"candidate {cand_v:.1f} vs live {live_v:.1f}: must not be below 0"
     else:
         change = (cand_v - live_v) / abs(live_v)
-        relation = (f"candidate {cand_v:.1f} vs live {live_v:.1f}: "
-                    + (f"{-change:.0%} below live" if change < 0 else f"{change:.0%} above live")
-                    + (f", within the {max_drop:.0%} allowed" if passed else f", more than the {max_drop:.0%} allowed")
-                    + f" (floor {floor:.1f})")
+        relation = (
+            f"candidate {cand_v:.1f} vs live {live_v:.1f}: "
+            + (f"{-change:.0%} below live" if change < 0 else f"{change:.0%} above live")
+            + (f", within the {max_drop:.0%} allowed" if passed else f", more than the {max_drop:.0%} allowed")
+            + f" (floor {floor:.1f})"
+        )
     return GateReading("sharpe", passed, cand_v, floor, f"{relation}; {basis}")

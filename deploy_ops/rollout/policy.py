@@ -1,5 +1,5 @@
-"""The rollout policy (instruments, gate thresholds, traffic shape) and the stage plan it gives.
-"""
+"""The rollout policy (instruments, gate thresholds, traffic shape) and the stage plan it gives."""
+
 from __future__ import annotations
 
 import math
@@ -44,7 +44,9 @@ class RolloutPolicy:
         if not instruments:
             raise ValueError("a rollout needs at least one instrument")
         if len(set(instruments)) != len(instruments):
-            raise ValueError(f"instruments are listed twice: {sorted(i for i in set(instruments) if instruments.count(i) > 1)}")
+            raise ValueError(
+                f"instruments are listed twice: {sorted(i for i in set(instruments) if instruments.count(i) > 1)}"
+            )
         if not canary:
             raise ValueError("a rollout needs at least one canary instrument")
         missing = [c for c in canary if c not in instruments]
@@ -68,8 +70,11 @@ class RolloutPolicy:
             raise ValueError(f"max_p99_latency_ms must be positive, got {self.max_p99_latency_ms}")
         if self.fee_bps < 0 or self.slippage_bps < 0:
             raise ValueError("fee_bps and slippage_bps must be >= 0")
-        if isinstance(self.min_sharpe_returns, bool) or not isinstance(self.min_sharpe_returns, int) \
-                or self.min_sharpe_returns < 2:
+        if (
+            isinstance(self.min_sharpe_returns, bool)
+            or not isinstance(self.min_sharpe_returns, int)
+            or self.min_sharpe_returns < 2
+        ):
             raise ValueError(f"min_sharpe_returns must be an integer >= 2, got {self.min_sharpe_returns!r}")
         if self.min_requests < 1 or self.batch_rows < 1 or self.min_replay_rows < 2:
             raise ValueError("min_requests and batch_rows must be >= 1, min_replay_rows >= 2")

@@ -1,6 +1,7 @@
 """Recovery of a rollout whose controller is gone (process died, host lost): traffic back to the
 live slot, or the finalize completed when the new version was already promoted.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,6 @@ from deploy_ops.state import (
     DeploymentInProgressError,
     DeploymentStateStore,
 )
-
 
 #: How often a watcher (the Dagster ``interrupted_deployment_sensor``) looks for a deployment
 #: whose owner died: with the owner on this host, the bound on an orphaned canary's life.
@@ -74,14 +74,17 @@ def recover_interrupted(
     return _recover(registry, state, backend, dep, lease)
 
 
-def _recover(registry: ModelRegistry, state: DeploymentStateStore, backend: SlotBackend, dep: Any,
-             lease: Lease | None) -> RecoveryReport:
+def _recover(
+    registry: ModelRegistry, state: DeploymentStateStore, backend: SlotBackend, dep: Any, lease: Lease | None
+) -> RecoveryReport:
     production = registry.get_production()
     candidate = lease.candidate_slot if lease else dep.slot
     live = lease.live_slot if lease else find_live_slot(state, production)
     owner = lease.owner if lease else None
     finished_promotion = (
-        production is not None and str(production.version) == dep.version and candidate is not None
+        production is not None
+        and str(production.version) == dep.version
+        and candidate is not None
         and backend.check(candidate, dep.version).ok
     )
     if finished_promotion:
@@ -96,12 +99,25 @@ def _recover(registry: ModelRegistry, state: DeploymentStateStore, backend: Slot
         f"recovered by {socket.gethostname()}:{os.getpid()}"
     )
     result = close_out(
-        state, backend, dep.id, status=status, reason=reason, event="rollout_interrupted",
+        state,
+        backend,
+        dep.id,
+        status=status,
+        reason=reason,
+        event="rollout_interrupted",
         message=f"rollout {dep.id} of version {dep.version} was interrupted at {dep.stage}; {outcome}",
-        details={"deployment_id": dep.id, "version": dep.version, "stage": dep.stage, "owner": owner,
-                 "outcome": outcome, "live_slot": new_live},
+        details={
+            "deployment_id": dep.id,
+            "version": dep.version,
+            "stage": dep.stage,
+            "owner": owner,
+            "outcome": outcome,
+            "live_slot": new_live,
+        },
         # an interrupted bootstrap has no live slot: its candidate may hold the routes
-        route_to=new_live, stop=stop, force_stop=new_live is None,
+        route_to=new_live,
+        stop=stop,
+        force_stop=new_live is None,
         check=(new_live, str(production.version) if production else None) if new_live is not None else None,
     )
     if result.problems:

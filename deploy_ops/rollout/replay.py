@@ -1,5 +1,5 @@
-"""Traffic replay for a rollout: recent feature rows and bars per instrument, validated.
-"""
+"""Traffic replay for a rollout: recent feature rows and bars per instrument, validated."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

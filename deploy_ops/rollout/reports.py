@@ -1,6 +1,7 @@
 """What a rollout reports: gate readings, per-slot traffic, stage and rollout reports (data only;
 the markdown view is ``autotrader_assets/defs/deployment/report.py``, beside what shows it).
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ With arguments it is the command line the local deployer uses. Without any, it i
 container: :mod:`deploy_ops.serving.container` reads the task definition's environment, fetches
 and verifies the model, then serves it (the images' command is exactly this, no arguments).
 """
+
 import sys
 
 if len(sys.argv) > 1:

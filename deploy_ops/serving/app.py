@@ -39,12 +39,13 @@ batch takes tens of microseconds, far less than a thread-pool hand-off costs. Re
 parsed with orjson (already installed with dagster-dbt), about ten times faster than ``json``
 on large batches.
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -96,9 +97,32 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Fine low buckets so p99 is readable around 1 ms on loopback; the tail reaches seconds so a
 # latency drill or a stalled model still lands in a real bucket rather than +Inf.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-    1.0, 2.0, 5.0, 10.0,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
 )
 CONFIDENCE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -182,7 +206,10 @@ def load_model(config: ServingConfig) -> LoadedModel:
     elapsed = time.perf_counter() - started
     logger.info(
         "model %s loaded from %s in %.3fs (sha256 verified, %d features)",
-        config.version, config.model_path, elapsed, bundle.n_features,
+        config.version,
+        config.model_path,
+        elapsed,
+        bundle.n_features,
     )
     return LoadedModel(bundle, None, elapsed)
 
@@ -197,7 +224,9 @@ def _numeric(value: Any) -> bool:
 
 
 def parse_predict_request(
-    payload: Any, feature_names: Sequence[str], max_batch: int = DEFAULT_MAX_BATCH,
+    payload: Any,
+    feature_names: Sequence[str],
+    max_batch: int = DEFAULT_MAX_BATCH,
     instruments: frozenset[str] | None = None,
 ) -> tuple[str, np.ndarray]:
     """Validate a decoded ``/predict`` body and return ``(instrument, rows)`` as a float64 matrix
@@ -297,8 +326,9 @@ def check_outputs(probabilities: np.ndarray) -> None:
     if bad.any():
         rows = np.flatnonzero(bad)[:10].tolist()
         raise RequestError(
-            422, f"the model's output is not finite for rows {rows}: their inputs are outside the range "
-                 "the model can score; nothing of this batch was scored",
+            422,
+            f"the model's output is not finite for rows {rows}: their inputs are outside the range "
+            "the model can score; nothing of this batch was scored",
         )
 
 
@@ -351,41 +381,64 @@ class ServingMetrics:
         base = ("slot", "model_version")
         self._base = (config.slot, config.version)
         self.requests = Counter(
-            "autotrader_serving_requests", "HTTP requests by endpoint and status code",
-            base + ("endpoint", "status"), registry=self.registry,
+            "autotrader_serving_requests",
+            "HTTP requests by endpoint and status code",
+            base + ("endpoint", "status"),
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "autotrader_serving_request_duration_seconds", "Server-side request latency",
-            base + ("endpoint",), buckets=LATENCY_BUCKETS, registry=self.registry,
+            "autotrader_serving_request_duration_seconds",
+            "Server-side request latency",
+            base + ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.predictions = Counter(
-            "autotrader_serving_predictions", "Rows scored by the model", base, registry=self.registry,
+            "autotrader_serving_predictions",
+            "Rows scored by the model",
+            base,
+            registry=self.registry,
         ).labels(*self._base)
         self.confidence = _BatchHistogram(
-            "autotrader_serving_prediction_confidence", "Model confidence |p - 0.5| * 2 per scored row",
-            dict(zip(base, self._base)), CONFIDENCE_BUCKETS,
+            "autotrader_serving_prediction_confidence",
+            "Model confidence |p - 0.5| * 2 per scored row",
+            dict(zip(base, self._base)),
+            CONFIDENCE_BUCKETS,
         )
         self.registry.register(self.confidence)
         self.faults_injected = Counter(
-            "autotrader_serving_faults_injected", "Requests failed on purpose by fault injection",
-            base + ("kind",), registry=self.registry,
+            "autotrader_serving_faults_injected",
+            "Requests failed on purpose by fault injection",
+            base + ("kind",),
+            registry=self.registry,
         )
-        ready = Gauge("autotrader_serving_model_ready", "1 when the bundle is loaded and verified",
-                      base, registry=self.registry)
+        ready = Gauge(
+            "autotrader_serving_model_ready", "1 when the bundle is loaded and verified", base, registry=self.registry
+        )
         ready.labels(*self._base).set(1 if loaded.ready else 0)
-        Gauge("autotrader_serving_fault_error_rate", "Injected /predict error fraction (drills only)",
-              base, registry=self.registry).labels(*self._base).set(config.faults.error_rate)
-        Gauge("autotrader_serving_fault_latency_ms", "Injected /predict latency (drills only)",
-              base, registry=self.registry).labels(*self._base).set(config.faults.latency_ms)
+        Gauge(
+            "autotrader_serving_fault_error_rate",
+            "Injected /predict error fraction (drills only)",
+            base,
+            registry=self.registry,
+        ).labels(*self._base).set(config.faults.error_rate)
+        Gauge(
+            "autotrader_serving_fault_latency_ms",
+            "Injected /predict latency (drills only)",
+            base,
+            registry=self.registry,
+        ).labels(*self._base).set(config.faults.latency_ms)
         info = Info("autotrader_serving_model", "The model this process serves", registry=self.registry)
         bundle = loaded.bundle
-        info.info({
-            "slot": config.slot,
-            "model_version": config.version,
-            "sha256": config.sha256,
-            "model_class": bundle.model_class if bundle else "",
-            "n_features": str(bundle.n_features) if bundle else "",
-        })
+        info.info(
+            {
+                "slot": config.slot,
+                "model_version": config.version,
+                "sha256": config.sha256,
+                "model_class": bundle.model_class if bundle else "",
+                "n_features": str(bundle.n_features) if bundle else "",
+            }
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children = {
             endpoint: self.latency.labels(*self._base, endpoint) for endpoint in (*_KNOWN_ENDPOINTS, "other")
@@ -465,23 +518,40 @@ def create_app(config: ServingConfig, loaded: LoadedModel) -> Any:
     rng = random.Random()
 
     async def health(_: Request) -> Response:
-        return JSONResponse({
-            "status": "alive", "slot": config.slot, "model_version": config.version,
-            "pid": os.getpid(), "uptime_s": round(time.time() - started_at, 3),
-        })
+        return JSONResponse(
+            {
+                "status": "alive",
+                "slot": config.slot,
+                "model_version": config.version,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - started_at, 3),
+            }
+        )
 
     async def ready(_: Request) -> Response:
         if bundle is None:
             return JSONResponse(
-                {"ready": False, "status": "failed", "error": loaded.error,
-                 "slot": config.slot, "model_version": config.version},
+                {
+                    "ready": False,
+                    "status": "failed",
+                    "error": loaded.error,
+                    "slot": config.slot,
+                    "model_version": config.version,
+                },
                 status_code=503,
             )
-        return JSONResponse({
-            "ready": True, "status": "ready", "slot": config.slot, "model_version": config.version,
-            "pid": os.getpid(), "sha256": config.sha256, "feature_names": bundle.feature_names,
-            "load_seconds": round(loaded.load_seconds, 4),
-        })
+        return JSONResponse(
+            {
+                "ready": True,
+                "status": "ready",
+                "slot": config.slot,
+                "model_version": config.version,
+                "pid": os.getpid(),
+                "sha256": config.sha256,
+                "feature_names": bundle.feature_names,
+                "load_seconds": round(loaded.load_seconds, 4),
+            }
+        )
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -515,8 +585,7 @@ def create_app(config: ServingConfig, loaded: LoadedModel) -> Any:
         try:
             body = await read_body(request)
             payload = _decode_json(body)
-            instrument, x = parse_predict_request(payload, bundle.feature_names, config.max_batch,
-                                                  config.instruments)
+            instrument, x = parse_predict_request(payload, bundle.feature_names, config.max_batch, config.instruments)
             scaled = scale_for_model(bundle, x)
         except RequestError as exc:
             return _error(exc.status, exc.message)
@@ -538,19 +607,25 @@ def create_app(config: ServingConfig, loaded: LoadedModel) -> Any:
         metrics.observe_predictions(probabilities)
         return Response(
             orjson.dumps(
-                {"instrument": instrument, "probabilities": probabilities, "model_version": config.version,
-                 "slot": config.slot},
+                {
+                    "instrument": instrument,
+                    "probabilities": probabilities,
+                    "model_version": config.version,
+                    "slot": config.slot,
+                },
                 option=orjson.OPT_SERIALIZE_NUMPY,
             ),
             media_type="application/json",
         )
 
-    app = Starlette(routes=[
-        Route("/predict", predict, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ]
+    )
     return _MetricsMiddleware(app, metrics)
 
 
@@ -564,20 +639,38 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    parser.add_argument("--instruments", default=None,
-                        help="comma-separated instruments this slot serves; /predict for any other is 422 "
-                             "(default: any symbol)")
-    parser.add_argument("--token-stdin", action="store_true",
-                        help="read the bearer token from the first line of stdin (kept out of argv and env)")
-    parser.add_argument("--require-token", action="store_true",
-                        help="exit with code 2 instead of serving without a token (the production profile)")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads; 1 because small batches lose more to thread hand-offs than they gain")
+    parser.add_argument(
+        "--instruments",
+        default=None,
+        help="comma-separated instruments this slot serves; /predict for any other is 422 (default: any symbol)",
+    )
+    parser.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the bearer token from the first line of stdin (kept out of argv and env)",
+    )
+    parser.add_argument(
+        "--require-token",
+        action="store_true",
+        help="exit with code 2 instead of serving without a token (the production profile)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads; 1 because small batches lose more to thread hand-offs than they gain",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--fault-error-rate", default=None,
-                        help=f"drills only: fraction of valid /predict calls answered 500 ({ENV_FAULT_ERROR_RATE})")
-    parser.add_argument("--fault-latency-ms", default=None,
-                        help=f"drills only: milliseconds added to every /predict ({ENV_FAULT_LATENCY_MS})")
+    parser.add_argument(
+        "--fault-error-rate",
+        default=None,
+        help=f"drills only: fraction of valid /predict calls answered 500 ({ENV_FAULT_ERROR_RATE})",
+    )
+    parser.add_argument(
+        "--fault-latency-ms",
+        default=None,
+        help=f"drills only: milliseconds added to every /predict ({ENV_FAULT_LATENCY_MS})",
+    )
     return parser.parse_args(argv)
 
 
@@ -587,7 +680,8 @@ def main(argv: Sequence[str] | None = None, *, token: str | None = None) -> int:
     :mod:`deploy_ops.serving.container`); otherwise ``--token-stdin`` reads it."""
     args = _parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
+        level=args.log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
     token = (token or "").strip() or None
@@ -597,12 +691,20 @@ def main(argv: Sequence[str] | None = None, *, token: str | None = None) -> int:
     if args.instruments is not None:
         instruments = frozenset(i.strip() for i in args.instruments.split(",") if i.strip())
     try:
-        faults = FaultConfig.from_env({ENV_FAULT_ERROR_RATE: args.fault_error_rate or "",
-                                       ENV_FAULT_LATENCY_MS: args.fault_latency_ms or ""})
+        faults = FaultConfig.from_env(
+            {ENV_FAULT_ERROR_RATE: args.fault_error_rate or "", ENV_FAULT_LATENCY_MS: args.fault_latency_ms or ""}
+        )
         config = ServingConfig(
-            model_path=args.model, sha256=args.sha256.lower(), version=args.version, slot=args.slot,
-            token=token, faults=faults, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
-            instruments=instruments, require_token=args.require_token,
+            model_path=args.model,
+            sha256=args.sha256.lower(),
+            version=args.version,
+            slot=args.slot,
+            token=token,
+            faults=faults,
+            max_batch=args.max_batch,
+            max_body_bytes=args.max_body_bytes,
+            instruments=instruments,
+            require_token=args.require_token,
         )
     except ValueError as exc:
         logger.error("invalid serving configuration: %s", exc)
@@ -629,8 +731,16 @@ def main(argv: Sequence[str] | None = None, *, token: str | None = None) -> int:
 
     logger.info("serving slot=%s version=%s on http://%s:%d", config.slot, config.version, args.host, args.port)
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="off",
-        access_log=False, log_level=args.log_level, server_header=False, date_header=False,
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=args.log_level,
+        server_header=False,
+        date_header=False,
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -10,6 +10,7 @@ environment). Every failure --
 connection refused, timeout, non-200 answer, malformed answer -- raises :class:`ServingError`
 carrying the HTTP status (None when there was no HTTP answer).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from requests.adapters import HTTPAdapter
 
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore, RoutingError, SlotRecord
 from deploy_ops.text import EXCERPT, truncate
+
 
 class ServingError(RuntimeError):
     """A prediction could not be obtained; ``status`` is the HTTP status or None (no answer)."""
@@ -85,7 +87,7 @@ class ServingClient:
         self._session = session if session is not None else _new_session(pool_size)
         self._owns_session = session is None
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,7 +125,9 @@ class ServingClient:
             probabilities = [float(p) for p in answer["probabilities"]]
             version = str(answer["model_version"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ServingError(f"POST {url}: malformed answer {answer!r:.200}", response.status_code, answer, url) from exc
+            raise ServingError(
+                f"POST {url}: malformed answer {answer!r:.200}", response.status_code, answer, url
+            ) from exc
         expected = len(payload.get("rows") or payload.get("features") or ())
         if len(probabilities) != expected:
             raise ServingError(
@@ -158,10 +162,13 @@ class ServingClient:
             raise ServingError(f"GET {url} failed: {type(exc).__name__}: {exc}", url=url) from exc
         answer = _decode(response, url)
         if response.status_code != 200:
-            raise ServingError(f"GET {url} answered {response.status_code}: {answer!r:.300}",
-                               response.status_code, answer, url)
+            raise ServingError(
+                f"GET {url} answered {response.status_code}: {answer!r:.300}", response.status_code, answer, url
+            )
         if not isinstance(answer, dict):
-            raise ServingError(f"GET {url}: expected a JSON object, got {answer!r:.200}", response.status_code, answer, url)
+            raise ServingError(
+                f"GET {url}: expected a JSON object, got {answer!r:.200}", response.status_code, answer, url
+            )
         return answer
 
 
@@ -194,7 +201,7 @@ class RoutedClient:
         self._slots: dict[str, SlotRecord] = {}
         self._loaded_at = float("-inf")
 
-    def __enter__(self) -> "RoutedClient":
+    def __enter__(self) -> RoutedClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -235,7 +242,10 @@ class RoutedClient:
         client = self._clients.get(url)
         if client is None:
             client = ServingClient(
-                url, token=self.token, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                url,
+                token=self.token,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
                 session=self._session,
             )
             self._clients[url] = client
@@ -247,6 +257,10 @@ def _decode(response: requests.Response, url: str) -> Any:
         return response.json()
     except ValueError:
         if response.status_code == 200:
-            raise ServingError(f"{url}: answer is not JSON: {truncate(repr(response.text), EXCERPT)}", response.status_code,
-                               response.text, url) from None
+            raise ServingError(
+                f"{url}: answer is not JSON: {truncate(repr(response.text), EXCERPT)}",
+                response.status_code,
+                response.text,
+                url,
+            ) from None
         return response.text

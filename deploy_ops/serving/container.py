@@ -23,6 +23,7 @@ This is the one module of ``deploy_ops`` that reads the process environment (all
 definition's contract. It reads it once, in :func:`main`, and hands a plain mapping to
 :func:`plan_from_environment`, which maps it to the command line of :mod:`deploy_ops.serving.app`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,10 @@ from deploy_ops.slots.names import SLOTS
 logger = logging.getLogger("deploy_ops.serving.container")
 
 MODEL_URI, MODEL_SHA256, MODEL_VERSION, SLOT, TOKEN = (
-    "AUTOTRADER_MODEL_URI", "AUTOTRADER_MODEL_SHA256", "AUTOTRADER_MODEL_VERSION", "AUTOTRADER_SLOT",
+    "AUTOTRADER_MODEL_URI",
+    "AUTOTRADER_MODEL_SHA256",
+    "AUTOTRADER_MODEL_VERSION",
+    "AUTOTRADER_SLOT",
     "AUTOTRADER_SERVING_TOKEN",
 )
 REQUIRED = (MODEL_URI, MODEL_SHA256, MODEL_VERSION, SLOT, TOKEN)
@@ -69,9 +73,22 @@ class ContainerPlan:
     model_dir: str
 
     def argv(self, model_path: str) -> list[str]:
-        args = ["--model", model_path, "--sha256", self.sha256, "--version", self.version, "--slot", self.slot,
-                # 0.0.0.0: in awsvpc mode the ALB reaches the task on its own ENI address.
-                "--host", "0.0.0.0", "--port", str(self.port), "--require-token"]
+        args = [
+            "--model",
+            model_path,
+            "--sha256",
+            self.sha256,
+            "--version",
+            self.version,
+            "--slot",
+            self.slot,
+            # 0.0.0.0: in awsvpc mode the ALB reaches the task on its own ENI address.
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(self.port),
+            "--require-token",
+        ]
         if self.instruments:
             args += ["--instruments", self.instruments]
         return args
@@ -97,9 +114,15 @@ def plan_from_environment(environ: Mapping[str, str]) -> ContainerPlan:
     if problems:
         raise ContainerConfigError("the serving container cannot start: " + "; ".join(problems))
     return ContainerPlan(
-        model_uri=get(MODEL_URI), sha256=sha, version=get(MODEL_VERSION), slot=slot, port=port, token=get(TOKEN),
+        model_uri=get(MODEL_URI),
+        sha256=sha,
+        version=get(MODEL_VERSION),
+        slot=slot,
+        port=port,
+        token=get(TOKEN),
         region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
-        s3_endpoint_url=get("AUTOTRADER_S3_ENDPOINT_URL") or None, instruments=get("AUTOTRADER_INSTRUMENTS") or None,
+        s3_endpoint_url=get("AUTOTRADER_S3_ENDPOINT_URL") or None,
+        instruments=get("AUTOTRADER_INSTRUMENTS") or None,
         model_dir=get(MODEL_DIR_ENV) or tempfile.gettempdir(),
     )
 
@@ -123,15 +146,17 @@ def fetch_model(plan: ContainerPlan) -> Path:
     tmp = path.with_suffix(".part")
     tmp.write_bytes(data)
     tmp.replace(path)
-    logger.info("fetched model version %s (%d bytes, sha256 %s) from %s", plan.version, len(data), plan.sha256,
-                plan.model_uri)
+    logger.info(
+        "fetched model version %s (%d bytes, sha256 %s) from %s", plan.version, len(data), plan.sha256, plan.model_uri
+    )
     return path
 
 
 def run(environ: Mapping[str, str]) -> int:
     """Plan, fetch, serve. Exit code 2 for a bad environment or a model that cannot be fetched."""
-    logging.basicConfig(level="INFO", stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    logging.basicConfig(
+        level="INFO", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+    )
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

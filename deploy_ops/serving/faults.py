@@ -1,6 +1,7 @@
 """Fault injection for drills and tests: what makes a healthy serving slot misbehave on purpose
 (see :mod:`deploy_ops.serving.app`). Kept apart from the app so the deployers and the CLI can
 build one without importing the HTTP stack."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ class FaultConfig:
         return self.error_rate > 0 or self.latency_ms > 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "FaultConfig":
+    def from_env(cls, environ: Mapping[str, str]) -> FaultConfig:
         """Read the fault-injection settings from ``environ`` (variable name -> text, as the
         deployer hands them over); a malformed value is an error, not a silent zero."""
 

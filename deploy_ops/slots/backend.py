@@ -1,6 +1,7 @@
 """What the rollout controller and the rollback procedures need from a slot backend (local
 processes or ECS behind an ALB), and the HTTP readiness probe both backends use.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,5 +62,7 @@ def http_ready_check(slot: str, url: str | None, expected_version: str | None, t
         except ServingError as exc:
             return SlotCheck(slot, False, truncate(exc, DETAIL))
     if expected_version is not None and str(ready.get("model_version")) != str(expected_version):
-        return SlotCheck(slot, False, f"/ready reports version {ready.get('model_version')}, expected {expected_version}")
+        return SlotCheck(
+            slot, False, f"/ready reports version {ready.get('model_version')}, expected {expected_version}"
+        )
     return SlotCheck(slot, True, "alive, /health and /ready ok")

@@ -18,6 +18,7 @@ Two safety rules:
 * a pid read back from the store is only signalled if ``/proc`` shows it is still a serving
   process, so a pid reused by the OS after a crash is never killed by mistake.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,8 +92,6 @@ def _read_cmdline(pid: int) -> str | None:
         return None
 
 
-
-
 class LocalDeployer:
     """Starts, stops and probes serving slots as child processes on this machine."""
 
@@ -127,7 +126,7 @@ class LocalDeployer:
         self._procs: dict[str, subprocess.Popen] = {}
         self._http = requests.Session()
 
-    def __enter__(self) -> "LocalDeployer":
+    def __enter__(self) -> LocalDeployer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,25 +187,37 @@ class LocalDeployer:
                 if isinstance(exc, _PortTaken) and attempt < attempts:
                     continue
                 self.state.record_event(
-                    "slot_start_failed", f"slot {slot} ({version}) failed to start", severity="critical",
+                    "slot_start_failed",
+                    f"slot {slot} ({version}) failed to start",
+                    severity="critical",
                     details={"slot": slot, "version": version, "error": str(exc)[-2000:]},
                 )
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _start_once(
-        self, slot: str, model_path: Path, sha256: str, version: str, port: int,
+        self,
+        slot: str,
+        model_path: Path,
+        sha256: str,
+        version: str,
+        port: int,
         faults: FaultConfig | None,
     ) -> SlotRecord:
         log_path = self.log_path(slot)
         with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start slot={slot} version={version} "
-                      f"port={port} ===\n".encode())
+            log.write(
+                f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start slot={slot} version={version} "
+                f"port={port} ===\n".encode()
+            )
             log_offset = log.tell()
             child_env = self._child_env()
             proc = subprocess.Popen(
                 self._command(slot, model_path, sha256, version, port, faults),
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env,
                 cwd=str(self.workdir),
                 # Own session and process group: signals reach the whole slot and never the caller.
                 start_new_session=True,
@@ -223,25 +234,42 @@ class LocalDeployer:
             self._wait_ready(slot, proc, url, log_path, log_offset)
         except SlotStartError:
             self._kill_group(proc.pid, proc)
-            self.state.set_slot(slot, status="failed", version=version, url=url, host=self.host, port=port,
-                                pid=proc.pid)
+            self.state.set_slot(
+                slot, status="failed", version=version, url=url, host=self.host, port=port, pid=proc.pid
+            )
             self.publish_targets()
             raise
-        info = self.state.set_slot(slot, status="ready", version=version, url=url, host=self.host, port=port,
-                                   pid=proc.pid)
+        info = self.state.set_slot(
+            slot, status="ready", version=version, url=url, host=self.host, port=port, pid=proc.pid
+        )
         self.publish_targets()
         self.state.record_event(
-            "slot_started", f"slot {slot} serves {version} at {url}",
+            "slot_started",
+            f"slot {slot} serves {version} at {url}",
             details={"slot": slot, "version": version, "url": url, "pid": proc.pid},
         )
         return info
 
-    def _command(self, slot: str, model_path: Path, sha256: str, version: str, port: int,
-                 faults: FaultConfig | None) -> list[str]:
+    def _command(
+        self, slot: str, model_path: Path, sha256: str, version: str, port: int, faults: FaultConfig | None
+    ) -> list[str]:
         command = [
-            self.python, "-m", _SERVING_MODULE,
-            "--model", str(model_path.resolve()), "--sha256", sha256, "--version", version,
-            "--slot", slot, "--port", str(port), "--host", self.host, "--token-stdin",
+            self.python,
+            "-m",
+            _SERVING_MODULE,
+            "--model",
+            str(model_path.resolve()),
+            "--sha256",
+            sha256,
+            "--version",
+            version,
+            "--slot",
+            slot,
+            "--port",
+            str(port),
+            "--host",
+            self.host,
+            "--token-stdin",
         ]
         if self.instruments is not None:
             command += ["--instruments", ",".join(self.instruments)]
@@ -309,7 +337,8 @@ class LocalDeployer:
         stopped = self.state.set_slot_status(slot, "stopped")
         self.publish_targets()
         self.state.record_event(
-            "slot_stopped", f"slot {slot} ({info.version}) stopped",
+            "slot_stopped",
+            f"slot {slot} ({info.version}) stopped",
             details={"slot": slot, "version": info.version, "pid": info.pid},
         )
         return stopped
@@ -400,7 +429,9 @@ class LocalDeployer:
             self.state.set_slot_status(slot, "failed")
             self.publish_targets()
             self.state.record_event(
-                "slot_down", f"slot {slot} ({info.version}) is down: {health.detail}", severity="critical",
+                "slot_down",
+                f"slot {slot} ({info.version}) is down: {health.detail}",
+                severity="critical",
                 details={"slot": slot, "version": info.version, "pid": info.pid, "detail": health.detail},
             )
             marked.append(health)
@@ -475,8 +506,9 @@ class LocalBackend:
         return path
 
     def start(self, slot: str, mv: ModelVersion, *, faults: FaultConfig | None = None, force: bool = False) -> str:
-        info = self.deployer.start_slot(slot, self.model_path(mv), mv.sha256, str(mv.version), faults=faults,
-                                        force=force)
+        info = self.deployer.start_slot(
+            slot, self.model_path(mv), mv.sha256, str(mv.version), faults=faults, force=force
+        )
         return info.url
 
     def stop(self, slot: str, *, force: bool = False) -> None:

@@ -1,5 +1,6 @@
 """The two serving slots' names: the one definition every module uses (no imports, so the
 serving process, the deployers and the state store can all share it)."""
+
 from __future__ import annotations
 
 BLUE, GREEN = "blue", "green"

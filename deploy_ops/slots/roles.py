@@ -1,6 +1,7 @@
 """The slots' roles: the live slot (the ready slot serving production) and the ALB weights that
 give a slot a share of requests. The names themselves are in :mod:`deploy_ops.slots.names`.
 """
+
 from __future__ import annotations
 
 from deploy_ops.models.registry import ModelVersion

@@ -11,6 +11,7 @@ On ECS nothing writes this file: the slots are ECS services whose tasks change a
 deployment, and Prometheus discovers them itself (see ``monitoring/README.md``, "Serving slots on
 ECS").
 """
+
 from __future__ import annotations
 
 import json

@@ -25,6 +25,7 @@ targets and the open-to-open price ratio (the absolute value in the cost is reso
 trying the buy and the sell solution and keeping the consistent one). The whole path is
 then one cumulative product over the fills, and per-bar equity is a forward fill.
 """
+
 from __future__ import annotations
 
 import math
@@ -159,9 +160,7 @@ def signals_to_positions(
     if p.size and (p.min() < 0.0 or p.max() > 1.0):
         raise ValueError("proba must lie in [0, 1]")
     if not 0.0 <= short_threshold <= long_threshold <= 1.0:
-        raise ValueError(
-            f"need 0 <= short_threshold <= long_threshold <= 1, got {short_threshold}, {long_threshold}"
-        )
+        raise ValueError(f"need 0 <= short_threshold <= long_threshold <= 1, got {short_threshold}, {long_threshold}")
     if not (math.isfinite(max_position) and max_position > 0.0):
         raise ValueError(f"max_position must be a positive finite number, got {max_position}")
     long_mask = p > long_threshold
@@ -404,7 +403,7 @@ def run_backtest(
                 pending = 0.0
                 decided[:] = 0.0
             else:
-                decided[ruin_bar - 1:] = 0.0
+                decided[ruin_bar - 1 :] = 0.0
             sim = _simulate(ts, opens, closes, decided, pending, start, fee, slip, kb, ks)
     return _assemble(sim, ts, opens, closes, decided, start, start_equity, fee_bps, slippage_bps, halt_idx, ruin_bar)
 
@@ -594,7 +593,9 @@ def _round_trips(fill_ts, price, units_before, units_after, delta, fee_paid, sta
         {
             "entry_ts": entry_ts[:n_closed],
             "exit_ts": fill_ts[close_idx],
-            "side": pd.Categorical.from_codes((entry_side[:n_closed] > 0).astype(np.int8), categories=["short", "long"]),
+            "side": pd.Categorical.from_codes(
+                (entry_side[:n_closed] > 0).astype(np.int8), categories=["short", "long"]
+            ),
             "entry_price": entry_price[:n_closed],
             "exit_price": price[close_idx],
             "pnl": pnl,
@@ -674,20 +675,34 @@ def run_portfolio(
                 halt_index = int(ts.searchsorted(halt_ts, side="left"))
         try:
             if states is not None:
-                res = run_backtest(bars, targets_by_instrument[name], fee_bps=fee_bps, slippage_bps=slippage_bps,
-                                   state=states[name], halt_from_index=halt_index)
+                res = run_backtest(
+                    bars,
+                    targets_by_instrument[name],
+                    fee_bps=fee_bps,
+                    slippage_bps=slippage_bps,
+                    state=states[name],
+                    halt_from_index=halt_index,
+                )
             elif weight_map[name] == 0.0:
                 raise ValueError("a zero weight gives the instrument no capital; leave it out instead")
             else:
-                res = run_backtest(bars, targets_by_instrument[name], fee_bps=fee_bps, slippage_bps=slippage_bps,
-                                   initial_equity=capital * weight_map[name], halt_from_index=halt_index)
+                res = run_backtest(
+                    bars,
+                    targets_by_instrument[name],
+                    fee_bps=fee_bps,
+                    slippage_bps=slippage_bps,
+                    initial_equity=capital * weight_map[name],
+                    halt_from_index=halt_index,
+                )
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from exc
         results[name] = res
 
     equity = _sum_aligned({k: r.equity for k, r in results.items()}, {k: r.initial_equity for k, r in results.items()})
-    cash = _sum_aligned({k: r.cash for k, r in results.items()},
-                        {k: (states[k].cash if states is not None else r.initial_equity) for k, r in results.items()})
+    cash = _sum_aligned(
+        {k: r.cash for k, r in results.items()},
+        {k: (states[k].cash if states is not None else r.initial_equity) for k, r in results.items()},
+    )
     fills = pd.concat([r.fills.assign(instrument=k) for k, r in results.items()], ignore_index=True)
     fills = fills.sort_values("ts", kind="stable", ignore_index=True)
     trades = pd.concat([r.trades.assign(instrument=k) for k, r in results.items()], ignore_index=True)

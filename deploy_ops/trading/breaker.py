@@ -20,6 +20,7 @@ reset is recognised (:meth:`BreakerStore.was_reset`) instead of being raised a s
 
 No Dagster imports here: the CLI, the assets and the sensors all call this module.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -349,9 +350,7 @@ class BreakerStore:
     def status(self) -> BreakerStatus:
         """The breaker now."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(breaker_state_table).where(breaker_state_table.c.id == _STATE_ID)
-            ).one()
+            row = conn.execute(sa.select(breaker_state_table).where(breaker_state_table.c.id == _STATE_ID)).one()
         return BreakerStatus(
             tripped=bool(row.tripped),
             trip_id=row.trip_id,
@@ -374,8 +373,14 @@ class BreakerStore:
             rows = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(limit)).all()
         return [
             BreakerRecord(
-                id=r.id, action=r.action, recorded_at=as_utc(r.recorded_at), market_at=as_utc(r.market_at),
-                reason=r.reason, details=dict(r.details or {}), approved_by=r.approved_by, trip_id=r.trip_id,
+                id=r.id,
+                action=r.action,
+                recorded_at=as_utc(r.recorded_at),
+                market_at=as_utc(r.market_at),
+                reason=r.reason,
+                details=dict(r.details or {}),
+                approved_by=r.approved_by,
+                trip_id=r.trip_id,
             )
             for r in rows
         ]
@@ -410,7 +415,11 @@ class BreakerStore:
         s, h = breaker_state_table, breaker_history_table
         acknowledged = (
             sa.select(h.c.id)
-            .where(h.c.action == "trip", h.c.market_at == at, h.c.id.in_(sa.select(h.c.trip_id).where(h.c.action == "reset")))
+            .where(
+                h.c.action == "trip",
+                h.c.market_at == at,
+                h.c.id.in_(sa.select(h.c.trip_id).where(h.c.action == "reset")),
+            )
             .exists()
         )
         with self.engine.begin() as conn:
@@ -419,15 +428,28 @@ class BreakerStore:
                 sa.update(s)
                 .where(s.c.id == _STATE_ID, s.c.tripped.is_(False), ~acknowledged)
                 .values(
-                    tripped=True, reason=reason, details=details, tripped_at=at, recorded_at=now,
-                    event_id=None, event_claimed_at=now, reset_at=None, reset_by=None, reset_reason=None, updated_at=now,
+                    tripped=True,
+                    reason=reason,
+                    details=details,
+                    tripped_at=at,
+                    recorded_at=now,
+                    event_id=None,
+                    event_claimed_at=now,
+                    reset_at=None,
+                    reset_by=None,
+                    reset_reason=None,
+                    updated_at=now,
                 )
             ).rowcount
             if flipped:
                 trip_id = int(
                     conn.execute(
                         sa.insert(h).values(
-                            action="trip", recorded_at=now, market_at=at, reason=reason, details=details,
+                            action="trip",
+                            recorded_at=now,
+                            market_at=at,
+                            reason=reason,
+                            details=details,
                         )
                     ).inserted_primary_key[0]
                 )
@@ -453,7 +475,9 @@ class BreakerStore:
                 conn.execute(
                     sa.update(s)
                     .where(
-                        s.c.id == _STATE_ID, s.c.trip_id == trip_id, s.c.event_id.is_(None),
+                        s.c.id == _STATE_ID,
+                        s.c.trip_id == trip_id,
+                        s.c.event_id.is_(None),
                         sa.or_(s.c.event_claimed_at.is_(None), s.c.event_claimed_at < now - EVENT_CLAIM_TIMEOUT),
                     )
                     .values(event_claimed_at=now)
@@ -467,8 +491,12 @@ class BreakerStore:
             TRIP_EVENT,
             f"circuit breaker tripped at {status.tripped_at.isoformat()}: {status.reason}",
             severity="critical",
-            details={"trip_id": status.trip_id, "tripped_at": status.tripped_at, "reason": status.reason,
-                     **(status.details or {})},
+            details={
+                "trip_id": status.trip_id,
+                "tripped_at": status.tripped_at,
+                "reason": status.reason,
+                **(status.details or {}),
+            },
         )
         with self.engine.begin() as conn:
             conn.execute(
@@ -495,8 +523,13 @@ class BreakerStore:
             row = conn.execute(sa.select(s).where(s.c.id == _STATE_ID)).one()
             conn.execute(
                 sa.insert(h).values(
-                    action="reset", recorded_at=now, market_at=row.tripped_at, reason=reason,
-                    details={"trip_reason": row.reason}, approved_by=approved_by, trip_id=row.trip_id,
+                    action="reset",
+                    recorded_at=now,
+                    market_at=row.tripped_at,
+                    reason=reason,
+                    details={"trip_reason": row.reason},
+                    approved_by=approved_by,
+                    trip_id=row.trip_id,
                 )
             )
         status = self.status()
@@ -504,8 +537,12 @@ class BreakerStore:
             RESET_EVENT,
             f"circuit breaker reset by {approved_by}: {reason}",
             severity="warning",
-            details={"trip_id": status.trip_id, "tripped_at": status.tripped_at, "approved_by": approved_by,
-                     "reason": reason},
+            details={
+                "trip_id": status.trip_id,
+                "tripped_at": status.tripped_at,
+                "approved_by": approved_by,
+                "reason": reason,
+            },
         )
         return status
 

@@ -5,6 +5,7 @@ the ratio is returned together with the convention that produced it, and every "
 computed" case says why instead of returning a silent NaN. ``summarize`` gives a JSON-safe
 dict: infinity is written as the string "inf" with a note, timestamps as ISO strings.
 """
+
 from __future__ import annotations
 
 import math
@@ -142,7 +143,11 @@ def sharpe_ratio(returns: pd.Series, periods_per_year: int = CRYPTO) -> SharpeRa
 
     Fewer than two returns, or returns with zero dispersion, give value None with a reason.
     """
-    if isinstance(periods_per_year, bool) or not isinstance(periods_per_year, (int, np.integer)) or periods_per_year <= 0:
+    if (
+        isinstance(periods_per_year, bool)
+        or not isinstance(periods_per_year, (int, np.integer))
+        or periods_per_year <= 0
+    ):
         raise ValueError(f"periods_per_year must be a positive integer, got {periods_per_year!r}")
     values = np.asarray(returns, dtype=np.float64)
     if values.ndim != 1:
@@ -175,8 +180,9 @@ def sharpe_meaningful(n_returns: int | None, min_returns: int) -> bool:
     return n_returns is not None and int(n_returns) >= int(min_returns)
 
 
-def sharpe_text(value: float | None, n_returns: int | None, min_returns: int, *, returns: str = "daily",
-                digits: int = 2) -> str:
+def sharpe_text(
+    value: float | None, n_returns: int | None, min_returns: int, *, returns: str = "daily", digits: int = 2
+) -> str:
     """A Sharpe as people should read it: the value, how many returns it comes from, and a
     "not meaningful" mark below ``min_returns``, e.g. ``50.10 (3 daily returns; not meaningful
     below 30)``."""

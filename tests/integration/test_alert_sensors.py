@@ -1,6 +1,7 @@
 """The alerting sensors through Dagster: alert_delivery_sensor delivers the outbox (or says why it
 holds it), job_notice_sensor turns a finished performance report into an info event and a mail
 with both charts, and a finished data_pipeline run into the notice that resolves its failure."""
+
 from __future__ import annotations
 
 import base64
@@ -44,25 +45,40 @@ def test_alert_delivery_sensor_holds_alerts_without_alertmanager_and_delivers_wi
 
 @dg.asset(name="trading_performance")
 def _performance() -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"equity_curve": dg.MetadataValue.md(_URI),
-                                          "drawdown_plot": dg.MetadataValue.md(_URI),
-                                          "current_equity": 101.25, "total_pnl": 1.25, "sharpe": 1.4,
-                                          "max_drawdown": 0.02})
+    return dg.MaterializeResult(
+        metadata={
+            "equity_curve": dg.MetadataValue.md(_URI),
+            "drawdown_plot": dg.MetadataValue.md(_URI),
+            "current_equity": 101.25,
+            "total_pnl": 1.25,
+            "sharpe": 1.4,
+            "max_drawdown": 0.02,
+        }
+    )
 
 
 def _notice(instance: dg.DagsterInstance, result, settings) -> str:
     event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
     context = dg.build_run_status_sensor_context(
-        sensor_name="job_notice_sensor", dagster_event=event, dagster_instance=instance,
-        dagster_run=result.dagster_run, resources={"settings": settings})
+        sensor_name="job_notice_sensor",
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"settings": settings},
+    )
     return job_notice_sensor(context).skip_message
 
 
 def test_weekly_report_is_an_info_event_and_a_mail_with_both_charts(settings):
     mail = Mailbox()
     try:
-        smtp = SmtpSettings(host="127.0.0.1", port=mail.port, sender="autotrader@localhost",
-                            recipients=("desk@localhost",), starttls=False)
+        smtp = SmtpSettings(
+            host="127.0.0.1",
+            port=mail.port,
+            sender="autotrader@localhost",
+            recipients=("desk@localhost",),
+            starttls=False,
+        )
         with dg.instance_for_test() as instance:
             result = dg.materialize([_performance], instance=instance)
             note = _notice(instance, result, dataclasses.replace(settings, smtp=smtp))
@@ -79,8 +95,9 @@ def test_weekly_report_is_an_info_event_and_a_mail_with_both_charts(settings):
 
 
 def test_a_failed_report_mail_is_a_warning_not_a_lost_report(settings):
-    smtp = SmtpSettings(host="127.0.0.1", port=9, sender="autotrader@localhost", recipients=("desk@localhost",),
-                        starttls=False)
+    smtp = SmtpSettings(
+        host="127.0.0.1", port=9, sender="autotrader@localhost", recipients=("desk@localhost",), starttls=False
+    )
     with dg.instance_for_test() as instance:
         result = dg.materialize([_performance], instance=instance)
         note = _notice(instance, result, dataclasses.replace(settings, smtp=smtp))

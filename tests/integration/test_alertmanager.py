@@ -8,6 +8,7 @@
   Alertmanager is down while events are raised; it starts; every event arrives once per dedup key,
   the breaker's reset resolves its incident, and the breaker inhibits the win-rate warning.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -21,7 +22,13 @@ import yaml
 from deploy_ops import events
 from deploy_ops.alerting import AlertmanagerClient, Outbox
 from deploy_ops.alerting.amconfig import (
-    FAST_TIMINGS, LocalEndpoints, load, receiver_for_severity, relocated_alertmanager, render_local)
+    FAST_TIMINGS,
+    LocalEndpoints,
+    load,
+    receiver_for_severity,
+    relocated_alertmanager,
+    render_local,
+)
 from deploy_ops.alerting.catalog import all_alertnames
 from deploy_ops.alerting.mail import Attachment, Relay, send
 from deploy_ops.slots.local import free_port
@@ -71,8 +78,19 @@ def test_every_alertname_reaches_the_receiver_of_its_severity():
     for name, severity, expected in cases:
         labels = [f"alertname={name}"] + ([f"severity={severity}"] if severity else [])
         result = subprocess.run(
-            [str(AMTOOL), "config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={expected}", *labels],
-            capture_output=True, text=True, timeout=60)
+            [
+                str(AMTOOL),
+                "config",
+                "routes",
+                "test",
+                f"--config.file={CONFIG}",
+                f"--verify.receivers={expected}",
+                *labels,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, f"{labels} -> {result.stdout.strip()} (expected {expected})"
 
 
@@ -88,9 +106,18 @@ def _start_alertmanager(config: Path, port: int, tmp_path: Path) -> subprocess.P
     log = open(tmp_path / "alertmanager.log", "wb")
     binary, cwd = relocated_alertmanager(ALERTMANAGER)
     proc = subprocess.Popen(
-        [str(binary), f"--config.file={config}", f"--storage.path={tmp_path / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=debug"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        [
+            str(binary),
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -122,9 +149,16 @@ def _pagerduty(http: Recorder) -> list[dict]:
 def test_events_raised_while_alertmanager_is_down_arrive_once_per_dedup_key(tmp_path, receivers):
     http, mail = receivers
     port = free_port()
-    config = render_local(CONFIG, tmp_path / "am", LocalEndpoints(
-        pagerduty_url=f"{http.url}/v2/enqueue", slack_webhook_url=f"{http.url}/slack",
-        smtp_smarthost=mail.smarthost, timings=FAST_TIMINGS))
+    config = render_local(
+        CONFIG,
+        tmp_path / "am",
+        LocalEndpoints(
+            pagerduty_url=f"{http.url}/v2/enqueue",
+            slack_webhook_url=f"{http.url}/slack",
+            smtp_smarthost=mail.smarthost,
+            timings=FAST_TIMINGS,
+        ),
+    )
     state = DeploymentStateStore(f"sqlite:///{tmp_path / 'registry.db'}")
     outbox = Outbox(state, runbook_base_url="https://git.example.com/autotrader/blob/main/")
     client = AlertmanagerClient(f"http://127.0.0.1:{port}")
@@ -133,8 +167,13 @@ def test_events_raised_while_alertmanager_is_down_arrive_once_per_dedup_key(tmp_
     breaker = BreakerStore(state.url)
     breaker.trip("daily_loss", {"equity": 94.0})
     trip_id = breaker.status().trip_id
-    events.record(state, "circuit_breaker_alert", "critical", "breaker tripped; requesting emergency_rollback",
-                  {"trip_id": trip_id})  # the sensor's alert for the same trip: the same dedup key
+    events.record(
+        state,
+        "circuit_breaker_alert",
+        "critical",
+        "breaker tripped; requesting emergency_rollback",
+        {"trip_id": trip_id},
+    )  # the sensor's alert for the same trip: the same dedup key
     state.record_event("slot_down", "slot green is down", severity="critical", details={"slot": "green"})
     events.record(state, "run_failed", "warning", "run r1 of data_pipeline failed", {"run_id": "r1"})
     events.record(state, "training_completed", "info", "training_job completed (run r2)", {"run_id": "r2"})
@@ -146,8 +185,12 @@ def test_events_raised_while_alertmanager_is_down_arrive_once_per_dedup_key(tmp_
         up = outbox.flush(client, force=True)
         assert up.error is None and up.delivered == 5 and up.pending == 0
 
-        triggers = _wait(lambda: (lambda t: t if len(t) >= 2 else None)(
-            [b for b in _pagerduty(http) if b["event_action"] == "trigger"]), "two PagerDuty triggers")
+        triggers = _wait(
+            lambda: (lambda t: t if len(t) >= 2 else None)(
+                [b for b in _pagerduty(http) if b["event_action"] == "trigger"]
+            ),
+            "two PagerDuty triggers",
+        )
         slack = _wait(lambda: http.bodies("/slack"), "a Slack message")
         mails = _wait(lambda: mail.messages, "an email")
         time.sleep(5)  # several group intervals: any duplicate would have arrived by now
@@ -158,14 +201,21 @@ def test_events_raised_while_alertmanager_is_down_arrive_once_per_dedup_key(tmp_
         assert len({t["dedup_key"] for t in triggers}) == 2
         breaker_page = next(t for t in triggers if "circuit-breaker" in t["payload"]["custom_details"]["dedup_key"])
         assert breaker_page["payload"]["severity"] == "critical"
-        assert breaker_page["links"][0]["href"].startswith("https://git.example.com/autotrader/blob/main/docs/runbooks/")
+        assert breaker_page["links"][0]["href"].startswith(
+            "https://git.example.com/autotrader/blob/main/docs/runbooks/"
+        )
         assert breaker_page["routing_key"] == "local-routing-key"
         assert len(http.bodies("/slack")) == 1 and "RunFailed" in str(slack[0])
         assert len(mail.messages) == 1 and "TrainingCompleted" in mails[0]["Subject"]
 
         # The tripped breaker inhibits the win-rate warning it causes.
-        events.record(state, "model_health_finding", "warning", "2024-01-02 win_rate: 41% over 4 h",
-                      {"check": "win_rate", "date": "2024-01-02"})
+        events.record(
+            state,
+            "model_health_finding",
+            "warning",
+            "2024-01-02 win_rate: 41% over 4 h",
+            {"check": "win_rate", "date": "2024-01-02"},
+        )
         outbox.flush(client)
         win = _wait(lambda: [a for a in client.alerts() if a["labels"]["alertname"] == "WinRateLow"], "WinRateLow")
         assert win[0]["status"]["inhibitedBy"], win
@@ -184,11 +234,16 @@ def test_events_raised_while_alertmanager_is_down_arrive_once_per_dedup_key(tmp_
 
 def test_the_weekly_report_mail_carries_its_charts(receivers):
     _, mail = receivers
-    relay = Relay(host="127.0.0.1", port=mail.port, sender="autotrader@localhost", recipients=("desk@localhost",),
-                  starttls=False)
+    relay = Relay(
+        host="127.0.0.1", port=mail.port, sender="autotrader@localhost", recipients=("desk@localhost",), starttls=False
+    )
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
-    send(relay, "[autotrader] weekly performance", "numbers",
-         [Attachment("equity_curve.png", png), Attachment("drawdown.png", png)])
+    send(
+        relay,
+        "[autotrader] weekly performance",
+        "numbers",
+        [Attachment("equity_curve.png", png), Attachment("drawdown.png", png)],
+    )
     (msg,) = _wait(lambda: mail.messages, "the report mail")
     attachments = {part.get_filename(): part.get_content() for part in msg.iter_attachments()}
     assert attachments == {"equity_curve.png": png, "drawdown.png": png}
@@ -204,19 +259,33 @@ def test_a_breaker_trip_seen_by_the_rule_and_the_event_pages_once_and_resolves_o
 
     http, _ = receivers
     port = free_port()
-    config = render_local(CONFIG, tmp_path / "am", LocalEndpoints(
-        pagerduty_url=f"{http.url}/v2/enqueue", slack_webhook_url=f"{http.url}/slack",
-        smtp_smarthost="127.0.0.1:9", timings=FAST_TIMINGS))
+    config = render_local(
+        CONFIG,
+        tmp_path / "am",
+        LocalEndpoints(
+            pagerduty_url=f"{http.url}/v2/enqueue",
+            slack_webhook_url=f"{http.url}/slack",
+            smtp_smarthost="127.0.0.1:9",
+            timings=FAST_TIMINGS,
+        ),
+    )
     state = DeploymentStateStore(f"sqlite:///{tmp_path / 'registry.db'}")
     outbox = Outbox(state)
     client = AlertmanagerClient(f"http://127.0.0.1:{port}")
-    rule = next(r for r in yaml.safe_load((RULES / "batch.yml").read_text())["groups"][0]["rules"]
-                if r["alert"] == "CircuitBreakerTripped")
+    rule = next(
+        r
+        for r in yaml.safe_load((RULES / "batch.yml").read_text())["groups"][0]["rules"]
+        if r["alert"] == "CircuitBreakerTripped"
+    )
 
     def rule_alert(ends: dt.datetime) -> dict:
         labels = {"alertname": "CircuitBreakerTripped", "job": "circuit_breaker", **rule["labels"]}
-        return {"labels": labels, "annotations": dict(rule["annotations"]),
-                "startsAt": (utcnow() - dt.timedelta(seconds=30)).isoformat(), "endsAt": ends.isoformat()}
+        return {
+            "labels": labels,
+            "annotations": dict(rule["annotations"]),
+            "startsAt": (utcnow() - dt.timedelta(seconds=30)).isoformat(),
+            "endsAt": ends.isoformat(),
+        }
 
     proc = _start_alertmanager(config, port, tmp_path)
     try:
@@ -224,8 +293,12 @@ def test_a_breaker_trip_seen_by_the_rule_and_the_event_pages_once_and_resolves_o
         breaker = BreakerStore(state.url)
         breaker.trip("daily_loss", {"equity": 94.0})
         outbox.flush(client, force=True)
-        both = _wait(lambda: (lambda a: a if len(a) == 2 else None)(
-            [a for a in client.alerts() if a["labels"]["alertname"] == "CircuitBreakerTripped"]), "both alerts")
+        both = _wait(
+            lambda: (lambda a: a if len(a) == 2 else None)(
+                [a for a in client.alerts() if a["labels"]["alertname"] == "CircuitBreakerTripped"]
+            ),
+            "both alerts",
+        )
         assert {a["labels"].get("job", "event") for a in both} == {"circuit_breaker", "event"}
         time.sleep(5)  # group_wait 1 s, group_interval 2 s: a second page would be here by now
         triggers = [b for b in _pagerduty(http) if b["event_action"] == "trigger"]

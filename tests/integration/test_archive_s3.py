@@ -1,4 +1,5 @@
 """market_bars archives to S3 through dagster-aws in the production profile (moto, no network)."""
+
 from __future__ import annotations
 
 import io

@@ -1,8 +1,9 @@
 """The data pipeline through Dagster: replay/file source -> market_bars (+archive, checks) -> dbt features."""
+
 from __future__ import annotations
 
-import duckdb
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,7 +31,9 @@ def test_two_instruments_two_dates_rows_archive_and_checks(tmp_path):
     assert result.success
 
     replay = ReplaySource(seed=11)
-    expected = {(d, i): len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")}
+    expected = {
+        (d, i): len(replay.day_bars(i, d)) for d in ("2024-03-01", "2024-03-02") for i in ("BTCUSDT", "ETHUSDT")
+    }
     db = str(tmp_path / "warehouse.duckdb")
     assert _counts(db, "market_bars") == expected
     assert _counts(db, "bar_features") == expected
@@ -54,8 +57,12 @@ def test_two_instruments_two_dates_rows_archive_and_checks(tmp_path):
 
     # features use the previous day as warm-up: the second date has no NULL features
     con = duckdb.connect(db, read_only=True)
-    nulls_day2 = con.execute("select count(*) from bar_features where date = '2024-03-02' and ret_60 is null").fetchone()[0]
-    nulls_day1 = con.execute("select count(*) from bar_features where date = '2024-03-01' and ret_60 is null").fetchone()[0]
+    nulls_day2 = con.execute(
+        "select count(*) from bar_features where date = '2024-03-02' and ret_60 is null"
+    ).fetchone()[0]
+    nulls_day1 = con.execute(
+        "select count(*) from bar_features where date = '2024-03-01' and ret_60 is null"
+    ).fetchone()[0]
     first_hour = con.execute(
         "select count(*) from market_bars m where date = '2024-03-01' and ts < "
         "(select min(ts) from market_bars f where f.instrument = m.instrument) + interval 60 minute"
@@ -128,9 +135,7 @@ def test_corrupt_partition_is_blocked_before_features(tmp_path):
 
 def test_pipeline_on_real_btc_minutes(tmp_path):
     path = shared_file("crypto_1m", "BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv")
-    resources = temp_resources(
-        tmp_path, market_source=MarketSourceResource(name="file", file_path=str(path))
-    )
+    resources = temp_resources(tmp_path, market_source=MarketSourceResource(name="file", file_path=str(path)))
     instance = dg.DagsterInstance.ephemeral()
     result = run_data_pipeline(resources, instance, "2022-01-10|BTCUSDT", "2022-01-11|BTCUSDT")
     assert result.success
@@ -140,7 +145,9 @@ def test_pipeline_on_real_btc_minutes(tmp_path):
     assert [c.passed for c in checks["market_bars_schema"]] == [True, True]
     assert [c.passed for c in checks["market_bars_completeness"]] == [True, True]  # the file is contiguous
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
-    rsi = con.execute("select min(rsi_14), max(rsi_14), avg(rv_60) from bar_features where date = '2022-01-11'").fetchone()
+    rsi = con.execute(
+        "select min(rsi_14), max(rsi_14), avg(rv_60) from bar_features where date = '2022-01-11'"
+    ).fetchone()
     con.close()
     assert 0 <= rsi[0] < rsi[1] <= 100
     assert 0 < rsi[2] < 0.01  # 1-minute BTC volatility is a fraction of a percent
@@ -172,10 +179,19 @@ def test_features_use_no_future_bars(tmp_path):
     )
     con.close()
     subprocess.run(
-        [dbt_executable(), "run", "--quiet", "--profiles-dir", str(tmp_path / "dbt_profiles"),
-         "--target-path", str(tmp_path / "dbt_target"),
-         "--vars", json.dumps({"dates": ["2024-03-02"], "instruments": ["BTCUSDT"]})],
-        cwd=DBT_PROJECT_DIR, check=True,
+        [
+            dbt_executable(),
+            "run",
+            "--quiet",
+            "--profiles-dir",
+            str(tmp_path / "dbt_profiles"),
+            "--target-path",
+            str(tmp_path / "dbt_target"),
+            "--vars",
+            json.dumps({"dates": ["2024-03-02"], "instruments": ["BTCUSDT"]}),
+        ],
+        cwd=DBT_PROJECT_DIR,
+        check=True,
     )
     con = duckdb.connect(db, read_only=True)
     after = con.execute(query).df()
@@ -202,7 +218,9 @@ def test_synthetic_features_match_dbt(tmp_path):
     resources = temp_resources(
         tmp_path, market_source=MarketSourceResource(name="file", file_paths={"BTCUSDT": [str(csv)]})
     )
-    assert run_data_pipeline(resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT").success
+    assert run_data_pipeline(
+        resources, dg.DagsterInstance.ephemeral(), "2024-03-01|BTCUSDT", "2024-03-02|BTCUSDT"
+    ).success
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
     dbt = con.execute("select * from bar_features where instrument = 'BTCUSDT' order by ts").df()
     con.close()
@@ -210,8 +228,9 @@ def test_synthetic_features_match_dbt(tmp_path):
     assert len(dbt) == len(ours) == 2 * 1440
     assert dbt["ret_60"].isna().sum() == ours["ret_60"].isna().sum() == 60  # the same warm-up
     for col in FEATURE_COLUMNS:
-        np.testing.assert_allclose(dbt[col].to_numpy(float), ours[col].to_numpy(float), rtol=0, atol=1e-9,
-                                   equal_nan=True, err_msg=col)
+        np.testing.assert_allclose(
+            dbt[col].to_numpy(float), ours[col].to_numpy(float), rtol=0, atol=1e-9, equal_nan=True, err_msg=col
+        )
 
 
 class _CorruptBtcOnly:

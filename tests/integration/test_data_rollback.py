@@ -1,8 +1,9 @@
 """Data rollback: archived partitions restored byte-identically, features rebuilt, refusals."""
+
 from __future__ import annotations
 
-import duckdb
 import dagster as dg
+import duckdb
 import pandas as pd
 import pytest
 
@@ -16,8 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 def _rollback(resources, instance, first, last, instruments, raise_on_error=True):
-    defs = dg.Definitions(assets=data_assets_and_checks()[:2], asset_checks=data_assets_and_checks()[2:],
-                          jobs=[data_rollback_job], resources=resources)
+    defs = dg.Definitions(
+        assets=data_assets_and_checks()[:2],
+        asset_checks=data_assets_and_checks()[2:],
+        jobs=[data_rollback_job],
+        resources=resources,
+    )
     return defs.resolve_job_def("data_rollback").execute_in_process(
         instance=instance, tags=range_tags(first, last, instruments), raise_on_error=raise_on_error
     )
@@ -139,8 +144,12 @@ def test_restore_previous_version_after_a_bad_refetch(tmp_path):
     assert run_data_pipeline(resources, instance, "2024-04-01|BTCUSDT", "2024-04-01|BTCUSDT").success
     assert not _features(db, "2024-04-01", "BTCUSDT")["close"].equals(good["close"])
 
-    defs = dg.Definitions(assets=data_assets_and_checks()[:2], asset_checks=data_assets_and_checks()[2:],
-                          jobs=[data_rollback_job], resources=resources)
+    defs = dg.Definitions(
+        assets=data_assets_and_checks()[:2],
+        asset_checks=data_assets_and_checks()[2:],
+        jobs=[data_rollback_job],
+        resources=resources,
+    )
     tags = {**range_tags("2024-04-01", "2024-04-01", ["BTCUSDT"]), "autotrader/archive_version": "previous"}
     assert defs.resolve_job_def("data_rollback").execute_in_process(instance=instance, tags=tags).success
     pd.testing.assert_frame_equal(_features(db, "2024-04-01", "BTCUSDT"), good)

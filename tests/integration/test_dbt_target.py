@@ -1,12 +1,13 @@
 """dbt writes its target/ and logs under AUTOTRADER_HOME, not into the code checkout: in the production
 image the checkout is read-only and shared by every run; only the build-time manifest lives there."""
+
 from __future__ import annotations
 
 import dagster as dg
 import pytest
 
-from autotrader_assets.defs.features.project import DBT_PROJECT_DIR, dbt_resource
 from autotrader_assets.definitions import build_resources
+from autotrader_assets.defs.features.project import DBT_PROJECT_DIR, dbt_resource
 from autotrader_assets.settings import load_settings
 from tests.support.pipeline import run_data_pipeline, temp_resources
 
@@ -32,4 +33,6 @@ def test_the_code_location_puts_dbt_target_under_autotrader_home(tmp_path, monke
     assert dbt.target_dir == str((tmp_path / "home" / "dbt_target").resolve())
     # the manifest the assets are built from stays with the project (made at image build)
     assert dbt.project_dir == str(DBT_PROJECT_DIR)
-    assert dbt_resource(tmp_path / "w.duckdb", tmp_path / "p", target_dir=tmp_path / "t").target_dir == str(tmp_path / "t")
+    assert dbt_resource(tmp_path / "w.duckdb", tmp_path / "p", target_dir=tmp_path / "t").target_dir == str(
+        tmp_path / "t"
+    )

@@ -1,6 +1,7 @@
 """The Dagster side of deployment: ``production_deployment`` materialized against a temporary
 registry, state store and DuckDB warehouse with real slot processes; the rollback jobs; the
 deployment-failure sensor evaluated on a really failed run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,8 @@ from autotrader_assets.defs.deployment import (
 from autotrader_assets.defs.deployment.record import latest_record
 from autotrader_assets.resources import RegistryResource, WarehouseResource, default_resources
 from autotrader_assets.settings import FEATURE_COLUMNS, load_settings
-from deploy_ops.slots.local import MissingTokenError
 from deploy_ops.models.registry import open_registry
+from deploy_ops.slots.local import MissingTokenError
 from tests.support.deployment import (
     CANARY,
     INSTRUMENTS,
@@ -33,6 +34,7 @@ from tests.support.deployment import (
     write_bar_features,
 )
 
+
 @pytest.fixture
 def env(tmp_path):
     stack = make_stack(tmp_path)
@@ -41,8 +43,15 @@ def env(tmp_path):
     resources = {
         "registry": RegistryResource(url=stack.url, artifacts_uri=str(tmp_path / "artifacts")),
         "deployment": DeploymentStackResource(
-            state_url=stack.url, backend="local", workdir=str(tmp_path / "slots"), instruments=list(INSTRUMENTS),
-            canary_instruments=list(CANARY), stage_seconds=1.0, fee_bps=4.0, slippage_bps=2.0, requests_per_second=150,
+            state_url=stack.url,
+            backend="local",
+            workdir=str(tmp_path / "slots"),
+            instruments=list(INSTRUMENTS),
+            canary_instruments=list(CANARY),
+            stage_seconds=1.0,
+            fee_bps=4.0,
+            slippage_bps=2.0,
+            requests_per_second=150,
         ),
         "warehouse": WarehouseResource(path=str(warehouse)),
     }
@@ -69,8 +78,9 @@ def test_definitions_name_everything(tmp_path, monkeypatch):
     assert resources["deployment"].state_url == settings.registry_url  # state lives beside the registry
     assert resources["deployment"].backend == "local"
     assert resources["deployment"].canary_instruments == ["BTCUSDT", "ETHUSDT"]
-    defs = dg.Definitions(assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors,
-                          resources=resources)
+    defs = dg.Definitions(
+        assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors, resources=resources
+    )
     assert [a.key for a in deployment_assets] == [dg.AssetKey("production_deployment")]
     assert sorted(j.name for j in deployment_jobs) == ["deployment_pipeline", "emergency_rollback", "model_rollback"]
     assert [s.name for s in deployment_sensors] == ["deployment_failure_sensor", "interrupted_deployment_sensor"]
@@ -103,10 +113,16 @@ def test_production_profile_refuses_to_start_a_slot_without_a_serving_token(tmp_
     assert resource.require_serving_token is True and resource.serving_token is None
     # Even with the slots on local processes, no slot starts without the token.
     local = DeploymentStackResource(
-        state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
-        instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
-        stage_seconds=settings.stage_seconds, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
-        serving_token=resource.serving_token, require_serving_token=resource.require_serving_token,
+        state_url=settings.registry_url,
+        backend="local",
+        workdir=str(tmp_path / "slots"),
+        instruments=list(settings.instruments),
+        canary_instruments=list(settings.canary_instruments),
+        stage_seconds=settings.stage_seconds,
+        fee_bps=settings.fee_bps,
+        slippage_bps=settings.slippage_bps,
+        serving_token=resource.serving_token,
+        require_serving_token=resource.require_serving_token,
     )
     stack = local.open(open_registry(settings.registry_url, settings.artifacts_uri))
     mv = register(stack.registry, feature_bundle(1.0), stage="staging")
@@ -125,10 +141,16 @@ def test_production_profile_hands_the_token_to_the_slots_without_showing_it(tmp_
         assert initialised.deployment.require_serving_token is True
     # The same fields on a local-process backend reach the deployer that starts the slots.
     local = DeploymentStackResource(
-        state_url=settings.registry_url, backend="local", workdir=str(tmp_path / "slots"),
-        instruments=list(settings.instruments), canary_instruments=list(settings.canary_instruments),
-        stage_seconds=settings.stage_seconds, fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps,
-        serving_token="prod-token-271", require_serving_token=True,
+        state_url=settings.registry_url,
+        backend="local",
+        workdir=str(tmp_path / "slots"),
+        instruments=list(settings.instruments),
+        canary_instruments=list(settings.canary_instruments),
+        stage_seconds=settings.stage_seconds,
+        fee_bps=settings.fee_bps,
+        slippage_bps=settings.slippage_bps,
+        serving_token="prod-token-271",
+        require_serving_token=True,
     )
     deployer = local.open(open_registry(settings.registry_url, settings.artifacts_uri)).backend.deployer
     assert (deployer.token, deployer.require_token) == ("prod-token-271", True)
@@ -138,8 +160,9 @@ def test_production_profile_hands_the_token_to_the_slots_without_showing_it(tmp_
 @pytest.mark.slow
 def test_production_deployment_materializes_a_gated_rollout(env):
     v2 = register(env.registry, feature_bundle(3.0, bias=0.02))
-    result = dg.materialize([production_deployment], resources=env.resources, run_config=_config(),
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [production_deployment], resources=env.resources, run_config=_config(), instance=dg.DagsterInstance.ephemeral()
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("production_deployment")[0].metadata
     assert metadata["outcome"].value == "succeeded"
@@ -160,11 +183,13 @@ def test_production_deployment_materializes_a_gated_rollout(env):
 @pytest.mark.slow
 def test_rolled_back_rollout_fails_the_run_and_the_sensor_secures_traffic(env):
     anti = register(env.registry, feature_bundle(-3.0))
-    defs = dg.Definitions(assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors,
-                          resources=env.resources)
+    defs = dg.Definitions(
+        assets=deployment_assets, jobs=deployment_jobs, sensors=deployment_sensors, resources=env.resources
+    )
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("deployment_pipeline").execute_in_process(
-        run_config=_config(version=anti.version), instance=instance, raise_on_error=False)
+        run_config=_config(version=anti.version), instance=instance, raise_on_error=False
+    )
 
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data
@@ -180,8 +205,11 @@ def test_rolled_back_rollout_fails_the_run_and_the_sensor_secures_traffic(env):
 
     env.state.set_routes({"BTCUSDT": "green"})  # as if a half-finished switch had been left behind
     context = dg.build_run_status_sensor_context(
-        sensor_name="deployment_failure_sensor", dagster_event=result.get_run_failure_event(),
-        dagster_instance=instance, dagster_run=result.dagster_run, resources=env.resources,
+        sensor_name="deployment_failure_sensor",
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources=env.resources,
     ).for_run_failure()
     deployment_failure_sensor(context)
 
@@ -223,8 +251,11 @@ def test_model_rollback_and_emergency_rollback_jobs(env):
     instance = dg.DagsterInstance.ephemeral()
 
     manual = defs.resolve_job_def("model_rollback").execute_in_process(
-        run_config={"ops": {"rollback_model": {"config": {"to_version": v2.version, "reason": "hotfix model",
-                                                          "actor": "bob"}}}}, instance=instance)
+        run_config={
+            "ops": {"rollback_model": {"config": {"to_version": v2.version, "reason": "hotfix model", "actor": "bob"}}}
+        },
+        instance=instance,
+    )
     assert manual.success
     assert manual.output_for_node("rollback_model")["slot"] == "green"
     assert env.registry.get_production().version == v2.version
@@ -241,6 +272,8 @@ def test_model_rollback_and_emergency_rollback_jobs(env):
 
     refused = defs.resolve_job_def("model_rollback").execute_in_process(
         run_config={"ops": {"rollback_model": {"config": {"to_version": v2.version, "reason": "again"}}}},
-        instance=instance, raise_on_error=False)
+        instance=instance,
+        raise_on_error=False,
+    )
     assert not refused.success  # a failed version is never served again
     assert "it is marked failed" in refused.get_step_failure_events()[0].step_failure_data.error.to_string()

@@ -8,6 +8,7 @@ instance ticks ``feature_drift_sensor``, which must launch ``model_rollback`` to
 run queue; the run starts v1 in a local serving slot. Prints the seconds from the drift result
 to the run's success.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,16 +46,33 @@ def test_daemon_rolls_back_on_critical_drift(tmp_path):
     env = _env(home)
 
     materialize = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "autotrader_assets.definitions",
-         "--select", "feature_drift", "--partition", DAY],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "autotrader_assets.definitions",
+            "--select",
+            "feature_drift",
+            "--partition",
+            DAY,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert materialize.returncode == 0, materialize.stderr[-3000:]
 
     daemon_log = open(home / "daemon.log", "w")
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-m", "autotrader_assets.definitions"],
-        cwd=ROOT, env=env, stdout=daemon_log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=daemon_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     started = time.time()
     try:
@@ -71,8 +89,10 @@ def test_daemon_rolls_back_on_critical_drift(tmp_path):
                 run = runs[0]
                 break
             time.sleep(1.0)
-        assert run is not None, f"no finished model_rollback run in {TIMEOUT_S} s; daemon log:\n" + \
-            (home / "daemon.log").read_text()[-4000:]
+        assert run is not None, (
+            f"no finished model_rollback run in {TIMEOUT_S} s; daemon log:\n"
+            + (home / "daemon.log").read_text()[-4000:]
+        )
         assert run.status == dg.DagsterRunStatus.SUCCESS, (home / "daemon.log").read_text()[-4000:]
         assert run.tags["dagster/run_key"] == f"feature-drift-{DAY}-v{world.v2.version}"
         assert run.tags["autotrader/drift_action"] == "rollback"
@@ -84,9 +104,11 @@ def test_daemon_rolls_back_on_critical_drift(tmp_path):
         serving = {s.slot: s for s in state.slots().values() if s.is_ready}
         assert {s.version for s in serving.values()} == {str(world.v1.version)}
         assert set(state.routing_table().values()) <= set(serving)
-        print(f"\ndrift result -> model_rollback success: {stats.end_time - drift_at:.1f} s "
-              f"(daemon started {started - drift_at:.1f} s after the result; run queued -> started "
-              f"{stats.start_time - stats.launch_time:.1f} s, ran {stats.end_time - stats.start_time:.1f} s)")
+        print(
+            f"\ndrift result -> model_rollback success: {stats.end_time - drift_at:.1f} s "
+            f"(daemon started {started - drift_at:.1f} s after the result; run queued -> started "
+            f"{stats.start_time - stats.launch_time:.1f} s, ran {stats.end_time - stats.start_time:.1f} s)"
+        )
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         try:

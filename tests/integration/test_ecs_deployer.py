@@ -6,6 +6,7 @@ for a service with a load balancer. Real-ECS deployment shapes moto never produc
 deployments, a FAILED rollout) are covered by ``assess_service_stability`` and a stubbed
 client below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,9 +84,9 @@ def infra(aws_env):
         ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsSupport={"Value": True})
         ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": True})
         subnets = [
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{az}")[
-                "Subnet"
-            ]["SubnetId"]
+            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{az}")["Subnet"][
+                "SubnetId"
+            ]
             for i, az in enumerate("abc")
         ]
         sg = ec2.create_security_group(GroupName="autotrader-serving", Description="serving", VpcId=vpc_id)["GroupId"]
@@ -130,7 +131,9 @@ def infra(aws_env):
             stable_timeout_seconds=60.0,
             poll_interval_seconds=10.0,
         )
-        yield SimpleNamespace(ec2=ec2, ecs=ecs, elbv2=elbv2, subnets=subnets, sg=sg, tg=tg, listener_arn=listener_arn, config=config)
+        yield SimpleNamespace(
+            ec2=ec2, ecs=ecs, elbv2=elbv2, subnets=subnets, sg=sg, tg=tg, listener_arn=listener_arn, config=config
+        )
 
 
 def make_deployer(config: EcsDeployerConfig, clock: FakeClock | None = None, infra=None) -> EcsDeployer:
@@ -467,7 +470,9 @@ def test_stability_wait_polls_until_targets_turn_healthy(infra, live_blue):
 def test_without_target_health_wait_ecs_counts_alone_decide(infra, live_blue):
     config = dataclasses.replace(infra.config, wait_for_healthy_targets=False)
     clock = FakeClock()
-    info = make_deployer(config, clock, infra).start_slot("green", "v2", "s3://autotrader-artifacts/models/v2.pt", SHA_V2)
+    info = make_deployer(config, clock, infra).start_slot(
+        "green", "v2", "s3://autotrader-artifacts/models/v2.pt", SHA_V2
+    )
     assert clock.sleeps == []
     assert info.stable and info.healthy_targets == 0 and not info.serving
 
@@ -480,11 +485,23 @@ TD_OLD = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/autotrader-serving:6"
 
 
 def _svc(deployments, running=1, desired=1, td=TD_NEW, status="ACTIVE"):
-    return {"status": status, "taskDefinition": td, "desiredCount": desired, "runningCount": running, "deployments": deployments}
+    return {
+        "status": status,
+        "taskDefinition": td,
+        "desiredCount": desired,
+        "runningCount": running,
+        "deployments": deployments,
+    }
 
 
 def _dep(td, status="PRIMARY", running=1, rollout="COMPLETED", reason=""):
-    return {"taskDefinition": td, "status": status, "runningCount": running, "rolloutState": rollout, "rolloutStateReason": reason}
+    return {
+        "taskDefinition": td,
+        "status": status,
+        "runningCount": running,
+        "rolloutState": rollout,
+        "rolloutStateReason": reason,
+    }
 
 
 @pytest.mark.parametrize(
@@ -494,7 +511,11 @@ def _dep(td, status="PRIMARY", running=1, rollout="COMPLETED", reason=""):
         (_svc([_dep(TD_NEW, rollout="IN_PROGRESS"), _dep(TD_OLD, status="ACTIVE")], running=2), "waiting", "draining"),
         (_svc([_dep(TD_NEW, running=0, rollout="IN_PROGRESS")], running=0), "waiting", "0/1"),
         (_svc([_dep(TD_NEW, rollout="IN_PROGRESS")]), "waiting", "IN_PROGRESS"),
-        (_svc([_dep(TD_NEW, running=0, rollout="FAILED", reason="tasks failed to start")], running=0), "failed", "tasks failed to start"),
+        (
+            _svc([_dep(TD_NEW, running=0, rollout="FAILED", reason="tasks failed to start")], running=0),
+            "failed",
+            "tasks failed to start",
+        ),
         (_svc([_dep(TD_OLD)], td=TD_OLD), "failed", "superseded"),
         (_svc([_dep(TD_NEW)], desired=3), "failed", "another actor"),
         (_svc([_dep(TD_NEW)], status="DRAINING"), "failed", "DRAINING"),
@@ -533,7 +554,9 @@ def test_failed_rollout_stops_the_wait_without_sleeping(aws_env):
         ],
     }
     with Stubber(ecs) as stub:
-        stub.add_response("describe_services", {"services": [failed], "failures": []}, {"cluster": "c", "services": ["svc-green"]})
+        stub.add_response(
+            "describe_services", {"services": [failed], "failures": []}, {"cluster": "c", "services": ["svc-green"]}
+        )
         with pytest.raises(DeploymentError) as excinfo:
             deployer.wait_until_stable("green", TD_NEW, 1)
         stub.assert_no_pending_responses()

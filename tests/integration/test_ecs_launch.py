@@ -7,6 +7,7 @@ which ECS injects into every real task. Where moto stops: ``run_task`` records t
 definition, overrides, network configuration), but no container runs, so the Dagster run stays
 STARTING; on AWS the task's container would run ``dagster api execute_run`` and report back.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,28 @@ class _Metadata(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         if self.path.endswith("/task"):
-            body = {"Cluster": self.task["clusterArn"], "TaskARN": self.task["taskArn"], "Family": "autotrader-daemon",
-                    "Revision": "1", "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING", "LaunchType": "FARGATE",
-                    "AvailabilityZone": f"{REGION}a", "Containers": [{"Name": "daemon", "Image": IMAGE}]}
+            body = {
+                "Cluster": self.task["clusterArn"],
+                "TaskARN": self.task["taskArn"],
+                "Family": "autotrader-daemon",
+                "Revision": "1",
+                "DesiredStatus": "RUNNING",
+                "KnownStatus": "RUNNING",
+                "LaunchType": "FARGATE",
+                "AvailabilityZone": f"{REGION}a",
+                "Containers": [{"Name": "daemon", "Image": IMAGE}],
+            }
         else:
-            body = {"Name": "daemon", "Image": IMAGE, "DesiredStatus": "RUNNING", "KnownStatus": "RUNNING",
-                    "Labels": {"com.amazonaws.ecs.cluster": self.task["clusterArn"],
-                               "com.amazonaws.ecs.task-arn": self.task["taskArn"]}}
+            body = {
+                "Name": "daemon",
+                "Image": IMAGE,
+                "DesiredStatus": "RUNNING",
+                "KnownStatus": "RUNNING",
+                "Labels": {
+                    "com.amazonaws.ecs.cluster": self.task["clusterArn"],
+                    "com.amazonaws.ecs.task-arn": self.task["taskArn"],
+                },
+            }
         data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -58,8 +74,12 @@ class _Metadata(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def aws(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": REGION,
-                        "AWS_REGION": REGION}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
@@ -78,14 +98,29 @@ def cluster(aws, monkeypatch):
     ecs.create_cluster(clusterName="autotrader")
     container = {"cpu": 512, "memory": 1024, "essential": True, "image": IMAGE}
     run_definition = ecs.register_task_definition(
-        family="autotrader-run", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="512", memory="1024",
-        containerDefinitions=[{"name": "run", **container}])["taskDefinition"]["taskDefinitionArn"]
+        family="autotrader-run",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="512",
+        memory="1024",
+        containerDefinitions=[{"name": "run", **container}],
+    )["taskDefinition"]["taskDefinitionArn"]
     ecs.register_task_definition(
-        family="autotrader-daemon", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="512", memory="1024",
-        containerDefinitions=[{"name": "daemon", **container}])
-    (daemon,) = ecs.run_task(cluster="autotrader", taskDefinition="autotrader-daemon", launchType="FARGATE",
-                             networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
-                                                                           "assignPublicIp": "DISABLED"}})["tasks"]
+        family="autotrader-daemon",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="512",
+        memory="1024",
+        containerDefinitions=[{"name": "daemon", **container}],
+    )
+    (daemon,) = ecs.run_task(
+        cluster="autotrader",
+        taskDefinition="autotrader-daemon",
+        launchType="FARGATE",
+        networkConfiguration={
+            "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"}
+        },
+    )["tasks"]
     _Metadata.task = daemon
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Metadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -102,27 +137,48 @@ def _instance_home(tmp_path: Path) -> Path:
     shipped = yaml.safe_load(SHIPPED.read_text())
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({
-        "run_coordinator": shipped["run_coordinator"], "run_launcher": shipped["run_launcher"],
-        "telemetry": {"enabled": False}}))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "run_coordinator": shipped["run_coordinator"],
+                "run_launcher": shipped["run_launcher"],
+                "telemetry": {"enabled": False},
+            }
+        )
+    )
     return home
 
 
 def test_the_daemon_launches_a_queued_run_as_an_ecs_task_of_the_run_task_definition(cluster, tmp_path):
     ecs = cluster["ecs"]
     families_before = set(ecs.list_task_definition_families()["families"])
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="autotrader_assets.definitions",
-                                                              attribute="defs"), location_name="autotrader")
-    with dg.DagsterInstance.from_config(str(_instance_home(tmp_path))) as instance, \
-            create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as workspace:
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="autotrader_assets.definitions", attribute="defs"), location_name="autotrader"
+    )
+    with (
+        dg.DagsterInstance.from_config(str(_instance_home(tmp_path))) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as workspace,
+    ):
         location = workspace.create_request_context().get_code_location("autotrader")
         remote_job = location.get_repository("__repository__").get_full_job("emergency_rollback")
         run = instance.create_run(
-            job_name="emergency_rollback", run_id=None, run_config={}, status=dg.DagsterRunStatus.NOT_STARTED,
-            tags=dict(remote_job.tags), root_run_id=None, parent_run_id=None, step_keys_to_execute=None,
-            execution_plan_snapshot=None, job_snapshot=remote_job.job_snapshot, parent_job_snapshot=None,
-            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None, asset_check_selection=None, op_selection=None, resolved_op_selection=None,
+            job_name="emergency_rollback",
+            run_id=None,
+            run_config={},
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags=dict(remote_job.tags),
+            root_run_id=None,
+            parent_run_id=None,
+            step_keys_to_execute=None,
+            execution_plan_snapshot=None,
+            job_snapshot=remote_job.job_snapshot,
+            parent_job_snapshot=None,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            op_selection=None,
+            resolved_op_selection=None,
             asset_graph=location.get_repository("__repository__").asset_graph,
         )
         instance.submit_run(run.run_id, workspace.create_request_context())
@@ -143,7 +199,8 @@ def test_the_daemon_launches_a_queued_run_as_an_ecs_task_of_the_run_task_definit
     details = {d["name"]: d["value"] for a in task["attachments"] for d in a["details"]}
     assert details["subnetId"] == cluster["subnet"]
     (eni,) = cluster["ec2"].describe_network_interfaces(NetworkInterfaceIds=[details["networkInterfaceId"]])[
-        "NetworkInterfaces"]
+        "NetworkInterfaces"
+    ]
     assert [g["GroupId"] for g in eni["Groups"]] == [cluster["group"]]
     # the container runs this run: `dagster api execute_run` with the run's id in its arguments
     (override,) = task["overrides"]["containerOverrides"]

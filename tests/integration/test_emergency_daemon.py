@@ -4,9 +4,9 @@ a bound (printed: trip -> known-good serving), and a run whose worker is killed 
 is marked failed and the next queued run starts within a bound (the case where the code server
 that watched the worker is gone too is LocalRunLauncher's health check, tests/unit/test_run_launcher.py). Lean on purpose: the second test uses a two-job code location (tests/support/
 daemon_jobs.py) so no torch or dbt is imported by its runs."""
+
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -38,8 +38,14 @@ def _instance_home(home: Path) -> None:
 
 def _start_daemon(home: Path, module: str, env: dict[str, str]) -> subprocess.Popen:
     log = open(home / "daemon.log", "w")
-    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", module], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-m", module],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop_daemon(daemon: subprocess.Popen) -> None:
@@ -104,10 +110,12 @@ def test_a_breaker_trip_reaches_the_known_good_slot_within_the_bound(tmp_path):
         stats = instance.get_run_stats(run.run_id)
         assert registry.get_production().version == v1.version
         seconds = serving_at - tripped
-        print(f"\nbreaker trip -> known-good v{v1.version} serving every route: {seconds:.1f} s, "
-              f"{len(runs)} emergency_rollback run(s) "
-              f"(sensor tick + request {stats.launch_time - tripped:.1f} s, queued -> started "
-              f"{stats.start_time - stats.launch_time:.1f} s, run start -> serving {serving_at - stats.start_time:.1f} s)")
+        print(
+            f"\nbreaker trip -> known-good v{v1.version} serving every route: {seconds:.1f} s, "
+            f"{len(runs)} emergency_rollback run(s) "
+            f"(sensor tick + request {stats.launch_time - tripped:.1f} s, queued -> started "
+            f"{stats.start_time - stats.launch_time:.1f} s, run start -> serving {serving_at - stats.start_time:.1f} s)"
+        )
         # The aim is 30 s; the bound leaves room for a loaded 2-core machine, where most of the
         # time is the run worker importing the code location (printed as queued -> started).
         assert seconds < 120, f"trip -> known-good serving took {seconds:.1f} s"
@@ -136,8 +144,14 @@ def test_run_monitoring_fails_a_killed_run_and_the_next_queued_run_starts(tmp_pa
     try:
         instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
         for job in ("sleepy_job", "quick_job"):  # one lane: quick_job queues behind sleepy_job
-            launched = subprocess.run([str(BIN / "dagster"), "job", "launch", "-m", "tests.support.daemon_jobs",
-                                       "-j", job], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            launched = subprocess.run(
+                [str(BIN / "dagster"), "job", "launch", "-m", "tests.support.daemon_jobs", "-j", job],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert launched.returncode == 0, launched.stderr[-3000:]
         sleepy = instance.get_runs(filters=dg.RunsFilter(job_name="sleepy_job"))[0]
         deadline = time.time() + TIMEOUT_S
@@ -147,8 +161,11 @@ def test_run_monitoring_fails_a_killed_run_and_the_next_queued_run_starts(tmp_pa
             from autotrader_assets.run_launcher import worker_pid
 
             found = worker_pid(instance, sleepy.run_id)
-            pid = found[0] if found and instance.get_run_by_id(sleepy.run_id).status == dg.DagsterRunStatus.STARTED \
+            pid = (
+                found[0]
+                if found and instance.get_run_by_id(sleepy.run_id).status == dg.DagsterRunStatus.STARTED
                 else None
+            )
             time.sleep(0.5)
         quick = instance.get_runs(filters=dg.RunsFilter(job_name="quick_job"))[0]
         assert instance.get_run_by_id(quick.run_id).status == dg.DagsterRunStatus.QUEUED
@@ -163,11 +180,12 @@ def test_run_monitoring_fails_a_killed_run_and_the_next_queued_run_starts(tmp_pa
             time.sleep(0.5)
         failed = instance.get_run_by_id(sleepy.run_id)
         assert failed.status == dg.DagsterRunStatus.FAILURE, f"killed run is {failed.status}:\n{_log(home)}"
-        assert instance.get_run_by_id(quick.run_id).status in (dg.DagsterRunStatus.STARTED,
-                                                               dg.DagsterRunStatus.SUCCESS), _log(home)
+        assert instance.get_run_by_id(quick.run_id).status in (
+            dg.DagsterRunStatus.STARTED,
+            dg.DagsterRunStatus.SUCCESS,
+        ), _log(home)
         started = instance.get_run_stats(quick.run_id).start_time or time.time()
-        print(f"\nkill -9 of a run -> marked failed, next queued run started after "
-              f"{started - killed:.1f} s")
+        print(f"\nkill -9 of a run -> marked failed, next queued run started after {started - killed:.1f} s")
         assert started - killed < 120
     finally:
         _stop_daemon(daemon)

@@ -4,6 +4,7 @@ never-launched emergency rollback within a bound, a critical event per failure; 
 rollout killed with ``kill -9`` mid-canary is shown as owned by a dead process and recovered by
 ``interrupted_deployment_sensor`` (traffic back on the known-good slot), with the
 ``production_deployment`` record saying what serves afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,15 @@ def _resources(stack) -> dict:
     return {
         "registry": RegistryResource(url=stack.url, artifacts_uri=str(stack.tmp / "artifacts")),
         "deployment": DeploymentStackResource(
-            state_url=stack.url, backend="local", workdir=str(stack.tmp / "slots"), instruments=list(INSTRUMENTS),
-            canary_instruments=list(CANARY), stage_seconds=1.0, fee_bps=4.0, slippage_bps=2.0),
+            state_url=stack.url,
+            backend="local",
+            workdir=str(stack.tmp / "slots"),
+            instruments=list(INSTRUMENTS),
+            canary_instruments=list(CANARY),
+            stage_seconds=1.0,
+            fee_bps=4.0,
+            slippage_bps=2.0,
+        ),
     }
 
 
@@ -79,8 +87,9 @@ def test_an_emergency_rollback_with_no_known_good_version_is_a_critical_event(st
 
 
 def _tick(sensor, instance, resources, cursor):
-    return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                         resources={"registry": resources["registry"]}))
+    return sensor.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"registry": resources["registry"]})
+    )
 
 
 def test_the_breaker_sensor_retries_a_failed_emergency_rollback_within_a_bound(stack):
@@ -99,7 +108,8 @@ def test_the_breaker_sensor_retries_a_failed_emergency_rollback_within_a_bound(s
     (request,) = first.run_requests
     assert request.run_key == f"circuit-breaker-trip-{trip_id}"
     run = defs.resolve_job_def("emergency_rollback").execute_in_process(
-        instance=instance, tags=request.tags, raise_on_error=False)
+        instance=instance, tags=request.tags, raise_on_error=False
+    )
     assert not run.success
     assert run.dagster_run.tags["dagster/priority"] == "100"  # ahead of every ordinary queued run
 
@@ -111,7 +121,8 @@ def test_the_breaker_sensor_retries_a_failed_emergency_rollback_within_a_bound(s
     assert "no known-good version" in failed.details["error"] and failed.details["run_id"] == run.run_id
 
     again = defs.resolve_job_def("emergency_rollback").execute_in_process(
-        instance=instance, tags=retry.tags, raise_on_error=False)
+        instance=instance, tags=retry.tags, raise_on_error=False
+    )
     assert not again.success
     third = _tick(sensor, instance, resources, second.cursor)
     assert third.run_requests == []  # the bound: two attempts
@@ -129,7 +140,8 @@ def test_a_rollback_that_never_launches_counts_as_failed_and_is_requested_again(
     instance = dg.DagsterInstance.ephemeral()
     clock = [1_000.0]
     sensor = build_circuit_breaker_sensor(
-        retry=RetryPolicy(max_attempts=3, backoff_seconds=10.0, launch_grace_seconds=60.0), clock=lambda: clock[0])
+        retry=RetryPolicy(max_attempts=3, backoff_seconds=10.0, launch_grace_seconds=60.0), clock=lambda: clock[0]
+    )
     breaker = BreakerStore(stack.url)
     breaker.trip("drawdown 16% > 15%", {}, at=pd.Timestamp("2024-03-02 10:00", tz="UTC"))
 
@@ -184,7 +196,11 @@ def test_a_killed_cli_rollout_is_shown_dead_and_recovered_by_the_sensor(home, mo
     log = open(home.tmp / "rollout.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotrader_assets.cli", "deploy", "rollout", str(v2.version), "--stage-seconds", "120"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -214,8 +230,10 @@ def test_a_killed_cli_rollout_is_shown_dead_and_recovered_by_the_sensor(home, mo
     assert as_json["active_deployment"]["owner"]["alive"] is False
 
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"registry": RegistryResource(url=settings.registry_url, artifacts_uri=settings.artifacts_uri),
-                 "deployment": deployment_resource(settings)}
+    resources = {
+        "registry": RegistryResource(url=settings.registry_url, artifacts_uri=settings.artifacts_uri),
+        "deployment": deployment_resource(settings),
+    }
     killed_at = time.monotonic()
     tick = interrupted_deployment_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
     recovered_in = time.monotonic() - killed_at
@@ -237,5 +255,7 @@ def test_a_killed_cli_rollout_is_shown_dead_and_recovered_by_the_sensor(home, mo
     # nothing left: the next tick skips
     quiet = interrupted_deployment_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
     assert quiet.skip_message == "no deployment is running"
-    print(f"\nkilled CLI rollout -> traffic back on blue: one sensor tick of {recovered_in:.1f} s "
-          f"(the sensor runs every {interrupted_deployment_sensor.minimum_interval_seconds} s)")
+    print(
+        f"\nkilled CLI rollout -> traffic back on blue: one sensor tick of {recovered_in:.1f} s "
+        f"(the sensor runs every {interrupted_deployment_sensor.minimum_interval_seconds} s)"
+    )

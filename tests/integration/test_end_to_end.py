@@ -14,6 +14,7 @@ real local processes; every slot a test started is stopped (and checked dead) at
   candidate (its backtest Sharpe after fees is negative), so nothing is registered, the
   deployment pipeline has nothing to roll out and paper trading refuses with nothing served.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,8 +35,8 @@ from autotrader_assets.defs.training.gates import GATE_NAMES
 from autotrader_assets.runner import PAPER_TRADING_CONFIG, TRAINING_RUN_CONFIG
 from autotrader_assets.settings import get_settings, load_settings
 from deploy_ops.db import make_engine
-from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.registry import open_registry
+from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.state import DeploymentStateStore
 from tests.support.deployment import teardown_stack
 from tests.support.pipeline import shared_file
@@ -85,10 +86,20 @@ def paper_config(**overrides) -> dict:
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A temporary AUTOTRADER_HOME with the embedded local profile; slots stopped at the end."""
-    for name in ("AUTOTRADER_ENV", "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARCHIVE_URI", "AUTOTRADER_ARTIFACTS_URI",
-                 "AUTOTRADER_WAREHOUSE", "AUTOTRADER_INSTRUMENTS", "AUTOTRADER_MARKET_SOURCE",
-                 "AUTOTRADER_SERVING_TOKEN", "AUTOTRADER_FEE_BPS", "AUTOTRADER_SLIPPAGE_BPS",
-                 "AUTOTRADER_REPLAY_SEED", "DAGSTER_HOME"):
+    for name in (
+        "AUTOTRADER_ENV",
+        "AUTOTRADER_REGISTRY_URL",
+        "AUTOTRADER_ARCHIVE_URI",
+        "AUTOTRADER_ARTIFACTS_URI",
+        "AUTOTRADER_WAREHOUSE",
+        "AUTOTRADER_INSTRUMENTS",
+        "AUTOTRADER_MARKET_SOURCE",
+        "AUTOTRADER_SERVING_TOKEN",
+        "AUTOTRADER_FEE_BPS",
+        "AUTOTRADER_SLIPPAGE_BPS",
+        "AUTOTRADER_REPLAY_SEED",
+        "DAGSTER_HOME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
     monkeypatch.setenv("AUTOTRADER_STAGE_SECONDS", "1")
@@ -111,8 +122,13 @@ def build_defs(settings, **overrides) -> dg.Definitions:
     location = build_definitions(settings)
     resources = build_resources(settings)
     resources.update(overrides)
-    return dg.Definitions(assets=location.assets, asset_checks=location.asset_checks, jobs=location.jobs,
-                          resources=resources, executor=dg.in_process_executor)
+    return dg.Definitions(
+        assets=location.assets,
+        asset_checks=location.asset_checks,
+        jobs=location.jobs,
+        resources=resources,
+        executor=dg.in_process_executor,
+    )
 
 
 def run(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
@@ -129,11 +145,16 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluati
 
 def failures(result: dg.ExecuteInProcessResult) -> str:
     """Step failures and failed checks of a run, for assertion messages."""
-    out = [f"{e.step_key}: {e.step_failure_data.error.to_string() if e.step_failure_data.error else ''} "
-           f"{e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else ''}"
-           for e in result.get_step_failure_events()]
-    out += [f"check {name} failed: {dict((k, v.value) for k, v in ev.metadata.items())}"
-            for name, ev in checks(result).items() if not ev.passed]
+    out = [
+        f"{e.step_key}: {e.step_failure_data.error.to_string() if e.step_failure_data.error else ''} "
+        f"{e.step_failure_data.user_failure_data.description if e.step_failure_data.user_failure_data else ''}"
+        for e in result.get_step_failure_events()
+    ]
+    out += [
+        f"check {name} failed: {dict((k, v.value) for k, v in ev.metadata.items())}"
+        for name, ev in checks(result).items()
+        if not ev.passed
+    ]
     return "\n".join(out) or "no step failures"
 
 
@@ -174,8 +195,10 @@ def test_replay_data_to_paper_trading(home):
     assert {"market_bars", "stg_market_bars", "bar_features"} <= materialized(data)
     expected_partitions = {(d, i) for d in REPLAY_DATES for i in instruments}
     for table in ("market_bars", "bar_features"):
-        counts = dict(((str(d), i), n) for d, i, n in query(
-            settings, f"select date, instrument, count(*) from {table} group by 1, 2"))
+        counts = dict(
+            ((str(d), i), n)
+            for d, i, n in query(settings, f"select date, instrument, count(*) from {table} group by 1, 2")
+        )
         assert set(counts) == expected_partitions, table
         # the replay leaves a few single-minute gaps and rare outages, never most of a day
         assert min(counts.values()) > 1300 and max(counts.values()) <= 1440, table
@@ -208,14 +231,24 @@ def test_replay_data_to_paper_trading(home):
     assert (answer["model_version"], answer["sha256"], answer["slot"]) == ("1", v1.sha256, "blue")
 
     # -- paper trading over the last two days (the served model's predictions), then the metrics ---
-    paper = run(defs, "paper_trading_job", instance,
-                tags={ASSET_PARTITION_RANGE_START_TAG: PAPER_DATES[0], ASSET_PARTITION_RANGE_END_TAG: PAPER_DATES[-1]},
-                run_config=paper_config())
+    paper = run(
+        defs,
+        "paper_trading_job",
+        instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: PAPER_DATES[0], ASSET_PARTITION_RANGE_END_TAG: PAPER_DATES[-1]},
+        run_config=paper_config(),
+    )
     assert paper.success, failures(paper)
     assert {"paper_trading", "trading_performance"} <= materialized(paper)
     assert checks(paper)["circuit_breaker"].passed
-    for table in ("paper_account_state", "paper_instrument_state", "paper_positions", "paper_equity",
-                  "paper_fills", "model_confidence"):
+    for table in (
+        "paper_account_state",
+        "paper_instrument_state",
+        "paper_positions",
+        "paper_equity",
+        "paper_fills",
+        "model_confidence",
+    ):
         dates = [str(d) for (d,) in query(settings, f"select distinct date from {table} order by 1")]
         assert dates == PAPER_DATES, table
     served = set(query(settings, "select slot, model_version from model_confidence"))
@@ -223,7 +256,8 @@ def test_replay_data_to_paper_trading(home):
     (n_instruments,) = query(settings, "select count(distinct instrument) from paper_positions")[0]
     assert n_instruments == len(instruments)
     (day1_open, day1_end), (day2_open, day2_end) = query(
-        settings, "select day_open_equity, end_equity from paper_account_state order by date")
+        settings, "select day_open_equity, end_equity from paper_account_state order by date"
+    )
     assert day2_open == pytest.approx(day1_end, rel=1e-12)  # the account carries over midnight
     assert day1_end != day1_open and day2_end != day2_open  # it really traded
     perf = {k: v.value for k, v in paper.asset_materializations_for_node("trading_performance")[0].metadata.items()}
@@ -267,12 +301,18 @@ def test_real_btc_file_to_paper_trading(home):
     settings = home
     # Only BTCUSDT is served and paper-traded; the canary is BTCUSDT itself.
     deployment = DeploymentStackResource(
-        state_url=settings.registry_url, backend="local", workdir=str(settings.home / "slots"),
-        instruments=["BTCUSDT"], canary_instruments=["BTCUSDT"], stage_seconds=1.0, fee_bps=settings.fee_bps,
+        state_url=settings.registry_url,
+        backend="local",
+        workdir=str(settings.home / "slots"),
+        instruments=["BTCUSDT"],
+        canary_instruments=["BTCUSDT"],
+        stage_seconds=1.0,
+        fee_bps=settings.fee_bps,
         slippage_bps=settings.slippage_bps,
     )
-    defs = build_defs(settings, market_source=MarketSourceResource(name="file", file_path=str(path)),
-                      deployment=deployment)
+    defs = build_defs(
+        settings, market_source=MarketSourceResource(name="file", file_path=str(path)), deployment=deployment
+    )
     instance = dg.DagsterInstance.ephemeral()
 
     # The partitions definition holds every configured instrument: select only BTCUSDT's.
@@ -298,8 +338,12 @@ def test_real_btc_file_to_paper_trading(home):
     # January window tried), drawdown 6% (limit 15%). So sharpe_vs_production alone blocks it,
     # every time: the stable outcome this test holds the pipeline to. A blocked model reaches
     # nothing downstream.
-    trained = run(defs, "training_job", instance, run_config=training_config(
-        instruments=["BTCUSDT"], start_date=BTC_DATES[0], end_date=BTC_DATES[-1]))
+    trained = run(
+        defs,
+        "training_job",
+        instance,
+        run_config=training_config(instruments=["BTCUSDT"], start_date=BTC_DATES[0], end_date=BTC_DATES[-1]),
+    )
     assert not trained.success, "a candidate passed the gates on real BTC minutes: revisit this test's premise"
     gates = checks(trained)
     assert set(gates) == set(GATE_NAMES)
@@ -325,9 +369,13 @@ def test_real_btc_file_to_paper_trading(home):
     assert registry.get_production() is None
 
     # ... and paper trading, with no model served, fails loudly before a single order.
-    paper = run(defs, "paper_trading_job", instance,
-                tags={ASSET_PARTITION_RANGE_START_TAG: BTC_DATES[-2], ASSET_PARTITION_RANGE_END_TAG: BTC_DATES[-1]},
-                run_config=paper_config(instruments=["BTCUSDT"]))
+    paper = run(
+        defs,
+        "paper_trading_job",
+        instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: BTC_DATES[-2], ASSET_PARTITION_RANGE_END_TAG: BTC_DATES[-1]},
+        run_config=paper_config(instruments=["BTCUSDT"]),
+    )
     assert not paper.success
     assert "no route for 'BTCUSDT'" in failures(paper)
     assert materialized(paper) == set()

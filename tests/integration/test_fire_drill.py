@@ -4,6 +4,7 @@ on blue, v1 is known-good; the drill trips the breaker and prints every step's s
 an HTTP recorder on loopback (``AUTOTRADER_ALERTMANAGER_URL`` for the daemon and the drill), so the
 alert and its resolution are delivered for real by ``alert_delivery_sensor``. Printed: breaker trip ->
 known-good serving (aim: under 60 s)."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,14 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _drill(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "autotrader"), "drill", "breaker", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "autotrader"), "drill", "breaker", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_drill_refuses_without_a_daemon_and_injects_nothing(tmp_path):
@@ -71,8 +78,14 @@ def test_drill_breaker_times_trip_to_known_good_serving_with_a_real_daemon(tmp_p
     alertmanager = Recorder()
     env = _env(home, AUTOTRADER_ALERTMANAGER_URL=alertmanager.url)
     log = open(home / "daemon.log", "w")
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "autotrader_assets.definitions"], cwd=ROOT,
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-m", "autotrader_assets.definitions"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
         deadline = time.time() + 240
@@ -82,8 +95,15 @@ def test_drill_breaker_times_trip_to_known_good_serving_with_a_real_daemon(tmp_p
         done = _drill(env, "--approved-by", "drill test", "--timeout", "240")
         print("\n" + done.stdout)
         assert done.returncode == 0, done.stdout + done.stderr + (home / "daemon.log").read_text()[-3000:]
-        for step in ("fault", "event", "sensor tick", "alert delivered", "rollback run", "traffic on known-good",
-                     "alert resolved"):
+        for step in (
+            "fault",
+            "event",
+            "sensor tick",
+            "alert delivered",
+            "rollback run",
+            "traffic on known-good",
+            "alert resolved",
+        ):
             assert re.search(rf"\+\s*[\d.]+ s\s+{step}\b", done.stdout), f"{step} not timed:\n{done.stdout}"
         seconds = float(re.search(r"known-good serving in ([\d.]+) s", done.stdout).group(1))
         assert registry.get_production().version == v1.version
@@ -107,13 +127,20 @@ def test_drill_breaker_times_trip_to_known_good_serving_with_a_real_daemon(tmp_p
                 deployer.stop_slot(slot, force=True)
 
 
-@pytest.mark.parametrize("args", [["drift", "--date", "2024-03-05"], ["slot-crash"],
-                                  ["error-rate", "--fault-seconds", "2"]])
+@pytest.mark.parametrize(
+    "args", [["drift", "--date", "2024-03-05"], ["slot-crash"], ["error-rate", "--fault-seconds", "2"]]
+)
 def test_every_drill_refuses_without_a_daemon_and_injects_nothing(tmp_path, args):
     (tmp_path / "dagster_home").mkdir()
     (tmp_path / "dagster_home" / "dagster.yaml").write_text(LOCAL_DAGSTER_YAML)
-    done = subprocess.run([str(BIN / "autotrader"), "drill", *args, "--timeout", "5"], cwd=ROOT, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "autotrader"), "drill", *args, "--timeout", "5"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "no dagster-daemon is running" in done.stderr and "make ui" in done.stderr
     assert "injected" not in done.stdout

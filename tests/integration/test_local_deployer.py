@@ -1,5 +1,6 @@
 """LocalDeployer with real slot processes: blue + green, routing through the state store, a
 kill -9 seen by the health probe, refusals, clean stops, and no leaked processes."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from deploy_ops.procs import pid_running
 from deploy_ops.serving.client import RoutedClient, ServingError
 from deploy_ops.slots.local import LocalDeployer, MissingTokenError, SlotInUseError, SlotStartError
-from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
-from deploy_ops.procs import pid_running
 
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
 
@@ -28,12 +29,13 @@ def make_bundle(path: Path, seed: int) -> tuple[str, ModelBundle]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     bundle = ModelBundle(
-        model=build_model("mlp", len(FEATURES), hidden=(8,)), model_class="mlp", model_kwargs={"hidden": [8]},
-        scaler=StandardScaler.fit(rng.normal(size=(100, len(FEATURES)))), feature_names=list(FEATURES),
+        model=build_model("mlp", len(FEATURES), hidden=(8,)),
+        model_class="mlp",
+        model_kwargs={"hidden": [8]},
+        scaler=StandardScaler.fit(rng.normal(size=(100, len(FEATURES)))),
+        feature_names=list(FEATURES),
     )
     return bundle.save(str(path)), bundle
-
-
 
 
 @pytest.fixture
@@ -121,7 +123,9 @@ def test_blue_green_routing_kill_and_stop(state, deployer, bundles, tmp_path):
 def test_checksum_mismatch_fails_fast_with_the_reason(state, deployer, bundles):
     path, _, _ = bundles["v1"]
     started = time.monotonic()
-    with pytest.raises(SlotStartError, match="refused to become ready: ArtifactIntegrityError: artifact checksum mismatch"):
+    with pytest.raises(
+        SlotStartError, match="refused to become ready: ArtifactIntegrityError: artifact checksum mismatch"
+    ):
         deployer.start_slot("green", path, "ab" * 32, "v1")
     assert time.monotonic() - started < 30  # failed on the answer, not on the ready timeout
     info = state.get_slot("green")
@@ -160,14 +164,16 @@ def test_a_deployer_that_requires_a_token_refuses_before_starting(state, tmp_pat
 def test_the_deployer_hands_its_slots_the_token_and_instruments(state, tmp_path, bundles):
     path, sha, bundle = bundles["v1"]
     rows = np.random.default_rng(5).normal(size=(2, len(FEATURES)))
-    with LocalDeployer(state, tmp_path / "slots", token="tok-3141", require_token=True,
-                       instruments=["BTCUSDT", "ETHUSDT"]) as deployer:
+    with LocalDeployer(
+        state, tmp_path / "slots", token="tok-3141", require_token=True, instruments=["BTCUSDT", "ETHUSDT"]
+    ) as deployer:
         info = deployer.start_slot("blue", path, sha, "v1")
         assert "tok-3141" not in (Path("/proc") / str(info.pid) / "cmdline").read_bytes().decode(errors="replace")
         state.switch_all("blue")
         with RoutedClient(state, token="tok-3141") as client:
-            np.testing.assert_allclose(client.predict("ETHUSDT", rows).probabilities, bundle.predict_proba(rows),
-                                       rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(
+                client.predict("ETHUSDT", rows).probabilities, bundle.predict_proba(rows), rtol=1e-6, atol=1e-9
+            )
             with pytest.raises(ServingError) as unknown:
                 client.predict("SOLUSDT", rows)
             assert unknown.value.status == 422 and "unknown instrument 'SOLUSDT'" in str(unknown.value)
@@ -207,10 +213,14 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(state, tmp_path):
     """A slot stuck in shutdown must still go away: SIGKILL after the grace period."""
     # The marker argument makes the cmdline look like a serving process, as a wedged one would.
     term_ignoring = subprocess.Popen(
-        [sys.executable, "-c",
-         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
-         "deploy_ops.serving"],
-        stdout=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+            "deploy_ops.serving",
+        ],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         assert term_ignoring.stdout.readline() == b"up\n"  # the SIGTERM handler is installed

@@ -1,4 +1,5 @@
 """feature_drift + feature_drift_psi, model_health, and the sensors that act on them, through Dagster."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,8 +32,9 @@ def resources(world) -> dict:
 
 
 def materialize_drift(world, instance, day: str = DAY, raise_on_error: bool = True):
-    return dg.materialize([feature_drift], partition_key=day, instance=instance, resources=resources(world),
-                          raise_on_error=raise_on_error)
+    return dg.materialize(
+        [feature_drift], partition_key=day, instance=instance, resources=resources(world), raise_on_error=raise_on_error
+    )
 
 
 def evaluation(result) -> dg.AssetCheckEvaluation:
@@ -163,8 +165,7 @@ def paper_day(warehouse, day: str, proba: float, wins: int, losses: int) -> None
     ts = pd.date_range(day, periods=300, freq="1min")
     positions = pd.DataFrame({"date": pd.Timestamp(day).date(), "instrument": "BTCUSDT", "ts": ts, "proba": proba})
     exits = pd.date_range(day, periods=wins + losses, freq="10min")
-    trades = pd.DataFrame({"date": pd.Timestamp(day).date(), "exit_ts": exits,
-                           "pnl": [1.0] * wins + [-1.0] * losses})
+    trades = pd.DataFrame({"date": pd.Timestamp(day).date(), "exit_ts": exits, "pnl": [1.0] * wins + [-1.0] * losses})
     with duckdb.connect(str(warehouse)) as con:
         con.register("p", positions)
         con.register("t", trades)
@@ -215,11 +216,15 @@ def test_data_pipeline_failure_sensor_warns_on_every_failure_and_pages_after_thr
     job = _failing_data_pipeline()
     with dg.instance_for_test() as instance:
         for n in range(3):
-            result = job.execute_in_process(instance=instance, raise_on_error=False,
-                                            tags={"dagster/partition": "2024-03-05|BTCUSDT"})
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False, tags={"dagster/partition": "2024-03-05|BTCUSDT"}
+            )
             context = dg.build_run_status_sensor_context(
-                sensor_name="data_pipeline_failure_sensor", dagster_event=result.get_run_failure_event(),
-                dagster_instance=instance, dagster_run=result.dagster_run, resources={"registry": registry},
+                sensor_name="data_pipeline_failure_sensor",
+                dagster_event=result.get_run_failure_event(),
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+                resources={"registry": registry},
             ).for_run_failure()
             data_pipeline_failure_sensor(context)
             state = DeploymentStateStore(url)
@@ -241,8 +246,9 @@ def test_the_health_check_schedule_requests_the_latest_date():
     assert schedule.cron_schedule == "*/15 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     when = dt.datetime(2024, 5, 2, 0, 15, tzinfo=dt.timezone.utc)
-    context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo,
-                                        resources=repo.get_top_level_resources())
+    context = dg.build_schedule_context(
+        scheduled_execution_time=when, repository_def=repo, resources=repo.get_top_level_resources()
+    )
     (request,) = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-05-01"
     assert json.dumps(request.run_key) == '"health-2024-05-02T00:15"'

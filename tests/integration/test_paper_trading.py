@@ -9,6 +9,7 @@ circuit breaker trips there. The test materializes ``paper_trading`` date by dat
 event, sensor, blocked next date, CLI reset), a re-run of the first date recomputing the later
 ones identically, and the metrics asset's pictures.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,11 +35,11 @@ from autotrader_assets.defs.trading import (
 from autotrader_assets.defs.trading.rollback_decision import ALERT_EVENT
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
-from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 from deploy_ops.db import make_engine
-from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
+from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 
 MODEL_FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
 INSTRUMENTS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -59,8 +60,11 @@ def save_bundle(path: Path, model_class: str, seed: int) -> tuple[str, ModelBund
             model.linear.weight.zero_()
             model.linear.bias.fill_(5.0)
     bundle = ModelBundle(
-        model=model, model_class=model_class, model_kwargs=kwargs,
-        scaler=StandardScaler.fit(rng.normal(size=(100, len(MODEL_FEATURES)))), feature_names=list(MODEL_FEATURES),
+        model=model,
+        model_class=model_class,
+        model_kwargs=kwargs,
+        scaler=StandardScaler.fit(rng.normal(size=(100, len(MODEL_FEATURES)))),
+        feature_names=list(MODEL_FEATURES),
     )
     return bundle.save(str(path)), bundle
 
@@ -73,17 +77,22 @@ def synthetic_bar_features() -> pd.DataFrame:
         ret = rng.normal(0.0, 1e-4, n)
         if name == "BTCUSDT":
             crash = BARS_PER_DAY + CRASH_START
-            ret[crash: crash + 40] = np.log(0.985)
+            ret[crash : crash + 40] = np.log(0.985)
         close = (100.0 + 10 * k) * np.exp(np.cumsum(ret))
         open_ = np.r_[close[0], close[:-1]]
-        ts = np.concatenate([
-            pd.date_range(d, periods=BARS_PER_DAY, freq="1min").to_numpy() for d in DATES
-        ])
-        frame = pd.DataFrame({
-            "instrument": name, "ts": ts, "date": pd.to_datetime(ts).date, "open": open_,
-            "high": np.maximum(open_, close) * 1.0002, "low": np.minimum(open_, close) * 0.9998, "close": close,
-            "volume": rng.uniform(1, 10, n),
-        })
+        ts = np.concatenate([pd.date_range(d, periods=BARS_PER_DAY, freq="1min").to_numpy() for d in DATES])
+        frame = pd.DataFrame(
+            {
+                "instrument": name,
+                "ts": ts,
+                "date": pd.to_datetime(ts).date,
+                "open": open_,
+                "high": np.maximum(open_, close) * 1.0002,
+                "low": np.minimum(open_, close) * 0.9998,
+                "close": close,
+                "volume": rng.uniform(1, 10, n),
+            }
+        )
         for col in FEATURE_COLUMNS:
             values = rng.normal(50.0, 10.0, n) if col == "rsi_14" else rng.normal(0.0, 1.0, n)
             values[:60] = np.nan  # warm-up: the first 60 bars of an instrument's history
@@ -115,8 +124,15 @@ def world(slots, tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     state = DeploymentStateStore(url)
     for info in slots["state"].slots().values():
-        state.set_slot(info.slot, status=info.status, version=info.version, url=info.url, host=info.host,
-                       port=info.port, pid=info.pid)
+        state.set_slot(
+            info.slot,
+            status=info.status,
+            version=info.version,
+            url=info.url,
+            host=info.host,
+            port=info.port,
+            pid=info.pid,
+        )
     state.set_routes({DEFAULT_ROUTE: "blue", "BTCUSDT": "green"})
     warehouse = tmp_path / "warehouse.duckdb"
     with duckdb.connect(str(warehouse)) as con:
@@ -132,16 +148,26 @@ def world(slots, tmp_path, monkeypatch):
     }
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        yield {"url": url, "state": state, "warehouse": str(warehouse), "resources": resources,
-               "instance": instance, "bundles": slots["bundles"]}
+        yield {
+            "url": url,
+            "state": state,
+            "warehouse": str(warehouse),
+            "resources": resources,
+            "instance": instance,
+            "bundles": slots["bundles"],
+        }
     make_engine(url).dispose()
     get_settings.cache_clear()
 
 
 def materialize(world, date: str, *assets, raise_on_error: bool = True):
     return dg.materialize(
-        [paper_trading, circuit_breaker_check, *assets], partition_key=date, resources=world["resources"],
-        instance=world["instance"], run_config=RUN_CONFIG, raise_on_error=raise_on_error,
+        [paper_trading, circuit_breaker_check, *assets],
+        partition_key=date,
+        resources=world["resources"],
+        instance=world["instance"],
+        run_config=RUN_CONFIG,
+        raise_on_error=raise_on_error,
     )
 
 
@@ -153,10 +179,20 @@ def query(world, sql: str, params=()) -> pd.DataFrame:
 def snapshot(world) -> dict[str, pd.DataFrame]:
     out = {}
     with duckdb.connect(world["warehouse"], read_only=True) as con:
-        for table in ("paper_account_state", "paper_instrument_state", "paper_positions", "paper_equity",
-                      "paper_fills", "paper_trades", "model_confidence"):
-            cols = [c for c in con.execute(f"select * from {table} limit 0").df().columns
-                    if c not in ("computed_at", "run_id")]
+        for table in (
+            "paper_account_state",
+            "paper_instrument_state",
+            "paper_positions",
+            "paper_equity",
+            "paper_fills",
+            "paper_trades",
+            "model_confidence",
+        ):
+            cols = [
+                c
+                for c in con.execute(f"select * from {table} limit 0").df().columns
+                if c not in ("computed_at", "run_id")
+            ]
             order = ", ".join(c for c in ("date", "instrument", "ts") if c in cols)
             out[table] = con.execute(f"select {', '.join(cols)} from {table} order by {order}").df()
     return out
@@ -188,8 +224,11 @@ def test_paper_trading_through_dagster_with_real_slots(world):
     assert conf["mean_confidence"].iloc[0] == pytest.approx(abs(1 / (1 + np.exp(-5.0)) - 0.5) * 2, rel=1e-6)
 
     # The stored probabilities are the blue model's own answers for the same feature rows.
-    eth = query(world, "select p.proba, f.ret_1, f.ret_5, f.rsi_14, f.volume_z_60 from paper_positions p "
-                       "join bar_features f using (instrument, ts) where instrument = 'ETHUSDT' order by ts")
+    eth = query(
+        world,
+        "select p.proba, f.ret_1, f.ret_5, f.rsi_14, f.volume_z_60 from paper_positions p "
+        "join bar_features f using (instrument, ts) where instrument = 'ETHUSDT' order by ts",
+    )
     assert eth["proba"].iloc[:60].isna().all()
     expected = world["bundles"]["v1"].predict_proba(eth[MODEL_FEATURES].iloc[60:].to_numpy())
     # float32 inference: batch composition moves the last digits.
@@ -216,14 +255,16 @@ def test_paper_trading_through_dagster_with_real_slots(world):
     first_breach = curve.loc[curve["day_loss"] > 0.05, "ts"].iloc[0]
     assert trip_at == first_breach
     assert pd.Timestamp(meta["tripped_at"]).tz_localize(None) == trip_at
-    after = query(world, "select instrument, ts, units from paper_positions where date = ? and ts > ?",
-                  [DATES[1], trip_at])
+    after = query(
+        world, "select instrument, ts, units from paper_positions where date = ? and ts > ?", [DATES[1], trip_at]
+    )
     assert (after["units"] == 0.0).all()  # every sleeve flat from the bar after the trip
     sells = query(world, "select * from paper_fills where instrument = 'BTCUSDT' and date = ?", [DATES[1]])
     assert sells["side"].tolist() == ["sell"] and sells["ts"].iloc[0] == trip_at + pd.Timedelta(minutes=1)
 
-    observations = [e.event_specific_data.asset_observation for e in result.all_events
-                    if e.event_type_value == "ASSET_OBSERVATION"]
+    observations = [
+        e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
     assert len(observations) == 1 and observations[0].partition == DATES[1]
     assert observations[0].metadata["newly_tripped"].value is True
     store = BreakerStore(world["url"])
@@ -232,7 +273,9 @@ def test_paper_trading_through_dagster_with_real_slots(world):
     assert len(trip_events) == 1 and trip_events[0].severity == "critical"
 
     # -- the sensor: alert event + emergency rollback request, once -----------------------------
-    context = dg.build_sensor_context(instance=world["instance"], resources={"registry": world["resources"]["registry"]})
+    context = dg.build_sensor_context(
+        instance=world["instance"], resources={"registry": world["resources"]["registry"]}
+    )
     tick = circuit_breaker_sensor.evaluate_tick(context)
     assert [(r.job_name, r.run_key) for r in tick.run_requests] == [
         ("emergency_rollback", f"circuit-breaker-trip-{store.status().trip_id}")
@@ -240,8 +283,9 @@ def test_paper_trading_through_dagster_with_real_slots(world):
     alerts = world["state"].events_since(0, kinds=[ALERT_EVENT])
     assert len(alerts) == 1 and alerts[0].severity == "critical"
     again = circuit_breaker_sensor.evaluate_tick(
-        dg.build_sensor_context(instance=world["instance"], cursor=tick.cursor,
-                                resources={"registry": world["resources"]["registry"]})
+        dg.build_sensor_context(
+            instance=world["instance"], cursor=tick.cursor, resources={"registry": world["resources"]["registry"]}
+        )
     )
     assert again.run_requests == [] and again.skip_message
     assert len(world["state"].events_since(0, kinds=[ALERT_EVENT])) == 1

@@ -1,7 +1,7 @@
 """The production Dagster instance config: PostgreSQL storage for real, ECS launcher and S3 logs on moto."""
+
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -52,6 +52,7 @@ def test_production_config_names_ecs_launcher_and_s3_logs():
     # the referenced classes exist in the pinned dagster-aws
     from dagster_aws.ecs import EcsRunLauncher  # noqa: F401
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager  # noqa: F401
+
     # no literal secrets: every connection value is an env reference
     for key, value in config["storage"]["postgres"]["postgres_db"].items():
         if key != "scheme":

@@ -1,5 +1,6 @@
 """The EcsRunLauncher as infra/dagster/dagster.yaml configures it, built by a real Dagster instance
 against moto: its image comes from the run task definition named by the environment."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,12 @@ CONFIG = ROOT / "infra" / "dagster" / "dagster.yaml"
 
 @pytest.fixture
 def aws(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
@@ -27,9 +32,20 @@ def aws(monkeypatch):
 def test_the_shipped_launcher_takes_its_task_definition_and_cluster_from_the_environment(aws, monkeypatch, tmp_path):
     aws.create_cluster(clusterName="autotrader")
     arn = aws.register_task_definition(
-        family="autotrader-run", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="512", memory="1024",
-        containerDefinitions=[{"name": "run", "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/autotrader-code:abc",
-                               "cpu": 512, "memory": 1024, "essential": True}],
+        family="autotrader-run",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="512",
+        memory="1024",
+        containerDefinitions=[
+            {
+                "name": "run",
+                "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/autotrader-code:abc",
+                "cpu": 512,
+                "memory": 1024,
+                "essential": True,
+            }
+        ],
     )["taskDefinition"]["taskDefinitionArn"]
     monkeypatch.setenv("DAGSTER_RUN_TASK_DEFINITION", arn)
     monkeypatch.setenv("DAGSTER_RUN_CONTAINER_NAME", "run")
@@ -37,8 +53,9 @@ def test_the_shipped_launcher_takes_its_task_definition_and_cluster_from_the_env
     launcher_config = yaml.safe_load(CONFIG.read_text())["run_launcher"]
     home = tmp_path / "dh"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_launcher": launcher_config,
-                                                       "telemetry": {"enabled": False}}))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"run_launcher": launcher_config, "telemetry": {"enabled": False}})
+    )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         launcher = instance.run_launcher
         assert type(launcher).__name__ == "EcsRunLauncher"
@@ -49,7 +66,8 @@ def test_the_shipped_launcher_takes_its_task_definition_and_cluster_from_the_env
         assert launcher.include_sidecars is False
         # the image the runs get is the run task definition's, as registered
         image = aws.describe_task_definition(taskDefinition=launcher.task_definition)["taskDefinition"][
-            "containerDefinitions"][0]["image"]
+            "containerDefinitions"
+        ][0]["image"]
         assert image.endswith("autotrader-code:abc")
 
 

@@ -1,4 +1,5 @@
 """The production profile against the real PostgreSQL: status reads the shared state from anywhere."""
+
 from __future__ import annotations
 
 import json

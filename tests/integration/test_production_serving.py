@@ -1,6 +1,7 @@
 """The serving container started exactly as ECS starts it: ``python -m deploy_ops.serving`` with no
 arguments and the task definition's environment, the model fetched from S3 (a moto server on
 loopback) and verified, then ``/ready``."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def artifact(s3_server, make_bundle, tmp_path):
     """A bundle uploaded to the moto bucket: (uri, sha256, bytes)."""
     from deploy_ops.models.artifacts import S3ArtifactStore
 
-    client = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_server, aws_access_key_id="test",
-                          aws_secret_access_key="test")
+    client = boto3.client(
+        "s3", region_name="us-east-1", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test"
+    )
     try:
         client.create_bucket(Bucket=BUCKET)
     except client.exceptions.BucketAlreadyOwnedByYou:
@@ -55,27 +57,36 @@ def task_environment(s3_server: str, uri: str, sha: str, port: int, tmp_path: Pa
     extra_environment and the task role give a real task: region, credentials, the endpoint."""
     names = EcsDeployerConfig.__dataclass_fields__
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOTRADER_", "AWS_"))}
-    env.update({
-        names["model_uri_env_var"].default: uri,
-        names["model_sha256_env_var"].default: sha,
-        names["model_version_env_var"].default: "7",
-        names["slot_env_var"].default: "green",
-        names["serving_token_env_var"].default: TOKEN,
-        "AUTOTRADER_SERVING_PORT": str(port),
-        "AUTOTRADER_MODEL_DIR": str(tmp_path / "model"),
-        "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-        "AUTOTRADER_S3_ENDPOINT_URL": s3_server,
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            names["model_uri_env_var"].default: uri,
+            names["model_sha256_env_var"].default: sha,
+            names["model_version_env_var"].default: "7",
+            names["slot_env_var"].default: "green",
+            names["serving_token_env_var"].default: TOKEN,
+            "AUTOTRADER_SERVING_PORT": str(port),
+            "AUTOTRADER_MODEL_DIR": str(tmp_path / "model"),
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AUTOTRADER_S3_ENDPOINT_URL": s3_server,
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
 def test_the_container_fetches_verifies_and_serves(s3_server, artifact, tmp_path):
     uri, sha, _ = artifact
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "deploy_ops.serving"], cwd=tmp_path,
-                            env=task_environment(s3_server, uri, sha, port, tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy_ops.serving"],
+        cwd=tmp_path,
+        env=task_environment(s3_server, uri, sha, port, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, ready = time.monotonic() + 60, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -92,8 +103,9 @@ def test_the_container_fetches_verifies_and_serves(s3_server, artifact, tmp_path
         assert (tmp_path / "model" / f"{sha}.pt").is_file()
         rows = {"instrument": "BTCUSDT", "rows": [[0.1, 0.2, 50.0, 0.0]]}
         assert requests.post(f"http://127.0.0.1:{port}/predict", json=rows, timeout=5).status_code == 401
-        answer = requests.post(f"http://127.0.0.1:{port}/predict", json=rows, timeout=5,
-                               headers={"Authorization": f"Bearer {TOKEN}"})
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/predict", json=rows, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert answer.status_code == 200 and answer.json()["model_version"] == "7"
     finally:
         proc.terminate()
@@ -104,8 +116,14 @@ def test_the_container_fetches_verifies_and_serves(s3_server, artifact, tmp_path
 def test_a_model_that_fails_its_checksum_stops_the_task_at_start(s3_server, artifact, tmp_path):
     uri, sha, _ = artifact
     wrong = "0" * 64
-    result = subprocess.run([sys.executable, "-m", "deploy_ops.serving"], cwd=tmp_path, capture_output=True, text=True,
-                            env=task_environment(s3_server, uri, wrong, free_port(), tmp_path), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy_ops.serving"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=task_environment(s3_server, uri, wrong, free_port(), tmp_path),
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "failed its checksum" in result.stderr
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
@@ -113,24 +131,41 @@ def test_a_model_that_fails_its_checksum_stops_the_task_at_start(s3_server, arti
 
 def test_a_missing_object_stops_the_task_at_start(s3_server, artifact, tmp_path):
     _, sha, _ = artifact
-    result = subprocess.run([sys.executable, "-m", "deploy_ops.serving"], cwd=tmp_path, capture_output=True, text=True,
-                            env=task_environment(s3_server, f"s3://{BUCKET}/nope.pt", sha, free_port(), tmp_path),
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy_ops.serving"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=task_environment(s3_server, f"s3://{BUCKET}/nope.pt", sha, free_port(), tmp_path),
+        timeout=120,
+    )
     assert result.returncode == 2 and "artifact not found" in result.stderr
 
 
 def test_the_plan_lists_every_missing_or_bad_variable():
     with pytest.raises(ContainerConfigError) as exc:
-        plan_from_environment({"AUTOTRADER_SLOT": "purple", "AUTOTRADER_MODEL_SHA256": "abc",
-                               "AUTOTRADER_SERVING_PORT": "http"})
+        plan_from_environment(
+            {"AUTOTRADER_SLOT": "purple", "AUTOTRADER_MODEL_SHA256": "abc", "AUTOTRADER_SERVING_PORT": "http"}
+        )
     message = str(exc.value)
-    for part in ("AUTOTRADER_MODEL_URI is not set", "AUTOTRADER_MODEL_VERSION is not set",
-                 "AUTOTRADER_SERVING_TOKEN is not set", "AUTOTRADER_SLOT='purple'", "not a sha256",
-                 "AUTOTRADER_SERVING_PORT='http'"):
+    for part in (
+        "AUTOTRADER_MODEL_URI is not set",
+        "AUTOTRADER_MODEL_VERSION is not set",
+        "AUTOTRADER_SERVING_TOKEN is not set",
+        "AUTOTRADER_SLOT='purple'",
+        "not a sha256",
+        "AUTOTRADER_SERVING_PORT='http'",
+    ):
         assert part in message
-    plan = plan_from_environment({"AUTOTRADER_MODEL_URI": "s3://b/k.pt", "AUTOTRADER_MODEL_SHA256": "A" * 64,
-                                  "AUTOTRADER_MODEL_VERSION": "3", "AUTOTRADER_SLOT": "blue",
-                                  "AUTOTRADER_SERVING_TOKEN": "t"})
+    plan = plan_from_environment(
+        {
+            "AUTOTRADER_MODEL_URI": "s3://b/k.pt",
+            "AUTOTRADER_MODEL_SHA256": "A" * 64,
+            "AUTOTRADER_MODEL_VERSION": "3",
+            "AUTOTRADER_SLOT": "blue",
+            "AUTOTRADER_SERVING_TOKEN": "t",
+        }
+    )
     assert plan.port == 8080 and plan.sha256 == "a" * 64
     argv = plan.argv("/m.pt")
     assert "--require-token" in argv and argv[argv.index("--host") + 1] == "0.0.0.0"

@@ -9,6 +9,7 @@ data; the database-connections panel is a CloudWatch query, which no Prometheus 
 Also: a Pushgateway that is down leaves the paper-trading run green, with a warning in the run's
 log and the failure in the metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,19 @@ from tests.support.prometheus import (
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tool("prometheus"), tool("prometheus-pushgateway")
     root = tmp_path_factory.mktemp("prometheus_stack")
     targets = root / "serving_targets.json"
-    stack = MonitoringStack(workdir=root / "monitoring", targets_file=targets, prometheus_port=free_port(),
-                            pushgateway_port=free_port(), scrape_interval="1s")
+    stack = MonitoringStack(
+        workdir=root / "monitoring",
+        targets_file=targets,
+        prometheus_port=free_port(),
+        pushgateway_port=free_port(),
+        scrape_interval="1s",
+    )
     url = f"sqlite:///{root / 'registry.db'}"
     state = DeploymentStateStore(url)
     deployer = LocalDeployer(state, root / "slots", ready_timeout=90, stop_grace=5, targets_file=targets)
@@ -61,8 +68,16 @@ def world(tmp_path_factory):
         con.execute("create table bar_features as select * from _bf")
     try:
         stack.start()
-        yield {"root": root, "stack": stack, "state": state, "deployer": deployer, "url": url, "sha": sha,
-               "warehouse": warehouse, "targets": targets}
+        yield {
+            "root": root,
+            "stack": stack,
+            "state": state,
+            "deployer": deployer,
+            "url": url,
+            "sha": sha,
+            "warehouse": warehouse,
+            "targets": targets,
+        }
     finally:
         deployer.stop_all()
         stack.stop()
@@ -87,13 +102,21 @@ def test_dashboards_have_data_from_paper_trading_and_the_live_slots(world, tmp_p
     # Paper trading called blue, but a counter first scraped after those calls has not moved for
     # rate(): live traffic for a few scrapes, as a serving slot has in operation.
     for _ in range(12):
-        answer = requests.post(f"{blue.url}/predict", json={"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 50.0, 0.0]]},
-                               timeout=5)
+        answer = requests.post(
+            f"{blue.url}/predict", json={"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 50.0, 0.0]]}, timeout=5
+        )
         assert answer.status_code == 200, answer.text
         time.sleep(0.25)
-    wait_for(lambda: query(stack, "autotrader_trading_pnl") and query(
-        stack, 'sum(rate(autotrader_serving_requests_total{job="autotrader-serving",endpoint="/predict"}[5m])) > 0'),
-        what="the pushed metrics and the slot's requests in Prometheus")
+    wait_for(
+        lambda: (
+            query(stack, "autotrader_trading_pnl")
+            and query(
+                stack,
+                'sum(rate(autotrader_serving_requests_total{job="autotrader-serving",endpoint="/predict"}[5m])) > 0',
+            )
+        ),
+        what="the pushed metrics and the slot's requests in Prometheus",
+    )
     # Fees on ~100 fills cost this account more than 5% on the first day: the breaker tripped, and
     # Prometheus has it. An approved reset through the CLI pushes the armed state at once.
     assert BreakerStore(world["url"]).status().tripped
@@ -119,8 +142,12 @@ def test_dashboards_have_data_from_paper_trading_and_the_live_slots(world, tmp_p
     assert cloudwatch == ["Database connections"]
     # Only the node exporter's queries are empty here, and each of them is one.
     assert all(NODE_EXPORTER in expr for _, _, expr in without_data), without_data
-    assert {(b, t) for b, t, _ in without_data} == {("system", "CPU"), ("system", "Memory"), ("system", "Disk"),
-                                                     ("system", "Network")}
+    assert {(b, t) for b, t, _ in without_data} == {
+        ("system", "CPU"),
+        ("system", "Memory"),
+        ("system", "Disk"),
+        ("system", "Network"),
+    }
     # CPU and memory still show the serving processes' own series.
     assert query(stack, 'rate(process_cpu_seconds_total{job="autotrader-serving"}[5m])')
     assert query(stack, 'process_resident_memory_bytes{job="autotrader-serving"}')

@@ -1,5 +1,6 @@
 """The registry's behaviour on PostgreSQL: the SQLite unit tests, re-run against a throwaway
 database, plus concurrency through separate engines (as separate processes would have)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deploy_ops.models.artifacts import LocalArtifactStore
 from deploy_ops.db import normalize_url
+from deploy_ops.models.artifacts import LocalArtifactStore
 from deploy_ops.models.registry import IllegalTransitionError, ModelRegistry, open_registry
 from tests.unit.test_registry import (  # noqa: F401  (collected here against PostgreSQL)
     _race,
@@ -60,7 +61,9 @@ def test_concurrent_promotes_through_separate_engines(pg_url, tmp_path, make_bun
         for seed in range(3):
             _register(registries[0], make_bundle, seed=seed)
         for version in (1, 2, 3):
-            results = _race(2, lambda i: registries[i].promote(version, actor=f"proc{i}", reason="race"))
+            results = _race(
+                2, lambda i, version=version: registries[i].promote(version, actor=f"proc{i}", reason="race")
+            )
             errors = [r for r in results if isinstance(r, BaseException)]
             assert len(errors) == 1 and isinstance(errors[0], IllegalTransitionError), results
         assert [v.version for v in registries[1].list_versions("production")] == [3]

@@ -1,4 +1,5 @@
 """Manual and emergency rollbacks, and restoring production serving, with real slot processes."""
+
 from __future__ import annotations
 
 import os
@@ -77,8 +78,9 @@ def test_manual_rollback_serves_the_named_version_and_retires_the_other_slot(sta
     v1, v2 = v2_live_on_green(stack)
     green_pid = stack.state.get_slot("green").pid
 
-    report = manual_rollback(stack.registry, stack.state, stack.backend, v1.version,
-                             reason="v2 overtrades in thin markets", actor="alice")
+    report = manual_rollback(
+        stack.registry, stack.state, stack.backend, v1.version, reason="v2 overtrades in thin markets", actor="alice"
+    )
 
     assert (report.kind, report.to_version, report.from_version) == ("manual", v1.version, v2.version)
     assert (report.slot, report.retired_slot) == ("blue", "green")
@@ -117,7 +119,12 @@ def test_emergency_rollback_preempts_a_rollout_and_fails_the_bad_version(stack):
 
     report = emergency_rollback(stack.registry, stack.state, stack.backend, reason="PnL collapsing", actor="pager")
 
-    assert (report.kind, report.to_version, report.slot, report.retired_slot) == ("emergency", v1.version, "blue", "green")
+    assert (report.kind, report.to_version, report.slot, report.retired_slot) == (
+        "emergency",
+        v1.version,
+        "blue",
+        "green",
+    )
     assert any("preempted deployment" in a for a in report.actions)
     assert stack.state.get_deployment(in_flight.id).status == "failed"
     assert "preempted by emergency rollback" in stack.state.get_deployment(in_flight.id).reason
@@ -153,8 +160,11 @@ def test_ensure_production_serving_fixes_routes_and_restarts_a_lost_slot(stack):
     assert stack.state.routing_table()[DEFAULT_ROUTE] == "blue"
     assert predict_everywhere(stack.state) == {i: str(v1.version) for i in INSTRUMENTS}
     kinds = [(e.kind, e.severity) for e in stack.state.events_since(0, kinds=["production_serving_ensured"])]
-    assert kinds == [("production_serving_ensured", "warning"), ("production_serving_ensured", "info"),
-                     ("production_serving_ensured", "warning")]
+    assert kinds == [
+        ("production_serving_ensured", "warning"),
+        ("production_serving_ensured", "info"),
+        ("production_serving_ensured", "warning"),
+    ]
 
 
 @pytest.mark.slow
@@ -190,15 +200,29 @@ def test_close_out_attempts_every_step_and_records_the_ones_that_failed(stack, m
 
     monkeypatch.setattr(stack.backend, "stop", stop_fails)
     result = close_out(
-        stack.state, stack.backend, dep.id, status="rolled_back", reason="canary error rate",
-        event="rollout_rolled_back", message=f"rollout of version {v2.version} rolled back", details={"test": True},
-        route_to="blue", stop="green", registry=stack.registry, mark_failed=v2.version, actor="tester",
+        stack.state,
+        stack.backend,
+        dep.id,
+        status="rolled_back",
+        reason="canary error rate",
+        event="rollout_rolled_back",
+        message=f"rollout of version {v2.version} rolled back",
+        details={"test": True},
+        route_to="blue",
+        stop="green",
+        registry=stack.registry,
+        mark_failed=v2.version,
+        actor="tester",
         check=("blue", str(v1.version)),
     )
 
     # the failed stop did not keep traffic on green, nor the version from being failed
-    assert result.actions == ["all routes -> blue", "weights -> blue 100%", f"version {v2.version} marked failed",
-                              "slot blue healthy"]
+    assert result.actions == [
+        "all routes -> blue",
+        "weights -> blue 100%",
+        f"version {v2.version} marked failed",
+        "slot blue healthy",
+    ]
     assert result.problems == ["slot green stopped: OSError: cannot signal slot green"]
     assert set(stack.state.routing_table().values()) == {"blue"}
     assert stack.registry.get(v2.version).stage == "failed"

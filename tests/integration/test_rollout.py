@@ -5,6 +5,7 @@ return: a positive weight on ``f0`` trades profitably, a negative one loses, so 
 has a real difference to see. The helpers here are shared by ``test_rollback.py`` and by the
 controller subprocess of the interrupted-rollout test.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,18 @@ from types import SimpleNamespace
 import pytest
 
 from autotrader_assets.defs.deployment.report import rollout_markdown
-from deploy_ops.serving.faults import FaultConfig
-from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.registry import open_registry
+from deploy_ops.procs import pid_running
 from deploy_ops.rollout.controller import RolloutController
-from deploy_ops.rollout.policy import RolloutPolicy, plan_stages
 from deploy_ops.rollout.measurement import (
     histogram_quantile,
     parse_serving_metrics,
     server_delta,
     sharpe_gate,
 )
-from deploy_ops.procs import pid_running
+from deploy_ops.rollout.policy import RolloutPolicy, plan_stages
+from deploy_ops.serving.faults import FaultConfig
+from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.state import DEFAULT_ROUTE, DeploymentInProgressError, DeploymentStateStore
 from tests.support.deployment import (
     CANARY,
@@ -61,15 +62,21 @@ def stack(tmp_path):
 
 
 def controller_for(stack, policy=None, **kwargs) -> RolloutController:
-    return RolloutController(stack.registry, stack.state, stack.backend, policy or rollout_policy(), actor="tester", **kwargs)
+    return RolloutController(
+        stack.registry, stack.state, stack.backend, policy or rollout_policy(), actor="tester", **kwargs
+    )
 
 
 # ------------------------------------------------------------------------------- pure functions
 
 
 def test_plan_stages_grows_from_canaries_to_everything():
-    policy = RolloutPolicy(instruments=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT",
-                                        "AVAXUSDT"), canary_instruments=("BTCUSDT", "ETHUSDT"), stage_seconds=1.0, **GATES)
+    policy = RolloutPolicy(
+        instruments=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT"),
+        canary_instruments=("BTCUSDT", "ETHUSDT"),
+        stage_seconds=1.0,
+        **GATES,
+    )
     plans = plan_stages(policy)
     assert [p.name for p in plans] == TRAFFIC_STAGES
     assert [len(p.candidate_instruments) for p in plans] == [2, 2, 4, 8]
@@ -81,13 +88,16 @@ def test_plan_stages_grows_from_canaries_to_everything():
     assert [(p.name, p.all_traffic, p.compare_sharpe) for p in boot] == [("bootstrap", True, False)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(canary_instruments=("DOGEUSDT",)), "not among the instruments"),
-    (dict(percentages=(50, 25, 100)), "must rise strictly"),
-    (dict(percentages=(25, 50)), "end at 100"),
-    (dict(stage_seconds=0), "stage_seconds must be a positive"),
-    (dict(max_error_rate=1.5), "max_error_rate must be within"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(canary_instruments=("DOGEUSDT",)), "not among the instruments"),
+        (dict(percentages=(50, 25, 100)), "must rise strictly"),
+        (dict(percentages=(25, 50)), "end at 100"),
+        (dict(stage_seconds=0), "stage_seconds must be a positive"),
+        (dict(max_error_rate=1.5), "max_error_rate must be within"),
+    ],
+)
 def test_policy_rejects_bad_settings(kwargs, message):
     base = dict(GATES, instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0)
     base.update(kwargs)
@@ -108,35 +118,45 @@ def test_sharpe_gate_floor_follows_the_sign_of_the_live_sharpe():
 def test_sharpe_gate_says_how_far_below_and_from_how_many_returns_and_fails_on_too_few():
     reading = sharpe_gate(64.0, 28.0, 0.2, n_returns=480, min_returns=30, periods_per_year=525_600)
     assert not reading.passed
-    assert reading.detail == ("candidate 28.0 vs live 64.0: 56% below live, more than the 20% allowed (floor 51.2); "
-                              "annualised from 480 1-minute returns each")
-    assert "within the 20% allowed" in sharpe_gate(64.0, 60.0, 0.2, n_returns=480, min_returns=30,
-                                                   periods_per_year=525_600).detail
+    assert reading.detail == (
+        "candidate 28.0 vs live 64.0: 56% below live, more than the 20% allowed (floor 51.2); "
+        "annualised from 480 1-minute returns each"
+    )
+    assert (
+        "within the 20% allowed"
+        in sharpe_gate(64.0, 60.0, 0.2, n_returns=480, min_returns=30, periods_per_year=525_600).detail
+    )
     # Below the minimum the stage fails, even for a candidate that looks better.
     few = sharpe_gate(1.0, 5.0, 0.2, n_returns=12, min_returns=30, periods_per_year=105_120)
     assert not few.passed and few.detail.startswith("insufficient data: annualised from 12 5-minute returns each")
 
 
 def test_server_metrics_parsing_and_quantiles():
-    text = "\n".join([
-        "# TYPE autotrader_serving_requests_total counter",
-        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="200"} 98.0',
-        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="500"} 2.0',
-        'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/health",status="200"} 7.0',
-        "# TYPE autotrader_serving_request_duration_seconds histogram",
-        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.001"} 50.0',
-        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.01"} 90.0',
-        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.3"} 100.0',
-        'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="+Inf"} 100.0',
-        'autotrader_serving_request_duration_seconds_sum{slot="green",model_version="2",endpoint="/predict"} 1.0',
-        'autotrader_serving_request_duration_seconds_count{slot="green",model_version="2",endpoint="/predict"} 100.0',
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "# TYPE autotrader_serving_requests_total counter",
+                'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="200"} 98.0',
+                'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/predict",status="500"} 2.0',
+                'autotrader_serving_requests_total{slot="green",model_version="2",endpoint="/health",status="200"} 7.0',
+                "# TYPE autotrader_serving_request_duration_seconds histogram",
+                'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.001"} 50.0',
+                'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.01"} 90.0',
+                'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="0.3"} 100.0',
+                'autotrader_serving_request_duration_seconds_bucket{slot="green",model_version="2",endpoint="/predict",le="+Inf"} 100.0',
+                'autotrader_serving_request_duration_seconds_sum{slot="green",model_version="2",endpoint="/predict"} 1.0',
+                'autotrader_serving_request_duration_seconds_count{slot="green",model_version="2",endpoint="/predict"} 100.0',
+            ]
+        )
+        + "\n"
+    )
     after = parse_serving_metrics(text)
     assert after["by_status"] == {"200": 98.0, "500": 2.0}
     assert histogram_quantile(0.5, after["buckets"]) == pytest.approx(0.001)
     assert histogram_quantile(0.99, after["buckets"]) == pytest.approx(0.01 + 0.29 * 0.9)
-    delta = server_delta({"by_status": {"200": 48.0}, "buckets": {0.001: 20.0, 0.01: 40.0, 0.3: 48.0,
-                                                                    float("inf"): 48.0}}, after)
+    delta = server_delta(
+        {"by_status": {"200": 48.0}, "buckets": {0.001: 20.0, 0.01: 40.0, 0.3: 48.0, float("inf"): 48.0}}, after
+    )
     assert (delta["requests"], delta["errors_5xx"]) == (52, 2)
     assert delta["error_rate"] == pytest.approx(2 / 52)
 
@@ -189,14 +209,21 @@ def test_clean_rollout_to_100_percent(stack):
     blue_pid = stack.state.get_slot("blue").pid
     v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
     seen: list[tuple[str, bool | None]] = []
-    controller = controller_for(stack, progress=lambda stage, rep: seen.append((stage, None if rep is None else rep.passed)))
+    controller = controller_for(
+        stack, progress=lambda stage, rep: seen.append((stage, None if rep is None else rep.passed))
+    )
 
     report = controller.run(v2.version, traffic_source)
 
     assert report.outcome == "succeeded", rollout_markdown(report)
     assert (report.mode, report.live_slot, report.candidate_slot) == ("blue_green", "blue", "green")
     assert [s.stage for s in report.stages] == [
-        "pre_deploy_checks", "deploy", "smoke_test", *TRAFFIC_STAGES, "finalize"]
+        "pre_deploy_checks",
+        "deploy",
+        "smoke_test",
+        *TRAFFIC_STAGES,
+        "finalize",
+    ]
     assert [s for s, passed in seen if passed] == [s.stage for s in report.stages]
     plans = {p.name: p for p in plan_stages(controller.policy)}
     for name in TRAFFIC_STAGES:
@@ -252,8 +279,7 @@ def test_bootstrap_then_next_rollout_goes_to_the_other_slot(stack):
 def test_green_returning_errors_rolls_back_at_the_canary(stack):
     v1 = serve_production(stack, logistic_bundle(3.0))
     v2 = register(stack.registry, logistic_bundle(3.0, bias=0.02))
-    report = controller_for(stack).run(v2.version, traffic_source,
-                                       candidate_faults=FaultConfig(error_rate=0.25))
+    report = controller_for(stack).run(v2.version, traffic_source, candidate_faults=FaultConfig(error_rate=0.25))
 
     assert report.outcome == "rolled_back", rollout_markdown(report)
     assert report.failed_stage == "canary"
@@ -355,7 +381,9 @@ def test_interrupted_rollout_is_recovered_by_the_next_controller(stack):
     log = open(stack.tmp / "controller.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-c", _CONTROLLER_SCRIPT, json.dumps({"tmp": str(stack.tmp), "version": v2.version})],
-        cwd=str(PROJECT_ROOT), stdout=log, stderr=subprocess.STDOUT,
+        cwd=str(PROJECT_ROOT),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -413,10 +441,15 @@ class _Clock:
 
 @pytest.fixture
 def aws(monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent",
-                        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("MOTO_ECS_SERVICE_RUNNING", raising=False)
@@ -432,29 +465,55 @@ def aws(monkeypatch):
         boto3.client("s3", region_name=region).create_bucket(Bucket="autotrader-models")
         vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{i}.0/24", AvailabilityZone=f"{region}{az}")
-                   ["Subnet"]["SubnetId"] for i, az in enumerate("ab")]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{i}.0/24", AvailabilityZone=f"{region}{az}")["Subnet"][
+                "SubnetId"
+            ]
+            for i, az in enumerate("ab")
+        ]
         sg = ec2.create_security_group(GroupName="serving", Description="serving", VpcId=vpc)["GroupId"]
-        lb = elbv2.create_load_balancer(Name="serving", Subnets=subnets, SecurityGroups=[sg], Scheme="internal",
-                                        Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
-        tg = {slot: elbv2.create_target_group(Name=f"serving-{slot}", Protocol="HTTP", Port=8080, VpcId=vpc,
-                                              TargetType="ip", HealthCheckPath="/health")
-              ["TargetGroups"][0]["TargetGroupArn"] for slot in ("blue", "green")}
-        listener = elbv2.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80,
-                                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["blue"]}]
-                                         )["Listeners"][0]["ListenerArn"]
+        lb = elbv2.create_load_balancer(
+            Name="serving", Subnets=subnets, SecurityGroups=[sg], Scheme="internal", Type="application"
+        )["LoadBalancers"][0]["LoadBalancerArn"]
+        tg = {
+            slot: elbv2.create_target_group(
+                Name=f"serving-{slot}",
+                Protocol="HTTP",
+                Port=8080,
+                VpcId=vpc,
+                TargetType="ip",
+                HealthCheckPath="/health",
+            )["TargetGroups"][0]["TargetGroupArn"]
+            for slot in ("blue", "green")
+        }
+        listener = elbv2.create_listener(
+            LoadBalancerArn=lb,
+            Protocol="HTTP",
+            Port=80,
+            DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["blue"]}],
+        )["Listeners"][0]["ListenerArn"]
         ecs.create_cluster(clusterName="autotrader")
         for i, slot in enumerate(("blue", "green")):
             # What ECS does for a load-balanced service and moto does not: register the task IP.
             elbv2.register_targets(TargetGroupArn=tg[slot], Targets=[{"Id": f"10.30.0.{10 + i}", "Port": 8080}])
         config = EcsDeployerConfig(
-            cluster="autotrader", service_prefix="serving", task_family="serving", container_name="serving",
-            image="123456789012.dkr.ecr.us-east-1.amazonaws.com/serving:1", cpu=256, memory=512,
-            subnets=subnets, security_groups=[sg], listener_arn=listener, blue_target_group_arn=tg["blue"],
-            green_target_group_arn=tg["green"], region=region,
+            cluster="autotrader",
+            service_prefix="serving",
+            task_family="serving",
+            container_name="serving",
+            image="123456789012.dkr.ecr.us-east-1.amazonaws.com/serving:1",
+            cpu=256,
+            memory=512,
+            subnets=subnets,
+            security_groups=[sg],
+            listener_arn=listener,
+            blue_target_group_arn=tg["blue"],
+            green_target_group_arn=tg["green"],
+            region=region,
             execution_role_arn="arn:aws:iam::123456789012:role/exec",
             serving_token_secret_arn="arn:aws:ssm:us-east-1:123456789012:parameter/serving-token",
-            stable_timeout_seconds=60, poll_interval_seconds=5,
+            stable_timeout_seconds=60,
+            poll_interval_seconds=5,
         )
         clock = _Clock()
         deployer = EcsDeployer(config, ecs_client=ecs, elbv2_client=elbv2, sleep=clock.sleep, clock=clock)
@@ -501,7 +560,8 @@ def test_ecs_rollout_walks_the_alb_weights_and_scales_blue_to_zero(tmp_path, aws
                 weights[stage] = aws.deployer.current_weights()
 
         report = RolloutController(s.registry, s.state, s.backend, rollout_policy(), progress=record).run(
-            s.v2.version, traffic_source)
+            s.v2.version, traffic_source
+        )
         assert report.outcome == "succeeded", rollout_markdown(report)
         assert {k: v["green"] for k, v in weights.items()} == {"canary": 10, "pct_25": 25, "pct_50": 50, "pct_100": 100}
         assert report.stage("canary").server["alb_weights"] == {"blue": 90, "green": 10}

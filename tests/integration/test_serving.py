@@ -1,5 +1,6 @@
 """The serving app as a real process on loopback: readiness, correct predictions, auth, input
 validation, metrics, checksum refusal and fault injection."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy_ops.serving.client import ServingClient, ServingError
-from deploy_ops.slots.local import free_port
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from deploy_ops.serving.client import ServingClient, ServingError
 from deploy_ops.serving.faults import FaultConfig
+from deploy_ops.slots.local import free_port
 
 TOKEN = "test-token-9f2c"
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
@@ -34,22 +35,47 @@ def make_bundle(path: Path, seed: int = 0) -> tuple[str, ModelBundle]:
     rng = np.random.default_rng(seed)
     scaler = StandardScaler.fit(rng.normal(0.0, 2.0, size=(200, len(FEATURES))))
     bundle = ModelBundle(
-        model=build_model("mlp", len(FEATURES), hidden=(8,)), model_class="mlp", model_kwargs={"hidden": [8]},
-        scaler=scaler, feature_names=list(FEATURES),
+        model=build_model("mlp", len(FEATURES), hidden=(8,)),
+        model_class="mlp",
+        model_kwargs={"hidden": [8]},
+        scaler=scaler,
+        feature_names=list(FEATURES),
     )
     return bundle.save(str(path)), bundle
 
 
 def serving_command(model: Path, sha256: str, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "deploy_ops.serving", "--model", str(model), "--sha256", sha256,
-            "--version", "v1", "--slot", "blue", "--port", str(port), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "deploy_ops.serving",
+        "--model",
+        str(model),
+        "--sha256",
+        sha256,
+        "--version",
+        "v1",
+        "--slot",
+        "blue",
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
 class Slot:
     """One serving process started straight from the command line (no deployer in between)."""
 
-    def __init__(self, tmp: Path, model: Path, sha256: str, *, token: str | None = None,
-                 env: dict[str, str | None] | None = None, extra: list[str] = ()):
+    def __init__(
+        self,
+        tmp: Path,
+        model: Path,
+        sha256: str,
+        *,
+        token: str | None = None,
+        env: dict[str, str | None] | None = None,
+        extra: list[str] = (),
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"slot-{self.port}.log"
@@ -61,7 +87,10 @@ class Slot:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 serving_command(model, sha256, self.port, *extra, "--token-stdin"),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE,
+                env=child_env,
                 start_new_session=True,
             )
             self.proc.stdin.write(f"{token or ''}\n".encode())
@@ -107,8 +136,9 @@ def make_overflowing_bundle(path: Path) -> str:
         model.linear.weight.copy_(torch.tensor([[1e38, -1e38, 0.0, 0.0]]))
         model.linear.bias.zero_()
     scaler = StandardScaler(mean=np.zeros(len(FEATURES)), std=np.ones(len(FEATURES)))
-    bundle = ModelBundle(model=model, model_class="logistic", model_kwargs={}, scaler=scaler,
-                         feature_names=list(FEATURES))
+    bundle = ModelBundle(
+        model=model, model_class="logistic", model_kwargs={}, scaler=scaler, feature_names=list(FEATURES)
+    )
     return bundle.save(str(path))
 
 
@@ -122,11 +152,21 @@ def slots(bundle_file, tmp_path_factory):
     overflowing = tmp / "overflowing.pt"
     overflowing_sha = make_overflowing_bundle(overflowing)
     started = {
-        "main": Slot(tmp, path, sha, token=TOKEN,
-                     extra=["--max-batch", "64", "--max-body-bytes", "65536", "--instruments", ",".join(INSTRUMENTS)]),
+        "main": Slot(
+            tmp,
+            path,
+            sha,
+            token=TOKEN,
+            extra=["--max-batch", "64", "--max-body-bytes", "65536", "--instruments", ",".join(INSTRUMENTS)],
+        ),
         # the variables in its environment are ignored: the process takes its faults as arguments
-        "faulty": Slot(tmp, path, sha, env={"AUTOTRADER_FAULT_ERROR_RATE": "0.0"},
-                       extra=["--fault-error-rate", "1.0", "--fault-latency-ms", "40"]),
+        "faulty": Slot(
+            tmp,
+            path,
+            sha,
+            env={"AUTOTRADER_FAULT_ERROR_RATE": "0.0"},
+            extra=["--fault-error-rate", "1.0", "--fault-latency-ms", "40"],
+        ),
         "bad_checksum": Slot(tmp, path, "0" * 64, token=TOKEN),
         "overflowing": Slot(tmp, overflowing, overflowing_sha, token=TOKEN),
     }
@@ -223,8 +263,9 @@ def test_serving_client_predict_and_errors(main_slot, bundle_file):
 # -- auth ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("headers", [{}, auth("not-the-token"), {"Authorization": TOKEN}, {"Authorization": "Basic x"}])
 def test_predict_requires_the_bearer_token(main_slot, headers):
-    response = requests.post(f"{main_slot.url}/predict", json={"instrument": "BTCUSDT", "rows": [[0, 0, 0, 0]]},
-                             headers=headers, timeout=5)
+    response = requests.post(
+        f"{main_slot.url}/predict", json={"instrument": "BTCUSDT", "rows": [[0, 0, 0, 0]]}, headers=headers, timeout=5
+    )
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert TOKEN not in response.text
@@ -253,21 +294,40 @@ ROW = [0.1, -0.2, 0.3, 1.5]
         ({"instrument": "BTCUSDT", "rows": [[0.1, "0.2", 0.3, 1.5]]}, 422, "rows[0][1] is '0.2', not a number"),
         ({"instrument": "BTCUSDT", "rows": [[0.1, True, 0.3, 1.5]]}, 422, "not a number"),
         ({"instrument": "BTCUSDT", "rows": [[0.1, None, 0.3, 1.5]]}, 422, "not a number"),
-        (b'{"instrument": "BTCUSDT", "rows": [[0.1, NaN, 0.3, 1.5]]}', 422, "NaN or infinite values in rows at index [0]"),
+        (
+            b'{"instrument": "BTCUSDT", "rows": [[0.1, NaN, 0.3, 1.5]]}',
+            422,
+            "NaN or infinite values in rows at index [0]",
+        ),
         (b'{"instrument": "BTCUSDT", "rows": [[1,2,3,4], [0.1, Infinity, 0.3, 1.5]]}', 422, "at index [1]"),
         (b'{"instrument": "BTCUSDT", "rows": [[0.1, 1e999, 0.3, 1.5]]}', 422, "NaN or infinite"),
-        ({"instrument": "BTCUSDT", "rows": [[0.1, 10 ** 400, 0.3, 1.5]]}, 422, "too large"),
+        ({"instrument": "BTCUSDT", "rows": [[0.1, 10**400, 0.3, 1.5]]}, 422, "too large"),
         # finite in JSON and float64, but beyond float32 once scaled: the network would answer NaN
-        ({"instrument": "BTCUSDT", "rows": [ROW, [0.1, 1e300, 0.3, 1.5]]}, 422,
-         "row 1, feature 'ret_5': 1e+300 is outside the range the model can take"),
-        ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), rsi_14=-1e300)]}, 422,
-         "row 0, feature 'rsi_14'"),
-        ({"instrument": "DOGEUSDT", "rows": [ROW]}, 422,
-         "unknown instrument 'DOGEUSDT': this slot serves BTCUSDT, ETHUSDT, SOLUSDT"),
-        ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), zzz=1.0)]}, 422,
-         "unknown feature names ['zzz']"),
-        ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES[:3], ROW))]}, 422,
-         "missing feature names ['volume_z_60']"),
+        (
+            {"instrument": "BTCUSDT", "rows": [ROW, [0.1, 1e300, 0.3, 1.5]]},
+            422,
+            "row 1, feature 'ret_5': 1e+300 is outside the range the model can take",
+        ),
+        (
+            {"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), rsi_14=-1e300)]},
+            422,
+            "row 0, feature 'rsi_14'",
+        ),
+        (
+            {"instrument": "DOGEUSDT", "rows": [ROW]},
+            422,
+            "unknown instrument 'DOGEUSDT': this slot serves BTCUSDT, ETHUSDT, SOLUSDT",
+        ),
+        (
+            {"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), zzz=1.0)]},
+            422,
+            "unknown feature names ['zzz']",
+        ),
+        (
+            {"instrument": "BTCUSDT", "features": [dict(zip(FEATURES[:3], ROW))]},
+            422,
+            "missing feature names ['volume_z_60']",
+        ),
         ({"instrument": "BTCUSDT", "features": [dict(zip(FEATURES, ROW), rsi_14="x")]}, 422, "not a number"),
         ({"instrument": "BTCUSDT", "features": [ROW]}, 422, "features[0] must be an object"),
         ({"instrument": "BTCUSDT", "rows": [ROW] * 65}, 413, "batch of 65 rows exceeds the limit of 64"),
@@ -317,15 +377,26 @@ def test_metrics_count_requests_predictions_and_confidence(main_slot):
     confidences = np.abs(np.asarray(probabilities) - 0.5) * 2
     for le in ("0.1", "0.3", "0.5", "1.0", "+Inf"):
         bound = float(le)
-        assert delta("autotrader_serving_prediction_confidence_bucket", **base, le=le) == (confidences <= bound).sum(), le
+        assert (
+            delta("autotrader_serving_prediction_confidence_bucket", **base, le=le) == (confidences <= bound).sum()
+        ), le
     latency = dict(base, endpoint="/predict")
     assert delta("autotrader_serving_request_duration_seconds_count", **latency) == 5
     # fine buckets exist at the low end and reach seconds at the top
     assert ("autotrader_serving_request_duration_seconds_bucket", frozenset(dict(latency, le="0.001").items())) in after
     assert ("autotrader_serving_request_duration_seconds_bucket", frozenset(dict(latency, le="5.0").items())) in after
-    assert sample(after, "autotrader_serving_model_info",
-                  slot="blue", model_version="v1", sha256=requests.get(f"{main_slot.url}/ready", timeout=5).json()["sha256"],
-                  model_class="mlp", n_features="4") == 1
+    assert (
+        sample(
+            after,
+            "autotrader_serving_model_info",
+            slot="blue",
+            model_version="v1",
+            sha256=requests.get(f"{main_slot.url}/ready", timeout=5).json()["sha256"],
+            model_class="mlp",
+            n_features="4",
+        )
+        == 1
+    )
     assert sample(after, "autotrader_serving_model_ready", **base) == 1
     assert sample(after, "autotrader_serving_fault_error_rate", **base) == 0
 
@@ -387,18 +458,21 @@ def test_non_finite_output_is_refused_with_the_rows(slots):
     assert ok.status_code == 200 and ok.json()["probabilities"] == [0.5]
     before = metric_samples(slot.url)
     # rows 1 and 2 drive the two huge weights to +inf and -inf: NaN; row 0 alone would be fine
-    response = post(slot.url, {"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 1.0, 1.0], [4.0, 4.0, 0, 0], [5.0, 6.0, 0, 0]]})
+    response = post(
+        slot.url, {"instrument": "BTCUSDT", "rows": [[0.0, 0.0, 1.0, 1.0], [4.0, 4.0, 0, 0], [5.0, 6.0, 0, 0]]}
+    )
     assert response.status_code == 422, response.text
     assert response.json() == {
         "status": 422,
         "error": "the model's output is not finite for rows [1, 2]: their inputs are outside the range the "
-                 "model can score; nothing of this batch was scored",
+        "model can score; nothing of this batch was scored",
     }
     after = metric_samples(slot.url)
     base = dict(slot="blue", model_version="v1")
     # a refused batch is not counted as scored: the confidence histogram never sees a NaN
     assert sample(after, "autotrader_serving_predictions_total", **base) == sample(
-        before, "autotrader_serving_predictions_total", **base)
+        before, "autotrader_serving_predictions_total", **base
+    )
 
 
 # -- the token is required where the profile says so ---------------------------------------------
@@ -407,8 +481,9 @@ def test_require_token_without_a_token_exits_non_zero(bundle_file, stdin):
     path, sha, _ = bundle_file
     extra = ["--require-token"] + (["--token-stdin"] if stdin is not None else [])
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), AUTOTRADER_SERVING_TOKEN=TOKEN)  # never read for it
-    done = subprocess.run(serving_command(path, sha, free_port(), *extra), input=stdin or b"", env=env,
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        serving_command(path, sha, free_port(), *extra), input=stdin or b"", env=env, capture_output=True, timeout=60
+    )
     assert done.returncode == 2, done.stderr.decode()
     assert "refusing to serve without a bearer token" in done.stderr.decode()
 

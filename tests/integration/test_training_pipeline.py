@@ -1,10 +1,11 @@
 """training_dataset -> candidate_model -> promotion gates -> registered_model through Dagster,
 on a temporary DuckDB warehouse (a synthetic ``bar_features`` table) and a temporary SQLite
 registry."""
+
 from __future__ import annotations
 
-import duckdb
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +18,10 @@ from autotrader_assets.defs.training import (
     training_job,
 )
 from autotrader_assets.defs.training.gates import GATE_NAMES
-from tests.support.synthetic import WARMUP_BARS, bar_features_frame, random_walk_bars
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, get_settings
 from deploy_ops.models.registry import open_registry
+from tests.support.synthetic import WARMUP_BARS, bar_features_frame, random_walk_bars
 
 torch.set_num_threads(1)
 HORIZON = 5
@@ -43,7 +44,9 @@ def _write_bar_features(path, frame: pd.DataFrame) -> None:
     con = duckdb.connect(str(path))
     try:
         con.register("_f", frame)
-        con.execute("create or replace table bar_features as select * replace (ts::timestamp as ts, date::date as date) from _f")
+        con.execute(
+            "create or replace table bar_features as select * replace (ts::timestamp as ts, date::date as date) from _f"
+        )
     finally:
         con.close()
 
@@ -56,7 +59,9 @@ def _features(ar1: float = 0.3) -> pd.DataFrame:
 def _resources(tmp_path) -> dict:
     return {
         "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
-        "registry": RegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")),
+        "registry": RegistryResource(
+            url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")
+        ),
         # Called from the test body, so after zero_costs has set the costs to 0.
         "settings": get_settings(),
     }
@@ -67,8 +72,15 @@ RUN_CONFIG = {
         "training_dataset": {"config": {"horizon": HORIZON}},
         "candidate_model": {
             "config": {
-                "hidden": [16], "max_epochs": 4, "patience": 2, "learning_rate": 0.01, "n_folds": 2,
-                "test_fraction": 0.4, "long_threshold": 0.52, "short_threshold": 0.48, "torch_threads": 1,
+                "hidden": [16],
+                "max_epochs": 4,
+                "patience": 2,
+                "learning_rate": 0.01,
+                "n_folds": 2,
+                "test_fraction": 0.4,
+                "long_threshold": 0.52,
+                "short_threshold": 0.48,
+                "torch_threads": 1,
             }
         },
     }
@@ -193,11 +205,16 @@ def test_training_job_selects_the_training_assets_and_their_gates(tmp_path):
     )
     job = defs.resolve_job_def("training_job")
     assert {k.path[-1] for k in job.asset_layer.selected_asset_keys} == {
-        "training_dataset", "candidate_model", "registered_model"
+        "training_dataset",
+        "candidate_model",
+        "registered_model",
     }
     # the gates run inside the job (one step each), not only when materialized by hand
     assert {n.name for n in job.graph.node_defs} == {
-        "training_dataset", "candidate_model", "registered_model", *(f"candidate_model_{g}" for g in GATE_NAMES)
+        "training_dataset",
+        "candidate_model",
+        "registered_model",
+        *(f"candidate_model_{g}" for g in GATE_NAMES),
     }
     specs = {s.name: s for c in training_checks for s in c.check_specs}
     assert all(spec.blocking for spec in specs.values())

@@ -1,4 +1,5 @@
 """`make ui`'s code location loads in the Dagster webserver and lists the whole graph."""
+
 from __future__ import annotations
 
 import os
@@ -24,17 +25,27 @@ def _free_port() -> int:
 
 def test_webserver_serves_the_asset_graph(tmp_path):
     port = _free_port()
-    env = {**os.environ, "AUTOTRADER_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dh"),
-           "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "AUTOTRADER_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dh"),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
     (tmp_path / "dh").mkdir()
     web = Path(sys.executable).parent / "dagster-webserver"
     proc = subprocess.Popen(
         [str(web), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
-        query = {"query": "{ assetNodes { assetKey { path } } repositoriesOrError { ... on RepositoryConnection "
-                          "{ nodes { name jobs { name } sensors { name } schedules { name } } } } }"}
+        query = {
+            "query": "{ assetNodes { assetKey { path } } repositoriesOrError { ... on RepositoryConnection "
+            "{ nodes { name jobs { name } sensors { name } schedules { name } } } } }"
+        }
         deadline = time.monotonic() + 120
         data = None
         while time.monotonic() < deadline:
@@ -51,7 +62,9 @@ def test_webserver_serves_the_asset_graph(tmp_path):
         assets = {"/".join(n["assetKey"]["path"]) for n in data["assetNodes"]}
         assert {"market_bars", "bar_features", "candidate_model", "production_deployment", "paper_trading"} <= assets
         (repo,) = data["repositoriesOrError"]["nodes"]
-        assert {"data_pipeline", "training_job", "deployment_pipeline", "paper_trading_job"} <= {j["name"] for j in repo["jobs"]}
+        assert {"data_pipeline", "training_job", "deployment_pipeline", "paper_trading_job"} <= {
+            j["name"] for j in repo["jobs"]
+        }
         assert "circuit_breaker_sensor" in {s["name"] for s in repo["sensors"]}
         assert "weekly_training" in {s["name"] for s in repo["schedules"]}
     finally:

@@ -1,8 +1,9 @@
 """Write-audit-publish: only audited partitions reach what downstream reads (issue 8, items 1-3, 6, 15)."""
+
 from __future__ import annotations
 
-import duckdb
 import dagster as dg
+import duckdb
 import pandas as pd
 import pytest
 
@@ -32,9 +33,7 @@ def _query(db, sql, params=None):
 
 
 def _error_text(result) -> str:
-    return "\n".join(
-        e.event_specific_data.error.to_string() for e in result.all_events if e.is_step_failure
-    )
+    return "\n".join(e.event_specific_data.error.to_string() for e in result.all_events if e.is_step_failure)
 
 
 class _SpikeReplay:
@@ -67,17 +66,27 @@ def test_failed_dbt_test_keeps_the_partition_out_of_bar_features_and_training(tm
     assert "2024-03-02|BTCUSDT" in _error_text(result) and "quarantined" in _error_text(result)
 
     db = tmp_path / "warehouse.duckdb"
-    published = _query(db, "select cast(date as varchar) as date, count(*) as n, max(abs(ret_1)) as worst from bar_features group by 1")
+    published = _query(
+        db, "select cast(date as varchar) as date, count(*) as n, max(abs(ret_1)) as worst from bar_features group by 1"
+    )
     assert list(published["date"]) == ["2024-03-01"]
     assert published["worst"].max() < 1
     quarantined = _query(db, "select layer, cast(date as varchar) as date, reasons from quarantined_partitions")
     assert quarantined.to_dict("records") == [
-        {"layer": "bar_features", "date": "2024-03-02", "reasons": "dbt test accepted_range_bar_features_ret_1__1___1: fail"}
+        {
+            "layer": "bar_features",
+            "date": "2024-03-02",
+            "reasons": "dbt test accepted_range_bar_features_ret_1__1___1: fail",
+        }
     ]
-    assert len(_query(db, "select * from bar_features_quarantine where abs(ret_1) > 1")) == 2  # the spike and its return
+    assert (
+        len(_query(db, "select * from bar_features_quarantine where abs(ret_1) > 1")) == 2
+    )  # the spike and its return
 
     trained = dg.materialize(
-        [training_dataset], resources=resources, instance=instance,
+        [training_dataset],
+        resources=resources,
+        instance=instance,
         run_config={"ops": {"training_dataset": {"config": {"horizon": 15}}}},
     )
     assert trained.success
@@ -115,7 +124,9 @@ def test_empty_refetch_over_good_days_changes_nothing_published(tmp_path):
     assert sorted(p for p, e in schema.items() if not e.passed) == ["2024-03-04|BTCUSDT", "2024-03-05|BTCUSDT"]
     assert "partition is empty" in schema["2024-03-04|BTCUSDT"].description
 
-    pd.testing.assert_frame_equal(_query(db, "select * exclude (ingested_at) from market_bars order by date, ts"), before_bars)
+    pd.testing.assert_frame_equal(
+        _query(db, "select * exclude (ingested_at) from market_bars order by date, ts"), before_bars
+    )
     pd.testing.assert_frame_equal(_query(db, "select * from bar_features order by date, ts"), before_feats)
     for d, data in latest.items():
         assert (tmp_path / "archive" / d / "BTCUSDT.parquet").read_bytes() == data
@@ -153,8 +164,12 @@ def test_failed_warehouse_commit_leaves_latest_and_restore_brings_back_published
     con = duckdb.connect(str(db))
     con.execute("update market_bars set close = close * 2")
     con.close()
-    defs = dg.Definitions(assets=data_assets_and_checks()[:2], asset_checks=data_assets_and_checks()[2:],
-                          jobs=[data_rollback_job], resources=resources)
+    defs = dg.Definitions(
+        assets=data_assets_and_checks()[:2],
+        asset_checks=data_assets_and_checks()[2:],
+        jobs=[data_rollback_job],
+        resources=resources,
+    )
     restored = defs.resolve_job_def("data_rollback").execute_in_process(
         instance=instance, tags=range_tags("2024-04-01", "2024-04-01", ["BTCUSDT"])
     )
@@ -175,13 +190,19 @@ def test_restore_of_a_version_that_fails_the_audit_is_refused(tmp_path):
     broken = store.read("2024-04-01", "BTCUSDT")
     broken.loc[5, "low"] = broken.loc[5, "high"] * 3
     store.write("2024-04-01", "BTCUSDT", broken)  # the good file becomes a version, the broken one latest
-    defs = dg.Definitions(assets=data_assets_and_checks()[:2], asset_checks=data_assets_and_checks()[2:],
-                          jobs=[data_rollback_job], resources=resources)
+    defs = dg.Definitions(
+        assets=data_assets_and_checks()[:2],
+        asset_checks=data_assets_and_checks()[2:],
+        jobs=[data_rollback_job],
+        resources=resources,
+    )
     result = defs.resolve_job_def("data_rollback").execute_in_process(
         instance=instance, tags=range_tags("2024-04-01", "2024-04-01", ["BTCUSDT"]), raise_on_error=False
     )
     assert not result.success
-    assert [(e.partition, e.passed) for e in check_results(result)["market_bars_schema"]] == [("2024-04-01|BTCUSDT", False)]
+    assert [(e.partition, e.passed) for e in check_results(result)["market_bars_schema"]] == [
+        ("2024-04-01|BTCUSDT", False)
+    ]
     pd.testing.assert_frame_equal(_query(db, "select ts, close from market_bars order by ts"), published)
 
 
@@ -202,11 +223,18 @@ class _GbpUsd:
 
     def fetch_bars(self, instrument, start, end):
         rows = self.df[(self.df["ts"] >= start) & (self.df["ts"] < end)]
-        out = pd.DataFrame({
-            "ts": rows["ts"].astype("datetime64[ns, UTC]"), "instrument": instrument,
-            "open": rows["open"], "high": rows["high"], "low": rows["low"], "close": rows["close"],
-            "volume": 0.0, "source": "file",
-        })[BAR_COLUMNS].reset_index(drop=True)
+        out = pd.DataFrame(
+            {
+                "ts": rows["ts"].astype("datetime64[ns, UTC]"),
+                "instrument": instrument,
+                "open": rows["open"],
+                "high": rows["high"],
+                "low": rows["low"],
+                "close": rows["close"],
+                "volume": 0.0,
+                "source": "file",
+            }
+        )[BAR_COLUMNS].reset_index(drop=True)
         if str(start.date()) in self.broken:
             out.loc[100, "close"] = float("nan")
         return out
@@ -283,8 +311,22 @@ select instrument, ts, date, open, high, low, close, volume,
     case when n_hist > 60 then (close - open) / open end as range_co
 from sig
 """
-FEATURE_COLUMNS = ["ret_1", "ret_5", "ret_15", "ret_60", "rv_15", "rv_60", "rsi_14", "macd", "macd_signal",
-                   "macd_hist", "bb_pos_20", "volume_z_60", "range_hl", "range_co"]
+FEATURE_COLUMNS = [
+    "ret_1",
+    "ret_5",
+    "ret_15",
+    "ret_60",
+    "rv_15",
+    "rv_60",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pos_20",
+    "volume_z_60",
+    "range_hl",
+    "range_co",
+]
 
 
 def test_features_match_the_bar_count_definitions_on_contiguous_minutes(tmp_path):
@@ -292,14 +334,18 @@ def test_features_match_the_bar_count_definitions_on_contiguous_minutes(tmp_path
     missing, so the time-based SQL gives the benchmark's bar-count values."""
     path = shared_file("crypto_1m", "BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv")
     resources = temp_resources(tmp_path, market_source=MarketSourceResource(name="file", file_path=str(path)))
-    assert run_data_pipeline(resources, dg.DagsterInstance.ephemeral(), "2022-01-10|BTCUSDT", "2022-01-11|BTCUSDT").success
+    assert run_data_pipeline(
+        resources, dg.DagsterInstance.ephemeral(), "2022-01-10|BTCUSDT", "2022-01-11|BTCUSDT"
+    ).success
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     con.execute(BAR_COUNT_FEATURES_SQL)
     diff = con.execute(
-        "select " + ", ".join(
+        "select "
+        + ", ".join(
             f"max(abs(a.{c} - b.{c})), sum(case when (a.{c} is null) <> (b.{c} is null) then 1 else 0 end)"
             for c in FEATURE_COLUMNS
-        ) + " from bar_features a join bar_count_features b using (instrument, ts)"
+        )
+        + " from bar_features a join bar_count_features b using (instrument, ts)"
     ).fetchone()
     con.close()
     for c, worst, null_mismatch in zip(FEATURE_COLUMNS, diff[0::2], diff[1::2]):
@@ -329,7 +375,9 @@ def test_features_refuse_partitions_that_are_not_one_minute_bars(tmp_path):
     )
     assert not result.success
     db = tmp_path / "warehouse.duckdb"
-    assert _query(db, "select interval_s from published_partitions where layer = 'market_bars'")["interval_s"].tolist() == [300]
+    assert _query(db, "select interval_s from published_partitions where layer = 'market_bars'")[
+        "interval_s"
+    ].tolist() == [300]
     err = _error_text(result)
     assert "2024-03-01|BTCUSDT" in err and "300 s apart" in err
     assert _query(db, "select count(*) as n from bar_features")["n"][0] == 0

@@ -1,6 +1,7 @@
 """Local stand-ins for the alert receivers: an HTTP server that records what it is posted (PagerDuty's
 events endpoint, Slack's webhook, or Alertmanager's v2 API for the outbox's unit tests), and an
 SMTP server (aiosmtpd) that keeps every mail it is given."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Helpers shared by the connector tests: a fake clock, query parsing, the shared data folder."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,7 @@
 """A two-job code location for the run-monitoring test (tests/integration/test_emergency_daemon.py):
 ``sleepy_job`` holds the local instance's single run lane until it is killed, ``quick_job`` waits
 behind it in the queue. Nothing heavy is imported, so a run worker starts in a second or two."""
+
 import time
 
 import dagster as dg

@@ -6,6 +6,7 @@ Models are logistic bundles on synthetic bars where feature ``f0`` predicts the 
 return: a positive weight on ``f0`` trades profitably, a negative one loses, so the Sharpe gate
 has a real difference to see.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,12 +43,17 @@ def synthetic_market(instrument: str, n: int = 240, signal: float = 0.003, noise
     r[0] = noise * rng.normal()
     r[1:] = signal * f0 + noise * rng.normal(size=n)
     opens = 100.0 * np.cumprod(np.concatenate([[1.0], 1.0 + r]))
-    o, c = opens[:n], opens[1: n + 1]
-    bars = pd.DataFrame({
-        "ts": pd.date_range("2024-03-01", periods=n, freq="1min", tz="UTC"),
-        "open": o, "high": np.maximum(o, c) * 1.0005, "low": np.minimum(o, c) * 0.9995, "close": c,
-        "volume": rng.lognormal(3.0, 0.5, size=n),
-    })
+    o, c = opens[:n], opens[1 : n + 1]
+    bars = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-03-01", periods=n, freq="1min", tz="UTC"),
+            "open": o,
+            "high": np.maximum(o, c) * 1.0005,
+            "low": np.minimum(o, c) * 0.9995,
+            "close": c,
+            "volume": rng.lognormal(3.0, 0.5, size=n),
+        }
+    )
     features = pd.DataFrame({"f0": f0, "f1": rng.normal(size=n), "f2": rng.normal(size=n)})
     features.iloc[:5] = np.nan  # warm-up rows, as bar_features has them
     return features, bars
@@ -63,26 +69,40 @@ def logistic_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
     with torch.no_grad():
         model.linear.weight[:] = torch.tensor([[weight, 0.0, 0.0]])
         model.linear.bias[:] = bias
-    return ModelBundle(model=model, model_class="logistic", model_kwargs={},
-                       scaler=StandardScaler(mean=np.zeros(len(FEATURES)), std=np.ones(len(FEATURES))),
-                       feature_names=list(FEATURES), metadata={"weight": weight, "bias": bias})
+    return ModelBundle(
+        model=model,
+        model_class="logistic",
+        model_kwargs={},
+        scaler=StandardScaler(mean=np.zeros(len(FEATURES)), std=np.ones(len(FEATURES))),
+        feature_names=list(FEATURES),
+        metadata={"weight": weight, "bias": bias},
+    )
 
 
 #: The gates as the settings default them, and test costs (the policy itself has no defaults).
-GATES = dict(max_error_rate=Thresholds().max_error_rate, max_p99_latency_ms=Thresholds().max_p99_latency_ms,
-             max_sharpe_drop=Thresholds().max_sharpe_drop, min_sharpe_returns=Thresholds().min_sharpe_returns,
-             fee_bps=4.0, slippage_bps=2.0)
+GATES = dict(
+    max_error_rate=Thresholds().max_error_rate,
+    max_p99_latency_ms=Thresholds().max_p99_latency_ms,
+    max_sharpe_drop=Thresholds().max_sharpe_drop,
+    min_sharpe_returns=Thresholds().min_sharpe_returns,
+    fee_bps=4.0,
+    slippage_bps=2.0,
+)
 
 
 def rollout_policy(**overrides) -> RolloutPolicy:
-    kwargs = dict(GATES, instruments=INSTRUMENTS, canary_instruments=CANARY, stage_seconds=1.0, requests_per_second=150,
-                  min_requests=10, health_interval_seconds=0.2, lease_timeout_seconds=30)
+    kwargs = dict(
+        GATES,
+        instruments=INSTRUMENTS,
+        canary_instruments=CANARY,
+        stage_seconds=1.0,
+        requests_per_second=150,
+        min_requests=10,
+        health_interval_seconds=0.2,
+        lease_timeout_seconds=30,
+    )
     kwargs.update(overrides)
     return RolloutPolicy(**kwargs)
-
-
-
-
 
 
 def wait_dead(pid: int, timeout: float = 10.0) -> bool:
@@ -93,8 +113,15 @@ def wait_dead(pid: int, timeout: float = 10.0) -> bool:
 
 
 def register(registry, bundle: ModelBundle, stage: str = "staging"):
-    return registry.register(bundle, metrics={"auc": 0.6}, params={}, lineage={"test": True}, stage=stage,
-                             actor="test", reason="trained in a test")
+    return registry.register(
+        bundle,
+        metrics={"auc": 0.6},
+        params={},
+        lineage={"test": True},
+        stage=stage,
+        actor="test",
+        reason="trained in a test",
+    )
 
 
 def make_stack(tmp_path: Path) -> SimpleNamespace:
@@ -150,11 +177,14 @@ def write_bar_features(path) -> None:
         # signal[t] moves the open of bar t+2: the bar a position decided at t is held over
         r = np.concatenate([[0.0005 * rng.normal()], 0.003 * signal + 0.0005 * rng.normal(size=N_ROWS)])
         opens = 50.0 * np.cumprod(np.concatenate([[1.0], 1.0 + r]))
-        frame = pd.DataFrame({
-            "instrument": instrument,
-            "ts": pd.date_range("2024-05-01", periods=N_ROWS, freq="1min"),
-            "open": opens[:N_ROWS], "close": opens[1: N_ROWS + 1],
-        })
+        frame = pd.DataFrame(
+            {
+                "instrument": instrument,
+                "ts": pd.date_range("2024-05-01", periods=N_ROWS, freq="1min"),
+                "open": opens[:N_ROWS],
+                "close": opens[1 : N_ROWS + 1],
+            }
+        )
         frame["date"] = frame["ts"].dt.date
         frame["high"] = frame[["open", "close"]].max(axis=1) * 1.0004
         frame["low"] = frame[["open", "close"]].min(axis=1) * 0.9996
@@ -179,5 +209,10 @@ def feature_bundle(weight: float, bias: float = 0.0) -> ModelBundle:
         model.linear.weight.zero_()
         model.linear.weight[0, 0] = weight
         model.linear.bias[:] = bias
-    return ModelBundle(model=model, model_class="logistic", model_kwargs={},
-                       scaler=StandardScaler(mean=np.zeros(n), std=np.ones(n)), feature_names=list(FEATURE_COLUMNS))
+    return ModelBundle(
+        model=model,
+        model_class="logistic",
+        model_kwargs={},
+        scaler=StandardScaler(mean=np.zeros(n), std=np.ones(n)),
+        feature_names=list(FEATURE_COLUMNS),
+    )

@@ -1,4 +1,5 @@
 """Helpers for tests that hold the docs to the code (runbook links, headings)."""
+
 from __future__ import annotations
 
 import re

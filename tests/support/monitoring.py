@@ -1,5 +1,6 @@
 """A small world for the drift tests: a warehouse with one day of features and paper-trading
 records, and a registry where v1 (known-good) and v2 (production) carry their own references."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,17 +28,31 @@ def bundle_with_reference(center: float, seed: int, reference: bool = True) -> M
     rows = {f: rng.normal(center, 1.0, 4000) for f in FEATURES}
     meta = {"feature_reference": fit_reference(rows)} if reference else {}
     x = np.column_stack([rows[f] for f in FEATURES])
-    return ModelBundle(model=LogisticClassifier(len(FEATURES)), model_class="logistic", model_kwargs={},
-                       scaler=StandardScaler.fit(x), feature_names=list(FEATURES), metadata=meta)
+    return ModelBundle(
+        model=LogisticClassifier(len(FEATURES)),
+        model_class="logistic",
+        model_kwargs={},
+        scaler=StandardScaler.fit(x),
+        feature_names=list(FEATURES),
+        metadata=meta,
+    )
 
 
 def register(registry, bundle: ModelBundle):
-    return registry.register(bundle, metrics={"auc": 0.6}, params={}, lineage={"test": True}, stage="staging",
-                             actor="test", reason="trained in a test")
+    return registry.register(
+        bundle,
+        metrics={"auc": 0.6},
+        params={},
+        lineage={"test": True},
+        stage="staging",
+        actor="test",
+        reason="trained in a test",
+    )
 
 
-def write_day(warehouse: Path, day: str, center: float, version: str | None = "2", seed: int = 99,
-              features: list[str] = FEATURES) -> None:
+def write_day(
+    warehouse: Path, day: str, center: float, version: str | None = "2", seed: int = 99, features: list[str] = FEATURES
+) -> None:
     """One day of 1-minute feature rows, N(center, 1), for INSTRUMENTS, and the paper-trading
     record that ``version`` served them (None: nothing paper-traded the day)."""
     rng = np.random.default_rng(seed)
@@ -65,8 +80,10 @@ def write_day(warehouse: Path, day: str, center: float, version: str | None = "2
         con.execute("delete from model_confidence where date = ?", [pd.Timestamp(day).date()])
         if version is not None:
             for name in INSTRUMENTS:
-                con.execute("insert into model_confidence values (?, ?, 0.2, 1440, ?, 'blue', now())",
-                            [pd.Timestamp(day).date(), name, version])
+                con.execute(
+                    "insert into model_confidence values (?, ?, 0.2, 1440, ?, 'blue', now())",
+                    [pd.Timestamp(day).date(), name, version],
+                )
     finally:
         con.close()
 
@@ -79,8 +96,15 @@ def make_world(tmp_path: Path, *, old_production_bundle: bool = False) -> Simple
     registry.promote(v1.version, actor="test", reason="first production")
     v2 = register(registry, bundle_with_reference(3.0, seed=2, reference=not old_production_bundle))
     registry.promote(v2.version, actor="test", reason="second production")
-    return SimpleNamespace(url=url, registry=registry, v1=v1, v2=v2, warehouse=tmp_path / "warehouse.duckdb",
-                           artifacts=str(tmp_path / "artifacts"), tmp=tmp_path)
+    return SimpleNamespace(
+        url=url,
+        registry=registry,
+        v1=v1,
+        v2=v2,
+        warehouse=tmp_path / "warehouse.duckdb",
+        artifacts=str(tmp_path / "artifacts"),
+        tmp=tmp_path,
+    )
 
 
 def day_date(day: str = DAY) -> dt.date:

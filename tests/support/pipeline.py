@@ -1,4 +1,5 @@
 """Helpers for tests that run the data pipeline through Dagster on temporary stores."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ def temp_resources(tmp_path: Path, **overrides) -> dict:
         "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
         "archive": ArchiveResource(uri=str(tmp_path / "archive")),
         "market_source": MarketSourceResource(name="replay", seed=11),
-        "registry": RegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")),
+        "registry": RegistryResource(
+            url=f"sqlite:///{tmp_path / 'registry.db'}", artifacts_uri=str(tmp_path / "artifacts")
+        ),
         "dbt": dbt_resource(tmp_path / "warehouse.duckdb", tmp_path / "dbt_profiles"),
         # Thresholds and instruments for the bodies (the stores above are the temporary ones).
         "settings": get_settings(),
@@ -47,7 +50,9 @@ def data_assets_and_checks():
     return [*market_data_assets, *feature_assets, *market_data_checks]
 
 
-def run_data_pipeline(resources: dict, instance: dg.DagsterInstance, first: str, last: str, raise_on_error: bool = True):
+def run_data_pipeline(
+    resources: dict, instance: dg.DagsterInstance, first: str, last: str, raise_on_error: bool = True
+):
     """Materialize market_bars + dbt features over a date|instrument rectangle in one run."""
     return dg.materialize(
         data_assets_and_checks(),

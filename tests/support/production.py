@@ -3,6 +3,7 @@
 The production profile refuses to start with a local or missing store (``settings.production_problems``);
 tests that need ``AUTOTRADER_ENV=production`` set all of it here and then break one thing on purpose.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,13 @@ INSTANCE_ENV = {
 }
 
 
-def production_env(monkeypatch, tmp_path: Path, *, registry_url: str = "postgresql://autotrader@127.0.0.1/registry",
-                   token: str | None = "test-serving-token") -> dict[str, str]:
+def production_env(
+    monkeypatch,
+    tmp_path: Path,
+    *,
+    registry_url: str = "postgresql://autotrader@127.0.0.1/registry",
+    token: str | None = "test-serving-token",
+) -> dict[str, str]:
     """Set a valid production profile in ``monkeypatch``'s environment; returns what was set."""
     home, dagster_home, shared = tmp_path / "home", tmp_path / "dagster_home", tmp_path / "efs"
     for folder in (home, dagster_home, shared):

@@ -7,6 +7,7 @@ stores the profile names (PostgreSQL, S3, the EFS warehouse).
 ``--filesystem-io`` keeps Dagster's default filesystem IO manager (under this process's own
 DAGSTER_HOME), which is what production used before values went to S3. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,31 @@ def main(argv: list[str]) -> int:
     local = settings.dagster_home / "instance"
     local.mkdir(exist_ok=True)
     with dg.DagsterInstance.local_temp(tempdir=str(local)) as instance:
-        result = dg.materialize(training_assets, selection=selection, resources=resources, instance=instance,
-                                run_config=run_config, raise_on_error=False)
-        errors = [str(e.event_specific_data.error.cause or e.event_specific_data.error)
-                  for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        print(json.dumps({"success": result.success, "run_id": result.run_id,
-                          "materialized": sorted(m.asset_key.to_user_string() for m in result.get_asset_materialization_events()),
-                          "errors": errors}))
+        result = dg.materialize(
+            training_assets,
+            selection=selection,
+            resources=resources,
+            instance=instance,
+            run_config=run_config,
+            raise_on_error=False,
+        )
+        errors = [
+            str(e.event_specific_data.error.cause or e.event_specific_data.error)
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE"
+        ]
+        print(
+            json.dumps(
+                {
+                    "success": result.success,
+                    "run_id": result.run_id,
+                    "materialized": sorted(
+                        m.asset_key.to_user_string() for m in result.get_asset_materialization_events()
+                    ),
+                    "errors": errors,
+                }
+            )
+        )
     return 0 if result.success else 1
 
 

@@ -2,6 +2,7 @@
 for tests: their paths, or a skip that says how to get them; and the small paper-trading world the
 Prometheus tests feed them (an untrained bundle, three days of features, the materializations, the
 Prometheus queries and the dashboards' panels)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,15 +37,14 @@ def tool(name: str) -> Path:
     return path
 
 
-
-
 FEATURES = ["ret_1", "ret_5", "rsi_14", "volume_z_60"]
 INSTRUMENTS = ["BTCUSDT", "ETHUSDT"]
 DATES = ["2024-03-01", "2024-03-02", "2024-03-03"]
 # Thresholds at 0.5: the untrained model's signal flips often, so there are closed trades, a win
 # rate and a profit factor; three dates give the daily returns a Sharpe ratio needs.
-RUN_CONFIG = {"ops": {"paper_trading": {"config": {"instruments": INSTRUMENTS, "long_threshold": 0.5,
-                                                   "short_threshold": 0.5}}}}
+RUN_CONFIG = {
+    "ops": {"paper_trading": {"config": {"instruments": INSTRUMENTS, "long_threshold": 0.5, "short_threshold": 0.5}}}
+}
 #: Queries that read what only an exporter this machine does not run provides.
 NODE_EXPORTER = "node_"
 
@@ -59,8 +59,13 @@ def save_bundle(path: Path, seed: int) -> str:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model("mlp", len(FEATURES), hidden=[8])
-    bundle = ModelBundle(model=model, model_class="mlp", model_kwargs={"hidden": [8]},
-                         scaler=StandardScaler.fit(rng.normal(size=(100, len(FEATURES)))), feature_names=FEATURES)
+    bundle = ModelBundle(
+        model=model,
+        model_class="mlp",
+        model_kwargs={"hidden": [8]},
+        scaler=StandardScaler.fit(rng.normal(size=(100, len(FEATURES)))),
+        feature_names=FEATURES,
+    )
     return bundle.save(str(path))
 
 
@@ -72,9 +77,18 @@ def bar_features(per_day: int = 240) -> pd.DataFrame:
         close = (100.0 + 10 * k) * np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
         open_ = np.r_[close[0], close[:-1]]
         ts = pd.DatetimeIndex(np.concatenate([pd.date_range(d, periods=per_day, freq="1min") for d in DATES]))
-        frame = pd.DataFrame({"instrument": name, "ts": ts, "date": ts.date, "open": open_,
-                              "high": np.maximum(open_, close) * 1.0002, "low": np.minimum(open_, close) * 0.9998,
-                              "close": close, "volume": rng.uniform(1, 10, n)})
+        frame = pd.DataFrame(
+            {
+                "instrument": name,
+                "ts": ts,
+                "date": ts.date,
+                "open": open_,
+                "high": np.maximum(open_, close) * 1.0002,
+                "low": np.minimum(open_, close) * 0.9998,
+                "close": close,
+                "volume": rng.uniform(1, 10, n),
+            }
+        )
         for col in FEATURE_COLUMNS:
             # On the scaler's own scale, so the untrained model's output swings across 0.5.
             frame[col] = rng.normal(0.0, 1.0, n)
@@ -83,23 +97,34 @@ def bar_features(per_day: int = 240) -> pd.DataFrame:
 
 
 def resources(world, pushgateway_url: str, **settings_changes) -> dict:
-    settings = dataclasses.replace(get_settings(), registry_url=world["url"], pushgateway_url=pushgateway_url,
-                                   **settings_changes)
-    return {"warehouse": WarehouseResource(path=str(world["warehouse"])),
-            "registry": RegistryResource(url=world["url"], artifacts_uri=str(world["root"] / "artifacts")),
-            "settings": settings}
+    settings = dataclasses.replace(
+        get_settings(), registry_url=world["url"], pushgateway_url=pushgateway_url, **settings_changes
+    )
+    return {
+        "warehouse": WarehouseResource(path=str(world["warehouse"])),
+        "registry": RegistryResource(url=world["url"], artifacts_uri=str(world["root"] / "artifacts")),
+        "settings": settings,
+    }
 
 
 def materialize(world, pushgateway_url: str, instance, dates=DATES, **settings_changes):
     for date in dates:
-        result = dg.materialize([paper_trading, trading_performance], partition_key=date, instance=instance,
-                                resources=resources(world, pushgateway_url, **settings_changes), run_config=RUN_CONFIG)
+        result = dg.materialize(
+            [paper_trading, trading_performance],
+            partition_key=date,
+            instance=instance,
+            resources=resources(world, pushgateway_url, **settings_changes),
+            run_config=RUN_CONFIG,
+        )
     return result
 
 
 def pushed_metadata(result, asset: str) -> dict:
-    mats = [e.event_specific_data.materialization for e in result.all_events
-            if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(asset)]
+    mats = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.asset_key == dg.AssetKey(asset)
+    ]
     return mats[-1].metadata["pushgateway"].value
 
 

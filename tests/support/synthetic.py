@@ -7,6 +7,7 @@ bar_features.sql``) on contiguous 1-minute bars, where a k-minute window is k ba
 ``tests/integration/test_data_pipeline.py::test_synthetic_features_match_dbt`` holds them equal.
 Test code only: the platform's features come from dbt alone.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -6,6 +6,7 @@ rules' runbook links are rendered with the events' ``AUTOTRADER_RUNBOOK_BASE_URL
 (``deploy_ops/alerting/rules.py``). The live Alertmanager half is in
 ``tests/integration/test_alertmanager.py``.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,10 @@ SHARED = {
     "DataPipelineFailing": (("data_pipeline_failing", {"partitions": "2024-01-02|BTCUSDT"}), {}),
     "FeatureDriftCritical": (("feature_drift_critical", {"model_version": 4}), {"model_version": "4"}),
     "ServingSlotDown": (("slot_down", {"slot": "green"}), {"slot_name": "green"}),
-    "ServingErrorRateHigh": (("model_health_finding", {"check": "serving", "date": "2024-01-02", "slot": "blue"}),
-                             {"slot": "blue"}),
+    "ServingErrorRateHigh": (
+        ("model_health_finding", {"check": "serving", "date": "2024-01-02", "slot": "blue"}),
+        {"slot": "blue"},
+    ),
 }
 
 
@@ -63,8 +66,13 @@ def test_the_critical_route_groups_by_incident_so_a_shared_condition_pages_once(
 
 
 def test_rendered_rules_carry_the_events_runbook_base_and_the_overridden_waits(tmp_path):
-    out = render_rules(RULES, tmp_path, runbook_base_url="https://git.example.com/autotrader/blob/main/",
-                       durations={"ServingErrorRateHigh": "5s", "WinRateLow": "0s"}, evaluation_interval="1s")
+    out = render_rules(
+        RULES,
+        tmp_path,
+        runbook_base_url="https://git.example.com/autotrader/blob/main/",
+        durations={"ServingErrorRateHigh": "5s", "WinRateLow": "0s"},
+        evaluation_interval="1s",
+    )
     assert sorted(p.name for p in out) == ["batch.yml", "serving.yml"]
     rendered = {rule["alert"]: rule for path in out for rule in alert_rules(load_rules(path))}
     event = alert_for(events.OpsEvent("circuit_breaker_tripped", "critical", "x", {"trip_id": 1}, "", 1, None))
@@ -74,7 +82,10 @@ def test_rendered_rules_carry_the_events_runbook_base_and_the_overridden_waits(t
     assert rendered["ServingErrorRateHigh"]["for"] == "5s" and rendered["ServingSlotDown"]["for"] == "2m"
     assert {g["interval"] for p in out for g in yaml.safe_load(p.read_text())["groups"]} == {"1s"}
     # The shipped files are untouched and relative, like the events' links without a base URL.
-    assert _rules()["CircuitBreakerTripped"]["annotations"]["runbook_url"] == "docs/runbooks/alerts.md#circuitbreakertripped"
+    assert (
+        _rules()["CircuitBreakerTripped"]["annotations"]["runbook_url"]
+        == "docs/runbooks/alerts.md#circuitbreakertripped"
+    )
 
 
 def test_an_override_for_an_alert_that_does_not_exist_is_refused(tmp_path):
@@ -89,10 +100,17 @@ def test_make_monitor_renders_the_rules_with_the_runbook_base(tmp_path, monkeypa
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
     monkeypatch.setenv("AUTOTRADER_RUNBOOK_BASE_URL", "https://runbooks.example.com/")
     stack = stack_for(load_settings(), 19090, 19091, 19093)
-    rendered = {rule["alert"]: rule for path in sorted(stack.rules_dir.glob("*.yml"))
-                for rule in alert_rules(load_rules(path))}
+    rendered = {
+        rule["alert"]: rule for path in sorted(stack.rules_dir.glob("*.yml")) for rule in alert_rules(load_rules(path))
+    }
     assert rendered["WinRateLow"]["annotations"]["runbook_url"] == (
-        "https://runbooks.example.com/docs/runbooks/alerts.md#winratelow")
-    config = render_prometheus_config(targets_file=stack.targets_file, pushgateway="x:1", prometheus="x:2",
-                                      alertmanager=None, rules_dir=stack.rules_dir)
+        "https://runbooks.example.com/docs/runbooks/alerts.md#winratelow"
+    )
+    config = render_prometheus_config(
+        targets_file=stack.targets_file,
+        pushgateway="x:1",
+        prometheus="x:2",
+        alertmanager=None,
+        rules_dir=stack.rules_dir,
+    )
     assert config["rule_files"] == [str(stack.rules_dir.resolve() / "*.yml")]

@@ -1,6 +1,7 @@
 """Alert delivery without Alertmanager: which events alert, the outbox's queue, retries and
 resolutions (against a local HTTP server standing for Alertmanager's API), the settings, the
 CLI, the runbook sections, the weekly report. The real Alertmanager: tests/integration/test_alertmanager.py."""
+
 from __future__ import annotations
 
 import base64
@@ -102,17 +103,24 @@ def test_every_alerting_kind_declares_the_severity_it_is_routed_with():
 
 
 def _event(kind: str, severity: str, details: dict | None = None, event_id: int = 7) -> events.OpsEvent:
-    return events.OpsEvent(kind, severity, f"{kind} happened", dict(details or {}), "", event_id, "2024-01-02T00:00:00+00:00")
+    return events.OpsEvent(
+        kind, severity, f"{kind} happened", dict(details or {}), "", event_id, "2024-01-02T00:00:00+00:00"
+    )
 
 
 def test_alert_labels_name_the_condition_and_runbook():
     alert = alert_for(_event("circuit_breaker_tripped", "critical", {"trip_id": 3}))
-    assert alert.labels == {"alertname": "CircuitBreakerTripped", "severity": "critical",
-                            "dedup_key": "circuit-breaker-trip-3", "incident": "circuit-breaker",
-                            "service": "autotrader"}
+    assert alert.labels == {
+        "alertname": "CircuitBreakerTripped",
+        "severity": "critical",
+        "dedup_key": "circuit-breaker-trip-3",
+        "incident": "circuit-breaker",
+        "service": "autotrader",
+    }
     assert alert.conditional
     assert alert.annotations("https://example.com/repo/")["runbook_url"] == (
-        "https://example.com/repo/docs/runbooks/alerts.md#circuitbreakertripped")
+        "https://example.com/repo/docs/runbooks/alerts.md#circuitbreakertripped"
+    )
     # The sensor's alert for the same trip is the same Alertmanager alert.
     assert alert_for(_event("circuit_breaker_alert", "critical", {"trip_id": 3})).labels == alert.labels
     health = alert_for(_event("model_health_finding", "warning", {"check": "win_rate", "date": "2024-01-01"}))
@@ -138,7 +146,9 @@ def test_breaker_trip_fires_once_and_its_reset_resolves_it(tmp_path, store, am):
     assert result.delivered == 1 and result.error is None
     (fire,) = _sent(am)
     assert fire["labels"]["alertname"] == "CircuitBreakerTripped"
-    assert dt.datetime.fromisoformat(fire["endsAt"]) - dt.datetime.now(dt.timezone.utc) > CONDITION_TTL - dt.timedelta(minutes=1)
+    assert dt.datetime.fromisoformat(fire["endsAt"]) - dt.datetime.now(dt.timezone.utc) > CONDITION_TTL - dt.timedelta(
+        minutes=1
+    )
     # Nothing new: nothing sent again (the open alert is re-sent only after REFRESH).
     assert deliver_now(store.url, am.url).delivered == 0 and len(_sent(am)) == 1
     breaker.reset(approved_by="risk", reason="checked")
@@ -200,8 +210,12 @@ def test_drift_cleared_resolves_drift_of_that_day_and_before_only(store, am):
 
 
 def test_deployment_failure_resolves_with_the_next_successful_rollout(store, am):
-    store.record_event("rollout_rolled_back", "rollout 4 rolled back", severity="critical", details={"deployment_id": 4})
-    store.record_event("production_serving_ensured", "traffic on blue", severity="warning")  # not a recovery of the rollout
+    store.record_event(
+        "rollout_rolled_back", "rollout 4 rolled back", severity="critical", details={"deployment_id": 4}
+    )
+    store.record_event(
+        "production_serving_ensured", "traffic on blue", severity="warning"
+    )  # not a recovery of the rollout
     store.record_event("rollout_succeeded", "version 5 serves 100%", details={"deployment_id": 5, "version": 5})
     result = deliver_now(store.url, am.url)
     assert result.resolved == 1
@@ -299,8 +313,17 @@ _PNG = b"\x89PNG\r\n\x1a\nfake-but-bytes"
 
 def test_weekly_report_takes_both_charts_from_the_materialization():
     uri = f"![x](data:image/png;base64,{base64.b64encode(_PNG).decode()})"
-    report = build_report({"equity_curve": uri, "drawdown_plot": uri, "current_equity": 101.5, "total_pnl": 1.5,
-                           "sharpe": 1.2, "max_drawdown": 0.03}, "run-1")
+    report = build_report(
+        {
+            "equity_curve": uri,
+            "drawdown_plot": uri,
+            "current_equity": 101.5,
+            "total_pnl": 1.5,
+            "sharpe": 1.2,
+            "max_drawdown": 0.03,
+        },
+        "run-1",
+    )
     assert [a.filename for a in report.attachments] == ["equity_curve.png", "drawdown.png"]
     assert report.attachments[0].content == _PNG
     assert "equity 101.50" in report.summary

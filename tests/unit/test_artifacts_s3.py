@@ -1,5 +1,6 @@
 """The S3 artifact store against moto: layout, idempotence, checksum verification, tampering,
 and a registry whose artifacts live on S3."""
+
 from __future__ import annotations
 
 import boto3
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from deploy_ops.models.artifacts import ArtifactNotFoundError, S3ArtifactStore, open_artifact_store
 from deploy_ops.db import make_engine
+from deploy_ops.models.artifacts import ArtifactNotFoundError, S3ArtifactStore, open_artifact_store
 from deploy_ops.models.bundle import ArtifactIntegrityError, sha256_bytes
 from deploy_ops.models.registry import open_registry
 

@@ -1,5 +1,6 @@
 """What a Dagster user expects on every asset page: owners, tags, a code version, and a freshness
 policy where staleness matters."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -22,9 +23,16 @@ def test_every_asset_has_owners_tags_and_a_code_version():
     specs = _specs()
     assert len(specs) == 11, sorted(specs)
     missing = {
-        name: [what for what, ok in (("owners", spec.owners), ("code_version", spec.code_version),
-                                      ("domain tag", spec.tags.get("domain")), ("tier tag", spec.tags.get("tier")))
-               if not ok]
+        name: [
+            what
+            for what, ok in (
+                ("owners", spec.owners),
+                ("code_version", spec.code_version),
+                ("domain tag", spec.tags.get("domain")),
+                ("tier tag", spec.tags.get("tier")),
+            )
+            if not ok
+        ]
         for name, spec in specs.items()
     }
     assert {name: m for name, m in missing.items() if m} == {}
@@ -32,12 +40,15 @@ def test_every_asset_has_owners_tags_and_a_code_version():
     assert {spec.tags["tier"] for spec in specs.values()} == {"critical", "standard"}
 
 
-@pytest.mark.parametrize("name, kind", [
-    ("market_bars", "CronFreshnessPolicy"),
-    ("paper_trading", "CronFreshnessPolicy"),
-    ("trading_performance", "CronFreshnessPolicy"),
-    ("feature_drift", "TimeWindowFreshnessPolicy"),
-    ("model_health", "TimeWindowFreshnessPolicy"),
-])
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("market_bars", "CronFreshnessPolicy"),
+        ("paper_trading", "CronFreshnessPolicy"),
+        ("trading_performance", "CronFreshnessPolicy"),
+        ("feature_drift", "TimeWindowFreshnessPolicy"),
+        ("model_health", "TimeWindowFreshnessPolicy"),
+    ],
+)
 def test_assets_whose_staleness_matters_have_a_freshness_policy(name, kind):
     assert type(_specs()[name].freshness_policy).__name__ == kind

@@ -1,4 +1,5 @@
 """Tests for deploy_ops.trading.backtest: fills, costs, timing, carried state, halts, ruin, portfolios."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -143,9 +144,7 @@ def test_hand_computed_round_trip_prices_fees_slippage_and_equity():
 
     np.testing.assert_allclose(res.positions, [0, units, units, 0, 0], rtol=1e-12)
     np.testing.assert_allclose(res.cash, [10_000, 0, 0, final_cash, final_cash], rtol=1e-12, atol=1e-9)
-    np.testing.assert_allclose(
-        res.equity, [10_000, units * 101.5, units * 102.5, final_cash, final_cash], rtol=1e-12
-    )
+    np.testing.assert_allclose(res.equity, [10_000, units * 101.5, units * 102.5, final_cash, final_cash], rtol=1e-12)
     assert list(res.equity.index) == list(bars.ts)
     assert len(res.trades) == 1
     trade = res.trades.iloc[0]
@@ -250,9 +249,9 @@ def test_results_up_to_a_bar_do_not_depend_on_later_bars():
     base = run_backtest(bars, targets, fee_bps=10, slippage_bps=5)
     future = bars.copy()
     cut = 600
-    future.loc[cut + 1:, ["open", "high", "low", "close"]] *= 1.7  # rewrite the future
+    future.loc[cut + 1 :, ["open", "high", "low", "close"]] *= 1.7  # rewrite the future
     alt_targets = targets.copy()
-    alt_targets[cut + 1:] = -alt_targets[cut + 1:]
+    alt_targets[cut + 1 :] = -alt_targets[cut + 1 :]
     alt = run_backtest(future, alt_targets, fee_bps=10, slippage_bps=5)
     np.testing.assert_array_equal(base.equity.iloc[: cut + 1].to_numpy(), alt.equity.iloc[: cut + 1].to_numpy())
     early = base.fills["ts"] <= bars.ts[cut]
@@ -307,7 +306,9 @@ def _run_in_chunks(bars, targets, splits, **kwargs):
 
 def _assert_chunks_equal_whole(whole, parts):
     np.testing.assert_allclose(pd.concat([p.equity for p in parts]).to_numpy(), whole.equity.to_numpy(), rtol=1e-12)
-    np.testing.assert_allclose(pd.concat([p.cash for p in parts]).to_numpy(), whole.cash.to_numpy(), rtol=1e-12, atol=1e-7)
+    np.testing.assert_allclose(
+        pd.concat([p.cash for p in parts]).to_numpy(), whole.cash.to_numpy(), rtol=1e-12, atol=1e-7
+    )
     np.testing.assert_allclose(
         pd.concat([p.positions for p in parts]).to_numpy(), whole.positions.to_numpy(), rtol=1e-12, atol=1e-12
     )
@@ -325,7 +326,12 @@ def _assert_chunks_equal_whole(whole, parts):
     np.testing.assert_allclose(trades["entry_price"], whole.trades["entry_price"], rtol=1e-12)
     a, b = parts[-1].final_state, whole.final_state
     assert (a.held_target, a.pending_target, a.last_ts, a.halted, a.ruined, a.open_trade_entry_ts) == (
-        b.held_target, b.pending_target, b.last_ts, b.halted, b.ruined, b.open_trade_entry_ts
+        b.held_target,
+        b.pending_target,
+        b.last_ts,
+        b.halted,
+        b.ruined,
+        b.open_trade_entry_ts,
     )
     assert a.cash == pytest.approx(b.cash, rel=1e-12, abs=1e-7)
     assert a.units == pytest.approx(b.units, rel=1e-12)
@@ -386,8 +392,9 @@ def test_pending_target_of_a_state_fills_at_the_first_open():
     assert res.fills["ts"].tolist() == [bars.ts[0]]
     np.testing.assert_allclose(res.positions, [20.0, 20.0, 20.0])
     assert res.final_state.pending_target == 0.0 and res.final_state.held_target == 1.0
-    unchanged = run_backtest(bars, [0, 0, 0], fee_bps=0, slippage_bps=0,
-                             state=dataclasses.replace(state, pending_target=0.0))
+    unchanged = run_backtest(
+        bars, [0, 0, 0], fee_bps=0, slippage_bps=0, state=dataclasses.replace(state, pending_target=0.0)
+    )
     assert unchanged.fills.empty and res.initial_equity == unchanged.initial_equity == 1_000.0
 
 
@@ -501,8 +508,9 @@ def test_portfolio_is_the_sum_of_equal_sleeves_aligned_on_time():
     b = make_bars(300, seed=21).drop(index=range(100, 110)).reset_index(drop=True)  # missing bars
     ta = signals_to_positions(np.random.default_rng(20).uniform(size=len(a)))
     tb = signals_to_positions(np.random.default_rng(21).uniform(size=len(b)))
-    pf = run_portfolio({"BTCUSDT": a, "ETHUSDT": b}, {"BTCUSDT": ta, "ETHUSDT": tb}, fee_bps=10, slippage_bps=5,
-                       initial_equity=200_000)
+    pf = run_portfolio(
+        {"BTCUSDT": a, "ETHUSDT": b}, {"BTCUSDT": ta, "ETHUSDT": tb}, fee_bps=10, slippage_bps=5, initial_equity=200_000
+    )
     ra = run_backtest(a, ta, fee_bps=10, slippage_bps=5, initial_equity=100_000)
     rb = run_backtest(b, tb, fee_bps=10, slippage_bps=5, initial_equity=100_000)
     expected = ra.equity + rb.equity.reindex(ra.equity.index).ffill()
@@ -533,9 +541,7 @@ def test_portfolio_weights_halt_and_continuation():
         halt_from_ts=halt_ts,
         **kw,
     )
-    np.testing.assert_allclose(
-        pd.concat([first.equity, second.equity]).to_numpy(), whole.equity.to_numpy(), rtol=1e-12
-    )
+    np.testing.assert_allclose(pd.concat([first.equity, second.equity]).to_numpy(), whole.equity.to_numpy(), rtol=1e-12)
 
 
 def test_portfolio_rejects_inconsistent_input():

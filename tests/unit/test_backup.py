@@ -3,6 +3,7 @@
 The round trip runs on both profiles' databases: SQLite (local) and a throwaway PostgreSQL
 database (pg_dump/pg_restore against the real server): back up, destroy the stores, restore,
 and the registry, routing, breaker state and warehouse tables equal what they were."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,14 @@ from deploy_ops.trading.breaker import BreakerStore
 def _populate(url: str, artifacts: Path, warehouse: Path, make_bundle) -> None:
     registry = open_registry(url, str(artifacts))
     for seed in (1, 2):
-        registry.register(make_bundle(seed), metrics={"auc": 0.6 + seed / 100}, params={"seed": seed},
-                          lineage={"partitions": ["2024-01-01"]}, actor="test", reason="backup test")
+        registry.register(
+            make_bundle(seed),
+            metrics={"auc": 0.6 + seed / 100},
+            params={"seed": seed},
+            lineage={"partitions": ["2024-01-01"]},
+            actor="test",
+            reason="backup test",
+        )
     registry.promote(1, actor="test", reason="first production")
     state = DeploymentStateStore(url)
     state.set_slot("blue", status="ready", version="1", url="http://127.0.0.1:1/", host="127.0.0.1", port=1, pid=1)
@@ -66,8 +73,10 @@ def _snapshot(url: str, warehouse: Path) -> dict:
             tables[name] = sorted(repr(tuple(r)) for r in rows)
     state = DeploymentStateStore(url)
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        wh = {t: con.execute(f'SELECT * FROM "{t}" ORDER BY ALL').fetchall()
-              for (t,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()}
+        wh = {
+            t: con.execute(f'SELECT * FROM "{t}" ORDER BY ALL').fetchall()
+            for (t,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
+        }
     return {
         "tables": tables,
         "routing": state.routing_table(),
@@ -244,7 +253,9 @@ def test_cli_without_a_backup_uri_says_what_to_set(cli_env, monkeypatch):
     from autotrader_assets.cli import main
 
     # The production profile leaves backup_uri empty: it never defaults onto the task's own disk.
-    monkeypatch.setattr("autotrader_assets.commands.backup.get_settings", lambda: dataclasses.replace(cli_env, backup_uri=""))
+    monkeypatch.setattr(
+        "autotrader_assets.commands.backup.get_settings", lambda: dataclasses.replace(cli_env, backup_uri="")
+    )
     result = CliRunner().invoke(main, ["backup", "create"])
     assert result.exit_code == 1 and "AUTOTRADER_BACKUP_URI" in result.output
 
@@ -256,11 +267,13 @@ def test_backup_job_and_hourly_schedule(tmp_path, sqlite_url, make_bundle):
     warehouse = tmp_path / "warehouse.duckdb"
     _populate(sqlite_url, tmp_path / "artifacts", warehouse, make_bundle)
     settings = dataclasses.replace(get_settings(), backup_uri=str(tmp_path / "backups"))
-    result = backup_job.execute_in_process(resources={
-        "settings": settings,
-        "registry": RegistryResource(url=sqlite_url, artifacts_uri=str(tmp_path / "artifacts")),
-        "warehouse": WarehouseResource(path=str(warehouse), lock_timeout_s=5),
-    })
+    result = backup_job.execute_in_process(
+        resources={
+            "settings": settings,
+            "registry": RegistryResource(url=sqlite_url, artifacts_uri=str(tmp_path / "artifacts")),
+            "warehouse": WarehouseResource(path=str(warehouse), lock_timeout_s=5),
+        }
+    )
     assert result.success
     backup_id = result.output_for_node("create_backup_op")
     verify_backup(LocalDestination(tmp_path / "backups"), backup_id)

@@ -1,5 +1,6 @@
 """Circuit breaker: detection on crafted equity curves, and the persistent store on SQLite and
 PostgreSQL (idempotent trips, approved resets only, audit history, events, restarts)."""
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from autotrader_assets.settings import Thresholds
+from deploy_ops.db import make_engine
+from deploy_ops.state import events_table
 from deploy_ops.trading.breaker import (
     RESET_EVENT,
     TRIP_EVENT,
@@ -24,9 +28,6 @@ from deploy_ops.trading.breaker import (
     breaker_state_table,
     find_trip,
 )
-from autotrader_assets.settings import Thresholds
-from deploy_ops.db import make_engine
-from deploy_ops.state import events_table
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: The breaker's limits as the settings default them (the breaker itself has no defaults).
@@ -34,7 +35,9 @@ LIMITS = dict(daily_loss_limit=Thresholds().breaker_daily_loss, drawdown_limit=T
 
 
 def curve(values, start="2024-03-01 00:00", freq="1min") -> pd.Series:
-    return pd.Series(np.asarray(values, dtype=float), index=pd.date_range(start, periods=len(values), freq=freq, tz="UTC"))
+    return pd.Series(
+        np.asarray(values, dtype=float), index=pd.date_range(start, periods=len(values), freq=freq, tz="UTC")
+    )
 
 
 # -- detection -----------------------------------------------------------------------------------
@@ -191,8 +194,11 @@ def test_reset_writes_the_audit_row_and_refuses_when_not_tripped(db_url):
     # The database itself refuses a reset row without an approver.
     with pytest.raises(sa.exc.IntegrityError):
         with store.engine.begin() as conn:
-            conn.execute(sa.insert(breaker_history_table).values(
-                action="reset", recorded_at=AT, market_at=AT, reason="x", details={}, trip_id=trip_row.id))
+            conn.execute(
+                sa.insert(breaker_history_table).values(
+                    action="reset", recorded_at=AT, market_at=AT, reason="x", details={}, trip_id=trip_row.id
+                )
+            )
 
 
 def test_a_reset_trip_is_not_raised_again_but_a_new_one_is(db_url):

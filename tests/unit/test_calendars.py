@@ -1,4 +1,5 @@
 """Session calendars: what a UTC day of an instrument should contain, and the settings that pick them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -97,7 +98,9 @@ def test_in_session_agrees_with_session_minutes(calendar):
     grid = pd.date_range("2012-02-03", "2012-02-07", freq="min", tz="UTC", inclusive="left")
     inside = in_session(calendar, grid)
     expected = pd.DatetimeIndex(
-        np.concatenate([session_minutes(calendar, d).asi8 for d in ["2012-02-03", "2012-02-04", "2012-02-05", "2012-02-06"]])
+        np.concatenate(
+            [session_minutes(calendar, d).asi8 for d in ["2012-02-03", "2012-02-04", "2012-02-05", "2012-02-06"]]
+        )
     ).tz_localize("UTC")
     assert grid[inside].equals(expected)
 

@@ -1,6 +1,7 @@
 """A dead run's children die with it: the guard dagster-dbt starts instead of dbt stops its
 child when the process that started it is killed with SIGKILL, and passes exit codes and
 signals through otherwise."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ def test_the_child_dies_when_the_worker_is_killed(tmp_path):
 
 def test_exit_codes_and_output_pass_through(tmp_path):
     guard = guarded_executable(sys.executable, tmp_path)
-    done = subprocess.run([guard, "-c", "print('dbt says hi'); raise SystemExit(3)"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [guard, "-c", "print('dbt says hi'); raise SystemExit(3)"], capture_output=True, text=True, timeout=60
+    )
     assert (done.returncode, done.stdout) == (3, "dbt says hi\n")
     assert Path(guard).stat().st_mode & 0o111
     assert guarded_executable(sys.executable, tmp_path) == guard  # rewritten only when it changes
@@ -61,8 +63,11 @@ def test_exit_codes_and_output_pass_through(tmp_path):
 
 def test_a_terminate_reaches_the_child(tmp_path):
     guard = guarded_executable(sys.executable, tmp_path)
-    proc = subprocess.Popen([guard, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [guard, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(proc.stdout.readline())
     proc.terminate()  # what dagster-dbt does on a run cancel
     assert proc.wait(15) == 128 + signal.SIGTERM

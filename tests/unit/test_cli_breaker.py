@@ -1,4 +1,5 @@
 """``autotrader breaker`` through click's CliRunner against the state database of a temporary home."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from click.testing import CliRunner
 from autotrader_assets.cli import main
 from autotrader_assets.commands.breaker import group
 from autotrader_assets.settings import get_settings
-from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 from deploy_ops.db import make_engine
+from deploy_ops.trading.breaker import TRIP_EVENT, BreakerStore
 
 AT = pd.Timestamp("2024-03-02 10:15", tz="UTC")
 
@@ -83,7 +84,9 @@ def test_reset_with_approval_writes_the_audit_row_then_refuses_a_second_time(sto
     assert not status.tripped and status.reset_by == "alice"
     reset_row = store.history()[0]
     assert (reset_row.action, reset_row.approved_by, reset_row.reason) == (
-        "reset", "alice", "rolled back to v3, loss explained"
+        "reset",
+        "alice",
+        "rolled back to v3, loss explained",
     )
     assert "armed" in run("status").output and "alice" in run("status").output
 

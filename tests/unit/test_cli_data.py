@@ -1,4 +1,5 @@
 """`autotrader data`: validate warehouse partitions, list archive versions, refuse bad restores."""
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,32 @@ def run(*args):
 
 def test_validate_reports_each_partition_and_fails_on_bad_or_missing(home):
     good, _bad = _warehouse(home)
-    result = run("validate", "--start", "2024-03-01", "--instrument", "BTCUSDT", "--instrument", "ETHUSDT",
-                 "--instrument", "SOLUSDT", "--json")
+    result = run(
+        "validate",
+        "--start",
+        "2024-03-01",
+        "--instrument",
+        "BTCUSDT",
+        "--instrument",
+        "ETHUSDT",
+        "--instrument",
+        "SOLUSDT",
+        "--json",
+    )
     assert result.exit_code == 1
     report = json.loads(result.stdout[: result.stdout.rindex("]") + 1])
     by_inst = {r["instrument"]: r for r in report}
     assert by_inst["BTCUSDT"] == {
-        "date": "2024-03-01", "instrument": "BTCUSDT", "rows": len(good), "schema_passed": True, "failures": 0,
+        "date": "2024-03-01",
+        "instrument": "BTCUSDT",
+        "rows": len(good),
+        "schema_passed": True,
+        "failures": 0,
         "missing_fraction": round(1 - len(good) / 1440, 4),
         # written straight into the table: no publication record
-        "bars": "missing", "features": "missing", "quarantine_reasons": None,
+        "bars": "missing",
+        "features": "missing",
+        "quarantine_reasons": None,
     }
     assert by_inst["ETHUSDT"]["schema_passed"] is False and by_inst["ETHUSDT"]["failures"] >= 2
     assert by_inst["SOLUSDT"]["failures"] == "partition missing" and not by_inst["SOLUSDT"]["schema_passed"]
@@ -103,8 +120,9 @@ def test_restore_refuses_bad_input_before_running_anything(home, args):
 
 def test_restore_without_an_archive_ends_with_the_cause(home):
     """The run fails before writing anything; the last line says why, not only that a step failed."""
-    result = CliRunner().invoke(group, ["restore", "--date", "2024-03-01", "--instrument", "BTCUSDT",
-                                        "--reason", "drill"])
+    result = CliRunner().invoke(
+        group, ["restore", "--date", "2024-03-01", "--instrument", "BTCUSDT", "--reason", "drill"]
+    )
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: data rollback failed (run ")
@@ -120,9 +138,21 @@ def test_validate_shows_published_and_quarantined_partitions(home):
     good = replay.day_bars("BTCUSDT", "2024-03-01")
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     publisher = DuckDBPublisher(con)
-    publisher.publish(PublishBatch("market_bars", "b1", passed={("2024-03-01", "BTCUSDT"): good, ("2024-03-01", "ETHUSDT"): good.assign(instrument="ETHUSDT")}))
-    publisher.publish(PublishBatch("market_bars", "b2", failed={("2024-03-01", "ETHUSDT"): good.iloc[:0]},
-                                   reasons={("2024-03-01", "ETHUSDT"): "partition is empty"}))
+    publisher.publish(
+        PublishBatch(
+            "market_bars",
+            "b1",
+            passed={("2024-03-01", "BTCUSDT"): good, ("2024-03-01", "ETHUSDT"): good.assign(instrument="ETHUSDT")},
+        )
+    )
+    publisher.publish(
+        PublishBatch(
+            "market_bars",
+            "b2",
+            failed={("2024-03-01", "ETHUSDT"): good.iloc[:0]},
+            reasons={("2024-03-01", "ETHUSDT"): "partition is empty"},
+        )
+    )
     con.close()
     result = run("validate", "--start", "2024-03-01", "--instrument", "BTCUSDT", "--instrument", "ETHUSDT", "--json")
     assert result.exit_code == 1
@@ -142,9 +172,14 @@ def test_validate_waits_for_a_writer_then_says_who_holds_the_warehouse(home, mon
     _warehouse(home)
     db = str(home / "warehouse.duckdb")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import duckdb, sys, time; c = duckdb.connect({db!r}); print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys, time; c = duckdb.connect({db!r}); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -1,6 +1,7 @@
 """``autotrader deploy`` through click's CliRunner against a temporary home: help, status and
 listing, clear refusals, and one end-to-end run with real slot processes (bootstrap rollout,
 a second rollout, manual and emergency rollback)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from autotrader_assets.cli import main
 from autotrader_assets.commands.deploy import group
 from autotrader_assets.settings import get_settings
 from deploy_ops.db import make_engine
-from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.models.registry import open_registry
+from deploy_ops.slots.local import LocalDeployer
 from deploy_ops.state import DeploymentStateStore
 
 INSTRUMENTS = "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT,ADAUSDT"
@@ -24,8 +25,15 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
     monkeypatch.setenv("AUTOTRADER_INSTRUMENTS", INSTRUMENTS)
     monkeypatch.setenv("USER", "cli-tester")
-    for name in ("AUTOTRADER_ENV", "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARTIFACTS_URI", "AUTOTRADER_WAREHOUSE",
-                 "AUTOTRADER_STAGE_SECONDS", "AUTOTRADER_SERVING_TOKEN", "DAGSTER_HOME"):
+    for name in (
+        "AUTOTRADER_ENV",
+        "AUTOTRADER_REGISTRY_URL",
+        "AUTOTRADER_ARTIFACTS_URI",
+        "AUTOTRADER_WAREHOUSE",
+        "AUTOTRADER_STAGE_SECONDS",
+        "AUTOTRADER_SERVING_TOKEN",
+        "DAGSTER_HOME",
+    ):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     settings = get_settings()
@@ -51,8 +59,9 @@ def feature_bundle(weight: float, bias: float = 0.0):
 
 
 def register(registry, weight=3.0, bias=0.0, stage="staging"):
-    return registry.register(feature_bundle(weight, bias), metrics={}, params={}, lineage={}, stage=stage,
-                             actor="trainer", reason="trained")
+    return registry.register(
+        feature_bundle(weight, bias), metrics={}, params={}, lineage={}, stage=stage, actor="trainer", reason="trained"
+    )
 
 
 def test_deploy_group_is_wired_into_the_autotrader_cli():
@@ -62,12 +71,15 @@ def test_deploy_group_is_wired_into_the_autotrader_cli():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command, expected", [
-    ("rollout", "--stage-seconds"),
-    ("rollback", "--reason"),
-    ("switch-traffic", "[blue|green]"),
-    ("emergency-rollback", "--keep-current"),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("rollout", "--stage-seconds"),
+        ("rollback", "--reason"),
+        ("switch-traffic", "[blue|green]"),
+        ("emergency-rollback", "--keep-current"),
+    ],
+)
 def test_every_command_has_help(command, expected):
     result = run(command, "--help")
     assert result.exit_code == 0 and expected in result.output
@@ -123,7 +135,9 @@ def test_usage_errors_exit_2_and_refusals_exit_1_with_a_reason(home):
     assert "|" not in refused.stdout and "**" not in refused.stdout and "---" not in refused.stdout
     assert "only staging versions are rolled out" in refused.output
     no_warehouse = run("rollout", str(v1.version))
-    assert no_warehouse.exit_code == 1 and "warehouse" in no_warehouse.output and "does not exist" in no_warehouse.output
+    assert (
+        no_warehouse.exit_code == 1 and "warehouse" in no_warehouse.output and "does not exist" in no_warehouse.output
+    )
     assert state.slots() == {}  # refusals start nothing
 
 
@@ -179,8 +193,10 @@ def test_rollout_status_rollback_and_emergency_rollback_end_to_end(home):
         assert record.metadata["version"].value == v2.version
         assert record.metadata["change"].value == "emergency_rollback"
         assert record.metadata["from_version"].value == v1.version
-        changes = [e.asset_materialization.metadata["change"].value
-                   for e in instance.fetch_materializations(dg.AssetKey("production_deployment"), limit=10).records]
+        changes = [
+            e.asset_materialization.metadata["change"].value
+            for e in instance.fetch_materializations(dg.AssetKey("production_deployment"), limit=10).records
+        ]
         assert changes == ["emergency_rollback", "manual_rollback", "rollout", "rollout"]
     critical = json.loads(run("status", "--json").output)["events"]
     assert any(e["kind"] == "emergency_rollback" and e["severity"] == "critical" for e in critical)

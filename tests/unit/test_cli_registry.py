@@ -1,4 +1,5 @@
 """``autotrader registry`` through click's CliRunner against a registry in a temporary home."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ def three_versions(registry, make_bundle):
     """v1 production, v2 staging, v3 candidate."""
     for seed, stage in ((0, "staging"), (1, "staging"), (2, "candidate")):
         registry.register(
-            make_bundle(seed), metrics={"auc": 0.6, "sharpe": 1.5}, params={"lr": 0.001},
-            lineage={"code_version": "abc123"}, stage=stage, actor="trainer", reason="trained",
+            make_bundle(seed),
+            metrics={"auc": 0.6, "sharpe": 1.5},
+            params={"lr": 0.001},
+            lineage={"code_version": "abc123"},
+            stage=stage,
+            actor="trainer",
+            reason="trained",
         )
     registry.promote(1, actor="trainer", reason="first production")
     return registry

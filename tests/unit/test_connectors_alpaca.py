@@ -1,4 +1,5 @@
 """AlpacaSource: stock and crypto bars, pagination, credentials and their secrecy."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,14 @@ T0 = pd.Timestamp("2024-01-02 14:30", tz="UTC")
 def bar(ts: pd.Timestamp, price: float = 185.0) -> dict:
     """One bar in Alpaca's v2 shape."""
     return {
-        "t": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": price, "h": price + 0.4, "l": price - 0.3,
-        "c": price + 0.1, "v": 21_500, "n": 310, "vw": price + 0.05,
+        "t": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "o": price,
+        "h": price + 0.4,
+        "l": price - 0.3,
+        "c": price + 0.1,
+        "v": 21_500,
+        "n": 310,
+        "vw": price + 0.05,
     }
 
 
@@ -55,14 +62,22 @@ def no_creds(monkeypatch):
 
 
 def source(clock: FakeClock, **options) -> AlpacaSource:
-    http = HttpClient(source="alpaca", sleep=clock.sleep, clock=clock.time, jitter=0.0, backoff_base=1.0,
-                      max_retries=options.pop("max_retries", 3))
+    http = HttpClient(
+        source="alpaca",
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=0.0,
+        backoff_base=1.0,
+        max_retries=options.pop("max_retries", 3),
+    )
     return AlpacaSource(base_url=BASE, http=http, **options)
 
 
 def test_stock_bars_with_pagination_and_headers(mocked, clock, creds):
-    mocked.get(STOCK_BARS, json={"bars": [bar(minute(0)), bar(minute(1), 186.0)], "symbol": "AAPL",
-                                 "next_page_token": "QUFQTHxNfDIwMjQ="})
+    mocked.get(
+        STOCK_BARS,
+        json={"bars": [bar(minute(0)), bar(minute(1), 186.0)], "symbol": "AAPL", "next_page_token": "QUFQTHxNfDIwMjQ="},
+    )
     mocked.get(STOCK_BARS, json={"bars": [bar(minute(2), 187.0)], "symbol": "AAPL", "next_page_token": None})
     out = source(clock, feed="iex").fetch_bars("AAPL", T0, minute(3))
     assert list(out.columns) == BAR_COLUMNS
@@ -72,8 +87,13 @@ def test_stock_bars_with_pagination_and_headers(mocked, clock, creds):
     assert out["volume"].tolist() == [21_500.0] * 3
     assert set(out["source"]) == {"alpaca"}
     first, second = (query(c) for c in mocked.calls)
-    assert first == {"feed": "iex", "timeframe": "1Min", "start": "2024-01-02T14:30:00Z",
-                     "end": "2024-01-02T14:33:00Z", "limit": "10000"}
+    assert first == {
+        "feed": "iex",
+        "timeframe": "1Min",
+        "start": "2024-01-02T14:30:00Z",
+        "end": "2024-01-02T14:33:00Z",
+        "limit": "10000",
+    }
     assert second["page_token"] == "QUFQTHxNfDIwMjQ="
     headers = mocked.calls[0].request.headers
     assert headers[KEY_ID_HEADER] == KEY_ID and headers[SECRET_KEY_HEADER] == SECRET
@@ -158,7 +178,9 @@ def test_empty_result_null_bars(mocked, clock, creds):
 
 def test_duplicates_and_unsorted_across_pages_are_normalized(mocked, clock, creds):
     mocked.get(STOCK_BARS, json={"bars": [bar(minute(2)), bar(minute(0))], "next_page_token": "p2"})
-    mocked.get(STOCK_BARS, json={"bars": [bar(minute(1)), bar(minute(2), 200.0), bar(minute(0))], "next_page_token": None})
+    mocked.get(
+        STOCK_BARS, json={"bars": [bar(minute(1)), bar(minute(2), 200.0), bar(minute(0))], "next_page_token": None}
+    )
     out = source(clock).fetch_bars("AAPL", T0, minute(3))
     # the page overlap's identical bar is dropped and counted; the conflicting one is kept
     assert out["ts"].tolist() == [minute(0), minute(1), minute(2), minute(2)]

@@ -1,4 +1,5 @@
 """BinanceSource against recorded-shape klines payloads served by `responses`."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,18 @@ MIN_MS = 60_000
 def kline(open_ms: int, price: float = 100.0, volume: float = 1.5) -> list:
     """One kline in the exact 12-field layout of GET /api/v3/klines."""
     return [
-        open_ms, f"{price:.8f}", f"{price + 1:.8f}", f"{price - 1:.8f}", f"{price + 0.5:.8f}",
-        f"{volume:.8f}", open_ms + MIN_MS - 1, f"{price * volume:.8f}", 12, "0.70000000", "70.0", "0",
+        open_ms,
+        f"{price:.8f}",
+        f"{price + 1:.8f}",
+        f"{price - 1:.8f}",
+        f"{price + 0.5:.8f}",
+        f"{volume:.8f}",
+        open_ms + MIN_MS - 1,
+        f"{price * volume:.8f}",
+        12,
+        "0.70000000",
+        "70.0",
+        "0",
     ]
 
 
@@ -74,8 +85,11 @@ def test_normal_fetch_normalizes_and_sends_the_documented_params(mocked, clock):
     assert set(bars["instrument"]) == {"BTC/USDT"} and set(bars["source"]) == {"binance"}
     q = query(mocked.calls[0])
     assert q == {
-        "symbol": "BTCUSDT", "interval": "1m", "startTime": str(T0_MS),
-        "endTime": str(T0_MS + 3 * MIN_MS - 1), "limit": "1000",
+        "symbol": "BTCUSDT",
+        "interval": "1m",
+        "startTime": str(T0_MS),
+        "endTime": str(T0_MS + 3 * MIN_MS - 1),
+        "limit": "1000",
     }
 
 
@@ -195,7 +209,7 @@ def test_invalid_symbol_is_not_retried(mocked, clock):
 
 
 def test_malformed_json(mocked, clock):
-    mocked.get(KLINES, body="[[1704153600000, \"1.0\",")
+    mocked.get(KLINES, body='[[1704153600000, "1.0",')
     with pytest.raises(MalformedPayloadError, match="malformed JSON"):
         source(clock).fetch_bars("BTCUSDT", T0, T0 + pd.Timedelta(minutes=2))
 

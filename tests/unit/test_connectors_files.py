@@ -1,4 +1,5 @@
 """FileSource: OHLCV CSV/Parquet exports, Binance kline archives, and the shared real files."""
+
 from __future__ import annotations
 
 import gzip
@@ -106,11 +107,18 @@ def test_archives_mixing_milliseconds_and_microseconds_load_together(tmp_path):
     with zipfile.ZipFile(tmp_path / "ETHUSDT-1m-2024-12.zip", "w") as zf:
         zf.writestr("ETHUSDT-1m-2024-12.csv", "\n".join(kline_line(dec_ms + i * 60_000, 1.0) for i in range(2)))
     with zipfile.ZipFile(tmp_path / "ETHUSDT-1m-2025-01.zip", "w") as zf:
-        zf.writestr("ETHUSDT-1m-2025-01.csv", "\n".join(kline_line(jan_us + i * 60_000_000, 2.0, 1000) for i in range(2)))
+        zf.writestr(
+            "ETHUSDT-1m-2025-01.csv", "\n".join(kline_line(jan_us + i * 60_000_000, 2.0, 1000) for i in range(2))
+        )
     write(tmp_path / "ETHUSDT-1m-2025-01.zip.CHECKSUM", "abc  ETHUSDT-1m-2025-01.zip\n")
     src = FileSource(directory=tmp_path, pattern="{instrument}-1m-*")
     out = src.fetch_bars("ETHUSDT", december, january + pd.Timedelta(minutes=2))
-    assert out["ts"].tolist() == [december, december + pd.Timedelta(minutes=1), january, january + pd.Timedelta(minutes=1)]
+    assert out["ts"].tolist() == [
+        december,
+        december + pd.Timedelta(minutes=1),
+        january,
+        january + pd.Timedelta(minutes=1),
+    ]
     assert out["open"].tolist() == [1.0, 1.0, 2.0, 2.0]
     assert [p.name for p in src.files_for("ETHUSDT")] == ["ETHUSDT-1m-2024-12.zip", "ETHUSDT-1m-2025-01.zip"]
 
@@ -173,8 +181,7 @@ def test_unsorted_rows_are_sorted_identical_duplicates_dropped_and_counted(tmp_p
 def test_conflicting_duplicates_are_kept_for_the_schema_check_to_show(tmp_path):
     path = write(
         tmp_path / "x.csv",
-        "timestamp,open,high,low,close,volume\n"
-        f"{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},2,2,2,2,1\n{T0_MS},9,9,9,9,1\n",
+        f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},2,2,2,2,1\n{T0_MS},9,9,9,9,1\n",
     )
     out = FileSource(path).fetch_bars("X", T0, minute(10))
     assert out["ts"].tolist() == [minute(0), minute(0), minute(1)]
@@ -190,14 +197,19 @@ def test_conflicting_duplicates_are_kept_for_the_schema_check_to_show(tmp_path):
 
 
 def test_pattern_matching_overlapping_files_is_refused(tmp_path):
-    write(tmp_path / "X_1.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n")
+    write(
+        tmp_path / "X_1.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n"
+    )
     write(tmp_path / "X_2.csv", f"timestamp,open,high,low,close,volume\n{T0_MS + 60_000},2,2,2,2,2\n")
     with pytest.raises(FileSourceError, match=r"several files for 'X' whose times overlap \(X_1.csv .* X_2.csv"):
         FileSource(directory=tmp_path).fetch_bars("X", T0, minute(5))
 
 
 def test_pattern_matching_consecutive_parts_reads_them_as_one_series(tmp_path):
-    write(tmp_path / "X-2024-01.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n")
+    write(
+        tmp_path / "X-2024-01.csv",
+        f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n{T0_MS + 60_000},1,1,1,1,1\n",
+    )
     write(tmp_path / "X-2024-02.csv", f"timestamp,open,high,low,close,volume\n{T0_MS + 120_000},2,2,2,2,2\n")
     out = FileSource(directory=tmp_path, pattern="{instrument}-2024-*.csv").fetch_bars("X", T0, minute(5))
     assert out["open"].tolist() == [1.0, 1.0, 2.0]
@@ -211,13 +223,17 @@ def test_mapping_of_instruments_to_files(tmp_path):
     assert src.load("AAA")["open"].tolist() == [1.0]
     with pytest.raises(FileSourceError, match="no file configured for instrument 'CCC'.*AUTOTRADER_FILE_SOURCE"):
         src.load("CCC")
-    with pytest.raises(FileSourceError, match=r"no file configured for instrument\(s\) \['CCC'\].*CCC=/path/to/CCC.csv"):
+    with pytest.raises(
+        FileSourceError, match=r"no file configured for instrument\(s\) \['CCC'\].*CCC=/path/to/CCC.csv"
+    ):
         FileSource({"AAA": a, "BBB": [b]}, instruments=["AAA", "CCC"])
 
 
 def test_one_plain_file_never_serves_two_instruments(tmp_path):
     path = write(tmp_path / "gbpusd.csv", f"timestamp,open,high,low,close,volume\n{T0_MS},1,1,1,1,1\n")
-    with pytest.raises(FileSourceError, match=r"one file .*gbpusd.csv.* 2 instruments \(GBPUSD, USDJPY\).*AUTOTRADER_FILE_DIR"):
+    with pytest.raises(
+        FileSourceError, match=r"one file .*gbpusd.csv.* 2 instruments \(GBPUSD, USDJPY\).*AUTOTRADER_FILE_DIR"
+    ):
         FileSource(path, instruments=["GBPUSD", "USDJPY"])
     # one file for one configured instrument: still fine (the backward-compatible case)
     src = FileSource(path, instruments=["GBPUSD"])
@@ -242,7 +258,10 @@ def test_symbol_column_filters_one_file_per_instrument(tmp_path):
     assert src.fetch_bars("GBPUSD", T0, minute(5))["close"].tolist() == [1.5, 1.6]
     usdjpy = src.fetch_bars("USDJPY", T0, minute(5))
     assert usdjpy["close"].tolist() == [150.0] and set(usdjpy["instrument"]) == {"USDJPY"}
-    with pytest.raises(FileSourceError, match=r"'EURUSD' has no rows in column 'ticker'.*symbols found: \['GBPUSD', 'USDJPY', 'gbpusd'\]"):
+    with pytest.raises(
+        FileSourceError,
+        match=r"'EURUSD' has no rows in column 'ticker'.*symbols found: \['GBPUSD', 'USDJPY', 'gbpusd'\]",
+    ):
         src.fetch_bars("EURUSD", T0, minute(5))
     with pytest.raises(MalformedPayloadError, match="no symbol column 'sym'"):
         FileSource(path, symbol_column="sym").load("GBPUSD")
@@ -272,10 +291,14 @@ def test_no_matching_file_is_a_clear_error(tmp_path):
         ("timestamp,open,high,close,volume\n2024-01-02,1,1,1,1\n", r"missing columns \['low'\]"),
         ("timestamp,open,high,low,close,vol_btc\n2024-01-02,1,1,1,1,1\n", r"\['vol_btc'\] looks like one; map it"),
         ("when,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n", "no time column"),
-        ("date,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n2024-01-02 00:01,1,abc,1,1,1\n",
-         r"row 1 \(line 3\): high 'abc' is not a number"),
-        ("date,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\nnot-a-date,1,1,1,1,1\n",
-         r"row 1 \(line 3\): time 'not-a-date' is not a timestamp"),
+        (
+            "date,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n2024-01-02 00:01,1,abc,1,1,1\n",
+            r"row 1 \(line 3\): high 'abc' is not a number",
+        ),
+        (
+            "date,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\nnot-a-date,1,1,1,1,1\n",
+            r"row 1 \(line 3\): time 'not-a-date' is not a timestamp",
+        ),
         ("date,open,high,low,close,volume\n2024-01-02,1,1,,1,1\n", r"row 0 \(line 2\): low is empty"),
         ("date,open,high,low,close,volume\n2024-01-02,1,1,1,inf,1\n", r"row 0 \(line 2\): close inf is not a number"),
         ("date,Open,open,high,low,close,volume\n2024-01-02,1,1,1,1,1,1\n", "appear more than once"),
@@ -456,9 +479,12 @@ def test_real_intervals_of_the_one_and_five_minute_files():
     assert gappy.attrs["interval_seconds"] == 60
     five = FileSource(directory=data / "crypto_5m", pattern="{instrument}-5m.csv")
     for name in ("ADA_BTC", "DASH_BTC", "ETC_BTC", "ETH_BTC", "LTC_BTC", "XMR_BTC"):
-        assert five.fetch_bars(name, pd.Timestamp("2018-01-20", tz="UTC"), pd.Timestamp("2018-01-21", tz="UTC")).attrs[
-            "interval_seconds"
-        ] == 300, name
+        assert (
+            five.fetch_bars(name, pd.Timestamp("2018-01-20", tz="UTC"), pd.Timestamp("2018-01-21", tz="UTC")).attrs[
+                "interval_seconds"
+            ]
+            == 300
+        ), name
 
 
 # ---- the resource, built from settings -----------------------------------------------------------
@@ -467,8 +493,13 @@ def test_real_intervals_of_the_one_and_five_minute_files():
 def _file_settings(monkeypatch, tmp_path, **env):
     from autotrader_assets.settings import load_settings
 
-    for name in ("AUTOTRADER_FILE_SOURCE", "AUTOTRADER_FILE_DIR", "AUTOTRADER_FILE_PATTERN",
-                 "AUTOTRADER_FILE_SYMBOL_COLUMN", "AUTOTRADER_FILE_COLUMNS"):
+    for name in (
+        "AUTOTRADER_FILE_SOURCE",
+        "AUTOTRADER_FILE_DIR",
+        "AUTOTRADER_FILE_PATTERN",
+        "AUTOTRADER_FILE_SYMBOL_COLUMN",
+        "AUTOTRADER_FILE_COLUMNS",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("AUTOTRADER_MARKET_SOURCE", "file")
@@ -483,7 +514,9 @@ def test_resource_from_settings_serves_each_instrument_its_own_file(tmp_path, mo
     gbp = write(tmp_path / "gbp.csv", f"timestamp_utc,open,high,low,close\n{T0_MS},1.5,1.5,1.5,1.5\n")
     jpy = write(tmp_path / "jpy.csv", f"timestamp_utc,open,high,low,close\n{T0_MS},150,150,150,150\n")
     settings = _file_settings(
-        monkeypatch, tmp_path, AUTOTRADER_INSTRUMENTS="GBPUSD,USDJPY",
+        monkeypatch,
+        tmp_path,
+        AUTOTRADER_INSTRUMENTS="GBPUSD,USDJPY",
         AUTOTRADER_FILE_SOURCE=f"GBPUSD={gbp},USDJPY={jpy}",
     )
     source = MarketSourceResource.from_settings(settings).get_source()
@@ -496,8 +529,12 @@ def test_resource_from_settings_with_directory_pattern_and_columns(tmp_path, mon
 
     write(tmp_path / "ES_2024.csv", f"When,Open,High,Low,Last,Volume\n{T0_MS},1,2,0.5,1.5,3\n")
     settings = _file_settings(
-        monkeypatch, tmp_path, AUTOTRADER_INSTRUMENTS="ES", AUTOTRADER_FILE_DIR=str(tmp_path),
-        AUTOTRADER_FILE_PATTERN="{instrument}_*.csv", AUTOTRADER_FILE_COLUMNS="ts=When,close=Last",
+        monkeypatch,
+        tmp_path,
+        AUTOTRADER_INSTRUMENTS="ES",
+        AUTOTRADER_FILE_DIR=str(tmp_path),
+        AUTOTRADER_FILE_PATTERN="{instrument}_*.csv",
+        AUTOTRADER_FILE_COLUMNS="ts=When,close=Last",
     )
     bars = MarketSourceResource.from_settings(settings).get_source().fetch_bars("ES", T0, minute(1))
     assert bars[["open", "high", "low", "close", "volume"]].iloc[0].tolist() == [1.0, 2.0, 0.5, 1.5, 3.0]

@@ -1,4 +1,5 @@
 """HttpClient: retries, backoff, Retry-After, the retry budget, JSON decoding and redaction."""
+
 from __future__ import annotations
 
 import email.utils

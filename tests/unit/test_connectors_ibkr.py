@@ -1,4 +1,5 @@
 """IbkrSource against Client Portal history payloads shaped on recorded IBKR bars."""
+
 from __future__ import annotations
 
 import gzip
@@ -33,12 +34,27 @@ def bar(ts: pd.Timestamp, price: float = 130.0, volume: float = 10.0) -> dict:
 def history(bars: list[dict], **extra) -> dict:
     """A history response with the metadata fields the gateway sends around ``data``."""
     return {
-        "serverId": "20477", "symbol": "AAPL", "text": "APPLE INC", "priceFactor": 100,
-        "startTime": "20210105-14:30:00", "high": "13100/3400/0", "low": "12900/100/30",
-        "timePeriod": "1d", "barLength": 60, "mdAvailability": "S", "mktDataDelay": 0,
-        "outsideRth": True, "volumeFactor": 1, "priceDisplayRule": 1, "priceDisplayValue": "2",
-        "negativeCapable": False, "messageVersion": 2, "data": bars, "points": len(bars),
-        "travelTime": 48, **extra,
+        "serverId": "20477",
+        "symbol": "AAPL",
+        "text": "APPLE INC",
+        "priceFactor": 100,
+        "startTime": "20210105-14:30:00",
+        "high": "13100/3400/0",
+        "low": "12900/100/30",
+        "timePeriod": "1d",
+        "barLength": 60,
+        "mdAvailability": "S",
+        "mktDataDelay": 0,
+        "outsideRth": True,
+        "volumeFactor": 1,
+        "priceDisplayRule": 1,
+        "priceDisplayValue": "2",
+        "negativeCapable": False,
+        "messageVersion": 2,
+        "data": bars,
+        "points": len(bars),
+        "travelTime": 48,
+        **extra,
     }
 
 
@@ -49,7 +65,9 @@ def serve_history(bars: list[dict], anchor: str = "start"):
         q = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
         anchor_ts = pd.Timestamp(pd.to_datetime(q["startTime"], format="%Y%m%d-%H:%M:%S"), tz="UTC")
         period = q["period"]
-        length = pd.Timedelta(minutes=int(period[:-3])) if period.endswith("min") else pd.Timedelta(hours=int(period[:-1]))
+        length = (
+            pd.Timedelta(minutes=int(period[:-3])) if period.endswith("min") else pd.Timedelta(hours=int(period[:-1]))
+        )
         lo, hi = (anchor_ts, anchor_ts + length) if anchor == "start" else (anchor_ts - length, anchor_ts)
         page = [b for b in bars if ms(lo) <= b["t"] < ms(hi)]
         return 200, {}, json.dumps(history(page))
@@ -74,8 +92,14 @@ def recorded_bars() -> list[dict]:
     with gzip.open(path, "rt") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return [
-        {"o": r["open"], "h": r["high"], "l": r["low"], "c": r["close"], "v": r["volume"],
-         "t": ms(pd.Timestamp(r["date"], tz="UTC"))}
+        {
+            "o": r["open"],
+            "h": r["high"],
+            "l": r["low"],
+            "c": r["close"],
+            "v": r["volume"],
+            "t": ms(pd.Timestamp(r["date"], tz="UTC")),
+        }
         for r in rows
     ]
 

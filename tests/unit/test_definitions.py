@@ -1,4 +1,5 @@
 """The code location loads, and holds exactly the assets, checks, jobs, sensors and schedules we ship."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,42 +13,79 @@ from autotrader_assets.definitions import build_definitions, defs
 from autotrader_assets.settings import SettingsError, Thresholds, load_settings
 
 ASSETS = {
-    "market_bars", "stg_market_bars", "bar_features", "training_dataset", "candidate_model", "registered_model",
-    "production_deployment", "paper_trading", "trading_performance", "feature_drift", "model_health",
+    "market_bars",
+    "stg_market_bars",
+    "bar_features",
+    "training_dataset",
+    "candidate_model",
+    "registered_model",
+    "production_deployment",
+    "paper_trading",
+    "trading_performance",
+    "feature_drift",
+    "model_health",
 }
 CHECKS = {
-    ("market_bars", "market_bars_schema"), ("market_bars", "market_bars_completeness"),
-    ("market_bars", "market_bars_outliers"), ("market_bars", "market_bars_freshness"),
-    ("stg_market_bars", "not_null_stg_market_bars_close"), ("stg_market_bars", "not_null_stg_market_bars_ts"),
+    ("market_bars", "market_bars_schema"),
+    ("market_bars", "market_bars_completeness"),
+    ("market_bars", "market_bars_outliers"),
+    ("market_bars", "market_bars_freshness"),
+    ("stg_market_bars", "not_null_stg_market_bars_close"),
+    ("stg_market_bars", "not_null_stg_market_bars_ts"),
     ("stg_market_bars", "not_null_stg_market_bars_instrument"),
     ("stg_market_bars", "accepted_range_stg_market_bars_close__False__0"),
     ("bar_features", "unique_combination_bar_features_instrument__ts"),
-    ("bar_features", "not_null_bar_features_instrument"), ("bar_features", "not_null_bar_features_ts"),
-    ("bar_features", "not_null_bar_features_date"), ("bar_features", "not_null_bar_features_close"),
+    ("bar_features", "not_null_bar_features_instrument"),
+    ("bar_features", "not_null_bar_features_ts"),
+    ("bar_features", "not_null_bar_features_date"),
+    ("bar_features", "not_null_bar_features_close"),
     ("bar_features", "accepted_range_bar_features_rsi_14__100__0"),
     ("bar_features", "accepted_range_bar_features_range_hl__0"),
     ("bar_features", "accepted_range_bar_features_rv_60__0"),
     ("bar_features", "accepted_range_bar_features_ret_1__1___1"),
-    ("candidate_model", "auc_floor"), ("candidate_model", "sharpe_vs_production"),
-    ("candidate_model", "max_drawdown"), ("candidate_model", "weights_finite"),
-    ("candidate_model", "output_shape_range"), ("candidate_model", "leakage"),
-    ("paper_trading", "circuit_breaker"), ("feature_drift", "feature_drift_psi"),
+    ("candidate_model", "auc_floor"),
+    ("candidate_model", "sharpe_vs_production"),
+    ("candidate_model", "max_drawdown"),
+    ("candidate_model", "weights_finite"),
+    ("candidate_model", "output_shape_range"),
+    ("candidate_model", "leakage"),
+    ("paper_trading", "circuit_breaker"),
+    ("feature_drift", "feature_drift_psi"),
 }
 JOBS = {
-    "data_pipeline", "data_rollback", "market_data_freshness", "training_job", "deployment_pipeline",
-    "model_rollback", "emergency_rollback", "paper_trading_job", "performance_report", "health_check",
+    "data_pipeline",
+    "data_rollback",
+    "market_data_freshness",
+    "training_job",
+    "deployment_pipeline",
+    "model_rollback",
+    "emergency_rollback",
+    "paper_trading_job",
+    "performance_report",
+    "health_check",
     "backup_job",
 }
 SENSORS = {
-    "deployment_failure_sensor", "interrupted_deployment_sensor", "circuit_breaker_sensor", "data_rollback_reprocess_sensor", "feature_drift_sensor",
+    "deployment_failure_sensor",
+    "interrupted_deployment_sensor",
+    "circuit_breaker_sensor",
+    "data_rollback_reprocess_sensor",
+    "feature_drift_sensor",
     "data_pipeline_failure_sensor",
-    "alert_delivery_sensor", "job_notice_sensor",
-    "job_success_metrics_sensor", "job_failure_metrics_sensor",
+    "alert_delivery_sensor",
+    "job_notice_sensor",
+    "job_success_metrics_sensor",
+    "job_failure_metrics_sensor",
     "run_launch_failure_sensor",
 }
 SCHEDULES = {
-    "daily_data_pipeline", "market_data_freshness_hourly", "weekly_training", "daily_paper_trading",
-    "weekly_performance_report", "health_check_every_15_minutes", "hourly_backup",
+    "daily_data_pipeline",
+    "market_data_freshness_hourly",
+    "weekly_training",
+    "daily_paper_trading",
+    "weekly_performance_report",
+    "health_check_every_15_minutes",
+    "hourly_backup",
 }
 
 
@@ -77,7 +115,14 @@ def test_blocking_checks_guard_the_flow(repo):
         for spec in cd.check_specs
         if spec.blocking
     }
-    for gate in ["auc_floor", "sharpe_vs_production", "max_drawdown", "weights_finite", "output_shape_range", "leakage"]:
+    for gate in [
+        "auc_floor",
+        "sharpe_vs_production",
+        "max_drawdown",
+        "weights_finite",
+        "output_shape_range",
+        "leakage",
+    ]:
         assert ("candidate_model", gate) in blocking
     assert ("market_bars", "market_bars_schema") in blocking
 
@@ -129,9 +174,14 @@ def _settings_in(tmp_path, **changes):
     """The environment's settings with every store under ``tmp_path``, plus ``changes``."""
     base = load_settings()
     return dataclasses.replace(
-        base, home=tmp_path, dagster_home=tmp_path / "dagster_home", warehouse_path=tmp_path / "warehouse.duckdb",
-        archive_uri=str(tmp_path / "archive"), artifacts_uri=str(tmp_path / "artifacts"),
-        registry_url=f"sqlite:///{tmp_path / 'registry.db'}", **changes,
+        base,
+        home=tmp_path,
+        dagster_home=tmp_path / "dagster_home",
+        warehouse_path=tmp_path / "warehouse.duckdb",
+        archive_uri=str(tmp_path / "archive"),
+        artifacts_uri=str(tmp_path / "artifacts"),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        **changes,
     )
 
 
@@ -176,11 +226,14 @@ def test_no_definition_body_calls_get_settings():
         if path.name == "partitions.py":
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
-        defaults = {id(op.values[-1]) for op in ast.walk(tree) if isinstance(op, ast.BoolOp) and isinstance(op.op, ast.Or)}
+        defaults = {
+            id(op.values[-1]) for op in ast.walk(tree) if isinstance(op, ast.BoolOp) and isinstance(op.op, ast.Or)
+        }
         offenders += [
             f"{path.relative_to(root)}:{node.lineno}"
             for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "get_settings"
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "get_settings"
             and id(node) not in defaults
         ]
     assert offenders == [], f"get_settings() called in {offenders}: take dg.ResourceParam[Settings] instead"

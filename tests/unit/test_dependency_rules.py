@@ -1,4 +1,5 @@
 """The house rule: dependencies point one way. deploy_ops never imports Dagster or the code location."""
+
 from __future__ import annotations
 
 import ast
@@ -35,18 +36,16 @@ def test_settings_reads_no_dagster():
 #: Uses of the process environment outside settings.py that read no configuration, by the exact
 #: source line (so a move keeps them, and any new read fails), with the reason each may stay.
 ENVIRONMENT_ALLOWED = {
-    'if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):':
-        "features/project.py puts the venv's bin on PATH so dbt's subprocesses find `dbt`: it "
-        "checks PATH only to avoid adding the folder twice",
-    'os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")':
-        "the same PATH fix: writing the environment the dbt child processes inherit",
-    "return run(os.environ)":
-        "container entrypoint: the ECS task definition's contract (deploy_ops/serving/container.py reads "
-        "the model URI, sha256, version, slot and token the task definition passes; a container has no "
-        "other channel)",
-    "child = dict(os.environ)":
-        "the local deployer hands its own environment on to a serving process (then overrides "
-        "PYTHONPATH and the caller's extras); it passes the environment through, reads nothing from it",
+    'if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):': "features/project.py puts the venv's bin on PATH so dbt's subprocesses find `dbt`: it "
+    "checks PATH only to avoid adding the folder twice",
+    'os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")': "the same PATH fix: writing the environment the dbt child processes inherit",
+    "return run(os.environ)": "container entrypoint: the ECS task definition's contract (deploy_ops/serving/container.py reads "
+    "the model URI, sha256, version, slot and token the task definition passes; a container has no "
+    "other channel)",
+    "child = dict(os.environ)": "the local deployer hands its own environment on to a serving process (then overrides "
+    "PYTHONPATH and the caller's extras); it passes the environment through, reads nothing from it",
+    "env = dict(os.environ)": "pg_dump/pg_restore inherit the backup process's environment (PATH, locale) with "
+    "PGPASSWORD added, so the password never appears on a command line; nothing is read from it",
 }
 
 
@@ -86,7 +85,9 @@ def test_only_settings_reads_the_environment():
         "only autotrader_assets/settings.py reads the environment; take the value from Settings "
         "(or add the line to ENVIRONMENT_ALLOWED with the reason it reads no configuration):\n" + "\n".join(offenders)
     )
-    assert used_allowances == set(ENVIRONMENT_ALLOWED), f"stale allowances: {set(ENVIRONMENT_ALLOWED) - used_allowances}"
+    assert used_allowances == set(ENVIRONMENT_ALLOWED), (
+        f"stale allowances: {set(ENVIRONMENT_ALLOWED) - used_allowances}"
+    )
 
 
 def test_the_environment_scan_sees_every_form(tmp_path):
@@ -100,8 +101,10 @@ def test_the_environment_scan_sees_every_form(tmp_path):
 #: Test modules another test module may import, with the reason: importing test functions collects
 #: them again in the importer (not helpers, which live in tests/support/).
 TEST_MODULE_IMPORTS_ALLOWED = {
-    ("test_registry_postgres.py", "tests.unit.test_registry"):
-        "runs the registry's unit tests a second time against PostgreSQL",
+    (
+        "test_registry_postgres.py",
+        "tests.unit.test_registry",
+    ): "runs the registry's unit tests a second time against PostgreSQL",
 }
 
 
@@ -119,7 +122,9 @@ def _imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_tests_import_helpers_from_tests_support_not_from_test_modules(path):
-    imported = {m for m in _imported_modules(path) if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")}
+    imported = {
+        m for m in _imported_modules(path) if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")
+    }
     bad = sorted(m for m in imported if (path.name, m) not in TEST_MODULE_IMPORTS_ALLOWED)
     assert not bad, f"{path.name} imports test modules {bad}; move the shared helpers to tests/support/"
 

@@ -1,6 +1,7 @@
 """monitoring/grafana: the dashboards as code. The committed JSON is what dashboards.py builds (a
 stale file fails here), the panels are the ones the playbooks name with their thresholds, and the
 infrastructure panels say which exporter they need."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,7 +35,8 @@ def test_the_committed_json_is_what_the_code_builds():
     built = generator().build()
     for name, text in built.items():
         assert (GRAFANA / "dashboards" / name).read_text() == text, (
-            f"monitoring/grafana/dashboards/{name} is stale: run .venv/bin/python monitoring/grafana/dashboards.py")
+            f"monitoring/grafana/dashboards/{name} is stale: run .venv/bin/python monitoring/grafana/dashboards.py"
+        )
 
 
 def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
@@ -48,13 +50,23 @@ def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
 
 def test_system_dashboard_panels():
     panels = {p["title"]: p for p in board("system")["panels"]}
-    assert list(panels) == ["CPU", "Memory", "Request rate", "Error rate", "Latency p50 / p95 / p99",
-                            "Database connections", "Disk", "Network"]
+    assert list(panels) == [
+        "CPU",
+        "Memory",
+        "Request rate",
+        "Error rate",
+        "Latency p50 / p95 / p99",
+        "Database connections",
+        "Disk",
+        "Network",
+    ]
     assert thresholds(panels["Error rate"]) == [None, 0.005, 0.01]
     assert thresholds(panels["Latency p50 / p95 / p99"]) == [None, 0.1, 0.2]
 
-    assert [re.match(r"histogram_quantile\(([0-9.]+)", t["expr"]).group(1)
-            for t in panels["Latency p50 / p95 / p99"]["targets"]] == ["0.5", "0.95", "0.99"]
+    assert [
+        re.match(r"histogram_quantile\(([0-9.]+)", t["expr"]).group(1)
+        for t in panels["Latency p50 / p95 / p99"]["targets"]
+    ] == ["0.5", "0.95", "0.99"]
     for title in ("CPU", "Memory", "Disk", "Network"):
         assert "node exporter" in panels[title]["description"], title
     assert "CloudWatch" in panels["Database connections"]["description"]
@@ -63,9 +75,19 @@ def test_system_dashboard_panels():
 
 def test_trading_dashboard_panels():
     panels = {p["title"]: p for p in board("trading")["panels"]}
-    assert list(panels) == ["Current PnL", "Daily PnL", "Sharpe ratio", "Win rate", "Circuit breaker", "Profit factor",
-                            "PnL over time by instrument", "Trades per minute", "Position sizes", "Max drawdown",
-                            "Active positions"]
+    assert list(panels) == [
+        "Current PnL",
+        "Daily PnL",
+        "Sharpe ratio",
+        "Win rate",
+        "Circuit breaker",
+        "Profit factor",
+        "PnL over time by instrument",
+        "Trades per minute",
+        "Position sizes",
+        "Max drawdown",
+        "Active positions",
+    ]
     assert thresholds(panels["Sharpe ratio"]) == [None, 1.5, 2.0] and panels["Sharpe ratio"]["type"] == "gauge"
     assert thresholds(panels["Win rate"]) == [None, 0.5, 0.55]
     assert thresholds(panels["Max drawdown"]) == [None, 0.10, 0.15]
@@ -86,5 +108,6 @@ def test_queries_read_only_series_something_exports(dashboard, title, expr):
     names = set(re.findall(r"\b([a-z_]+)\{", expr)) | set(re.findall(r"^([a-z_]+)$", expr))
     names |= set(re.findall(r"\b((?:autotrader|node|process)_[a-z_]+)\b", expr))
     for name in names:
-        assert (name in CATALOGUE or name.startswith(("autotrader_serving_", "process_", "node_"))), (
-            f"{dashboard}/{title}: {name} is exported by nothing here")
+        assert name in CATALOGUE or name.startswith(("autotrader_serving_", "process_", "node_")), (
+            f"{dashboard}/{title}: {name} is exported by nothing here"
+        )

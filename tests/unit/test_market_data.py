@@ -1,4 +1,5 @@
 """Replay source, validation rules, archive and warehouse writes."""
+
 from __future__ import annotations
 
 import boto3
@@ -78,7 +79,11 @@ def test_normalize_sorts_drops_identical_duplicates_and_rejects_garbage():
     raw = pd.DataFrame(
         {
             "ts": pd.to_datetime(["2024-01-01 00:01", "2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:00"]),
-            "open": [3, 2, 3, 2], "high": [3, 2, 3, 2], "low": [3, 2, 3, 2], "close": [3, 2, 3, 2], "volume": [1, 1, 1, 1],
+            "open": [3, 2, 3, 2],
+            "high": [3, 2, 3, 2],
+            "low": [3, 2, 3, 2],
+            "close": [3, 2, 3, 2],
+            "volume": [1, 1, 1, 1],
         }
     )
     out = normalize_bars(raw, "X", "test")
@@ -97,7 +102,11 @@ def test_normalize_keeps_conflicting_duplicates_and_the_schema_shows_both():
     raw = pd.DataFrame(
         {
             "ts": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 00:01", "2024-01-01 00:01"]),
-            "open": [1, 2, 5], "high": [1, 2, 5], "low": [1, 2, 5], "close": [1, 2, 5], "volume": [1, 1, 1],
+            "open": [1, 2, 5],
+            "high": [1, 2, 5],
+            "low": [1, 2, 5],
+            "close": [1, 2, 5],
+            "volume": [1, 1, 1],
         }
     )
     out = normalize_bars(raw, "X", "test")
@@ -115,7 +124,9 @@ def test_a_volume_less_partition_passes_but_partly_missing_volume_fails(day):
     holed = day.assign(volume=day["volume"].where(day.index != 5, np.nan))
     report = validate_bars(holed, date="2024-02-01")
     assert not report.passed
-    assert (report.failure_cases["check"].astype(str) == "volume missing on some bars of a partition (all or none)").any()
+    assert (
+        report.failure_cases["check"].astype(str) == "volume missing on some bars of a partition (all or none)"
+    ).any()
 
 
 @pytest.mark.parametrize(
@@ -150,8 +161,10 @@ def test_detect_interval_seconds(minutes, expected):
 def test_schema_catches_each_rule(day, corrupt, expected):
     report = validate_bars(corrupt(day.copy()), date="2024-02-01")
     assert not report.passed
-    assert report.failure_cases["check"].astype(str).str.contains(expected, regex=False).any() or \
-        report.failure_cases["column"].astype(str).eq(expected).any()
+    assert (
+        report.failure_cases["check"].astype(str).str.contains(expected, regex=False).any()
+        or report.failure_cases["column"].astype(str).eq(expected).any()
+    )
 
 
 def test_completeness_and_gaps(day):
@@ -172,7 +185,9 @@ def test_outliers_are_listed(day):
 
 
 # -- archive ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("date, inst", [("2024-13-01", "BTC"), ("../etc", "BTC"), ("2024-01-01", "../x"), ("2024-01-01", "a/b")])
+@pytest.mark.parametrize(
+    "date, inst", [("2024-13-01", "BTC"), ("../etc", "BTC"), ("2024-01-01", "../x"), ("2024-01-01", "a/b")]
+)
 def test_archive_keys_refuse_path_tricks(date, inst):
     with pytest.raises(ValueError):
         archive_key(date, inst)

@@ -1,4 +1,5 @@
 """Tests for deploy_ops.trading.metrics, cross-checked against empyrical where it has the same metric."""
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,7 @@ def trades_with(pnls) -> pd.DataFrame:
 
 
 def test_daily_returns_take_the_last_mark_of_each_utc_day_and_start_from_initial_equity():
-    idx = pd.DatetimeIndex(
-        ["2024-01-01 00:00", "2024-01-01 23:59", "2024-01-02 12:00", "2024-01-04 01:00"], tz="UTC"
-    )
+    idx = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 23:59", "2024-01-02 12:00", "2024-01-04 01:00"], tz="UTC")
     equity = pd.Series([100.0, 110.0, 99.0, 118.8], index=idx)
     r = daily_returns(equity, initial_equity=100.0)
     # 2024-01-03 has no bar: it is left out rather than counted as a zero return.
@@ -70,8 +69,12 @@ def test_daily_returns_bucket_by_utc_day_whatever_the_index_timezone():
 
 
 def test_daily_returns_compound_back_to_the_equity_curve():
-    res = run_backtest(minute_bars(6, seed=1), signals_to_positions(np.random.default_rng(1).uniform(size=6 * 1440)),
-                       fee_bps=1, slippage_bps=1)
+    res = run_backtest(
+        minute_bars(6, seed=1),
+        signals_to_positions(np.random.default_rng(1).uniform(size=6 * 1440)),
+        fee_bps=1,
+        slippage_bps=1,
+    )
     r = daily_returns(res.equity, res.initial_equity)
     assert len(r) == 6
     assert res.initial_equity * np.prod(1.0 + r.to_numpy()) == pytest.approx(res.equity.iloc[-1], rel=1e-12)
@@ -102,8 +105,12 @@ def test_sharpe_matches_empyrical_and_uses_ddof_1(periods):
 
 
 def test_sharpe_of_a_backtests_daily_returns_matches_empyrical():
-    res = run_backtest(minute_bars(20, seed=3), signals_to_positions(np.random.default_rng(3).uniform(size=20 * 1440)),
-                       fee_bps=0.5, slippage_bps=0.5)
+    res = run_backtest(
+        minute_bars(20, seed=3),
+        signals_to_positions(np.random.default_rng(3).uniform(size=20 * 1440)),
+        fee_bps=0.5,
+        slippage_bps=0.5,
+    )
     r = daily_returns(res.equity, res.initial_equity)
     assert sharpe_ratio(r).value == pytest.approx(empyrical.sharpe_ratio(r, annualization=365), rel=1e-12)
 
@@ -163,8 +170,12 @@ def test_max_drawdown_matches_empyrical_on_the_same_returns():
     assert ours == pytest.approx(-empyrical.max_drawdown(r), rel=1e-12)
     assert ours > 0.05
     # Same number on a backtest's account equity via its daily returns (daily marks only).
-    res = run_backtest(minute_bars(15, seed=5), signals_to_positions(np.random.default_rng(5).uniform(size=15 * 1440)),
-                       fee_bps=0.5, slippage_bps=0.5)
+    res = run_backtest(
+        minute_bars(15, seed=5),
+        signals_to_positions(np.random.default_rng(5).uniform(size=15 * 1440)),
+        fee_bps=0.5,
+        slippage_bps=0.5,
+    )
     daily = daily_returns(res.equity, res.initial_equity)
     daily_equity = pd.Series(res.initial_equity * np.cumprod(1.0 + daily.to_numpy()), index=daily.index)
     assert max_drawdown(daily_equity, res.initial_equity).value == pytest.approx(
@@ -237,8 +248,13 @@ def test_total_pnl_and_trades_per_minute():
 
 def test_summarize_is_json_safe_and_consistent_with_the_parts():
     bars = minute_bars(5, seed=7)
-    res = run_backtest(bars, signals_to_positions(np.random.default_rng(7).uniform(size=len(bars))),
-                       fee_bps=1, slippage_bps=1, halt_from_index=len(bars) - 100)
+    res = run_backtest(
+        bars,
+        signals_to_positions(np.random.default_rng(7).uniform(size=len(bars))),
+        fee_bps=1,
+        slippage_bps=1,
+        halt_from_index=len(bars) - 100,
+    )
     s = summarize(res, CRYPTO)
     json.dumps(s, allow_nan=False)
     assert s["total_pnl"] == pytest.approx(total_pnl(res))
@@ -264,16 +280,23 @@ def test_summarize_writes_infinite_profit_factor_explicitly():
 
 def test_summarize_portfolio_and_ruined_account():
     bars = {"A": minute_bars(2, seed=9), "B": minute_bars(2, seed=10)}
-    targets = {k: signals_to_positions(np.random.default_rng(i).uniform(size=len(v))) for i, (k, v) in enumerate(bars.items())}
+    targets = {
+        k: signals_to_positions(np.random.default_rng(i).uniform(size=len(v))) for i, (k, v) in enumerate(bars.items())
+    }
     pf = run_portfolio(bars, targets, fee_bps=1, slippage_bps=1)
     s = summarize(pf, EQUITIES)
     json.dumps(s, allow_nan=False)
     assert s["sharpe"]["periods_per_year"] == 252 and s["n_fills"] == len(pf.fills)
 
-    squeeze = pd.DataFrame({
-        "ts": pd.date_range("2024-01-01", periods=4, freq="1min", tz="UTC"),
-        "open": [100.0, 100.0, 250.0, 250.0], "high": 0.0, "low": 0.0, "close": [100.0, 250.0, 250.0, 250.0],
-    })
+    squeeze = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-01-01", periods=4, freq="1min", tz="UTC"),
+            "open": [100.0, 100.0, 250.0, 250.0],
+            "high": 0.0,
+            "low": 0.0,
+            "close": [100.0, 250.0, 250.0, 250.0],
+        }
+    )
     bust = run_backtest(squeeze, [-1.0] * 4, fee_bps=0, slippage_bps=0)
     s = summarize(bust)
     json.dumps(s, allow_nan=False)

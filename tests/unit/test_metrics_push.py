@@ -1,5 +1,6 @@
 """Batch metrics to the Pushgateway: the catalogue's rules, what is sent, and that a Pushgateway
 that is down never fails the caller. The real Pushgateway is in tests/integration/test_prometheus_stack.py."""
+
 from __future__ import annotations
 
 import math
@@ -69,9 +70,18 @@ def test_the_readme_lists_exactly_the_catalogue():
 
 def test_push_sends_the_group_with_put_and_the_exposition(gateway):
     url, received = gateway
-    summary = {"current_equity": 101_000.0, "total_pnl": 1000.0, "daily_pnl": -50.0,
-               "sharpe": {"value": 1.7}, "win_rate": 0.55, "max_drawdown": {"value": 0.04},
-               "profit_factor": {"value": "inf"}, "trades_per_minute": 0.2, "n_fills": 12, "n_trades": 5}
+    summary = {
+        "current_equity": 101_000.0,
+        "total_pnl": 1000.0,
+        "daily_pnl": -50.0,
+        "sharpe": {"value": 1.7},
+        "win_rate": 0.55,
+        "max_drawdown": {"value": 0.04},
+        "profit_factor": {"value": "inf"},
+        "trades_per_minute": 0.2,
+        "n_fills": 12,
+        "n_trades": 5,
+    }
     samples = mp.trading_samples(summary, [{"instrument": "BTCUSDT", "units": 0.5, "notional": 20_000.0, "pnl": 300.0}])
     outcome = mp.push(url, mp.TRADING_JOB, samples)
     assert outcome.status == "pushed" and outcome.warning is None
@@ -132,27 +142,42 @@ def test_without_a_url_nothing_is_sent_but_samples_are_still_checked():
 
 
 def test_builders_leave_out_what_was_not_measured():
-    summary = {"current_equity": 100.0, "total_pnl": 0.0, "daily_pnl": 0.0, "sharpe": {"value": None},
-               "win_rate": None, "max_drawdown": {"value": 0.0}, "profit_factor": {"value": None},
-               "trades_per_minute": 0.0, "n_fills": 0, "n_trades": 0}
+    summary = {
+        "current_equity": 100.0,
+        "total_pnl": 0.0,
+        "daily_pnl": 0.0,
+        "sharpe": {"value": None},
+        "win_rate": None,
+        "max_drawdown": {"value": 0.0},
+        "profit_factor": {"value": None},
+        "trades_per_minute": 0.0,
+        "n_fills": 0,
+        "n_trades": 0,
+    }
     names = {s.name for s in mp.trading_samples(summary, [])}
     assert "autotrader_trading_sharpe_ratio" not in names and "autotrader_trading_win_rate_ratio" not in names
     assert mp.psi_samples([("ret_1", 3, float("nan")), ("rsi_14", 3, 0.25)]) == [
-        mp.Sample("autotrader_feature_psi", 0.25, {"feature": "rsi_14", "model_version": "3"})]
+        mp.Sample("autotrader_feature_psi", 0.25, {"feature": "rsi_14", "model_version": "3"})
+    ]
     assert mp.confidence_samples(None) == []
     assert mp.health_samples(None, None) == []
-    assert mp.health_samples(0.7, 0.4) == [mp.Sample("autotrader_model_confidence_ratio", 0.7),
-                                           mp.Sample("autotrader_trading_rolling_win_rate_ratio", 0.4)]
+    assert mp.health_samples(0.7, 0.4) == [
+        mp.Sample("autotrader_model_confidence_ratio", 0.7),
+        mp.Sample("autotrader_trading_rolling_win_rate_ratio", 0.4),
+    ]
 
 
 def _slot(name, status, url):
-    return SlotRecord(slot=name, status=status, version="3", url=url, host="127.0.0.1", port=None, pid=None,
-                      updated_at=None)
+    return SlotRecord(
+        slot=name, status=status, version="3", url=url, host="127.0.0.1", port=None, pid=None, updated_at=None
+    )
 
 
 def test_targets_list_exactly_the_running_slots(tmp_path):
-    slots = {"blue": _slot("blue", "ready", "http://127.0.0.1:8101"),
-             "green": _slot("green", "stopped", "http://127.0.0.1:8102")}
+    slots = {
+        "blue": _slot("blue", "ready", "http://127.0.0.1:8101"),
+        "green": _slot("green", "stopped", "http://127.0.0.1:8102"),
+    }
     path = write_targets(tmp_path / "sd" / "serving.json", slots)
     import json
 
@@ -168,8 +193,14 @@ def test_market_data_groups_take_each_instruments_last_published_date():
     from autotrader_assets.pushing import market_data_groups
 
     fractions = {"2024-03-01|BTCUSDT": 0.2, "2024-03-02|BTCUSDT": 0.01, "2024-03-02|ETHUSDT": 0.07}
-    outliers = [pd.DataFrame({"ts": pd.to_datetime(["2024-03-01 10:00", "2024-03-02 11:00", "2024-03-02 12:00"], utc=True),
-                              "instrument": ["BTCUSDT", "BTCUSDT", "ETHUSDT"]})]
+    outliers = [
+        pd.DataFrame(
+            {
+                "ts": pd.to_datetime(["2024-03-01 10:00", "2024-03-02 11:00", "2024-03-02 12:00"], utc=True),
+                "instrument": ["BTCUSDT", "BTCUSDT", "ETHUSDT"],
+            }
+        )
+    ]
     groups = market_data_groups(fractions, outliers)
     assert groups["BTCUSDT"] == mp.market_data_samples("BTCUSDT", 0.01, 1)  # 2024-03-01's 20% is history
     assert groups["ETHUSDT"] == mp.market_data_samples("ETHUSDT", 0.07, 1)
@@ -206,8 +237,11 @@ def test_run_status_sensors_push_last_success_and_failures_in_a_row(gateway, tmp
         failed = runs[-1].dagster_run
         assert failures_in_a_row(instance, failed) == 3
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="job_failure_metrics_sensor", dagster_instance=instance, dagster_run=failed,
-            dagster_event=runs[-1].get_run_failure_event(), resources={"settings": settings},
+            sensor_name="job_failure_metrics_sensor",
+            dagster_instance=instance,
+            dagster_run=failed,
+            dagster_event=runs[-1].get_run_failure_event(),
+            resources={"settings": settings},
         ).for_run_failure()
         job_failure_metrics_sensor(ctx)
         assert received[-1][:2] == ("POST", "/metrics/job/data_pipeline/source/run_status")
@@ -216,8 +250,11 @@ def test_run_status_sensors_push_last_success_and_failures_in_a_row(gateway, tmp
         outcome["fail"] = False
         ok = data_pipeline.execute_in_process(instance=instance)
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="job_success_metrics_sensor", dagster_instance=instance, dagster_run=ok.dagster_run,
-            dagster_event=ok.get_run_success_event(), resources={"settings": settings},
+            sensor_name="job_success_metrics_sensor",
+            dagster_instance=instance,
+            dagster_run=ok.dagster_run,
+            dagster_event=ok.get_run_success_event(),
+            resources={"settings": settings},
         )
         job_success_metrics_sensor(ctx)
         body = received[-1][2]
@@ -228,8 +265,11 @@ def test_run_status_sensors_push_last_success_and_failures_in_a_row(gateway, tmp
         # Without a Pushgateway nothing is sent.
         before = len(received)
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="job_success_metrics_sensor", dagster_instance=instance, dagster_run=ok.dagster_run,
-            dagster_event=ok.get_run_success_event(), resources={"settings": dataclasses.replace(settings, pushgateway_url="")},
+            sensor_name="job_success_metrics_sensor",
+            dagster_instance=instance,
+            dagster_run=ok.dagster_run,
+            dagster_event=ok.get_run_success_event(),
+            resources={"settings": dataclasses.replace(settings, pushgateway_url="")},
         )
         job_success_metrics_sensor(ctx)
         assert len(received) == before

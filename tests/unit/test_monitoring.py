@@ -1,4 +1,5 @@
 """Events in one shape, the drift decision and the health findings, without Dagster runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_runbook_reference_names_an_existing_section(runbook):
     file, anchor = runbook.split("#")
     assert (ROOT / file).exists(), f"{file} does not exist"
-    assert anchor in heading_anchors(ROOT / file), f"{file} has no section #{anchor}: {sorted(heading_anchors(ROOT / file))}"
+    assert anchor in heading_anchors(ROOT / file), (
+        f"{file} has no section #{anchor}: {sorted(heading_anchors(ROOT / file))}"
+    )
 
 
 @pytest.fixture
@@ -119,12 +122,23 @@ def test_win_rate_needs_a_full_window_with_enough_trades():
 
 def test_serving_findings_from_slot_counters():
     scrapes = [
-        {"slot": "blue", "version": "2", "url": "u", "requests": 1000, "errors_5xx": 20, "error_rate": 0.02, "p99_ms": 250.0},
+        {
+            "slot": "blue",
+            "version": "2",
+            "url": "u",
+            "requests": 1000,
+            "errors_5xx": 20,
+            "error_rate": 0.02,
+            "p99_ms": 250.0,
+        },
         {"slot": "green", "version": "3", "url": "v", "error": "connection refused"},
     ]
     found = hl.serving_findings(scrapes, 0.01, 200.0)
     assert [(f.severity, f.details.get("slot")) for f in found] == [
-        ("critical", "blue"), ("warning", "blue"), ("critical", "green")]
+        ("critical", "blue"),
+        ("warning", "blue"),
+        ("critical", "green"),
+    ]
     assert "2.00% of 1000 /predict requests failed" in found[0].summary
 
 

@@ -1,5 +1,6 @@
 """Paper trading's pure parts: carry-over between dates through the warehouse, the breaker
 flattening at the next bar and blocking later dates until an approved reset, date planning."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,9 +25,9 @@ from autotrader_assets.defs.trading.paper import (
 )
 from autotrader_assets.defs.trading.service import breaker_view
 from autotrader_assets.settings import Thresholds
+from deploy_ops.db import make_engine
 from deploy_ops.trading.backtest import run_portfolio
 from deploy_ops.trading.breaker import BreakerStore
-from deploy_ops.db import make_engine
 
 D0 = dt.date(2024, 3, 1)
 NAMES = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
@@ -100,8 +101,9 @@ def test_five_dates_one_by_one_equal_one_chunk_exactly():
     # And the chained dates are the engine's own uninterrupted run over the five days.
     bars = {n: pd.concat([d.bars[n] for d in days], ignore_index=True) for n in NAMES}
     targets = {n: targets_from_proba(np.concatenate([d.proba[n] for d in days]), PARAMS.signal) for n in NAMES}
-    whole = run_portfolio(bars, targets, fee_bps=PARAMS.fee_bps, slippage_bps=PARAMS.slippage_bps,
-                          initial_equity=PARAMS.initial_equity)
+    whole = run_portfolio(
+        bars, targets, fee_bps=PARAMS.fee_bps, slippage_bps=PARAMS.slippage_bps, initial_equity=PARAMS.initial_equity
+    )
     chained = pd.concat([r.equity for r in chunk])
     assert chained.index.equals(whole.equity.index)
     np.testing.assert_allclose(chained.to_numpy(), whole.equity.to_numpy(), rtol=1e-12)
@@ -145,8 +147,13 @@ def crash_days(n_days: int = 3, n_bars: int = 300) -> list[DayInput]:
         sl = slice(d * n_bars, (d + 1) * n_bars)
         date = D0 + dt.timedelta(days=d)
         ts = pd.date_range(pd.Timestamp(date, tz="UTC"), periods=n_bars, freq="1min")
-        days.append(DayInput(date, {"AAAUSDT": pd.DataFrame({"ts": ts, "open": opens[sl], "close": closes[sl]})},
-                             {"AAAUSDT": np.full(n_bars, 0.9)}))
+        days.append(
+            DayInput(
+                date,
+                {"AAAUSDT": pd.DataFrame({"ts": ts, "open": opens[sl], "close": closes[sl]})},
+                {"AAAUSDT": np.full(n_bars, 0.9)},
+            )
+        )
     return days
 
 
@@ -234,9 +241,7 @@ def test_a_trip_held_by_the_store_before_the_first_date_blocks_a_fresh_account()
 def test_targets_and_confidence_ignore_missing_predictions():
     proba = np.array([np.nan, 0.9, 0.5, 0.1, np.nan])
     np.testing.assert_array_equal(targets_from_proba(proba, SignalParams()), [0.0, 1.0, 0.0, -1.0, 0.0])
-    np.testing.assert_array_equal(
-        targets_from_proba(proba, SignalParams(allow_short=False)), [0.0, 1.0, 0.0, 0.0, 0.0]
-    )
+    np.testing.assert_array_equal(targets_from_proba(proba, SignalParams(allow_short=False)), [0.0, 1.0, 0.0, 0.0, 0.0])
     mean, n = confidence(proba)
     assert n == 3 and mean == pytest.approx((0.8 + 0.0 + 0.8) / 3)
     assert confidence(np.array([np.nan])) == (None, 0)
@@ -374,4 +379,8 @@ def test_signal_thresholds_follow_the_production_model_unless_configured():
     gated = {"long_threshold": 0.6, "short_threshold": 0.4, "allow_short": False}
     assert resolve_signal(PaperTradingConfig(), gated) == gated
     assert resolve_signal(PaperTradingConfig(long_threshold=0.7), gated) == {**gated, "long_threshold": 0.7}
-    assert resolve_signal(PaperTradingConfig(), {}) == {"long_threshold": 0.55, "short_threshold": 0.45, "allow_short": True}
+    assert resolve_signal(PaperTradingConfig(), {}) == {
+        "long_threshold": 0.55,
+        "short_threshold": 0.45,
+        "allow_short": True,
+    }

@@ -1,4 +1,5 @@
 """Where production keeps the values runs hand each other (AUTOTRADER_IO_URI): S3, never the task's disk."""
+
 from __future__ import annotations
 
 import pytest

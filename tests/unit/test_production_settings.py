@@ -1,4 +1,5 @@
 """The production profile refuses local and missing stores at start, listing everything wrong."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,7 +53,10 @@ def test_unset_stores_are_named(prod, monkeypatch):
     with pytest.raises(SettingsError) as exc:
         load_settings()
     assert [p.split(" ")[0] for p in _problems(exc)] == [
-        "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARCHIVE_URI", "AUTOTRADER_ARTIFACTS_URI"]
+        "AUTOTRADER_REGISTRY_URL",
+        "AUTOTRADER_ARCHIVE_URI",
+        "AUTOTRADER_ARTIFACTS_URI",
+    ]
 
 
 def test_a_registry_password_is_never_echoed(prod, monkeypatch):
@@ -92,8 +96,11 @@ def test_instance_variables_must_be_set_but_the_pg_password_may_be_empty(prod, m
     with pytest.raises(SettingsError) as exc:
         load_settings()
     problems = _problems(exc)
-    assert any("reads DAGSTER_PG_PASSWORD, DAGSTER_COMPUTE_LOG_BUCKET, which are not set" in p
-               and "may be empty, but must be set" in p for p in problems), problems
+    assert any(
+        "reads DAGSTER_PG_PASSWORD, DAGSTER_COMPUTE_LOG_BUCKET, which are not set" in p
+        and "may be empty, but must be set" in p
+        for p in problems
+    ), problems
     assert any(p.endswith("reads DAGSTER_PG_HOST, which is empty") for p in problems), problems
 
 

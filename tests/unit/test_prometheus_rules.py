@@ -2,6 +2,7 @@
 with its threshold, duration, labels and runbook, and the promtool unit tests (fires when it should,
 silent just below the threshold and just before `for` ends) pass, and fail when a threshold or a
 duration is loosened."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,12 @@ EXPECTED = {
 }
 
 #: The series the serving slots export themselves (deploy_ops/serving/app.py) plus Prometheus' `up`.
-SCRAPED = {"up", "autotrader_serving_requests_total", "autotrader_serving_request_duration_seconds_bucket",
-           "autotrader_serving_model_ready"}
+SCRAPED = {
+    "up",
+    "autotrader_serving_requests_total",
+    "autotrader_serving_request_duration_seconds_bucket",
+    "autotrader_serving_model_ready",
+}
 
 
 def rules() -> dict[str, dict]:
@@ -69,7 +74,9 @@ def test_every_playbook_alert_with_its_threshold_duration_labels_and_runbook():
     for name, (severity, duration, threshold) in EXPECTED.items():
         rule = found[name]
         # Critical rules also name their incident, as the events of the same name do (test_alert_incidents).
-        assert {k: v for k, v in rule["labels"].items() if k not in ("incident", "service")} == {"severity": severity}, name
+        assert {k: v for k, v in rule["labels"].items() if k not in ("incident", "service")} == {
+            "severity": severity
+        }, name
         assert ("incident" in rule["labels"]) == (severity == "critical"), name
         assert rule.get("for") == duration, name
         assert threshold in " ".join(rule["expr"].split()), f"{name}: {threshold!r} not in {rule['expr']}"
@@ -107,11 +114,23 @@ MUTATIONS = [
     ("serving.yml", "for: 5m", "for: 4m"),
     ("serving.yml", ") > 0.2", ") > 0.199"),
     ("serving.yml", "for: 10m", "for: 9m"),
-    ("batch.yml", "autotrader_job_consecutive_failures{job=\"data_pipeline\"} >= 3", "autotrader_job_consecutive_failures{job=\"data_pipeline\"} >= 2"),
+    (
+        "batch.yml",
+        'autotrader_job_consecutive_failures{job="data_pipeline"} >= 3',
+        'autotrader_job_consecutive_failures{job="data_pipeline"} >= 2',
+    ),
     ("batch.yml", "autotrader_feature_psi > 0.3", "autotrader_feature_psi >= 0.3"),
-    ("batch.yml", "autotrader_trading_rolling_win_rate_ratio < 0.5", "autotrader_trading_rolling_win_rate_ratio <= 0.5"),
+    (
+        "batch.yml",
+        "autotrader_trading_rolling_win_rate_ratio < 0.5",
+        "autotrader_trading_rolling_win_rate_ratio <= 0.5",
+    ),
     # WinRateLow on the whole history again instead of the 4-hour window: the test feeds it 10%.
-    ("batch.yml", "expr: autotrader_trading_rolling_win_rate_ratio < 0.5", "expr: autotrader_trading_win_rate_ratio < 0.5"),
+    (
+        "batch.yml",
+        "expr: autotrader_trading_rolling_win_rate_ratio < 0.5",
+        "expr: autotrader_trading_win_rate_ratio < 0.5",
+    ),
     ("batch.yml", "autotrader_model_confidence_ratio < 0.6", "autotrader_model_confidence_ratio <= 0.6"),
     ("batch.yml", "for: 2h", "for: 1h59m"),
     ("batch.yml", "autotrader_market_data_missing_ratio > 0.05", "autotrader_market_data_missing_ratio >= 0.05"),

@@ -1,4 +1,5 @@
 """The pinned PSI convention (``defs/monitoring/psi.py``), against computations written out here."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The README's backfill examples select what their comments say: the same range with both CLIs."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ def _section(title: str) -> str:
     text = README.read_text()
     start = text.index(f"## {title}")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def test_both_clis_backfill_the_range_the_comment_names():

@@ -1,4 +1,5 @@
 """Model registry behaviour on SQLite (the PostgreSQL module reuses these tests)."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from deploy_ops.db import make_engine
 from deploy_ops.models.artifacts import (
     ArtifactNotFoundError,
     LocalArtifactStore,
     S3ArtifactStore,
     open_artifact_store,
 )
-from deploy_ops.db import make_engine
 from deploy_ops.models.bundle import ArtifactIntegrityError, sha256_bytes
 from deploy_ops.models.registry import (
     TRANSITIONS,
@@ -346,7 +347,13 @@ def test_every_mutation_writes_one_audit_row(registry, make_bundle):
     registry.rollback(1, actor="a", reason="r")
     registry.mark_failed(3, actor="a", reason="r")
     assert [e.action for e in registry.audit()] == [
-        "register", "register", "register", "promote", "promote", "rollback", "mark_failed",
+        "register",
+        "register",
+        "register",
+        "promote",
+        "promote",
+        "rollback",
+        "mark_failed",
     ]
     assert [c.to_stage for c in registry.history(2)] == ["staging", "production", "archived"]
 
@@ -420,7 +427,7 @@ def _race(n: int, fn) -> list[BaseException | object]:
 def test_concurrent_promotes_of_one_version_have_one_winner(registry, make_bundle):
     for round_ in range(3):
         v = _register(registry, make_bundle, seed=round_).version
-        results = _race(2, lambda i: registry.promote(v, actor=f"thread{i}", reason="race"))
+        results = _race(2, lambda i, v=v: registry.promote(v, actor=f"thread{i}", reason="race"))
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1, results
         assert isinstance(errors[0], IllegalTransitionError)

@@ -2,6 +2,7 @@
 timestamps' unit. DuckDB hands ``bar_features.ts`` to pandas as ``datetime64[us]``; read as
 nanoseconds, one-minute bars looked 60 ms apart and every rollout Sharpe came out sqrt(1000)x
 too large (the canary of the end-to-end test reported -4886 for what is -154.5)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,13 @@ def test_five_minute_bars_in_microseconds():
 def test_backtest_sharpe_does_not_depend_on_the_timestamp_unit():
     rng = np.random.default_rng(3)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, 240)))
-    base = pd.DataFrame({"ts": pd.date_range("2024-03-14 20:00", periods=240, freq="1min", tz="UTC"),
-                         "open": np.r_[close[0], close[:-1]], "close": close})
+    base = pd.DataFrame(
+        {
+            "ts": pd.date_range("2024-03-14 20:00", periods=240, freq="1min", tz="UTC"),
+            "open": np.r_[close[0], close[:-1]],
+            "close": close,
+        }
+    )
     proba = {"BTCUSDT": rng.uniform(0.3, 0.7, 240)}
     results = {}
     for unit in ("ns", "us"):

@@ -5,6 +5,7 @@ and emergency_rollback is circuit_breaker_sensor's.
 Launch failures are made the way Dagster makes them: ``instance.launch_run`` with a launcher that
 raises (the default launcher without a workspace), which records RUN_STARTING, an engine event with
 the launcher's error and RUN_FAILURE, and never a start time."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -33,8 +34,9 @@ def env(tmp_path):
         yield instance, registry, DeploymentStateStore(url)
 
 
-def _launch_failed(instance: dg.DagsterInstance, job: dg.JobDefinition, tags: dict[str, str],
-                   run_config: dict | None = None) -> dg.DagsterRun:
+def _launch_failed(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, tags: dict[str, str], run_config: dict | None = None
+) -> dg.DagsterRun:
     run = instance.create_run_for_job(job_def=job, run_config=run_config, tags=tags)
     with pytest.raises(DagsterInvariantViolationError, match="requires a workspace"):
         instance.launch_run(run.run_id, workspace=None)
@@ -44,8 +46,11 @@ def _launch_failed(instance: dg.DagsterInstance, job: dg.JobDefinition, tags: di
 def _evaluate(instance, registry, run: dg.DagsterRun):
     failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[-1].dagster_event
     ctx = dg.build_run_status_sensor_context(
-        sensor_name="run_launch_failure_sensor", dagster_instance=instance, dagster_run=run,
-        dagster_event=failure, resources={"registry": registry},
+        sensor_name="run_launch_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure,
+        resources={"registry": registry},
     ).for_run_failure()
     return run_launch_failure_sensor(ctx)
 
@@ -57,9 +62,17 @@ def _launch_events(state: DeploymentStateStore) -> list[events.OpsEvent]:
 def test_a_run_that_failed_to_launch_is_requested_again_with_a_critical_event(env):
     instance, registry, state = env
     config = {"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}
-    run = _launch_failed(instance, backup_job, {"dagster/partition": "2024-03-02", "team": "ops",
-                                                "dagster/run_key": "sched-1", "dagster/schedule_name": "hourly_backup"},
-                         run_config=config)
+    run = _launch_failed(
+        instance,
+        backup_job,
+        {
+            "dagster/partition": "2024-03-02",
+            "team": "ops",
+            "dagster/run_key": "sched-1",
+            "dagster/schedule_name": "hourly_backup",
+        },
+        run_config=config,
+    )
     assert instance.get_run_record_by_id(run.run_id).start_time is None  # what the sensor goes by
 
     request = _evaluate(instance, registry, run)

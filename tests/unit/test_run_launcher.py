@@ -2,6 +2,7 @@
 worker recorded: a dead pid, or a pid reused by a younger process, is a failed worker (what lets
 the daemon fail a kill -9'd run when no code server is left to notice); no recorded pid (a run
 executed in-process) is not a failure."""
+
 from __future__ import annotations
 
 import os
@@ -43,15 +44,17 @@ def test_a_dead_worker_pid_fails_the_check_and_a_live_one_passes():
     instance, launcher, run = _launcher_and_run()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    instance.report_engine_event(f"Started process for run (pid: {gone.pid}).", run,
-                                 EngineEventData.in_process(gone.pid))
+    instance.report_engine_event(
+        f"Started process for run (pid: {gone.pid}).", run, EngineEventData.in_process(gone.pid)
+    )
     assert worker_pid(instance, run.run_id)[0] == gone.pid
     result = launcher.check_run_worker_health(run)
     assert result.status == WorkerStatus.FAILED and f"process {gone.pid} is gone" in result.msg
 
     instance2, launcher2, run2 = _launcher_and_run()
-    instance2.report_engine_event(f"Started process for run (pid: {os.getpid()}).", run2,
-                                  EngineEventData.in_process(os.getpid()))
+    instance2.report_engine_event(
+        f"Started process for run (pid: {os.getpid()}).", run2, EngineEventData.in_process(os.getpid())
+    )
     assert launcher2.check_run_worker_health(run2).status == WorkerStatus.RUNNING
 
 
@@ -60,8 +63,11 @@ def test_a_pid_reused_by_a_younger_process_is_a_dead_worker():
     young = subprocess.Popen(["sleep", "30"])
     try:
         # The event says the worker started well before this process did.
-        instance.report_engine_event(f"Started process for run (pid: {young.pid}).", run,
-                                     EngineEventData.in_process(young.pid), )
+        instance.report_engine_event(
+            f"Started process for run (pid: {young.pid}).",
+            run,
+            EngineEventData.in_process(young.pid),
+        )
         started = process_start_time(young.pid)
         assert started is not None and abs(started - time.time()) < 60
         record = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)[-1]

@@ -18,6 +18,7 @@ commands, heredocs collected as files). Then, per command:
 The map (``docs/architecture.md``) is held to the code the same way: it must name every asset,
 check, job, sensor and schedule the Definitions hold.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,15 @@ RUNBOOK_DIR = ROOT / "docs" / "runbooks"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 #: The procedures the project promises a runbook for.
 REQUIRED_RUNBOOKS = (
-    "deploy-a-model.md", "rollback.md", "circuit-breaker.md", "data-restore.md", "serving-slots.md", "feature-drift.md",
-    "system-outage.md", "disaster-recovery.md", "fire-drill.md",
+    "deploy-a-model.md",
+    "rollback.md",
+    "circuit-breaker.md",
+    "data-restore.md",
+    "serving-slots.md",
+    "feature-drift.md",
+    "system-outage.md",
+    "disaster-recovery.md",
+    "fire-drill.md",
 )
 DEFINITIONS_MODULE = "autotrader_assets.definitions"
 
@@ -144,7 +152,7 @@ def parse_script(doc: str, text: str) -> Script:
                 if i == len(lines):
                     script.problems.append(f"{doc}:{first_line + start}: heredoc never ends with a line {delimiter!r}")
                 i += 1
-                line = line[: heredoc.start()] + line[heredoc.end():]
+                line = line[: heredoc.start()] + line[heredoc.end() :]
                 target = re.search(r">\s*(\S+)", line)
                 if target:
                     script.files[target.group(1)] = "\n".join(body) + "\n"
@@ -166,7 +174,9 @@ FILES_BY_DOC = {s.doc: s.files for s in SCRIPTS}
 
 def _commands(program: str, *subcommand: str) -> list[Command]:
     return [
-        c for s in SCRIPTS for c in s.commands
+        c
+        for s in SCRIPTS
+        for c in s.commands
         if c.program == program and tuple(c.words[1 : 1 + len(subcommand)]) == subcommand
     ]
 
@@ -241,7 +251,9 @@ def test_the_parser_reads_continuations_operators_and_heredocs():
     assert [c.line for c in script.commands] == [3, 3, 3, 4, 7]
     assert script.problems == []
 
-    nested = parse_script("y.md", "- a step:\n\n  ```bash\n  autotrader deploy status\n  cat > a.yaml <<'EOF'\n  x: 1\n    EOF\n  ```\n")
+    nested = parse_script(
+        "y.md", "- a step:\n\n  ```bash\n  autotrader deploy status\n  cat > a.yaml <<'EOF'\n  x: 1\n    EOF\n  ```\n"
+    )
     assert [c.words for c in nested.commands] == [("autotrader", "deploy", "status"), ("cat",)]
     assert nested.problems == ["y.md:5: heredoc never ends with a line 'EOF'"]
 
@@ -250,12 +262,26 @@ def test_the_runbooks_use_the_cli():
     # Guards the parser itself: if it silently found nothing, every other test would pass.
     assert len(AUTOTRADER) >= 20
     used = {tuple(c.words[1:3]) for c in AUTOTRADER}
-    for path in [("deploy", "rollout"), ("deploy", "rollback"), ("deploy", "emergency-rollback"),
-                 ("deploy", "status"), ("deploy", "switch-traffic"), ("deploy", "stop"), ("registry", "list"),
-                 ("registry", "rollback"), ("breaker", "status"), ("breaker", "reset"), ("breaker", "history"),
-                 ("data", "validate"), ("data", "restore")]:
+    for path in [
+        ("deploy", "rollout"),
+        ("deploy", "rollback"),
+        ("deploy", "emergency-rollback"),
+        ("deploy", "status"),
+        ("deploy", "switch-traffic"),
+        ("deploy", "stop"),
+        ("registry", "list"),
+        ("registry", "rollback"),
+        ("breaker", "status"),
+        ("breaker", "reset"),
+        ("breaker", "history"),
+        ("data", "validate"),
+        ("data", "restore"),
+    ]:
         assert path in used, f"no runbook shows `autotrader {' '.join(path)}`"
-    assert {_option_value(c.words, "-j", "--job") for c in DAGSTER_JOB_EXECUTE} >= {"model_rollback", "emergency_rollback"}
+    assert {_option_value(c.words, "-j", "--job") for c in DAGSTER_JOB_EXECUTE} >= {
+        "model_rollback",
+        "emergency_rollback",
+    }
     assert DG_LAUNCH
 
 
@@ -305,7 +331,7 @@ def test_autotrader_command_exists_and_takes_its_options(command: Command):
         return
     # The whole line must parse (argument types, choices, required options, callbacks) -- without
     # running it. --help would exit during parsing, so it is left out here.
-    args = [w for w in command.words[1 + len(names):] if w not in ("--help", "-h")]
+    args = [w for w in command.words[1 + len(names) :] if w not in ("--help", "-h")]
     try:
         ctx = cmd.make_context(f"autotrader {' '.join(names)}", args)
     except click.exceptions.Exit:

@@ -1,5 +1,6 @@
 """`make run`'s options: the day count comes from the settings (AUTOTRADER_RUN_DAYS), not from
 the runner reading the environment itself."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,16 +49,28 @@ def test_a_partitioned_check_counts_once_and_names_its_failed_partitions():
     from autotrader_assets.runner import _report
 
     def ev(check, part, passed, description=None):
-        return dg.AssetCheckEvaluation(asset_key=dg.AssetKey("market_bars"), check_name=check, passed=passed,
-                                       severity=dg.AssetCheckSeverity.WARN, partition=part, description=description)
+        return dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("market_bars"),
+            check_name=check,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            partition=part,
+            description=description,
+        )
 
     parts = [f"2024-03-0{d}|BTCUSDT" for d in range(1, 8)]
-    report = _report("data_pipeline", _result(
-        [ev("market_bars_outliers", p, True) for p in parts]
-        + [ev("market_bars_completeness", p, p != parts[2], "5.35% missing") for p in parts]), 1.0)
+    report = _report(
+        "data_pipeline",
+        _result(
+            [ev("market_bars_outliers", p, True) for p in parts]
+            + [ev("market_bars_completeness", p, p != parts[2], "5.35% missing") for p in parts]
+        ),
+        1.0,
+    )
     assert report.checks_passed == 1
     assert report.checks_failed == [
-        "market_bars:market_bars_completeness (WARN) on 1 of 7 partitions: 2024-03-03|BTCUSDT (5.35% missing)"]
+        "market_bars:market_bars_completeness (WARN) on 1 of 7 partitions: 2024-03-03|BTCUSDT (5.35% missing)"
+    ]
     assert report.failed_partitions == {"market_bars_completeness": [parts[2]]}
 
 
@@ -73,8 +86,13 @@ def test_replay_warnings_are_matched_with_what_the_source_planted():
     assert not bars["ts"].between(start, start + pd.Timedelta(minutes=minutes - 1)).any()
     assert source.planted_outage("BTCUSDT", "2026-12-01") is None
 
-    notes = replay_check_notes({"market_bars_completeness": ["2026-12-01|ETHUSDT", "2026-12-01|BTCUSDT"],
-                                "market_bars_outliers": ["2026-12-01|BTCUSDT"]}, seed=7)
+    notes = replay_check_notes(
+        {
+            "market_bars_completeness": ["2026-12-01|ETHUSDT", "2026-12-01|BTCUSDT"],
+            "market_bars_outliers": ["2026-12-01|BTCUSDT"],
+        },
+        seed=7,
+    )
     assert notes[0].startswith("    expected: the replay source plants outages")
     assert notes[1] == "      2026-12-01|ETHUSDT: planted outage of 75 minutes from 02:49 UTC"
     assert notes[2].startswith("      2026-12-01|BTCUSDT: not a planted outage: look at it")
@@ -105,16 +123,20 @@ def test_report_says_why_a_check_and_a_step_failed():
 
     @dg.asset_check(asset=candidate, blocking=True)
     def gate():
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   metadata={"reason": "test-period total return -3.30% after costs is below 0"})
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"reason": "test-period total return -3.30% after costs is below 0"},
+        )
 
     @dg.asset
     def deployment():
         raise dg.Failure(description="rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live")
 
     defs = dg.Definitions(assets=[candidate, deployment], asset_checks=[gate])
-    trained = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={candidate.key},
-                                                                      asset_check_selection={gate.check_key})
+    trained = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={candidate.key}, asset_check_selection={gate.check_key}
+    )
     rep = _report("training", trained.execute_in_process(raise_on_error=False), 1.0)
     assert rep.checks_failed == ["candidate:gate (ERROR): test-period total return -3.30% after costs is below 0"]
     assert rep.step_failures == []  # the blocking check's own step failure adds nothing new
@@ -123,4 +145,5 @@ def test_report_says_why_a_check_and_a_step_failed():
     rep = _report("deployment", deployed.execute_in_process(raise_on_error=False), 1.0)
     assert not rep.success and rep.checks_failed == []
     assert rep.step_failures == [
-        "deployment: rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live"]
+        "deployment: rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live"
+    ]

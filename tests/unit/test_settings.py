@@ -1,15 +1,19 @@
 """The one settings object: embedded defaults and the production profile."""
+
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from autotrader_assets.settings import CANARY_INSTRUMENTS, FileSourceSettings, SettingsError, load_settings, secret
 from tests.support.production import production_env
 
 FILE_VARS = (
-    "AUTOTRADER_FILE_SOURCE", "AUTOTRADER_FILE_DIR", "AUTOTRADER_FILE_PATTERN", "AUTOTRADER_FILE_SYMBOL_COLUMN",
+    "AUTOTRADER_FILE_SOURCE",
+    "AUTOTRADER_FILE_DIR",
+    "AUTOTRADER_FILE_PATTERN",
+    "AUTOTRADER_FILE_SYMBOL_COLUMN",
     "AUTOTRADER_FILE_COLUMNS",
 )
 
@@ -17,9 +21,18 @@ FILE_VARS = (
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in [
-        "AUTOTRADER_ENV", "AUTOTRADER_HOME", "DAGSTER_HOME", "AUTOTRADER_INSTRUMENTS", "AUTOTRADER_REGISTRY_URL",
-        "AUTOTRADER_ARCHIVE_URI", "AUTOTRADER_ARTIFACTS_URI", "AUTOTRADER_WAREHOUSE", "AUTOTRADER_FEE_BPS",
-        "AUTOTRADER_SLIPPAGE_BPS", "AUTOTRADER_MARKET_SOURCE", *FILE_VARS,
+        "AUTOTRADER_ENV",
+        "AUTOTRADER_HOME",
+        "DAGSTER_HOME",
+        "AUTOTRADER_INSTRUMENTS",
+        "AUTOTRADER_REGISTRY_URL",
+        "AUTOTRADER_ARCHIVE_URI",
+        "AUTOTRADER_ARTIFACTS_URI",
+        "AUTOTRADER_WAREHOUSE",
+        "AUTOTRADER_FEE_BPS",
+        "AUTOTRADER_SLIPPAGE_BPS",
+        "AUTOTRADER_MARKET_SOURCE",
+        *FILE_VARS,
     ]:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -88,8 +101,14 @@ def test_file_source_without_a_path_says_what_to_set(clean_env):
     with pytest.raises(SettingsError) as info:
         load_settings()
     message = str(info.value)
-    for hint in ("AUTOTRADER_FILE_SOURCE", "AUTOTRADER_FILE_DIR", "AUTOTRADER_FILE_PATTERN",
-                 "AUTOTRADER_FILE_SYMBOL_COLUMN", "GBPUSD=../shared/data/fx_1m/GBPUSD_m1_ask_2012.csv", "README"):
+    for hint in (
+        "AUTOTRADER_FILE_SOURCE",
+        "AUTOTRADER_FILE_DIR",
+        "AUTOTRADER_FILE_PATTERN",
+        "AUTOTRADER_FILE_SYMBOL_COLUMN",
+        "GBPUSD=../shared/data/fx_1m/GBPUSD_m1_ask_2012.csv",
+        "README",
+    ):
         assert hint in message, hint
 
 
@@ -110,8 +129,10 @@ def test_file_source_mapping_plain_and_json(clean_env, tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"AUTOTRADER_FILE_SOURCE": "/data/one.csv"},
-         r"one file but 2 instruments are configured \(GBPUSD, USDJPY\).*GBPUSD=/path/GBPUSD.csv,USDJPY=/path/USDJPY.csv"),
+        (
+            {"AUTOTRADER_FILE_SOURCE": "/data/one.csv"},
+            r"one file but 2 instruments are configured \(GBPUSD, USDJPY\).*GBPUSD=/path/GBPUSD.csv,USDJPY=/path/USDJPY.csv",
+        ),
         ({"AUTOTRADER_FILE_SOURCE": "GBPUSD=/data/gbpusd.csv"}, "no file for USDJPY; add USDJPY=/path/USDJPY.csv"),
         ({"AUTOTRADER_FILE_SOURCE": "GBPUSD=/a.csv,gbpusd=/b.csv,USDJPY=/c.csv"}, "maps GBPUSD twice.*JSON"),
         ({"AUTOTRADER_FILE_SOURCE": "GBPUSD=,USDJPY=/c.csv"}, "no file given for GBPUSD"),

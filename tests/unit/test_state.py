@@ -1,5 +1,6 @@
 """DeploymentStateStore: slots, the routing table (atomic changes), events and deployments,
 on SQLite and on the PostgreSQL server at 127.0.0.1:5432."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,7 +30,9 @@ INSTRUMENTS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT",
 @pytest.fixture(scope="module")
 def pg_url():
     """A throw-away database on the local server, dropped at the end of the module."""
-    admin = sa.create_engine(PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT"
+    )
     name = f"autotrader_state_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
@@ -60,8 +63,9 @@ def store(request, tmp_path):
 # -- slots -------------------------------------------------------------------------------------
 def test_slot_roundtrip_and_status_change(store):
     assert store.get_slot("blue") is None
-    recorded = store.set_slot("blue", status="starting", version="v3", url="http://127.0.0.1:9001",
-                              host="127.0.0.1", port=9001, pid=4242)
+    recorded = store.set_slot(
+        "blue", status="starting", version="v3", url="http://127.0.0.1:9001", host="127.0.0.1", port=9001, pid=4242
+    )
     got = store.get_slot("blue")
     assert got == recorded
     assert got.updated_at.tzinfo is not None
@@ -158,9 +162,15 @@ def test_readers_never_see_a_half_applied_routing_change(store, replace):
 # -- events ------------------------------------------------------------------------------------
 def test_event_log_pages_by_id_and_filters(store):
     assert store.last_event_id() == 0
-    first = store.record_event("rollout_stage", "canary started", details={"stage": "canary", "p99_ms": np.float64(3.5)})
-    second = store.record_event("rollback", "error rate 4% > 1%", severity="critical",
-                                details={"error_rate": 0.04, "at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)})
+    first = store.record_event(
+        "rollout_stage", "canary started", details={"stage": "canary", "p99_ms": np.float64(3.5)}
+    )
+    second = store.record_event(
+        "rollback",
+        "error rate 4% > 1%",
+        severity="critical",
+        details={"error_rate": 0.04, "at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)},
+    )
     third = store.record_event("drift", "PSI 0.25 on rsi_14", severity="warning")
     assert first.id < second.id < third.id
     assert store.last_event_id() == third.id

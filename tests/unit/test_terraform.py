@@ -9,6 +9,7 @@ held equal, name for name, to EcsDeployerConfig and to what ``settings.parse_ecs
 the Dagster launcher's variables come from root outputs; the runbooks' ``terraform`` lines name
 files and outputs that exist. checkov runs over ``infra/`` with zero failed checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import re
 import shlex
 import subprocess
 from dataclasses import MISSING, fields
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import hcl2
@@ -82,7 +83,7 @@ class Module:
         return {name: body for (t, name), body in self.resources.items() if t == rtype}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module_at(folder: Path) -> Module:
     return Module(folder)
 
@@ -121,8 +122,15 @@ def test_every_terraform_file_parses():
     files = sorted(TF.rglob("*.tf")) + sorted(TF.rglob("*.tfvars"))
     names = {p.relative_to(TF).as_posix() for p in files}
     # The layout the issue asks for: a root module, five modules, three environments.
-    for required in ("main.tf", "variables.tf", "outputs.tf", "versions.tf",
-                     "environments/dev.tfvars", "environments/staging.tfvars", "environments/production.tfvars"):
+    for required in (
+        "main.tf",
+        "variables.tf",
+        "outputs.tf",
+        "versions.tf",
+        "environments/dev.tfvars",
+        "environments/staging.tfvars",
+        "environments/production.tfvars",
+    ):
         assert required in names
     for name in ("networking", "compute", "storage", "dagster", "monitoring"):
         for part in ("main.tf", "variables.tf", "outputs.tf"):
@@ -199,7 +207,10 @@ def test_two_target_groups_and_the_listener_and_rules_the_deployer_switches():
     scaling = compute.resource("aws_appautoscaling_target", "slot")
     assert compute.outputs["service_prefix"]["value"] == "${var.name}-serving"
     assert scaling["resource_id"].endswith("/${var.name}-serving-${each.key}")
-    assert _one(compute.resource("aws_ecs_cluster", "this")["setting"]) == {"name": "containerInsights", "value": "enabled"}
+    assert _one(compute.resource("aws_ecs_cluster", "this")["setting"]) == {
+        "name": "containerInsights",
+        "value": "enabled",
+    }
 
 
 def _bucket_calls() -> dict[str, dict]:
@@ -216,23 +227,31 @@ def test_every_bucket_is_encrypted_versioned_logged_private_and_has_a_lifecycle(
         assert call["logs_bucket"] == "${aws_s3_bucket.logs.id}", name
     bucket = module("modules/storage/bucket")
     assert "for_each" not in bucket.resource("aws_s3_bucket", "this")
-    sse = _one(_one(bucket.resource("aws_s3_bucket_server_side_encryption_configuration", "this")["rule"])
-               ["apply_server_side_encryption_by_default"])
+    sse = _one(
+        _one(bucket.resource("aws_s3_bucket_server_side_encryption_configuration", "this")["rule"])[
+            "apply_server_side_encryption_by_default"
+        ]
+    )
     assert sse == {"sse_algorithm": "aws:kms", "kms_master_key_id": "${var.kms_key_arn}"}
     assert _one(bucket.resource("aws_s3_bucket_versioning", "this")["versioning_configuration"])["status"] == "Enabled"
     assert bucket.resource("aws_s3_bucket_logging", "this")["target_bucket"] == "${var.logs_bucket}"
     assert _one(bucket.resource("aws_s3_bucket_lifecycle_configuration", "this")["rule"])["status"] == "Enabled"
     # The logs bucket: SSE-S3 (ALB access logs accept nothing else), versioned, expiring.
-    logs_sse = _one(_one(storage.resource("aws_s3_bucket_server_side_encryption_configuration", "logs")["rule"])
-                    ["apply_server_side_encryption_by_default"])
+    logs_sse = _one(
+        _one(storage.resource("aws_s3_bucket_server_side_encryption_configuration", "logs")["rule"])[
+            "apply_server_side_encryption_by_default"
+        ]
+    )
     assert logs_sse["sse_algorithm"] == "AES256"
     assert _one(storage.resource("aws_s3_bucket_versioning", "logs")["versioning_configuration"])["status"] == "Enabled"
     storage.resource("aws_s3_bucket_lifecycle_configuration", "logs")
 
 
 def test_no_public_bucket_or_database():
-    blocks = [module("modules/storage").resource("aws_s3_bucket_public_access_block", "logs"),
-              module("modules/storage/bucket").resource("aws_s3_bucket_public_access_block", "this")]
+    blocks = [
+        module("modules/storage").resource("aws_s3_bucket_public_access_block", "logs"),
+        module("modules/storage/bucket").resource("aws_s3_bucket_public_access_block", "this"),
+    ]
     for block in blocks:
         for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
             assert block[flag] is True
@@ -321,14 +340,26 @@ def test_every_variable_has_a_type_and_a_description():
 
 def test_variables_validate_cidrs_environment_names_and_instance_classes():
     root, net, storage = module(), module("modules/networking"), module("modules/storage")
-    for owner, name in ((root, "vpc_cidr"), (net, "vpc_cidr"), (root, "alb_ingress_cidrs"), (net, "alb_ingress_cidrs"),
-                        (root, "environment"), (storage, "environment"), (root, "db_instance_class"),
-                        (storage, "db_instance_class"), (root, "redis_node_type"), (storage, "redis_node_type")):
+    for owner, name in (
+        (root, "vpc_cidr"),
+        (net, "vpc_cidr"),
+        (root, "alb_ingress_cidrs"),
+        (net, "alb_ingress_cidrs"),
+        (root, "environment"),
+        (storage, "environment"),
+        (root, "db_instance_class"),
+        (storage, "db_instance_class"),
+        (root, "redis_node_type"),
+        (storage, "redis_node_type"),
+    ):
         validations = owner.variables[name].get("validation", [])
         assert validations and all(v["condition"] and v["error_message"] for v in validations), (owner.folder, name)
     for owner in (root, net):
         assert "cidrhost(" in owner.variables["vpc_cidr"]["validation"][0]["condition"]
-    assert 'contains(["dev", "staging", "production"], var.environment)' in root.variables["environment"]["validation"][0]["condition"]
+    assert (
+        'contains(["dev", "staging", "production"], var.environment)'
+        in root.variables["environment"]["validation"][0]["condition"]
+    )
     # The instance-class patterns accept every environment's sizes and refuse a class of the wrong service.
     for owner in (root, storage):
         db = _validation_regexes(owner.variables["db_instance_class"])
@@ -362,8 +393,9 @@ def test_every_module_output_is_used_or_exported_by_its_caller():
             folder = (caller.folder / call["source"]).resolve()
             called.add(folder)
             for output in module(folder).outputs:
-                assert re.search(rf"\bmodule\.{call_name}\.{output}\b", caller.text), \
+                assert re.search(rf"\bmodule\.{call_name}\.{output}\b", caller.text), (
                     f"module.{call_name}.{output} ({folder.relative_to(TF)}) is neither used nor exported"
+                )
     assert called == {f.resolve() for f in _module_folders()} - {TF.resolve()}, "every module is called"
     for name, output in module().outputs.items():
         assert output.get("description"), f"root output {name} has no description"
@@ -407,7 +439,10 @@ def _fake_value(key: str, expression):
 
 def test_the_terraform_document_is_what_settings_parse(tmp_path):
     deployer = {key: _fake_value(key, value) for key, value in _ecs_deployer_block().items()}
-    document = {"deployer": deployer, "endpoints": {"blue": "https://blue.example.com", "green": "https://green.example.com"}}
+    document = {
+        "deployer": deployer,
+        "endpoints": {"blue": "https://blue.example.com", "green": "https://green.example.com"},
+    }
     path = tmp_path / "ecs_config.json"
     path.write_text(json.dumps(document))
     parsed = parse_ecs_config(f"@{path}")
@@ -422,13 +457,16 @@ def test_the_terraform_document_is_what_settings_parse(tmp_path):
             assert literal == f.default_factory(), f.name
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d["deployer"].update(cluster_name="x"), "unknown ['cluster_name']"),
-    (lambda d: d["deployer"].pop("listener_arn"), "missing ['listener_arn']"),
-    (lambda d: d["endpoints"].pop("green"), "'endpoints' must map exactly ['blue', 'green']"),
-    (lambda d: d.update(extra={}), "unknown sections ['extra']"),
-    (lambda d: d["deployer"].update(cpu="lots"), "cpu must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["deployer"].update(cluster_name="x"), "unknown ['cluster_name']"),
+        (lambda d: d["deployer"].pop("listener_arn"), "missing ['listener_arn']"),
+        (lambda d: d["endpoints"].pop("green"), "'endpoints' must map exactly ['blue', 'green']"),
+        (lambda d: d.update(extra={}), "unknown sections ['extra']"),
+        (lambda d: d["deployer"].update(cpu="lots"), "cpu must be an integer"),
+    ],
+)
 def test_settings_refuse_a_document_that_is_not_the_terraform_output(change, message):
     deployer = {key: _fake_value(key, value) for key, value in _ecs_deployer_block().items()}
     document = {"deployer": deployer, "endpoints": {"blue": "https://b.example.com", "green": "https://g.example.com"}}
@@ -470,7 +508,9 @@ def test_dagster_launcher_variables_are_root_outputs_and_set_in_the_dagster_task
     root, dagster = module(), module("modules/dagster")
     call = root.modules["dagster"]
     # Every variable dagster.yaml reads is in the Dagster tasks' environment or secrets.
-    set_in_tasks = set(call["environment_variables"]) | set(call["secret_arns"]) | set(dagster.locals["launcher_environment"])
+    set_in_tasks = (
+        set(call["environment_variables"]) | set(call["secret_arns"]) | set(dagster.locals["launcher_environment"])
+    )
     assert names - set_in_tasks == set()
     launcher = dagster.locals["launcher_environment"]
     for variable, output, module_output in (
@@ -529,8 +569,11 @@ def _production_required_names(monkeypatch, tmp_path) -> set[str]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((INFRA / "dagster" / "dagster.yaml").read_text())
-    names |= set(_SETTING_NAME.findall(_production_refusal(
-        monkeypatch, AUTOTRADER_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(home))))
+    names |= set(
+        _SETTING_NAME.findall(
+            _production_refusal(monkeypatch, AUTOTRADER_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(home))
+        )
+    )
     return names | {"AUTOTRADER_ENV"}
 
 
@@ -540,24 +583,38 @@ def _dagster_task_names() -> tuple[set[str], set[str]]:
     call = root.modules["dagster"]
     # Each task definition, the run's included, has the one container with the module's lists.
     task = dagster.resource("aws_ecs_task_definition", "this")
-    assert task["for_each"] == "${merge(local.services, {run = {command = null, cpu = var.run_cpu, memory = var.run_memory}})}"
+    assert (
+        task["for_each"]
+        == "${merge(local.services, {run = {command = null, cpu = var.run_cpu, memory = var.run_memory}})}"
+    )
     assert set(dagster.locals["services"]) == {"webserver", "daemon", "code"}
     assert "environment            = local.environment" in dagster.text
     assert "secrets                = local.secrets" in dagster.text
     assert dagster.locals["environment"].startswith(
-        "${[for k, v in merge(var.environment_variables, local.launcher_environment, local.task_environment)")
+        "${[for k, v in merge(var.environment_variables, local.launcher_environment, local.task_environment)"
+    )
     assert dagster.locals["secrets"].startswith("${[for k, v in var.secret_arns")
-    environment = set(call["environment_variables"]) | set(dagster.locals["launcher_environment"]) \
+    environment = (
+        set(call["environment_variables"])
+        | set(dagster.locals["launcher_environment"])
         | set(dagster.locals["task_environment"])
+    )
     return environment, set(call["secret_arns"])
 
 
 def test_every_variable_the_production_profile_requires_is_set_in_the_dagster_tasks(monkeypatch, tmp_path):
     required = _production_required_names(monkeypatch, tmp_path)
     # The refusal names what the issue lists (a regex that found nothing would pass vacuously).
-    assert {"AUTOTRADER_REGISTRY_URL", "AUTOTRADER_ARCHIVE_URI", "AUTOTRADER_ARTIFACTS_URI",
-            "AUTOTRADER_WAREHOUSE_SHARED_DIR", "AUTOTRADER_SERVING_TOKEN", "DAGSTER_HOME",
-            "DAGSTER_PG_PASSWORD", "DAGSTER_RUN_TASK_DEFINITION"} <= required
+    assert {
+        "AUTOTRADER_REGISTRY_URL",
+        "AUTOTRADER_ARCHIVE_URI",
+        "AUTOTRADER_ARTIFACTS_URI",
+        "AUTOTRADER_WAREHOUSE_SHARED_DIR",
+        "AUTOTRADER_SERVING_TOKEN",
+        "DAGSTER_HOME",
+        "DAGSTER_PG_PASSWORD",
+        "DAGSTER_RUN_TASK_DEFINITION",
+    } <= required
     environment, secrets = _dagster_task_names()
     assert required - (environment | secrets) == set()
     assert environment & secrets == set(), "a name both plain and secret"
@@ -570,8 +627,12 @@ def test_every_variable_the_production_profile_requires_is_set_in_the_dagster_ta
 
 def test_production_settings_refuse_the_tasks_without_the_registry_url(monkeypatch, tmp_path):
     # What the containers looked like before the registry URL was given to them: refused, by name.
-    message = _production_refusal(monkeypatch, AUTOTRADER_HOME=str(tmp_path), AUTOTRADER_ARCHIVE_URI="s3://a/archive",
-                                  AUTOTRADER_ARTIFACTS_URI="s3://a/artifacts")
+    message = _production_refusal(
+        monkeypatch,
+        AUTOTRADER_HOME=str(tmp_path),
+        AUTOTRADER_ARCHIVE_URI="s3://a/archive",
+        AUTOTRADER_ARTIFACTS_URI="s3://a/artifacts",
+    )
     assert "AUTOTRADER_REGISTRY_URL is not set" in message
 
 
@@ -585,7 +646,9 @@ def test_the_dagster_tasks_get_the_ecs_config_document_of_the_root_output():
     assert used == {"execution_role_arn", "task_role_arn", "log_group"}
     for output in used:
         value = dagster.outputs[output]["value"]
-        assert re.fullmatch(r"\$\{aws_(iam_role\.(task|execution)\.arn|cloudwatch_log_group\.this\.name)\}", value), value
+        assert re.fullmatch(r"\$\{aws_(iam_role\.(task|execution)\.arn|cloudwatch_log_group\.this\.name)\}", value), (
+            value
+        )
 
 
 def test_the_registry_url_is_a_kms_encrypted_postgresql_secret_only_the_execution_role_reads():
@@ -593,7 +656,9 @@ def test_the_registry_url_is_a_kms_encrypted_postgresql_secret_only_the_executio
     secrets = root.modules["dagster"]["secret_arns"]
     assert secrets["AUTOTRADER_REGISTRY_URL"] == "${module.storage.registry_url_secret_arn}"
     assert secrets["DAGSTER_PG_PASSWORD"] == "${module.storage.db_secret_arn}"
-    assert storage.outputs["registry_url_secret_arn"]["value"] == "${aws_secretsmanager_secret_version.registry_url.arn}"
+    assert (
+        storage.outputs["registry_url_secret_arn"]["value"] == "${aws_secretsmanager_secret_version.registry_url.arn}"
+    )
     assert storage.outputs["db_secret_arn"]["value"] == "${aws_secretsmanager_secret_version.db_password.arn}"
     for name in ("registry_url", "db_password"):
         assert storage.resource("aws_secretsmanager_secret", name)["kms_key_id"] == "${var.kms_key_arn}"
@@ -602,14 +667,20 @@ def test_the_registry_url_is_a_kms_encrypted_postgresql_secret_only_the_executio
     assert db["password"] == "${random_password.db_master.result}" and "manage_master_user_password" not in db
     assert storage.resource("random_password", "db_master")["special"] is False  # no URL escaping needed
     url = storage.resource("aws_secretsmanager_secret_version", "registry_url")["secret_string"]
-    assert url == ("postgresql+psycopg2://${aws_db_instance.this.username}:${random_password.db_master.result}"
-                   "@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${aws_db_instance.this.db_name}")
+    assert url == (
+        "postgresql+psycopg2://${aws_db_instance.this.username}:${random_password.db_master.result}"
+        "@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${aws_db_instance.this.db_name}"
+    )
     assert url.split(":", 1)[0].split("+", 1)[0] in SHARED_DATABASE_SCHEMES
-    assert storage.resource("aws_secretsmanager_secret_version", "db_password")["secret_string"] == \
-        "${random_password.db_master.result}"
+    assert (
+        storage.resource("aws_secretsmanager_secret_version", "db_password")["secret_string"]
+        == "${random_password.db_master.result}"
+    )
     # The execution role reads exactly the containers' secrets; the task role reads none.
     policy = dagster.resource("aws_iam_role_policy", "execution_secrets")["policy"]
-    assert '{Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns)}' in policy
+    assert (
+        '{Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = values(var.secret_arns)}' in policy
+    )
     assert "secretsmanager" not in dagster.resource("aws_iam_role_policy", "task")["policy"]
     # Whole secret ARNs only (a ":password::" suffix would not match the policy's resource).
     patterns = _validation_regexes(dagster.variables["secret_arns"])
@@ -669,14 +740,22 @@ def test_checkov_skips_are_justified_inline():
 def test_checkov_finds_no_failed_check_over_infra():
     if not CHECKOV.is_file():
         pytest.skip("checkov is not built: `make checkov-tool` (make test builds it) puts it in .tools/checkov")
-    result = subprocess.run([str(CHECKOV), "--directory", str(INFRA), "--output", "json", "--skip-download", "--compact"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=900)
+    result = subprocess.run(
+        [str(CHECKOV), "--directory", str(INFRA), "--output", "json", "--skip-download", "--compact"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     by_type = {r["check_type"]: r for r in reports}
     assert {"terraform", "dockerfile"} <= set(by_type), result.stderr[-2000:]
-    failed = [(r["check_type"], c["check_id"], c["resource"], c["file_path"])
-              for r in reports for c in r["results"].get("failed_checks", [])]
+    failed = [
+        (r["check_type"], c["check_id"], c["resource"], c["file_path"])
+        for r in reports
+        for c in r["results"].get("failed_checks", [])
+    ]
     assert failed == []
     for report in reports:
         assert report["summary"]["parsing_errors"] == 0, report["check_type"]

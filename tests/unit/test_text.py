@@ -1,4 +1,5 @@
 """The one truncation helper: text that fits is kept, longer text is cut with a visible mark."""
+
 from __future__ import annotations
 
 import re
@@ -53,11 +54,20 @@ def test_optional_text_accepts_none_as_empty_and_refuses_other_types():
         optional_text("description", 3)
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("ok\nforged row", "\\n"), ("ok\r", "\\r"), ("tab\there", "\\t"), ("esc\x1b[31m", "\\x1b"),
-    ("del\x7f", "\\x7f"), ("c1\x85", "\\x85"), ("line\u2028sep", "\\u2028"), ("bidi\u202etxt", "\\u202e"),
-    ("zero\u200bwidth", "\\u200b"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("ok\nforged row", "\\n"),
+        ("ok\r", "\\r"),
+        ("tab\there", "\\t"),
+        ("esc\x1b[31m", "\\x1b"),
+        ("del\x7f", "\\x7f"),
+        ("c1\x85", "\\x85"),
+        ("line\u2028sep", "\\u2028"),
+        ("bidi\u202etxt", "\\u202e"),
+        ("zero\u200bwidth", "\\u200b"),
+    ],
+)
 def test_control_characters_are_refused_by_both_checks_naming_them(text, shown):
     assert control_characters(text) == [shown]
     with pytest.raises(ValueError, match="reason must be one line of printable text; it contains " + re.escape(shown)):

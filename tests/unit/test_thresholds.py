@@ -1,6 +1,7 @@
 """One configuration path: every gate and breaker limit has its one default in
 ``settings.Thresholds``, and one function each turns settings into the rollout policy and the
 paper account's parameters; deploy_ops keeps no default of its own."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,13 @@ def settings(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOTRADER_HOME", str(tmp_path))
     for name in ("AUTOTRADER_ENV", "AUTOTRADER_REGISTRY_URL", "AUTOTRADER_INSTRUMENTS", "AUTOTRADER_FEE_BPS"):
         monkeypatch.delenv(name, raising=False)
-    unusual = Thresholds(max_error_rate=0.07, max_p99_latency_ms=33.0, max_sharpe_drop=0.4,
-                         breaker_daily_loss=0.02, breaker_drawdown=0.09)
+    unusual = Thresholds(
+        max_error_rate=0.07,
+        max_p99_latency_ms=33.0,
+        max_sharpe_drop=0.4,
+        breaker_daily_loss=0.02,
+        breaker_drawdown=0.09,
+    )
     return dataclasses.replace(load_settings(), thresholds=unusual, fee_bps=7.5, slippage_bps=0.5, stage_seconds=9.0)
 
 
@@ -43,11 +49,14 @@ def test_the_paper_account_takes_the_breaker_limits_from_the_settings(settings):
     assert paper_params_from(settings, fee_bps=1.0).fee_bps == 1.0
 
 
-@pytest.mark.parametrize("build", [
-    lambda: RolloutPolicy(instruments=("BTCUSDT",), canary_instruments=("BTCUSDT",), stage_seconds=1.0),
-    lambda: PaperParams(fee_bps=4.0, slippage_bps=2.0),
-    lambda: find_trip(None, 100.0, 100.0),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: RolloutPolicy(instruments=("BTCUSDT",), canary_instruments=("BTCUSDT",), stage_seconds=1.0),
+        lambda: PaperParams(fee_bps=4.0, slippage_bps=2.0),
+        lambda: find_trip(None, 100.0, 100.0),
+    ],
+)
 def test_no_second_default_outside_the_settings(build):
     with pytest.raises(TypeError, match="missing"):
         build()

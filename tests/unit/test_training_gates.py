@@ -1,4 +1,5 @@
 """Promotion gates: each passes and fails on its own property; the leakage guard on a random walk."""
+
 from __future__ import annotations
 
 import copy
@@ -25,10 +26,10 @@ from autotrader_assets.defs.training.gates import (
     sharpe_vs_production_gate,
     weights_finite_gate,
 )
-from tests.support.synthetic import bar_features_frame, random_walk_bars
 from autotrader_assets.defs.training.train import TrainConfig
 from autotrader_assets.settings import FEATURE_COLUMNS, Thresholds
 from deploy_ops.models.bundle import ModelBundle, StandardScaler, build_model
+from tests.support.synthetic import bar_features_frame, random_walk_bars
 
 torch.set_num_threads(1)
 THRESHOLDS = Thresholds()
@@ -43,6 +44,7 @@ def _bundle(n_features: int = 3, seed: int = 0) -> ModelBundle:
 
 # -- AUC floor ------------------------------------------------------------------------------------
 
+
 def test_auc_gate():
     passed, meta = auc_gate(0.53, floor=0.51)
     assert passed and meta["auc_floor"] == 0.51 and "reason" not in meta
@@ -53,6 +55,7 @@ def test_auc_gate():
 
 
 # -- Sharpe vs production -----------------------------------------------------------------------
+
 
 def test_sharpe_gate_without_production_uses_the_floor():
     assert sharpe_vs_production_gate(0.4, None, floor_without_production=0.0)[0]
@@ -71,13 +74,22 @@ def test_sharpe_gate_against_production():
 
 def _report(**test_overrides) -> dict:
     test = {
-        "auc": 0.55, "sharpe": 1.5, "sharpe_reason": None, "sharpe_annualization": "sqrt(365)",
-        "sharpe_returns": "daily", "sharpe_n_returns": 60, "max_drawdown": 0.05, "total_return": 0.02,
+        "auc": 0.55,
+        "sharpe": 1.5,
+        "sharpe_reason": None,
+        "sharpe_annualization": "sqrt(365)",
+        "sharpe_returns": "daily",
+        "sharpe_n_returns": 60,
+        "max_drawdown": 0.05,
+        "total_return": 0.02,
     }
     test.update(test_overrides)
     return {
-        "test": test, "train": {"auc": 0.57}, "shuffled_label_test_auc": 0.5,
-        "production": None, "probe": np.zeros((4, 3)).tolist(),
+        "test": test,
+        "train": {"auc": 0.57},
+        "shuffled_label_test_auc": 0.5,
+        "production": None,
+        "probe": np.zeros((4, 3)).tolist(),
     }
 
 
@@ -116,8 +128,11 @@ def test_below_the_minimum_returns_the_promotion_gate_judges_total_return_not_sh
 
     # A worse Sharpe from few returns does not block a candidate that made more money.
     report = _report(sharpe=-2.0, sharpe_n_returns=8, total_return=0.03)
-    report["production"] = {"version": 2, "unavailable_reason": None,
-                            "test": {"sharpe": 4.0, "sharpe_reason": None, "total_return": 0.01}}
+    report["production"] = {
+        "version": 2,
+        "unavailable_reason": None,
+        "test": {"sharpe": 4.0, "sharpe_reason": None, "total_return": 0.01},
+    }
     passed, meta = run_gate("sharpe_vs_production", report, bundle, THRESHOLDS)
     assert passed and meta["compared_to"] == "production v2" and meta["production_total_return"] == 0.01
     report["production"]["test"]["total_return"] = 0.05
@@ -131,6 +146,7 @@ def test_below_the_minimum_returns_the_promotion_gate_judges_total_return_not_sh
 
 # -- drawdown -------------------------------------------------------------------------------------
 
+
 def test_max_drawdown_gate():
     assert max_drawdown_gate(0.10, limit=0.15)[0]
     assert max_drawdown_gate(-0.10, limit=0.15)[0]  # sign convention does not matter
@@ -140,6 +156,7 @@ def test_max_drawdown_gate():
 
 
 # -- weights, output ------------------------------------------------------------------------------
+
 
 def test_weights_finite_gate():
     bundle = _bundle()
@@ -187,6 +204,7 @@ def test_output_shape_range_gate():
 
 # -- leakage (pure) ---------------------------------------------------------------------------------
 
+
 def test_leakage_gate_passes_plausible_numbers():
     passed, meta = leakage_gate(test_auc=0.54, shuffled_auc=0.50, train_auc=0.56)
     assert passed and not meta["leakage_suspected"] and meta["max_plausible_auc"] == 0.75
@@ -222,6 +240,7 @@ def test_run_gate_rejects_unknown_names_and_evaluate_gates_covers_all():
 
 
 # -- leakage guard end to end on a random walk ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def random_walk() -> pd.DataFrame:

@@ -1,4 +1,5 @@
 """Forward-return labels: exact horizon, per instrument and per day, dropped (never filled)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -133,7 +134,9 @@ def _feature_frame(days: int = 2, warmup: int = 3) -> pd.DataFrame:
         close = base + np.sin(np.arange(len(ts)) / 7.0)
         f1 = np.arange(len(ts), dtype=float)
         f1[:warmup] = np.nan  # warm-up: NULL features, like the dbt model
-        parts.append(pd.DataFrame({"instrument": instrument, "ts": ts, "date": ts.date, "open": close, "close": close, "f1": f1}))
+        parts.append(
+            pd.DataFrame({"instrument": instrument, "ts": ts, "date": ts.date, "open": close, "close": close, "f1": f1})
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -190,8 +193,11 @@ def test_warehouse_round_trip_and_fingerprint():
     changed = stored.copy()
     changed.loc[10, "label"] = 1 - changed.loc[10, "label"]
     assert frame_fingerprint(changed, ["f1"]) != frame_fingerprint(stored, ["f1"])
-    types = dict(con.execute("select column_name, data_type from information_schema.columns "
-                             "where table_name = 'training_dataset'").fetchall())
+    types = dict(
+        con.execute(
+            "select column_name, data_type from information_schema.columns where table_name = 'training_dataset'"
+        ).fetchall()
+    )
     assert types["ts"] == "TIMESTAMP" and types["label"] == "TINYINT" and types["date"] == "DATE"
 
     summary = dataset_summary(stored)

@@ -1,4 +1,5 @@
 """Purged walk-forward splits: disjoint, embargoed, purged, expanding, test period untouched."""
+
 from __future__ import annotations
 
 import numpy as np

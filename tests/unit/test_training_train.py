@@ -1,4 +1,5 @@
 """Training: seeded reproducibility, scaler fitted on training rows only, early stopping."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Completeness and outlier rules on real market data: calendars, intervals, quiet instruments."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -108,8 +109,13 @@ def test_bars_outside_the_session_are_listed_but_do_not_fail(gbpusd):
     df = pd.concat([gbpusd, saturday_bar], ignore_index=True)
     listed = out_of_session_bars(df)
     assert listed.to_dict("records") == [
-        {"partition": "2012-02-04|GBPUSD", "calendar": "fx", "bars": 1,
-         "first": "2012-02-04 12:00:00+00:00", "last": "2012-02-04 12:00:00+00:00"}
+        {
+            "partition": "2012-02-04|GBPUSD",
+            "calendar": "fx",
+            "bars": 1,
+            "first": "2012-02-04 12:00:00+00:00",
+            "last": "2012-02-04 12:00:00+00:00",
+        }
     ]
     _rows, failed, _ = partition_failures([("2012-02-04", "GBPUSD")], df)
     assert failed == set()
@@ -122,8 +128,17 @@ def _bars_at(times: pd.DatetimeIndex, instrument: str) -> pd.DataFrame:
     n = len(times)
     close = 1300.0 + np.cumsum(np.random.default_rng(1).normal(0, 0.25, n))
     return pd.DataFrame(
-        {"ts": times, "instrument": instrument, "open": close, "high": close + 0.5, "low": close - 0.5,
-         "close": close, "volume": 10.0, "source": "file", "date": times.strftime("%Y-%m-%d")}
+        {
+            "ts": times,
+            "instrument": instrument,
+            "open": close,
+            "high": close + 0.5,
+            "low": close - 0.5,
+            "close": close,
+            "volume": 10.0,
+            "source": "file",
+            "date": times.strftime("%Y-%m-%d"),
+        }
     )
 
 
@@ -141,7 +156,14 @@ def test_cme_daily_halt_is_neither_missing_nor_a_gap():
 # -- the data's interval ---------------------------------------------------------------------------------
 def test_five_minute_files_are_not_80_percent_missing():
     """Full days of the six files: 0% missing except ADA_BTC's 2018-01-15 (40 bars missing in three holes, 13.9%)."""
-    for name in ("ADA_BTC-5m.csv", "DASH_BTC-5m.csv", "ETC_BTC-5m.csv", "ETH_BTC-5m.csv", "LTC_BTC-5m.csv", "XMR_BTC-5m.csv"):
+    for name in (
+        "ADA_BTC-5m.csv",
+        "DASH_BTC-5m.csv",
+        "ETC_BTC-5m.csv",
+        "ETH_BTC-5m.csv",
+        "LTC_BTC-5m.csv",
+        "XMR_BTC-5m.csv",
+    ):
         df = load_bars(shared_file("crypto_5m", name), name.split("-")[0].replace("_", ""))
         instrument = df["instrument"].iloc[0]
         assert detect_intervals(df) == {instrument: 300}
@@ -195,7 +217,9 @@ def test_a_100x_spike_in_the_fx_file_is_flagged(gbpusd):
     spiked.loc[at, ["close", "high"]] *= 100
     out = return_outliers_many(spiked, z_bound=12)
     assert out.index.tolist() == [at]
-    assert out["rule"].tolist() == ["spike-and-return"] and out["log_return"].iloc[0] == pytest.approx(np.log(100), abs=0.01)
+    assert out["rule"].tolist() == ["spike-and-return"] and out["log_return"].iloc[0] == pytest.approx(
+        np.log(100), abs=0.01
+    )
 
 
 def test_a_spike_on_the_last_bar_of_a_day_is_flagged_as_extreme(gbpusd):

@@ -1,5 +1,6 @@
 """One warehouse writer at a time in production: every job that writes the DuckDB warehouse carries the
 run tag the shipped instance's queue limits to 1; readers carry no tag and are not held behind a writer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,14 @@ from autotrader_assets.instance import LOCAL_DAGSTER_YAML
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "infra" / "dagster" / "dagster.yaml"
 #: The jobs that write (docs/architecture.md, "Profiles"); the rest only read or never touch it.
-WRITING_JOBS = {"data_pipeline", "data_rollback", "training_job", "paper_trading_job", "performance_report",
-                "health_check"}
+WRITING_JOBS = {
+    "data_pipeline",
+    "data_rollback",
+    "training_job",
+    "paper_trading_job",
+    "performance_report",
+    "health_check",
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +77,19 @@ def test_the_daemon_queue_holds_a_second_writer_but_not_a_reader(tmp_path):
     shipped = yaml.safe_load(SHIPPED.read_text())
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_coordinator": shipped["run_coordinator"],
-                                                       "telemetry": {"enabled": False}}))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"run_coordinator": shipped["run_coordinator"], "telemetry": {"enabled": False}})
+    )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         # Queued runs name the code location they come from (the daemon launches from it).
-        repository = RemoteRepositoryOrigin(GrpcServerCodeLocationOrigin(host="code", port=4000, location_name="autotrader"),
-                                            "__repository__")
+        repository = RemoteRepositoryOrigin(
+            GrpcServerCodeLocationOrigin(host="code", port=4000, location_name="autotrader"), "__repository__"
+        )
 
         def run(job: str, status: dg.DagsterRunStatus, tags: dict[str, str] | None = None):
-            return create_run_for_test(instance, job_name=job, status=status, tags=tags,
-                                       remote_job_origin=repository.get_job_origin(job))
+            return create_run_for_test(
+                instance, job_name=job, status=status, tags=tags, remote_job_origin=repository.get_job_origin(job)
+            )
 
         run("data_pipeline", dg.DagsterRunStatus.STARTED, WAREHOUSE_WRITE_TAGS)
         writer = run("paper_trading_job", dg.DagsterRunStatus.QUEUED, WAREHOUSE_WRITE_TAGS)
@@ -91,7 +101,8 @@ def test_the_daemon_queue_holds_a_second_writer_but_not_a_reader(tmp_path):
         assert writer.run_id not in chosen
 
         # The running writer finishes: the queued writer is next.
-        instance.report_run_failed(instance.get_run_by_id(
-            next(r.run_id for r in instance.get_runs() if r.job_name == "data_pipeline")))
+        instance.report_run_failed(
+            instance.get_run_by_id(next(r.run_id for r in instance.get_runs() if r.job_name == "data_pipeline"))
+        )
         chosen = {run.run_id for run in daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)}
         assert writer.run_id in chosen

@@ -1,4 +1,5 @@
 """Writers and readers of the one DuckDB warehouse take turns (two real processes)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,9 +15,14 @@ from autotrader_assets.resources import WarehouseBusyError, WarehouseResource
 def _hold(db: str) -> subprocess.Popen:
     """Another process that holds the warehouse open for writing until its stdin closes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import duckdb, sys; c = duckdb.connect({db!r}); print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({db!r}); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -71,8 +77,14 @@ def test_run_summary_counts_quarantined_partitions_and_waits_like_every_reader(t
     day = ReplaySource(seed=5).day_bars("BTCUSDT", "2024-03-01")
     con = duckdb.connect(db)
     DuckDBPublisher(con).publish(PublishBatch("market_bars", "b1", passed={("2024-03-01", "BTCUSDT"): day}))
-    DuckDBPublisher(con).publish(PublishBatch("market_bars", "b2", failed={("2024-03-02", "BTCUSDT"): day.iloc[:0]},
-                                              reasons={("2024-03-02", "BTCUSDT"): "partition is empty"}))
+    DuckDBPublisher(con).publish(
+        PublishBatch(
+            "market_bars",
+            "b2",
+            failed={("2024-03-02", "BTCUSDT"): day.iloc[:0]},
+            reasons={("2024-03-02", "BTCUSDT"): "partition is empty"},
+        )
+    )
     con.close()
     assert warehouse_summary(db) == {"market_bars": {"rows": len(day), "partitions": 1, "quarantined": 1}}
     holder = _hold(db)

@@ -5,6 +5,7 @@ everything: the summary numbers and the equity and drawdown charts (PNG, as data
 markdown metadata). The report is built from that, so the mail shows exactly what the run
 computed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,17 @@ from deploy_ops.alerting.mail import Attachment
 _DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 #: Metadata entries of trading_performance holding the charts, and the file name each gets.
 CHARTS = (("equity_curve", "equity_curve.png"), ("drawdown_plot", "drawdown.png"))
-_NUMBERS = ("current_equity", "total_pnl", "daily_pnl", "total_return", "sharpe", "win_rate", "max_drawdown",
-            "profit_factor", "n_trades")
+_NUMBERS = (
+    "current_equity",
+    "total_pnl",
+    "daily_pnl",
+    "total_return",
+    "sharpe",
+    "win_rate",
+    "max_drawdown",
+    "profit_factor",
+    "n_trades",
+)
 
 
 class ReportError(ValueError):
@@ -54,8 +64,10 @@ def build_report(metadata: Mapping[str, Any], run_id: str) -> Report:
         value = numbers.get(key)
         return format(value, spec) if isinstance(value, (int, float)) else str(value if value is not None else "-")
 
-    summary = (f"weekly performance: equity {fmt('current_equity', ',.2f')}, PnL {fmt('total_pnl', ',.2f')}, "
-               f"Sharpe {fmt('sharpe', '.2f')}, max drawdown {fmt('max_drawdown', '.2%')}")
+    summary = (
+        f"weekly performance: equity {fmt('current_equity', ',.2f')}, PnL {fmt('total_pnl', ',.2f')}, "
+        f"Sharpe {fmt('sharpe', '.2f')}, max drawdown {fmt('max_drawdown', '.2%')}"
+    )
     lines = ["The paper account's weekly performance report (run " + run_id + ").", ""]
     lines += [f"{k.replace('_', ' ')}: {fmt(k, ',.4g')}" for k in _NUMBERS if k in numbers]
     lines += ["", "Attached: the equity curve and the drawdown chart."]

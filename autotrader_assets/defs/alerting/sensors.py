@@ -9,6 +9,7 @@
 ``training_completed`` and ``model_promoted`` (the version ``registered_model`` wrote), and
 ``weekly_performance_report``, which is also mailed with its charts when the SMTP relay is set.
 """
+
 import dagster as dg
 
 from autotrader_assets.defs.alerting.report import ReportError, build_report
@@ -31,8 +32,9 @@ from deploy_ops.state import DeploymentStateStore
     "(AUTOTRADER_ALERTMANAGER_URL), retried with backoff while it is down.",
 )
 def alert_delivery_sensor(context: dg.SensorEvaluationContext, settings: dg.ResourceParam[Settings]):
-    result = deliver_now(settings.registry_url, settings.alertmanager_url or None,
-                         runbook_base_url=settings.runbook_base_url)
+    result = deliver_now(
+        settings.registry_url, settings.alertmanager_url or None, runbook_base_url=settings.runbook_base_url
+    )
     text = result.describe()
     if result.error:
         # Not a failed tick: the rows stay queued and the next ticks retry them with backoff.
@@ -46,7 +48,8 @@ def alert_delivery_sensor(context: dg.SensorEvaluationContext, settings: dg.Reso
 
 def _materialization_metadata(context: dg.RunStatusSensorContext, asset: str) -> dict | None:
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=20).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=20
+    ).records
     for record in records:
         if record.run_id == context.dagster_run.run_id and record.asset_materialization is not None:
             return dict(record.asset_materialization.metadata)
@@ -55,9 +58,15 @@ def _materialization_metadata(context: dg.RunStatusSensorContext, asset: str) ->
 
 def _relay(settings: Settings) -> Relay:
     smtp = settings.smtp
-    return Relay(host=smtp.host, port=smtp.port, sender=smtp.sender, recipients=smtp.recipients,
-                 username=smtp.username, password=smtp.password() if smtp.username else None,
-                 starttls=smtp.starttls)
+    return Relay(
+        host=smtp.host,
+        port=smtp.port,
+        sender=smtp.sender,
+        recipients=smtp.recipients,
+        username=smtp.username,
+        password=smtp.password() if smtp.username else None,
+        starttls=smtp.starttls,
+    )
 
 
 def _weekly_report(context: dg.RunStatusSensorContext, state: DeploymentStateStore, settings: Settings) -> str:
@@ -68,8 +77,13 @@ def _weekly_report(context: dg.RunStatusSensorContext, state: DeploymentStateSto
     try:
         report = build_report(metadata, run_id)
     except ReportError as exc:
-        events.record(state, "report_mail_failed", "warning", f"weekly report of run {run_id} not built: {exc}",
-                      {"run_id": run_id, "error": str(exc)})
+        events.record(
+            state,
+            "report_mail_failed",
+            "warning",
+            f"weekly report of run {run_id} not built: {exc}",
+            {"run_id": run_id, "error": str(exc)},
+        )
         return str(exc)
     mailed = "not mailed: AUTOTRADER_SMTP_HOST is not set"
     if settings.smtp.configured:
@@ -77,11 +91,17 @@ def _weekly_report(context: dg.RunStatusSensorContext, state: DeploymentStateSto
             send(_relay(settings), f"[autotrader] {report.summary}", report.body, report.attachments)
             mailed = f"mailed to {', '.join(settings.smtp.recipients)} with {len(report.attachments)} chart(s)"
         except (MailError, SettingsError) as exc:
-            events.record(state, "report_mail_failed", "warning", f"weekly report of run {run_id} not mailed: {exc}",
-                          {"run_id": run_id, "error": str(exc)})
+            events.record(
+                state,
+                "report_mail_failed",
+                "warning",
+                f"weekly report of run {run_id} not mailed: {exc}",
+                {"run_id": run_id, "error": str(exc)},
+            )
             mailed = f"not mailed: {exc}"
-    events.record(state, "weekly_performance_report", "info", report.summary,
-                  {"run_id": run_id, "mail": mailed, **report.numbers})
+    events.record(
+        state, "weekly_performance_report", "info", report.summary, {"run_id": run_id, "mail": mailed, **report.numbers}
+    )
     return f"weekly report: {report.summary}; {mailed}"
 
 
@@ -97,19 +117,32 @@ def job_notice_sensor(context: dg.RunStatusSensorContext, settings: dg.ResourceP
     run = context.dagster_run
     state = DeploymentStateStore(settings.registry_url)
     if run.job_name == data_pipeline_job.name:
-        where = describe_partitions(partition_tags(dict(run.tags))) if partition_tags(dict(run.tags)) else "unpartitioned"
-        events.record(state, "data_pipeline_completed", "info", f"data_pipeline completed for {where} (run {run.run_id})",
-                      {"run_id": run.run_id, "partitions": where})
+        where = (
+            describe_partitions(partition_tags(dict(run.tags))) if partition_tags(dict(run.tags)) else "unpartitioned"
+        )
+        events.record(
+            state,
+            "data_pipeline_completed",
+            "info",
+            f"data_pipeline completed for {where} (run {run.run_id})",
+            {"run_id": run.run_id, "partitions": where},
+        )
         return dg.SkipReason(f"data_pipeline {run.run_id} completed for {where}")
     if run.job_name == training_job.name:
-        events.record(state, "training_completed", "info", f"training_job completed (run {run.run_id})",
-                      {"run_id": run.run_id})
+        events.record(
+            state, "training_completed", "info", f"training_job completed (run {run.run_id})", {"run_id": run.run_id}
+        )
         registered = _materialization_metadata(context, "registered_model")
         if registered and "version" in registered:
             version = getattr(registered["version"], "value", registered["version"])
             stage = getattr(registered.get("stage"), "value", registered.get("stage")) or "staging"
-            events.record(state, "model_promoted", "info", f"model v{version} promoted to {stage} (run {run.run_id})",
-                          {"run_id": run.run_id, "version": version, "stage": stage})
+            events.record(
+                state,
+                "model_promoted",
+                "info",
+                f"model v{version} promoted to {stage} (run {run.run_id})",
+                {"run_id": run.run_id, "version": version, "stage": stage},
+            )
         return dg.SkipReason(f"training_job {run.run_id} completed")
     note = _weekly_report(context, state, settings)
     context.log.info(note)

@@ -1,5 +1,6 @@
 """Deployment: the gated blue/green rollout asset, rollback jobs and the deployment-failure sensor.
 The procedures themselves live in ``deploy_ops.rollout`` and ``deploy_ops.rollback``."""
+
 from autotrader_assets.defs.deployment.assets import production_deployment
 from autotrader_assets.defs.deployment.jobs import deployment_pipeline, emergency_rollback_job, model_rollback
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource, deployment_resource

@@ -2,16 +2,16 @@
 stage on live traffic, rolled back automatically when a gate trips."""
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from autotrader_assets.defs.deployment.record import production_materialization
+from autotrader_assets.defs.deployment.report import rollout_markdown
 from autotrader_assets.defs.deployment.resources import DeploymentStackResource
 from autotrader_assets.defs.deployment.stack import WarehouseTrafficSource, resolve_version
 from autotrader_assets.resources import RegistryResource, WarehouseResource
-from autotrader_assets.defs.deployment.report import rollout_markdown
 from deploy_ops.rollout.reports import RolloutReport, StageReport
 
 DEPLOYMENT_GROUP = "deployment"
@@ -20,8 +20,8 @@ DEPLOYMENT_GROUP = "deployment"
 class ProductionDeploymentConfig(dg.Config):
     """Which version to roll out and how long each stage watches live traffic."""
 
-    version: Optional[int] = Field(default=None, description="Registry version; default: the newest staging version.")
-    stage_seconds: Optional[float] = Field(default=None, description="Seconds per traffic stage; default: settings.")
+    version: int | None = Field(default=None, description="Registry version; default: the newest staging version.")
+    stage_seconds: float | None = Field(default=None, description="Seconds per traffic stage; default: settings.")
     traffic_rows: int = Field(default=240, description="Newest bar_features rows per instrument replayed as traffic.")
 
 
@@ -67,7 +67,7 @@ def production_deployment(
         raise dg.Failure(description=str(exc)) from exc
     traffic = WarehouseTrafficSource(warehouse.path, stack.policy.instruments, rows=config.traffic_rows)
 
-    def progress(stage: str, report: Optional[StageReport]) -> None:
+    def progress(stage: str, report: StageReport | None) -> None:
         if report is None:
             context.log.info(f"rollout of version {version}: stage {stage} started")
         elif report.passed:
@@ -81,13 +81,22 @@ def production_deployment(
         if report.outcome != "refused":
             # Production did not change, but the candidate served canary traffic: the latest
             # record must say the previous version serves again, not the last rollout's success.
-            context.log_event(production_materialization(
-                stack.registry, stack.state, change="automatic_rollback", outcome=report.outcome,
-                summary=f"rollout of version {version} {report.outcome} at {report.failed_stage or '-'}: "
-                        f"{report.reason}",
-                extra={"candidate_version": report.version, "failed_stage": report.failed_stage or "-",
-                       "reason": report.reason or "-", "gate_readings": metadata["gate_readings"]},
-            ))
+            context.log_event(
+                production_materialization(
+                    stack.registry,
+                    stack.state,
+                    change="automatic_rollback",
+                    outcome=report.outcome,
+                    summary=f"rollout of version {version} {report.outcome} at {report.failed_stage or '-'}: "
+                    f"{report.reason}",
+                    extra={
+                        "candidate_version": report.version,
+                        "failed_stage": report.failed_stage or "-",
+                        "reason": report.reason or "-",
+                        "gate_readings": metadata["gate_readings"],
+                    },
+                )
+            )
         # After the rollback finished: the run fails loudly so the failure sensor and alerts react.
         raise dg.Failure(
             description=f"rollout of version {version} {report.outcome}: {report.reason}",

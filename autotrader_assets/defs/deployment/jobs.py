@@ -42,13 +42,20 @@ EMERGENCY_PRIORITY = 100
 
 def _record(context: dg.OpExecutionContext, stack, report: RollbackReport, change: str) -> None:
     """Tell the production_deployment asset what serves now (the rollback changed it)."""
-    context.log_event(production_materialization(
-        stack.registry, stack.state, change=change, outcome="rolled_back",
-        summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
-                f"{report.slot} (was {report.from_version}): {report.reason}",
-        extra={"from_version": report.from_version if report.from_version is not None else "-",
-               "run_id": context.run_id},
-    ))
+    context.log_event(
+        production_materialization(
+            stack.registry,
+            stack.state,
+            change=change,
+            outcome="rolled_back",
+            summary=f"{change.replace('_', ' ')} by {report.actor}: version {report.to_version} serves from slot "
+            f"{report.slot} (was {report.from_version}): {report.reason}",
+            extra={
+                "from_version": report.from_version if report.from_version is not None else "-",
+                "run_id": context.run_id,
+            },
+        )
+    )
 
 
 def _output(report: RollbackReport) -> dg.Output:
@@ -74,8 +81,13 @@ def rollback_model(
     """Return production to a named version and serve it from a freshly started slot."""
     stack = deployment.open(registry.open())
     report = manual_rollback(
-        stack.registry, stack.state, stack.backend, config.to_version, reason=config.reason,
-        actor=config.actor or f"dagster:{context.run_id}", mark_current_failed=config.mark_current_failed,
+        stack.registry,
+        stack.state,
+        stack.backend,
+        config.to_version,
+        reason=config.reason,
+        actor=config.actor or f"dagster:{context.run_id}",
+        mark_current_failed=config.mark_current_failed,
     )
     context.log.warning(f"production rolled back to version {report.to_version}: {'; '.join(report.actions)}")
     _record(context, stack, report, "manual_rollback")
@@ -92,8 +104,12 @@ def rollback_to_last_known_good(
     """Send all traffic to the last known-good version immediately."""
     stack = deployment.open(registry.open())
     report = emergency_rollback(
-        stack.registry, stack.state, stack.backend, reason=config.reason,
-        actor=config.actor or f"dagster:{context.run_id}", mark_current_failed=config.mark_current_failed,
+        stack.registry,
+        stack.state,
+        stack.backend,
+        reason=config.reason,
+        actor=config.actor or f"dagster:{context.run_id}",
+        mark_current_failed=config.mark_current_failed,
     )
     context.log.warning(f"emergency rollback to version {report.to_version}: {'; '.join(report.actions)}")
     _record(context, stack, report, "emergency_rollback")
@@ -105,7 +121,10 @@ def model_rollback():
     rollback_model()
 
 
-@dg.job(name="emergency_rollback", description="Emergency rollback: every instrument to the last known-good model, now.",
-        tags={"dagster/priority": str(EMERGENCY_PRIORITY)})
+@dg.job(
+    name="emergency_rollback",
+    description="Emergency rollback: every instrument to the last known-good model, now.",
+    tags={"dagster/priority": str(EMERGENCY_PRIORITY)},
+)
 def emergency_rollback_job():
     rollback_to_last_known_good()

@@ -10,6 +10,7 @@ and how it got there (``change``, ``outcome``), never a rollout that has since b
 Runs log it with ``context.log_event``; sensors and the CLI, which have no run, report it to
 the instance (``DAGSTER_HOME``) with ``report_runless_asset_event``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -22,8 +23,15 @@ from deploy_ops.state import DEFAULT_ROUTE, DeploymentStateStore
 PRODUCTION_DEPLOYMENT = dg.AssetKey("production_deployment")
 
 #: What changed production (the ``change`` metadata value).
-CHANGES = ("rollout", "automatic_rollback", "manual_rollback", "emergency_rollback", "restore_serving",
-           "interrupted_rollout_recovered", "traffic_switch")
+CHANGES = (
+    "rollout",
+    "automatic_rollback",
+    "manual_rollback",
+    "emergency_rollback",
+    "restore_serving",
+    "interrupted_rollout_recovered",
+    "traffic_switch",
+)
 
 
 def serving_now(registry: ModelRegistry, state: DeploymentStateStore) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The rollout report as markdown: one row per stage with its gate readings, for the
 ``production_deployment`` metadata and the ``autotrader deploy rollout`` output. Presentation
 only; the report itself is :class:`deploy_ops.rollout.reports.RolloutReport`."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,22 @@ NOTE_WIDTH = 160
 
 
 #: The gate table's columns (Markdown for Dagster metadata, a terminal table in the CLI).
-GATE_HEADERS = ["stage", "result", "candidate instruments", "weight %", "requests (cand/live)", "errors (cand/live)",
-                "error rate", "p99 ms", "health", "Sharpe live", "Sharpe cand", "Sharpe returns", "vs live", "note"]
+GATE_HEADERS = [
+    "stage",
+    "result",
+    "candidate instruments",
+    "weight %",
+    "requests (cand/live)",
+    "errors (cand/live)",
+    "error rate",
+    "p99 ms",
+    "health",
+    "Sharpe live",
+    "Sharpe cand",
+    "Sharpe returns",
+    "vs live",
+    "note",
+]
 
 
 def gate_rows(report: RolloutReport) -> list[list[str]]:
@@ -34,28 +49,32 @@ def gate_rows(report: RolloutReport) -> list[list[str]]:
             if not s.sharpe.get("meaningful", True):
                 n_text += f" (not meaningful below {s.sharpe.get('min_returns')})"
         drop = s.sharpe.get("relative_drop")
-        rows.append([
-            s.stage,
-            "pass" if s.passed else "FAIL",
-            ", ".join(s.candidate_instruments) or "-",
-            "-" if s.weight_percent is None else str(s.weight_percent),
-            f"{cand.get('requests', '-')}/{live.get('requests', '-')}",
-            f"{cand.get('errors', '-')}/{live.get('errors', '-')}",
-            _fmt(cand.get("error_rate"), "{:.2%}"),
-            _fmt(cand.get("p99_ms"), "{:.1f}"),
-            f"{health.get('ok', 0)}/{health.get('checks', 0)} ok" if health else "-",
-            _fmt(s.sharpe.get("live"), "{:.1f}"),
-            _fmt(s.sharpe.get("candidate"), "{:.1f}"),
-            n_text,
-            "-" if drop is None else (f"{drop:.0%} below" if drop > 0 else f"{-drop:.0%} above"),
-            truncate((s.reason or "").replace("\n", " "), NOTE_WIDTH),
-        ])
+        rows.append(
+            [
+                s.stage,
+                "pass" if s.passed else "FAIL",
+                ", ".join(s.candidate_instruments) or "-",
+                "-" if s.weight_percent is None else str(s.weight_percent),
+                f"{cand.get('requests', '-')}/{live.get('requests', '-')}",
+                f"{cand.get('errors', '-')}/{live.get('errors', '-')}",
+                _fmt(cand.get("error_rate"), "{:.2%}"),
+                _fmt(cand.get("p99_ms"), "{:.1f}"),
+                f"{health.get('ok', 0)}/{health.get('checks', 0)} ok" if health else "-",
+                _fmt(s.sharpe.get("live"), "{:.1f}"),
+                _fmt(s.sharpe.get("candidate"), "{:.1f}"),
+                n_text,
+                "-" if drop is None else (f"{drop:.0%} below" if drop > 0 else f"{-drop:.0%} above"),
+                truncate((s.reason or "").replace("\n", " "), NOTE_WIDTH),
+            ]
+        )
     return rows
 
 
 def rollout_title(report: RolloutReport) -> str:
-    return (f"Rollout of version {report.version}: {report.outcome} ({report.mode}; "
-            f"live slot {report.live_slot or '-'}, candidate slot {report.candidate_slot or '-'})")
+    return (
+        f"Rollout of version {report.version}: {report.outcome} ({report.mode}; "
+        f"live slot {report.live_slot or '-'}, candidate slot {report.candidate_slot or '-'})"
+    )
 
 
 def rollout_markdown(report: RolloutReport) -> str:

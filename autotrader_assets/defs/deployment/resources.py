@@ -1,7 +1,5 @@
 """The Dagster resource for the deployment stack (state store, slot backend, rollout policy)."""
 
-from typing import Optional
-
 import dagster as dg
 from pydantic import Field
 
@@ -35,9 +33,9 @@ class DeploymentStackResource(dg.ConfigurableResource):
     max_p99_latency_ms: float = _DEFAULT_THRESHOLDS.max_p99_latency_ms
     max_sharpe_drop: float = _DEFAULT_THRESHOLDS.max_sharpe_drop
     min_sharpe_returns: int = _DEFAULT_THRESHOLDS.min_sharpe_returns
-    requests_per_second: Optional[float] = Field(default=None, description="Replay pace; default: the policy's.")
+    requests_per_second: float | None = Field(default=None, description="Replay pace; default: the policy's.")
     ecs_config_json: str = Field(default="", description="ECS document (see deployment/stack.py); not secret.")
-    serving_token: Optional[str] = Field(default=None, description="Bearer token of the serving slots (secret).")
+    serving_token: str | None = Field(default=None, description="Bearer token of the serving slots (secret).")
     require_serving_token: bool = Field(
         default=False, description="Refuse to start a slot without a serving token (the production profile)."
     )
@@ -45,32 +43,50 @@ class DeploymentStackResource(dg.ConfigurableResource):
         default="", description="file_sd targets file the local deployer rewrites on slot changes; empty: none."
     )
 
-    def open(self, registry: ModelRegistry, stage_seconds: Optional[float] = None) -> DeploymentStack:
+    def open(self, registry: ModelRegistry, stage_seconds: float | None = None) -> DeploymentStack:
         pace = {} if self.requests_per_second is None else {"requests_per_second": self.requests_per_second}
         policy = RolloutPolicy(
-            instruments=tuple(self.instruments), canary_instruments=tuple(self.canary_instruments),
+            instruments=tuple(self.instruments),
+            canary_instruments=tuple(self.canary_instruments),
             stage_seconds=self.stage_seconds if stage_seconds is None else stage_seconds,
-            max_error_rate=self.max_error_rate, max_p99_latency_ms=self.max_p99_latency_ms,
-            max_sharpe_drop=self.max_sharpe_drop, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps,
-            min_sharpe_returns=self.min_sharpe_returns, **pace,
+            max_error_rate=self.max_error_rate,
+            max_p99_latency_ms=self.max_p99_latency_ms,
+            max_sharpe_drop=self.max_sharpe_drop,
+            fee_bps=self.fee_bps,
+            slippage_bps=self.slippage_bps,
+            min_sharpe_returns=self.min_sharpe_returns,
+            **pace,
         )
-        return open_stack(registry, state_url=self.state_url, backend=self.backend, workdir=self.workdir,
-                          policy=policy, ecs_config=self.ecs_config_json, serving_token=self.serving_token or None,
-                          require_token=self.require_serving_token,
-                          targets_file=self.prometheus_targets_file or None)
+        return open_stack(
+            registry,
+            state_url=self.state_url,
+            backend=self.backend,
+            workdir=self.workdir,
+            policy=policy,
+            ecs_config=self.ecs_config_json,
+            serving_token=self.serving_token or None,
+            require_token=self.require_serving_token,
+            targets_file=self.prometheus_targets_file or None,
+        )
 
 
-def deployment_resource(settings: Optional[Settings] = None) -> DeploymentStackResource:
+def deployment_resource(settings: Settings | None = None) -> DeploymentStackResource:
     """The resource for the given settings (key ``deployment`` in the Definitions)."""
     s = settings or get_settings()
     policy = rollout_policy_from(s)
     backend = backend_for_env(s.env)
     return DeploymentStackResource(
-        state_url=s.registry_url, backend=backend, workdir=str(s.home / "slots"),
-        instruments=list(policy.instruments), canary_instruments=list(policy.canary_instruments),
-        stage_seconds=policy.stage_seconds, max_error_rate=policy.max_error_rate,
-        max_p99_latency_ms=policy.max_p99_latency_ms, max_sharpe_drop=policy.max_sharpe_drop,
-        fee_bps=policy.fee_bps, slippage_bps=policy.slippage_bps,
+        state_url=s.registry_url,
+        backend=backend,
+        workdir=str(s.home / "slots"),
+        instruments=list(policy.instruments),
+        canary_instruments=list(policy.canary_instruments),
+        stage_seconds=policy.stage_seconds,
+        max_error_rate=policy.max_error_rate,
+        max_p99_latency_ms=policy.max_p99_latency_ms,
+        max_sharpe_drop=policy.max_sharpe_drop,
+        fee_bps=policy.fee_bps,
+        slippage_bps=policy.slippage_bps,
         ecs_config_json=s.ecs_config if backend == "ecs" else "",
         prometheus_targets_file=str(s.prometheus_targets_file or ""),
         # An EnvVar, not the value: Dagster then shows the variable's name, never the secret.

@@ -37,11 +37,17 @@ def _record(instance: dg.DagsterInstance, stack, report: RollbackReport, change:
     """A production_deployment record after the sensor touched production (none if it left it alone)."""
     if report.to_version is None:
         return  # no production version, or a live controller owns traffic: nothing changed here
-    report_outside_a_run(instance, production_materialization(
-        stack.registry, stack.state, change=change, outcome="restored",
-        summary=f"{why}; version {report.to_version} serves from slot {report.slot}",
-        extra={"actions": dg.MetadataValue.md("\n".join(f"- {a}" for a in report.actions) or "-")},
-    ))
+    report_outside_a_run(
+        instance,
+        production_materialization(
+            stack.registry,
+            stack.state,
+            change=change,
+            outcome="restored",
+            summary=f"{why}; version {report.to_version} serves from slot {report.slot}",
+            extra={"actions": dg.MetadataValue.md("\n".join(f"- {a}" for a in report.actions) or "-")},
+        ),
+    )
 
 
 @dg.run_failure_sensor(
@@ -61,12 +67,17 @@ def deployment_failure_sensor(
     stack = deployment.open(registry.open())
     message = context.failure_event.message or "run failed"
     events.record(
-        stack.state, "deployment_run_failed", "critical",
+        stack.state,
+        "deployment_run_failed",
+        "critical",
         f"deployment run {run.run_id} ({run.job_name}) failed: {message}",
         {"run_id": run.run_id, "job": run.job_name, "message": truncate(message, MESSAGE)},
     )
     report = ensure_production_serving(
-        stack.registry, stack.state, stack.backend, actor=f"sensor:{context.sensor_name}",
+        stack.registry,
+        stack.state,
+        stack.backend,
+        actor=f"sensor:{context.sensor_name}",
         reason=f"deployment run {run.run_id} failed",
         lease_timeout_seconds=stack.policy.lease_timeout_seconds,
     )
@@ -79,7 +90,7 @@ def deployment_failure_sensor(
     minimum_interval_seconds=INTERRUPTED_CHECK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="A deployment left running by a dead owner (killed CLI rollout or run) -> recovered: "
-                "traffic back on the live slot, candidate stopped, critical event.",
+    "traffic back on the live slot, candidate stopped, critical event.",
 )
 def interrupted_deployment_sensor(
     context: dg.SensorEvaluationContext,
@@ -90,12 +101,19 @@ def interrupted_deployment_sensor(
     orphan = find_orphaned(stack.state, lease_timeout_seconds=stack.policy.lease_timeout_seconds)
     if orphan is None:
         active = stack.state.active_deployment()
-        return dg.SkipReason(f"deployment {active.id} is running and its owner is alive" if active
-                             else "no deployment is running")
-    why = (f"deployment {orphan.deployment_id} of version {orphan.version} was left at stage {orphan.stage} "
-           f"by {orphan.owner or 'an unknown owner'} ({orphan.why})")
+        return dg.SkipReason(
+            f"deployment {active.id} is running and its owner is alive" if active else "no deployment is running"
+        )
+    why = (
+        f"deployment {orphan.deployment_id} of version {orphan.version} was left at stage {orphan.stage} "
+        f"by {orphan.owner or 'an unknown owner'} ({orphan.why})"
+    )
     report = ensure_production_serving(
-        stack.registry, stack.state, stack.backend, actor="sensor:interrupted_deployment_sensor", reason=why,
+        stack.registry,
+        stack.state,
+        stack.backend,
+        actor="sensor:interrupted_deployment_sensor",
+        reason=why,
         lease_timeout_seconds=stack.policy.lease_timeout_seconds,
     )
     _record(context.instance, stack, report, "interrupted_rollout_recovered", why)

@@ -10,6 +10,7 @@ module's ``ecs_config`` output name for name)::
 
     {"deployer": {<EcsDeployerConfig fields>}, "endpoints": {"blue": "https://...", "green": "https://..."}}
 """
+
 from __future__ import annotations
 
 import os
@@ -22,11 +23,11 @@ import pandas as pd
 
 from autotrader_assets.settings import ECS_CONFIG_ENV, Settings, SettingsError, parse_ecs_config
 from deploy_ops.models.registry import ModelRegistry, open_registry
-from deploy_ops.slots.ecs.backend import EcsBackend
-from deploy_ops.slots.local import LocalBackend
 from deploy_ops.rollout.controller import ProgressCallback, RolloutController
 from deploy_ops.rollout.policy import RolloutPolicy
 from deploy_ops.slots.backend import SlotBackend
+from deploy_ops.slots.ecs.backend import EcsBackend
+from deploy_ops.slots.local import LocalBackend
 from deploy_ops.state import DeploymentStateStore
 
 BACKENDS = ("local", "ecs")
@@ -53,10 +54,15 @@ def rollout_policy_from(settings: Settings, *, stage_seconds: float | None = Non
     stage length from the settings; ``stage_seconds`` overrides the stage length (demos, tests)."""
     t = settings.thresholds
     return RolloutPolicy(
-        instruments=settings.instruments, canary_instruments=settings.canary_instruments,
+        instruments=settings.instruments,
+        canary_instruments=settings.canary_instruments,
         stage_seconds=settings.stage_seconds if stage_seconds is None else stage_seconds,
-        max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms, max_sharpe_drop=t.max_sharpe_drop,
-        fee_bps=settings.fee_bps, slippage_bps=settings.slippage_bps, min_sharpe_returns=t.min_sharpe_returns,
+        max_error_rate=t.max_error_rate,
+        max_p99_latency_ms=t.max_p99_latency_ms,
+        max_sharpe_drop=t.max_sharpe_drop,
+        fee_bps=settings.fee_bps,
+        slippage_bps=settings.slippage_bps,
+        min_sharpe_returns=t.min_sharpe_returns,
     )
 
 
@@ -65,18 +71,32 @@ def backend_for_env(env: str) -> str:
     return "ecs" if env == "production" else "local"
 
 
-def open_backend(kind: str, state: DeploymentStateStore, registry: ModelRegistry, *, workdir: str | os.PathLike[str],
-                 ecs_config: str = "", serving_token: str | None = None, require_token: bool = False,
-                 instruments: Sequence[str] | None = None,
-                 targets_file: str | os.PathLike[str] | None = None) -> SlotBackend:
+def open_backend(
+    kind: str,
+    state: DeploymentStateStore,
+    registry: ModelRegistry,
+    *,
+    workdir: str | os.PathLike[str],
+    ecs_config: str = "",
+    serving_token: str | None = None,
+    require_token: bool = False,
+    instruments: Sequence[str] | None = None,
+    targets_file: str | os.PathLike[str] | None = None,
+) -> SlotBackend:
     """The slot backend. Local slots get the serving token (required in production: the deployer
     refuses to start a slot without one) and the instruments they answer for; ECS slots get the
     token from the task definition's secret, and the backend's clients send ``serving_token``."""
     if kind == "local":
         from deploy_ops.slots.local import LocalDeployer
 
-        deployer = LocalDeployer(state, workdir, token=serving_token, require_token=require_token,
-                                 instruments=instruments, targets_file=targets_file)
+        deployer = LocalDeployer(
+            state,
+            workdir,
+            token=serving_token,
+            require_token=require_token,
+            instruments=instruments,
+            targets_file=targets_file,
+        )
         return LocalBackend(deployer, registry)
     if kind == "ecs":
         from deploy_ops.slots.ecs.deployer import EcsDeployer
@@ -99,21 +119,37 @@ def open_stack(
     targets_file: str | os.PathLike[str] | None = None,
 ) -> DeploymentStack:
     state = DeploymentStateStore(state_url)
-    backend_ = open_backend(backend, state, registry, workdir=workdir, ecs_config=ecs_config,
-                            serving_token=serving_token, require_token=require_token, instruments=policy.instruments,
-                            targets_file=targets_file)
+    backend_ = open_backend(
+        backend,
+        state,
+        registry,
+        workdir=workdir,
+        ecs_config=ecs_config,
+        serving_token=serving_token,
+        require_token=require_token,
+        instruments=policy.instruments,
+        targets_file=targets_file,
+    )
     return DeploymentStack(registry, state, backend_, policy)
 
 
 def stack_from_settings(settings: Settings, *, stage_seconds: float | None = None) -> DeploymentStack:
-    registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
-                             s3_endpoint_url=settings.s3_endpoint_url or None)
+    registry = open_registry(
+        settings.registry_url,
+        settings.artifacts_uri,
+        aws_region=settings.aws_region,
+        s3_endpoint_url=settings.s3_endpoint_url or None,
+    )
     kind = backend_for_env(settings.env)
     return open_stack(
-        registry, state_url=settings.registry_url, backend=kind, workdir=settings.home / "slots",
+        registry,
+        state_url=settings.registry_url,
+        backend=kind,
+        workdir=settings.home / "slots",
         policy=rollout_policy_from(settings, stage_seconds=stage_seconds),
         ecs_config=settings.ecs_config if kind == "ecs" else "",
-        serving_token=settings.serving_token, require_token=settings.is_production,
+        serving_token=settings.serving_token,
+        require_token=settings.is_production,
         targets_file=settings.prometheus_targets_file,
     )
 
@@ -123,10 +159,18 @@ def status_stack_from_settings(settings: Settings) -> DeploymentStack:
     profile without ``AUTOTRADER_ECS_CONFIG`` still opens (registry, state, routing, events) with
     no backend, so an operator can read the shared state from anywhere; slots are then not probed."""
     if backend_for_env(settings.env) == "ecs" and not settings.ecs_config.strip():
-        registry = open_registry(settings.registry_url, settings.artifacts_uri, aws_region=settings.aws_region,
-                                 s3_endpoint_url=settings.s3_endpoint_url or None)
-        return DeploymentStack(registry, DeploymentStateStore(settings.registry_url), None,  # type: ignore[arg-type]
-                               rollout_policy_from(settings))
+        registry = open_registry(
+            settings.registry_url,
+            settings.artifacts_uri,
+            aws_region=settings.aws_region,
+            s3_endpoint_url=settings.s3_endpoint_url or None,
+        )
+        return DeploymentStack(
+            registry,
+            DeploymentStateStore(settings.registry_url),
+            None,  # type: ignore[arg-type]
+            rollout_policy_from(settings),
+        )
     return stack_from_settings(settings)
 
 
@@ -153,7 +197,9 @@ class WarehouseTrafficSource:
         try:
             tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
             if FEATURE_TABLE not in tables:
-                raise LookupError(f"warehouse {self.path} has no {FEATURE_TABLE} table; materialize the feature assets first")
+                raise LookupError(
+                    f"warehouse {self.path} has no {FEATURE_TABLE} table; materialize the feature assets first"
+                )
             frame = con.execute(
                 f"select * exclude (rn) from (select *, row_number() over (partition by instrument order by ts desc) rn "
                 f"from {FEATURE_TABLE} where list_contains(?::varchar[], instrument)) where rn <= ? order by instrument, ts",
@@ -196,12 +242,23 @@ def summarize_slots(stack: DeploymentStack) -> list[dict[str, Any]]:
             healthy, detail = check.ok, check.detail
         else:
             healthy, detail = False, info.status
-        out.append({"slot": slot, "status": info.status, "version": info.version, "url": info.url, "pid": info.pid,
-                    "healthy": healthy, "detail": detail,
-                    "updated_at": info.updated_at.isoformat() if info.updated_at else None})
+        out.append(
+            {
+                "slot": slot,
+                "status": info.status,
+                "version": info.version,
+                "url": info.url,
+                "pid": info.pid,
+                "healthy": healthy,
+                "detail": detail,
+                "updated_at": info.updated_at.isoformat() if info.updated_at else None,
+            }
+        )
     return out
 
 
 def event_rows(events: Sequence[Any]) -> list[Mapping[str, Any]]:
-    return [{"id": e.id, "at": e.at.isoformat(), "kind": e.kind, "severity": e.severity, "message": e.message}
-            for e in events]
+    return [
+        {"id": e.id, "at": e.at.isoformat(), "kind": e.kind, "severity": e.severity, "message": e.message}
+        for e in events
+    ]

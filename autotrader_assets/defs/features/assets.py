@@ -105,7 +105,7 @@ def failed_test_partitions(con, run_results: dict, manifest: dict, parts: list[t
                         f"select distinct cast(date as varchar), instrument from {relation} where date is not null"
                     ).fetchall()
                 } & wanted
-        for key in (named if named is not None else wanted):
+        for key in named if named is not None else wanted:
             out.setdefault(key, []).append(f"dbt test {name}: {res.get('status')}")
     return {k: "; ".join(v) for k, v in out.items()}
 
@@ -135,16 +135,16 @@ def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, w
             + ", ".join(f"{d}|{i}" for d, i in sorted(absent)[:20])
         )
     dbt_vars = dbt_vars_for(parts)
-    context.log.info(
-        f"dbt build for {len(dbt_vars['dates'])} date(s) x {len(dbt_vars['instruments'])} instrument(s)"
-    )
+    context.log.info(f"dbt build for {len(dbt_vars['dates'])} date(s) x {len(dbt_vars['instruments'])} instrument(s)")
     # The warehouse connection above is closed: dbt opens the same DuckDB file for writing.
     invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context, raise_on_error=False)
     events = list(invocation.stream())
     run_results = invocation.get_artifact("run_results.json")
     manifest = invocation.get_artifact("manifest.json")
     model_ok = any(
-        r.get("unique_id", "").startswith("model.") and r["unique_id"].endswith(".bar_features") and r.get("status") == "success"
+        r.get("unique_id", "").startswith("model.")
+        and r["unique_id"].endswith(".bar_features")
+        and r.get("status") == "success"
         for r in run_results.get("results", [])
     )
 
@@ -180,6 +180,5 @@ def dbt_feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, w
     if quarantined:
         raise FeaturesNotPublishedError(
             f"{len(quarantined)} feature partition(s) failed their audit and were quarantined; the published "
-            f"version is unchanged: "
-            + "; ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())[:10])
+            f"version is unchanged: " + "; ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())[:10])
         )

@@ -1,4 +1,5 @@
 """The dbt project handle: manifest preparation and a profiles.yml bound to our warehouse."""
+
 from __future__ import annotations
 
 import functools
@@ -75,16 +76,31 @@ class WritableTargetDbtResource(DbtCliResource):
 
     target_dir: str
 
-    def cli(self, args, *, raise_on_error=True, manifest=None, dagster_dbt_translator=None, context=None,
-            target_path: Path | None = None):
+    def cli(
+        self,
+        args,
+        *,
+        raise_on_error=True,
+        manifest=None,
+        dagster_dbt_translator=None,
+        context=None,
+        target_path: Path | None = None,
+    ):
         if target_path is None:
             target_path = Path(self.target_dir) / self._get_unique_target_path(context=context).name
-        return super().cli(args, raise_on_error=raise_on_error, manifest=manifest,
-                           dagster_dbt_translator=dagster_dbt_translator, context=context, target_path=target_path)
+        return super().cli(
+            args,
+            raise_on_error=raise_on_error,
+            manifest=manifest,
+            dagster_dbt_translator=dagster_dbt_translator,
+            context=context,
+            target_path=target_path,
+        )
 
 
-def dbt_resource(warehouse_path: str | Path, profiles_dir: str | Path,
-                 target_dir: str | Path | None = None) -> DbtCliResource:
+def dbt_resource(
+    warehouse_path: str | Path, profiles_dir: str | Path, target_dir: str | Path | None = None
+) -> DbtCliResource:
     """A dbt CLI resource that reads and writes the given DuckDB warehouse; its target/ and logs go
     to ``target_dir`` (default: ``dbt_target`` beside ``profiles_dir``, i.e. under AUTOTRADER_HOME)."""
     profiles = write_profiles(warehouse_path, profiles_dir)

@@ -1,4 +1,5 @@
 """Market data: sources (embedded replay, brokers, files), ``market_bars``, checks and jobs."""
+
 from autotrader_assets.defs.market_data.assets import market_bars
 from autotrader_assets.defs.market_data.checks import market_data_checks
 from autotrader_assets.defs.market_data.jobs import data_pipeline_job, data_rollback_job, freshness_job

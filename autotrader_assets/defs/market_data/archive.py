@@ -7,6 +7,7 @@ it becomes the latest only after it passed its audit and the warehouse commit su
 under ``.versions/``. It is what a data rollback restores from, so keys are validated strictly
 (no path tricks).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -156,7 +157,7 @@ class _VersionedArchive:
     def quarantined(self, date: str, instrument: str) -> list[str]:
         """Stamps of the quarantined fetches of a partition, oldest first."""
         prefix = f"{validate_date(date)}/.quarantine/{validate_instrument(instrument)}/"
-        return sorted(k[len(prefix):-len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet"))
+        return sorted(k[len(prefix) : -len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet"))
 
     def read(self, date: str, instrument: str, version: str | None = None) -> pd.DataFrame:
         """The archived partition; ``version`` = a stamp from :meth:`versions` or ``"previous"``."""
@@ -180,7 +181,7 @@ class _VersionedArchive:
     def versions(self, date: str, instrument: str) -> list[str]:
         """Stamps of the superseded files of a partition, oldest first."""
         prefix = f"{validate_date(date)}/.versions/{validate_instrument(instrument)}/"
-        names = [k[len(prefix):-len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet")]
+        names = [k[len(prefix) : -len(".parquet")] for k in self._list(prefix) if k.endswith(".parquet")]
         return sorted(n for n in names if _VERSION_RE.fullmatch(n))
 
 
@@ -237,7 +238,7 @@ class S3Archive(_VersionedArchive):
     def __init__(self, uri: str, client):
         if not uri.startswith("s3://"):
             raise ValueError(f"not an s3 uri: {uri!r}")
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"s3 uri without a bucket: {uri!r}")
         self.uri, self.bucket, self.prefix, self.client = uri, bucket, prefix.strip("/"), client
@@ -269,7 +270,7 @@ class S3Archive(_VersionedArchive):
         full = self._full(prefix)
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys += [prefix + obj["Key"][len(full):] for obj in page.get("Contents", [])]
+            keys += [prefix + obj["Key"][len(full) :] for obj in page.get("Contents", [])]
         return keys
 
 

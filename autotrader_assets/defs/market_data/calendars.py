@@ -28,6 +28,7 @@ Everything is vectorised over numpy arrays of nanoseconds; exchange schedules ar
 once per (calendar, year) and the per-day answers are memoised, so a backfill of thousands of
 partitions asks the calendar library a handful of times.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,7 +52,7 @@ class CalendarError(ValueError):
     """An unknown calendar name or an interval the calendar arithmetic cannot use."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(name: str) -> str:
     """The canonical calendar name (built-in names case-insensitive), or ``CalendarError``."""
     if name.lower() in BUILTIN_CALENDARS:
@@ -87,7 +88,7 @@ def _fx_sessions(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return opens, closes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_calendar(name: str):
     import pandas_market_calendars as pmc
 
@@ -148,7 +149,9 @@ def _grid(calendar: str, lo: int, hi: int, step: int) -> tuple[np.ndarray, np.nd
 
 @functools.lru_cache(maxsize=256)
 def _grid_year(calendar: str, year: int, step: int):
-    return _make_grid(calendar, pd.Timestamp(year, 1, 1).value - DAY_NS, pd.Timestamp(year + 1, 1, 1).value + DAY_NS, step)
+    return _make_grid(
+        calendar, pd.Timestamp(year, 1, 1).value - DAY_NS, pd.Timestamp(year + 1, 1, 1).value + DAY_NS, step
+    )
 
 
 def _make_grid(calendar: str, lo: int, hi: int, step: int):

@@ -58,6 +58,7 @@ SCHEMA_CHECK = "market_bars_schema"
 COMPLETENESS_CHECK = "market_bars_completeness"
 OUTLIERS_CHECK = "market_bars_outliers"
 
+
 def _partitioned_spec(name: str, **kwargs) -> dg.AssetCheckSpec:
     """A check spec partitioned like ``market_bars``. ``partitions_def`` on a check spec is a
     preview feature in Dagster 1.13 (a warning at every import); it is what gives each partition
@@ -95,11 +96,18 @@ def md_table(df: pd.DataFrame, limit: int = 20) -> str:
     return "(none)" if df.empty else df.head(limit).to_markdown(index=False)
 
 
-def _evaluation(check: str, partition: str, passed: bool, severity: dg.AssetCheckSeverity,
-                description: str, metadata: dict) -> dg.AssetCheckEvaluation:
+def _evaluation(
+    check: str, partition: str, passed: bool, severity: dg.AssetCheckSeverity, description: str, metadata: dict
+) -> dg.AssetCheckEvaluation:
     return dg.AssetCheckEvaluation(
-        asset_key=MARKET_BARS, check_name=check, passed=passed, severity=severity, description=description,
-        metadata=metadata, blocking=check == SCHEMA_CHECK, partition=partition,
+        asset_key=MARKET_BARS,
+        check_name=check,
+        passed=passed,
+        severity=severity,
+        description=description,
+        metadata=metadata,
+        blocking=check == SCHEMA_CHECK,
+        partition=partition,
     )
 
 
@@ -110,8 +118,14 @@ def _by_partition(frame: pd.DataFrame, column: str = "partition") -> dict[str, p
 class SchemaAudit:
     """The schema verdict of each partition of a chunk (all of them: it runs before publishing)."""
 
-    def evaluate(self, parts: list[tuple[str, str]], frame: pd.DataFrame, cases: pd.DataFrame,
-                 quarantined: dict[str, str], batch_id: str) -> list[dg.AssetCheckEvaluation]:
+    def evaluate(
+        self,
+        parts: list[tuple[str, str]],
+        frame: pd.DataFrame,
+        cases: pd.DataFrame,
+        quarantined: dict[str, str],
+        batch_id: str,
+    ) -> list[dg.AssetCheckEvaluation]:
         rows = frame.groupby(["date", "instrument"]).size() if len(frame) else pd.Series(dtype=int)
         by_part = _by_partition(cases)
         out = []
@@ -120,18 +134,26 @@ class SchemaAudit:
             mine = by_part.get(name, pd.DataFrame())
             n_rows = int(rows.get((date, instrument), 0))
             reason = quarantined.get(name)
-            out.append(_evaluation(
-                SCHEMA_CHECK, name, reason is None, dg.AssetCheckSeverity.ERROR,
-                f"quarantined ({reason}); the published version is unchanged" if reason
-                else f"{n_rows} bars passed the schema",
-                {
-                    "rows_checked": n_rows,
-                    "failure_count": len(mine),
-                    "failure_cases": dg.MetadataValue.md(md_table(mine.drop(columns="partition", errors="ignore"), MAX_CASES)),
-                    "quarantined": reason is not None,
-                    "batch_id": batch_id,
-                },
-            ))
+            out.append(
+                _evaluation(
+                    SCHEMA_CHECK,
+                    name,
+                    reason is None,
+                    dg.AssetCheckSeverity.ERROR,
+                    f"quarantined ({reason}); the published version is unchanged"
+                    if reason
+                    else f"{n_rows} bars passed the schema",
+                    {
+                        "rows_checked": n_rows,
+                        "failure_count": len(mine),
+                        "failure_cases": dg.MetadataValue.md(
+                            md_table(mine.drop(columns="partition", errors="ignore"), MAX_CASES)
+                        ),
+                        "quarantined": reason is not None,
+                        "batch_id": batch_id,
+                    },
+                )
+            )
         return out
 
 
@@ -144,7 +166,9 @@ class CompletenessAudit:
         self.calendar = calendar
         self.calendar_of = calendar_lookup(calendar)
 
-    def evaluate(self, parts: list[tuple[str, str]], frame: pd.DataFrame) -> tuple[dict[str, float], list[dg.AssetCheckEvaluation]]:
+    def evaluate(
+        self, parts: list[tuple[str, str]], frame: pd.DataFrame
+    ) -> tuple[dict[str, float], list[dg.AssetCheckEvaluation]]:
         fractions = missing_fractions(frame, parts, calendar=self.calendar)
         gaps = _by_partition(find_gaps_many(frame, calendar=self.calendar))
         # Bars outside the session are kept (a calendar is a model of the market), but many of them
@@ -154,8 +178,11 @@ class CompletenessAudit:
         for date, instrument in parts:
             name = f"{date}|{instrument}"
             fraction = float(fractions.get(name, 0.0))
-            mine_gaps = gaps.get(name, pd.DataFrame()).sort_values("missing_bars", ascending=False) \
-                if name in gaps else pd.DataFrame()
+            mine_gaps = (
+                gaps.get(name, pd.DataFrame()).sort_values("missing_bars", ascending=False)
+                if name in gaps
+                else pd.DataFrame()
+            )
             mine_out = outside.get(name, pd.DataFrame())
             n_out = int(mine_out["bars"].sum()) if len(mine_out) else 0
             problems = []
@@ -163,17 +190,24 @@ class CompletenessAudit:
                 problems.append(f"{fraction:.2%} of the session's bars missing (limit {self.limit:.0%})")
             if n_out:
                 problems.append(f"{n_out} bar(s) outside the {self.calendar_of(instrument)} session")
-            out.append(_evaluation(
-                COMPLETENESS_CHECK, name, not problems, dg.AssetCheckSeverity.WARN,
-                "; ".join(problems) or f"{fraction:.2%} of the session's bars missing (limit {self.limit:.0%})",
-                {
-                    "missing_fraction": fraction,
-                    "max_missing_fraction_allowed": self.limit,
-                    "gaps": dg.MetadataValue.md(md_table(mine_gaps.drop(columns="partition", errors="ignore"))),
-                    "out_of_session_bars": dg.MetadataValue.int(n_out),
-                    "out_of_session": dg.MetadataValue.md(md_table(mine_out.drop(columns="partition", errors="ignore"))),
-                },
-            ))
+            out.append(
+                _evaluation(
+                    COMPLETENESS_CHECK,
+                    name,
+                    not problems,
+                    dg.AssetCheckSeverity.WARN,
+                    "; ".join(problems) or f"{fraction:.2%} of the session's bars missing (limit {self.limit:.0%})",
+                    {
+                        "missing_fraction": fraction,
+                        "max_missing_fraction_allowed": self.limit,
+                        "gaps": dg.MetadataValue.md(md_table(mine_gaps.drop(columns="partition", errors="ignore"))),
+                        "out_of_session_bars": dg.MetadataValue.int(n_out),
+                        "out_of_session": dg.MetadataValue.md(
+                            md_table(mine_out.drop(columns="partition", errors="ignore"))
+                        ),
+                    },
+                )
+            )
         return fractions, out
 
 
@@ -183,7 +217,9 @@ class OutlierAudit:
     def __init__(self, robust_z_bound: float):
         self.bound = robust_z_bound
 
-    def evaluate(self, parts: list[tuple[str, str]], frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.AssetCheckEvaluation]]:
+    def evaluate(
+        self, parts: list[tuple[str, str]], frame: pd.DataFrame
+    ) -> tuple[pd.DataFrame, list[dg.AssetCheckEvaluation]]:
         rows = return_outliers_many(frame, self.bound)
         found = rows[["ts", "instrument", "date", "close", "log_return", "robust_z", "rule"]].copy()
         found["partition"] = found["date"].astype(str) + "|" + found["instrument"].astype(str)
@@ -198,16 +234,22 @@ class OutlierAudit:
             else:
                 shown = pd.DataFrame()
             rules = ", ".join(sorted(set(mine["rule"]))) if len(mine) else ""
-            out.append(_evaluation(
-                OUTLIERS_CHECK, name, mine.empty, dg.AssetCheckSeverity.WARN,
-                f"{len(mine)} bar(s) look like bad prints ({rules})" if len(mine)
-                else f"no bar beyond robust z {self.bound:g}",
-                {
-                    "robust_z_bound": self.bound,
-                    "outlier_count": len(mine),
-                    "outliers": dg.MetadataValue.md(md_table(shown, 30)),
-                },
-            ))
+            out.append(
+                _evaluation(
+                    OUTLIERS_CHECK,
+                    name,
+                    mine.empty,
+                    dg.AssetCheckSeverity.WARN,
+                    f"{len(mine)} bar(s) look like bad prints ({rules})"
+                    if len(mine)
+                    else f"no bar beyond robust z {self.bound:g}",
+                    {
+                        "robust_z_bound": self.bound,
+                        "outlier_count": len(mine),
+                        "outliers": dg.MetadataValue.md(md_table(shown, 30)),
+                    },
+                )
+            )
         return found.drop(columns="partition"), out
 
 
@@ -250,8 +292,10 @@ class EvaluationSpool:
             ).records
             target = {
                 r.partition_key: AssetCheckEvaluationTargetMaterializationData(
-                    storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp)
-                for r in records if r.run_id == run_id
+                    storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp
+                )
+                for r in records
+                if r.run_id == run_id
             }
             for ev in batch:
                 yield replace(ev, target_materialization_data=target.get(ev.partition))

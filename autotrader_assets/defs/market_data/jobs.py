@@ -1,4 +1,5 @@
 """Jobs of the data pipeline: the partitioned pipeline, its archive-restoring twin, the freshness check."""
+
 from __future__ import annotations
 
 import dagster as dg

@@ -1,4 +1,5 @@
 """The date x instrument partitioning shared by market data and the dbt feature models."""
+
 from __future__ import annotations
 
 import functools
@@ -41,11 +42,17 @@ def partition_key(date: str, instrument: str) -> dg.MultiPartitionKey:
 
 def context_partitions(context) -> list[tuple[str, str]]:
     """Every (date, instrument) a run or backfill selected, sorted by date then instrument."""
-    keys = context.partition_keys if context.has_partition_key_range or not context.has_partition_key else [context.partition_key]
+    keys = (
+        context.partition_keys
+        if context.has_partition_key_range or not context.has_partition_key
+        else [context.partition_key]
+    )
     return sorted({split_key(k) for k in keys})
 
 
-def range_tags(first_date: str, last_date: str, instruments: list[str] | tuple[str, ...] | None = None) -> dict[str, str]:
+def range_tags(
+    first_date: str, last_date: str, instruments: list[str] | tuple[str, ...] | None = None
+) -> dict[str, str]:
     """Run tags selecting dates [first_date, last_date] x instruments as one single-run backfill.
 
     A multi-partition range is a rectangle in each dimension's own order, so the instrument
@@ -61,9 +68,7 @@ def range_tags(first_date: str, last_date: str, instruments: list[str] | tuple[s
         raise ValueError(f"unknown instrument(s) {unknown}; configured: {order}")
     idx = sorted(order.index(i) for i in wanted)
     if idx != list(range(idx[0], idx[-1] + 1)):
-        raise ValueError(
-            f"instruments {wanted} are not contiguous in the partition order {order}; run them separately"
-        )
+        raise ValueError(f"instruments {wanted} are not contiguous in the partition order {order}; run them separately")
     if last_date < first_date:
         raise ValueError(f"last date {last_date} is before first date {first_date}")
     return {

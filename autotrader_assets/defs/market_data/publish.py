@@ -13,6 +13,7 @@ The interface is small on purpose (``publish`` + ``status``): this module holds 
 implementation for the local warehouse file; production will need one that commits published
 partitions to shared durable storage for parallel runs, and only this piece changes.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,7 +28,14 @@ import pandas as pd
 from autotrader_assets.defs.market_data.schema import detect_interval_seconds
 from autotrader_assets.defs.market_data.warehouse import ensure_market_bars, to_warehouse_frame
 
-__all__ = ["DuckDBPublisher", "PublishBatch", "PublishResult", "Publisher", "detect_interval_seconds", "partition_status"]
+__all__ = [
+    "DuckDBPublisher",
+    "PublishBatch",
+    "PublishResult",
+    "Publisher",
+    "detect_interval_seconds",
+    "partition_status",
+]
 
 #: The bar interval every feature definition assumes (features refuse other intervals).
 FEATURE_INTERVAL_S = 60
@@ -191,7 +199,15 @@ class DuckDBPublisher:
                 rows_published = sum(rows_by_key.values())
                 pubs = pd.DataFrame(
                     [
-                        (batch.layer, d, i, batch.batch_id, rows_by_key.get((d, i), 0), batch.intervals.get((d, i)), now)
+                        (
+                            batch.layer,
+                            d,
+                            i,
+                            batch.batch_id,
+                            rows_by_key.get((d, i), 0),
+                            batch.intervals.get((d, i)),
+                            now,
+                        )
                         for d, i in passed
                     ],
                     columns=["layer", "date", "instrument", "batch_id", "rows", "interval_s", "published_at"],
@@ -199,9 +215,7 @@ class DuckDBPublisher:
                 pubs["date"] = pd.to_datetime(pubs["date"]).dt.date
                 pubs["interval_s"] = pubs["interval_s"].astype("Int64")
                 register("_pub_rows_meta", pubs)
-                con.execute(
-                    "insert or replace into published_partitions by name select * from _pub_rows_meta"
-                )
+                con.execute("insert or replace into published_partitions by name select * from _pub_rows_meta")
             if failed:
                 self._quarantine(batch, failed, now, register)
             con.execute("commit")
@@ -283,8 +297,14 @@ def partition_status(con: duckdb.DuckDBPyConnection, layer: str, parts: list[tup
     tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
     wanted = _keys_frame(parts)
     if "published_partitions" not in tables or wanted.empty:
-        out = wanted.assign(date=wanted["date"].astype(str), state="missing", published_rows=None,
-                            published_batch=None, interval_s=None, quarantine_reasons=None)
+        out = wanted.assign(
+            date=wanted["date"].astype(str),
+            state="missing",
+            published_rows=None,
+            published_batch=None,
+            interval_s=None,
+            quarantine_reasons=None,
+        )
         return out[cols]
     con.register("_status_keys", wanted)
     try:

@@ -13,6 +13,7 @@ Two modes:
 * ``random_walk``: i.i.d. Gaussian returns with constant volatility and no drift: nothing is
   predictable, which is what the leakage guard is tested against.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -110,9 +111,12 @@ class ReplaySource:
         high = np.maximum(opens_1m, closes) * np.exp(wick_hi)
         low = np.minimum(opens_1m, closes) * np.exp(-wick_lo)
         base_volume = 5e5 * (1.0 + (hash_unit(instrument) * 4.0))
-        volume = base_volume * np.exp(rng.normal(0.0, 0.35, MINUTES_PER_DAY)) * (
-            1.0 + 40.0 * np.abs(log_ret) / (self.daily_vol / np.sqrt(MINUTES_PER_DAY))
-        ) / 40.0
+        volume = (
+            base_volume
+            * np.exp(rng.normal(0.0, 0.35, MINUTES_PER_DAY))
+            * (1.0 + 40.0 * np.abs(log_ret) / (self.daily_vol / np.sqrt(MINUTES_PER_DAY)))
+            / 40.0
+        )
         ts = day + pd.to_timedelta(np.arange(MINUTES_PER_DAY), unit="min")
         keep, outage = self._present_mask(rng)
         frame = pd.DataFrame(

@@ -1,4 +1,5 @@
 """Resources of the market-data domain: where bars come from and where they are archived."""
+
 from __future__ import annotations
 
 import dagster as dg
@@ -33,7 +34,7 @@ class MarketSourceResource(dg.ConfigurableResource):
     base_url: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "MarketSourceResource":
+    def from_settings(cls, settings: Settings) -> MarketSourceResource:
         files = settings.file_source
         return cls(
             name=settings.market_source,
@@ -61,12 +62,21 @@ class MarketSourceResource(dg.ConfigurableResource):
         return get_source(self.name, **kwargs)
 
     def _file_source(self, get_source):
-        given = [n for n, v in (("file_path", self.file_path), ("file_paths", self.file_paths),
-                                ("file_directory", self.file_directory)) if v]
+        given = [
+            n
+            for n, v in (
+                ("file_path", self.file_path),
+                ("file_paths", self.file_paths),
+                ("file_directory", self.file_directory),
+            )
+            if v
+        ]
         if len(given) != 1:
             problem = "no file is configured" if not given else f"{' and '.join(given)} are set together"
-            raise ValueError(f"the file market source needs exactly one of file_path, file_paths, file_directory: "
-                             f"{problem}; " + FILE_SOURCE_HELP)
+            raise ValueError(
+                f"the file market source needs exactly one of file_path, file_paths, file_directory: "
+                f"{problem}; " + FILE_SOURCE_HELP
+            )
         kwargs = {
             "symbol_column": self.file_symbol_column,
             "columns": self.file_columns,

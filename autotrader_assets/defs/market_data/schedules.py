@@ -1,4 +1,5 @@
 """Schedules of the data pipeline: yesterday's bars nightly, the freshness check hourly."""
+
 from __future__ import annotations
 
 import datetime as dt

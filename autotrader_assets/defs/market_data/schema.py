@@ -1,4 +1,5 @@
 """The normalized bar frame every source returns (its pandera schema is in ``validation``)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ Completeness is judged against each instrument's session calendar (``calendars.p
 unless given): a day the market is closed is expected empty and 0% missing, a partial FX
 Sunday expects only its in-session bars, and 5-minute data expects 288 bars on a 24/7 day.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -78,8 +79,10 @@ def bar_schema() -> pa.DataFrameSchema:
                 error="timestamps are not increasing",
             ),
             pa.Check(
-                lambda df: df["ts"].dt.floor("D").dt.tz_localize(None)
-                == pd.to_datetime(df["date"], format="%Y-%m-%d", cache=True),
+                lambda df: (
+                    df["ts"].dt.floor("D").dt.tz_localize(None)
+                    == pd.to_datetime(df["date"], format="%Y-%m-%d", cache=True)
+                ),
                 error="timestamp outside partition date",
             ),
             pa.Check(
@@ -318,13 +321,13 @@ def missing_fractions(
     to 4 places. The interval of each instrument is detected over the whole frame."""
     if expected_minutes is not None:
         present = df.groupby(["date", "instrument"])["ts"].nunique() if len(df) else pd.Series(dtype=float)
-        return {
-            f"{d}|{i}": round(max(0.0, 1.0 - int(present.get((d, i), 0)) / expected_minutes), 4) for d, i in parts
-        }
+        return {f"{d}|{i}": round(max(0.0, 1.0 - int(present.get((d, i), 0)) / expected_minutes), 4) for d, i in parts}
     return {k: round(v, 4) for k, v in _missing(df, parts, calendar, interval_seconds).items()}
 
 
-def out_of_session_bars(df: pd.DataFrame, *, calendar: CalendarSpec = None, interval_seconds: IntervalSpec = None) -> pd.DataFrame:
+def out_of_session_bars(
+    df: pd.DataFrame, *, calendar: CalendarSpec = None, interval_seconds: IntervalSpec = None
+) -> pd.DataFrame:
     """Bars whose time is outside their calendar's sessions (Saturday FX bars, bars in CME's daily
     halt), one row per partition: partition, calendar, bars, first, last.
 
@@ -342,7 +345,9 @@ def out_of_session_bars(df: pd.DataFrame, *, calendar: CalendarSpec = None, inte
     rows = np.flatnonzero(~inside)
     if not len(rows):
         return pd.DataFrame(columns=cols)
-    out = pd.DataFrame({"partition": bars.key(rows), "instrument": bars.df["instrument"].to_numpy()[rows], "ts": bars.ts[rows]})
+    out = pd.DataFrame(
+        {"partition": bars.key(rows), "instrument": bars.df["instrument"].to_numpy()[rows], "ts": bars.ts[rows]}
+    )
     agg = out.groupby(["partition", "instrument"])["ts"].agg(["size", "min", "max"]).reset_index()
     return pd.DataFrame(
         {
@@ -363,7 +368,9 @@ def find_gaps(
     if len(df) < 2:
         return pd.DataFrame(columns=["after", "before", "missing_bars"])
     frame = df if "instrument" in df.columns else df.assign(instrument="")
-    return find_gaps_many(frame, min_bars, calendar=calendar, interval_seconds=interval_seconds).drop(columns="partition")
+    return find_gaps_many(frame, min_bars, calendar=calendar, interval_seconds=interval_seconds).drop(
+        columns="partition"
+    )
 
 
 def find_gaps_many(
@@ -391,7 +398,9 @@ def find_gaps_many(
         sel = np.flatnonzero(same & (inst == k))
         if len(sel):
             interval = iv_of(str(name))
-            missing[sel] = calendars.expected_bar_count(cal_of(str(name)), prev[sel] + interval * 10**9, bucket[o][sel], interval)
+            missing[sel] = calendars.expected_bar_count(
+                cal_of(str(name)), prev[sel] + interval * 10**9, bucket[o][sel], interval
+            )
     hit = np.flatnonzero(same & (missing >= min_bars))
     ts = bars.ts[o]
     return pd.DataFrame(
@@ -410,7 +419,9 @@ def return_outliers(df: pd.DataFrame, z_bound: float) -> pd.DataFrame:
     return return_outliers_many(_with_date(df), z_bound)
 
 
-def return_outliers_many(df: pd.DataFrame, z_bound: float, *, extreme_multiple: float = EXTREME_MULTIPLE) -> pd.DataFrame:
+def return_outliers_many(
+    df: pd.DataFrame, z_bound: float, *, extreme_multiple: float = EXTREME_MULTIPLE
+) -> pd.DataFrame:
     """Bars whose close looks like a bad print, per (date, instrument) partition.
 
     ``r`` is the log return of a bar's close over the previous bar of its partition. Its scale

@@ -1,4 +1,5 @@
 """Reading and writing ``market_bars`` partitions in the DuckDB warehouse."""
+
 from __future__ import annotations
 
 import duckdb
@@ -64,17 +65,15 @@ def replace_partitions(con: duckdb.DuckDBPyConnection, frames: dict[tuple[str, s
     return len(incoming)
 
 
-def read_partition(
-    con: duckdb.DuckDBPyConnection, date: str, instrument: str, ordered: bool = True
-) -> pd.DataFrame:
+def read_partition(con: duckdb.DuckDBPyConnection, date: str, instrument: str, ordered: bool = True) -> pd.DataFrame:
     """One partition as a normalized bar frame (tz-aware UTC ``ts``).
 
     ``ordered=False`` keeps the stored (insertion) order, which is what the schema check must
     see to catch out-of-order rows.
     """
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_name = 'market_bars'"
-    ).fetchall()[0][0]
+    exists = con.execute("select count(*) from information_schema.tables where table_name = 'market_bars'").fetchall()[
+        0
+    ][0]
     if not exists:
         return empty_bars()
     order = " order by ts" if ordered else ""
@@ -90,9 +89,9 @@ def read_partition(
 def read_partitions(con: duckdb.DuckDBPyConnection, parts: list[tuple[str, str]]) -> pd.DataFrame:
     """Rows of many (date, instrument) partitions in one query, in stored order, with a
     ``date`` column (YYYY-MM-DD) so checks can tell the partitions apart."""
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_name = 'market_bars'"
-    ).fetchall()[0][0]
+    exists = con.execute("select count(*) from information_schema.tables where table_name = 'market_bars'").fetchall()[
+        0
+    ][0]
     if not exists or not parts:
         return empty_bars().assign(date=pd.Series([], dtype="object"))
     wanted = pd.DataFrame(parts, columns=["date", "instrument"])

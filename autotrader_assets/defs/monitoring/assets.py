@@ -22,8 +22,9 @@ MONITORING_GROUP = "monitoring"
 MONITORING_OWNER = "team:ml-platform"
 #: `health_check_every_15_minutes` recomputes the latest date: an hour without a health check
 #: (warn after 30 minutes) means monitoring itself stopped, which an operator must hear about.
-HEALTH_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=1),
-                                                  warn_window=dt.timedelta(minutes=30))
+HEALTH_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=dt.timedelta(hours=1), warn_window=dt.timedelta(minutes=30)
+)
 _BY_DATE = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
 
 
@@ -80,7 +81,9 @@ def feature_drift(
     frame = day.frame(warn, critical)
     lineage = {
         str(v.version): {
-            "instruments": v.instruments, "rows": v.n_rows, "reference": v.reference or v.problem,
+            "instruments": v.instruments,
+            "rows": v.n_rows,
+            "reference": v.reference or v.problem,
             "partitions": [f"{date.isoformat()}|{i}" for i in v.instruments],
         }
         for v in day.versions
@@ -95,8 +98,14 @@ def feature_drift(
         "features": dg.MetadataValue.md(markdown_table(frame)),
         "rows_written": rows,
     }
-    metadata.update(push_from_step(context, settings, metrics_push.DRIFT_JOB, metrics_push.psi_samples(
-        zip(frame["feature"], frame["model_version"], frame["psi"]))))
+    metadata.update(
+        push_from_step(
+            context,
+            settings,
+            metrics_push.DRIFT_JOB,
+            metrics_push.psi_samples(zip(frame["feature"], frame["model_version"], frame["psi"])),
+        )
+    )
     return dg.MaterializeResult(metadata=metadata, check_results=[psi_check_result(day, warn, critical)])
 
 
@@ -136,23 +145,35 @@ def model_health(
         positions, trades = hl.read_paper_day(con, date)
         bars = hl.read_day_bars(con, date, instruments)
     findings = hl.drift_findings(drift, t.psi_warn, t.psi_critical, problem)
-    findings += hl.data_quality_findings(bars, [(date.isoformat(), i) for i in instruments], t.max_missing_fraction,
-                                         t.outlier_robust_z, settings.calendar_for)
+    findings += hl.data_quality_findings(
+        bars,
+        [(date.isoformat(), i) for i in instruments],
+        t.max_missing_fraction,
+        t.outlier_robust_z,
+        settings.calendar_for,
+    )
     if problem is None:
         findings += hl.confidence_findings(positions, t.min_confidence)
         findings += hl.win_rate_findings(trades, t.min_win_rate)
     state = DeploymentStateStore(registry.url)
     if is_latest(date):
-        findings += hl.serving_findings(hl.scrape_slots(state, settings.serving_token), t.max_error_rate,
-                                        t.max_p99_latency_ms)
+        findings += hl.serving_findings(
+            hl.scrape_slots(state, settings.serving_token), t.max_error_rate, t.max_p99_latency_ms
+        )
     with warehouse.connect() as con:
         before = hl.write_findings(con, date, findings, context.run_id)
     # Drift raises its own events (feature_drift_sensor); the others are raised here, once per date.
     raised = []
     for f in findings:
         if f.check != "drift" and f.severity in ("warning", "critical") and (f.check, f.severity) not in before:
-            events.record(state, "model_health_finding", f.severity, f"{date} {f.check}: {f.summary}",
-                          {"date": date.isoformat(), "check": f.check, **f.details}, runbook=f.runbook)
+            events.record(
+                state,
+                "model_health_finding",
+                f.severity,
+                f"{date} {f.check}: {f.summary}",
+                {"date": date.isoformat(), "check": f.check, **f.details},
+                runbook=f.runbook,
+            )
             raised.append(f.check)
     worst = hl.worst_severity(findings)
     for f in findings:
@@ -163,14 +184,22 @@ def model_health(
     # last full 4-hour window's win rate: what WinRateLow compares with 50% (not the whole history).
     windows = hl.rolling_confidence(positions) if problem is None else pd.Series(dtype=float)
     win_windows = hl.rolling_win_rate(trades) if problem is None else pd.DataFrame(columns=["win_rate"])
-    pushed = push_from_step(context, settings, metrics_push.HEALTH_JOB, metrics_push.health_samples(
-        windows.iloc[-1] if len(windows) else None,
-        win_windows["win_rate"].iloc[-1] if len(win_windows) else None))
-    return dg.MaterializeResult(metadata={**pushed,
-        "date": date.isoformat(),
-        "worst_severity": worst,
-        "n_findings": len(findings),
-        "findings": dg.MetadataValue.md(table),
-        "events_raised": dg.MetadataValue.json(raised),
-        "instruments": dg.MetadataValue.json(instruments),
-    })
+    pushed = push_from_step(
+        context,
+        settings,
+        metrics_push.HEALTH_JOB,
+        metrics_push.health_samples(
+            windows.iloc[-1] if len(windows) else None, win_windows["win_rate"].iloc[-1] if len(win_windows) else None
+        ),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **pushed,
+            "date": date.isoformat(),
+            "worst_severity": worst,
+            "n_findings": len(findings),
+            "findings": dg.MetadataValue.md(table),
+            "events_raised": dg.MetadataValue.json(raised),
+            "instruments": dg.MetadataValue.json(instruments),
+        }
+    )

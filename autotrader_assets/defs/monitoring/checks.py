@@ -21,6 +21,7 @@ from autotrader_assets.defs.trading.performance import markdown_table, png_markd
 FEATURE_DRIFT_PSI = "feature_drift_psi"
 FEATURE_DRIFT_ASSET = dg.AssetKey("feature_drift")
 
+
 def _partitioned_like_feature_drift(name: str, **kwargs) -> dg.AssetCheckSpec:
     """Partitioned by date like ``feature_drift``, so each day's verdict is recorded against its
     date and the check's Partitions tab shows every judged day (unpartitioned, only the latest
@@ -66,28 +67,61 @@ def psi_check_result(day: DayDrift, warn: float, critical: float) -> dg.AssetChe
     worst = day.worst()
     if worst is not None and len(frame.dropna(subset=["psi"])):
         version, feature = worst
-        metadata["psi_per_feature"] = dg.MetadataValue.md(png_markdown(
-            psi_bars_png(frame, warn, critical, f"PSI per feature, {day.date}"), "PSI per feature"))
+        metadata["psi_per_feature"] = dg.MetadataValue.md(
+            png_markdown(psi_bars_png(frame, warn, critical, f"PSI per feature, {day.date}"), "PSI per feature")
+        )
         metadata["worst_feature"] = f"{feature.feature} (v{version.version}, PSI {feature.psi:.4f})"
-        metadata["worst_feature_histogram"] = dg.MetadataValue.md(png_markdown(histogram_png(
-            feature.feature, feature.cuts, feature.expected, feature.actual,
-            f"{feature.feature}: training reference of v{version.version} vs {day.date}"), "reference vs current"))
+        metadata["worst_feature_histogram"] = dg.MetadataValue.md(
+            png_markdown(
+                histogram_png(
+                    feature.feature,
+                    feature.cuts,
+                    feature.expected,
+                    feature.actual,
+                    f"{feature.feature}: training reference of v{version.version} vs {day.date}",
+                ),
+                "reference vs current",
+            )
+        )
     if level == "critical":
         description = f"critical drift: max PSI {day.max_psi():.3f} > {critical:g} ({metadata['worst_feature']})"
-        return dg.AssetCheckResult(check_name=FEATURE_DRIFT_PSI, passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                   description=description, metadata=metadata)
+        return dg.AssetCheckResult(
+            check_name=FEATURE_DRIFT_PSI,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=description,
+            metadata=metadata,
+        )
     if level == "warning" or problems:
         parts = ([f"drift: max PSI {day.max_psi():.3f} > {warn:g}"] if level == "warning" else []) + problems
-        return dg.AssetCheckResult(check_name=FEATURE_DRIFT_PSI, passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                   description="; ".join(parts), metadata=metadata)
-    return dg.AssetCheckResult(check_name=FEATURE_DRIFT_PSI, passed=True, severity=dg.AssetCheckSeverity.WARN,
-                               description=f"no drift: max PSI {day.max_psi():.3f} <= {warn:g}", metadata=metadata)
+        return dg.AssetCheckResult(
+            check_name=FEATURE_DRIFT_PSI,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="; ".join(parts),
+            metadata=metadata,
+        )
+    return dg.AssetCheckResult(
+        check_name=FEATURE_DRIFT_PSI,
+        passed=True,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"no drift: max PSI {day.max_psi():.3f} <= {warn:g}",
+        metadata=metadata,
+    )
 
 
 def not_judged_result(date: str, why: str, warn: float, critical: float) -> dg.AssetCheckResult:
     """WARN for a date that cannot be judged (no model served it), saying why."""
     return dg.AssetCheckResult(
-        check_name=FEATURE_DRIFT_PSI, passed=False, severity=dg.AssetCheckSeverity.WARN, description=why,
-        metadata={"date": date, "level": "not_judged", "problems": dg.MetadataValue.md(f"- {why}"),
-                  "psi_warn": warn, "psi_critical": critical},
+        check_name=FEATURE_DRIFT_PSI,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=why,
+        metadata={
+            "date": date,
+            "level": "not_judged",
+            "problems": dg.MetadataValue.md(f"- {why}"),
+            "psi_warn": warn,
+            "psi_critical": critical,
+        },
     )

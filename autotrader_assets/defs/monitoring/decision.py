@@ -13,6 +13,7 @@ out, decided on the same day's rows:
 
 One request per (date, model version): the run key is ``feature-drift-<date>-v<version>``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,11 @@ class Decision:
     numbers: dict[str, Any] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
-        return {"autotrader/trigger": "feature_drift", "autotrader/drift_action": self.action,
-                "autotrader/reason": self.reason[:200]}
+        return {
+            "autotrader/trigger": "feature_drift",
+            "autotrader/drift_action": self.action,
+            "autotrader/reason": self.reason[:200],
+        }
 
 
 def decide(
@@ -66,8 +70,12 @@ def decide(
 ) -> Decision:
     """Rollback to ``known_good`` when its own reference sees no drift today, else retrain."""
     numbers: dict[str, Any] = {
-        "date": alarm.date, "served_version": alarm.version, "served_max_psi": round(alarm.max_psi, 6),
-        "served_features_over": alarm.features_over, "psi_warn": psi_warn, "known_good_version": known_good,
+        "date": alarm.date,
+        "served_version": alarm.version,
+        "served_max_psi": round(alarm.max_psi, 6),
+        "served_features_over": alarm.features_over,
+        "psi_warn": psi_warn,
+        "known_good_version": known_good,
     }
     if known_good_drift is not None:
         per_feature = {f.feature: (round(f.psi, 6) if f.psi is not None else None) for f in known_good_drift.features}
@@ -75,15 +83,28 @@ def decide(
         numbers["known_good_max_psi"] = known_good_drift.max_psi()
         scored = [f for f in known_good_drift.features if f.psi is not None]
         if scored and len(scored) == len(known_good_drift.features) and all(f.psi < psi_warn for f in scored):
-            reason = (f"critical drift on {alarm.date} (v{alarm.version} max PSI {alarm.max_psi:.3f}); "
-                      f"known-good v{known_good} sees every feature below {psi_warn:g} "
-                      f"(max {known_good_drift.max_psi():.3f}): rolling back to it")
-            config = {"ops": {"rollback_model": {"config": {
-                "to_version": int(known_good), "reason": reason, "actor": "sensor:feature_drift_sensor",
-            }}}}
+            reason = (
+                f"critical drift on {alarm.date} (v{alarm.version} max PSI {alarm.max_psi:.3f}); "
+                f"known-good v{known_good} sees every feature below {psi_warn:g} "
+                f"(max {known_good_drift.max_psi():.3f}): rolling back to it"
+            )
+            config = {
+                "ops": {
+                    "rollback_model": {
+                        "config": {
+                            "to_version": int(known_good),
+                            "reason": reason,
+                            "actor": "sensor:feature_drift_sensor",
+                        }
+                    }
+                }
+            }
             return Decision("rollback", ROLLBACK_JOB, alarm.run_key, config, reason, numbers)
-        why = f"known-good v{known_good} also drifts (max PSI {known_good_drift.max_psi():.3f} >= {psi_warn:g})" \
-            if scored else f"known-good v{known_good} could not be judged"
+        why = (
+            f"known-good v{known_good} also drifts (max PSI {known_good_drift.max_psi():.3f} >= {psi_warn:g})"
+            if scored
+            else f"known-good v{known_good} could not be judged"
+        )
     elif known_good is None:
         why = "no known-good version to roll back to"
     else:

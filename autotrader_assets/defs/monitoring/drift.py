@@ -6,6 +6,7 @@ the training rows of the version that actually traded it. The day's rows are tha
 ``bar_features`` rows of the instruments it traded. Results go to the warehouse table
 ``feature_drift`` (one transaction per date: a date is replaced whole or not at all).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -97,9 +98,12 @@ def read_features(
     """The date's feature rows of ``instruments``: instrument + ``features`` (NULL -> NaN)."""
     if FEATURE_TABLE not in _tables(con):
         raise NoFeaturesError(f"the warehouse has no {FEATURE_TABLE} table: run the data pipeline first")
-    columns = {r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_name = ?", [FEATURE_TABLE]
-    ).fetchall()}
+    columns = {
+        r[0]
+        for r in con.execute(
+            "select column_name from information_schema.columns where table_name = ?", [FEATURE_TABLE]
+        ).fetchall()
+    }
     missing = [f for f in features if f not in columns]
     if missing:
         raise MissingFeatureColumnsError(
@@ -145,10 +149,28 @@ class DayDrift:
             if v.result is None:
                 continue
             for f in v.result.features:
-                rows.append({"model_version": str(v.version), **f.row(), "level": f.level(warn, critical),
-                             "instruments": ",".join(v.instruments)})
-        frame = pd.DataFrame(rows, columns=["model_version", "feature", "psi", "level", "n_current", "n_nan",
-                                            "constant_reference", "note", "instruments"])
+                rows.append(
+                    {
+                        "model_version": str(v.version),
+                        **f.row(),
+                        "level": f.level(warn, critical),
+                        "instruments": ",".join(v.instruments),
+                    }
+                )
+        frame = pd.DataFrame(
+            rows,
+            columns=[
+                "model_version",
+                "feature",
+                "psi",
+                "level",
+                "n_current",
+                "n_nan",
+                "constant_reference",
+                "note",
+                "instruments",
+            ],
+        )
         return frame.sort_values("psi", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
     def worst(self) -> tuple[VersionDrift, Any] | None:
@@ -183,7 +205,9 @@ def reference_summary(reference: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def drift_of_rows(frame: pd.DataFrame, feature_names: Sequence[str], reference: Mapping[str, Any], version: int) -> DriftResult:
+def drift_of_rows(
+    frame: pd.DataFrame, feature_names: Sequence[str], reference: Mapping[str, Any], version: int
+) -> DriftResult:
     """PSI of ``frame``'s feature columns against one reference."""
     columns = {name: frame[name].to_numpy(dtype=np.float64) for name in feature_names if name in frame.columns}
     return drift_against(reference, columns, feature_names, version=str(version))
@@ -200,14 +224,28 @@ def compute_day_drift(con: duckdb.DuckDBPyConnection, date: dt.date, load: Refer
         names, reference = load(version)
         frame = read_features(con, date, instruments, names)
         if not reference or not reference.get("quantile_edges"):
-            out.append(VersionDrift(
-                version, instruments, len(frame), list(names), None,
-                problem=f"model version {version} was trained before bundles stored a feature reference: "
-                        "no drift can be computed for it (retrain to get one)",
-            ))
+            out.append(
+                VersionDrift(
+                    version,
+                    instruments,
+                    len(frame),
+                    list(names),
+                    None,
+                    problem=f"model version {version} was trained before bundles stored a feature reference: "
+                    "no drift can be computed for it (retrain to get one)",
+                )
+            )
             continue
-        out.append(VersionDrift(version, instruments, len(frame), list(names),
-                                drift_of_rows(frame, names, reference, version), reference_summary(reference)))
+        out.append(
+            VersionDrift(
+                version,
+                instruments,
+                len(frame),
+                list(names),
+                drift_of_rows(frame, names, reference, version),
+                reference_summary(reference),
+            )
+        )
     return DayDrift(date, out)
 
 
@@ -218,7 +256,9 @@ def write_day_drift(
     frame = day.frame(warn, critical)
     refs = {str(v.version): json.dumps(v.reference, sort_keys=True) for v in day.versions}
     frame = frame.assign(
-        date=day.date, reference=frame["model_version"].map(refs), run_id=run_id,
+        date=day.date,
+        reference=frame["model_version"].map(refs),
+        run_id=run_id,
         computed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
     )
     con.execute(DRIFT_DDL)
@@ -245,12 +285,24 @@ def read_day_drift(con: duckdb.DuckDBPyConnection, date: dt.date) -> pd.DataFram
         return pd.DataFrame(columns=["model_version", "feature", "psi", "level"])
     return con.execute(
         f"select model_version, feature, psi, level, n_nan, note from {DRIFT_TABLE} where date = ? "
-        "order by psi desc nulls last", [date]
+        "order by psi desc nulls last",
+        [date],
     ).df()
 
 
 __all__ = [
-    "DRIFT_TABLE", "DayDrift", "DriftError", "MissingFeatureColumnsError", "NoFeaturesError",
-    "NotInProductionError", "ReferenceLoader", "VersionDrift", "compute_day_drift", "drift_of_rows",
-    "read_day_drift", "read_features", "served_versions", "write_day_drift",
+    "DRIFT_TABLE",
+    "DayDrift",
+    "DriftError",
+    "MissingFeatureColumnsError",
+    "NoFeaturesError",
+    "NotInProductionError",
+    "ReferenceLoader",
+    "VersionDrift",
+    "compute_day_drift",
+    "drift_of_rows",
+    "read_day_drift",
+    "read_features",
+    "served_versions",
+    "write_day_drift",
 ]

@@ -14,6 +14,7 @@ Five sources, each a pure function of plain frames so it is tested without a run
   started, read when the check runs): critical above ``max_error_rate``, warning above
   ``max_p99_latency_ms``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -92,9 +93,17 @@ def drift_findings(drift: pd.DataFrame, warn: float, critical: float, problem: s
             hit = hit[hit["psi"] <= critical]
         if len(hit):
             listed = ", ".join(f"{r.feature} {r.psi:.3f}" for r in hit.head(5).itertuples())
-            out.append(Finding("drift", level, f"{len(hit)} feature(s) with PSI above {bound:g}: {listed}",
-                               {"features": {r.feature: round(float(r.psi), 6) for r in hit.itertuples()},
-                                "model_versions": sorted(set(hit["model_version"].astype(str)))}))
+            out.append(
+                Finding(
+                    "drift",
+                    level,
+                    f"{len(hit)} feature(s) with PSI above {bound:g}: {listed}",
+                    {
+                        "features": {r.feature: round(float(r.psi), 6) for r in hit.itertuples()},
+                        "model_versions": sorted(set(hit["model_version"].astype(str))),
+                    },
+                )
+            )
     return out
 
 
@@ -109,17 +118,27 @@ def data_quality_findings(
     fractions = missing_fractions(bars, parts, calendar=calendar)
     over = {k: v for k, v in fractions.items() if v > max_missing}
     if over:
-        out.append(Finding("data_quality", "warning",
-                           f"{len(over)} partition(s) miss more than {max_missing:.0%} of their bars: "
-                           + ", ".join(f"{k} {v:.1%}" for k, v in sorted(over.items())),
-                           {"missing_fraction": over, "limit": max_missing}))
+        out.append(
+            Finding(
+                "data_quality",
+                "warning",
+                f"{len(over)} partition(s) miss more than {max_missing:.0%} of their bars: "
+                + ", ".join(f"{k} {v:.1%}" for k, v in sorted(over.items())),
+                {"missing_fraction": over, "limit": max_missing},
+            )
+        )
     outliers = return_outliers_many(bars, z_bound) if len(bars) else bars
     if len(outliers):
         by = outliers.groupby("instrument").size().to_dict()
-        out.append(Finding("data_quality", "warning",
-                           f"{len(outliers)} outlier bar(s) (robust z > {z_bound:g}): "
-                           + ", ".join(f"{k} {v}" for k, v in sorted(by.items())),
-                           {"outliers_by_instrument": {k: int(v) for k, v in by.items()}, "robust_z_bound": z_bound}))
+        out.append(
+            Finding(
+                "data_quality",
+                "warning",
+                f"{len(outliers)} outlier bar(s) (robust z > {z_bound:g}): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(by.items())),
+                {"outliers_by_instrument": {k: int(v) for k, v in by.items()}, "robust_z_bound": z_bound},
+            )
+        )
     return out
 
 
@@ -145,13 +164,21 @@ def confidence_findings(positions: pd.DataFrame, min_confidence: float) -> list[
     if below.empty:
         return []
     low_at = below.idxmin()
-    return [Finding(
-        "confidence", "warning",
-        f"model confidence below {min_confidence:g}: lowest 2-hour mean of max(p, 1-p) {below.min():.3f} "
-        f"(window ending {low_at:%H:%M}), {len(below) / len(means):.0%} of windows below",
-        {"lowest": round(float(below.min()), 6), "lowest_window_end": str(low_at),
-         "windows_below": int(len(below)), "windows": int(len(means)), "threshold": min_confidence},
-    )]
+    return [
+        Finding(
+            "confidence",
+            "warning",
+            f"model confidence below {min_confidence:g}: lowest 2-hour mean of max(p, 1-p) {below.min():.3f} "
+            f"(window ending {low_at:%H:%M}), {len(below) / len(means):.0%} of windows below",
+            {
+                "lowest": round(float(below.min()), 6),
+                "lowest_window_end": str(low_at),
+                "windows_below": int(len(below)),
+                "windows": int(len(means)),
+                "threshold": min_confidence,
+            },
+        )
+    ]
 
 
 # -- win rate ----------------------------------------------------------------------------------
@@ -173,20 +200,33 @@ def rolling_win_rate(
 def win_rate_findings(trades: pd.DataFrame, min_win_rate: float) -> list[Finding]:
     windows = rolling_win_rate(trades)
     if windows.empty:
-        return [Finding("win_rate", "info",
-                        f"no full 4-hour window with {MIN_TRADES_PER_WINDOW}+ closed trades: win rate not judged",
-                        {"closed_trades": int(len(trades))})]
+        return [
+            Finding(
+                "win_rate",
+                "info",
+                f"no full 4-hour window with {MIN_TRADES_PER_WINDOW}+ closed trades: win rate not judged",
+                {"closed_trades": int(len(trades))},
+            )
+        ]
     below = windows[windows["win_rate"] < min_win_rate]
     if below.empty:
         return []
     low = below["win_rate"].idxmin()
-    return [Finding(
-        "win_rate", "warning",
-        f"win rate below {min_win_rate:.0%}: lowest 4-hour window {below.loc[low, 'win_rate']:.0%} "
-        f"of {int(below.loc[low, 'trades'])} trades (ending {low:%H:%M})",
-        {"lowest": round(float(below.loc[low, "win_rate"]), 6), "lowest_window_end": str(low),
-         "windows_below": int(len(below)), "windows": int(len(windows)), "threshold": min_win_rate},
-    )]
+    return [
+        Finding(
+            "win_rate",
+            "warning",
+            f"win rate below {min_win_rate:.0%}: lowest 4-hour window {below.loc[low, 'win_rate']:.0%} "
+            f"of {int(below.loc[low, 'trades'])} trades (ending {low:%H:%M})",
+            {
+                "lowest": round(float(below.loc[low, "win_rate"]), 6),
+                "lowest_window_end": str(low),
+                "windows_below": int(len(below)),
+                "windows": int(len(windows)),
+                "threshold": min_win_rate,
+            },
+        )
+    ]
 
 
 # -- serving -----------------------------------------------------------------------------------
@@ -211,16 +251,29 @@ def serving_findings(scrapes: list[dict[str, Any]], max_error_rate: float, max_p
     for s in scrapes:
         where = f"slot {s['slot']} (version {s['version']})"
         if "error" in s:
-            out.append(Finding("serving", "critical", f"{where} is recorded ready but /metrics is unreachable: {s['error']}",
-                               {"slot": s["slot"], "url": s["url"]}))
+            out.append(
+                Finding(
+                    "serving",
+                    "critical",
+                    f"{where} is recorded ready but /metrics is unreachable: {s['error']}",
+                    {"slot": s["slot"], "url": s["url"]},
+                )
+            )
             continue
         numbers = {k: s.get(k) for k in ("slot", "version", "requests", "errors_5xx", "error_rate", "p99_ms")}
         if s.get("error_rate") is not None and s["error_rate"] > max_error_rate:
-            out.append(Finding("serving", "critical",
-                               f"{where}: {s['error_rate']:.2%} of {s['requests']} /predict requests failed (> {max_error_rate:.0%})",
-                               numbers))
+            out.append(
+                Finding(
+                    "serving",
+                    "critical",
+                    f"{where}: {s['error_rate']:.2%} of {s['requests']} /predict requests failed (> {max_error_rate:.0%})",
+                    numbers,
+                )
+            )
         if s.get("p99_ms") is not None and s["p99_ms"] > max_p99_ms:
-            out.append(Finding("serving", "warning", f"{where}: p99 latency {s['p99_ms']:.0f} ms > {max_p99_ms:g} ms", numbers))
+            out.append(
+                Finding("serving", "warning", f"{where}: p99 latency {s['p99_ms']:.0f} ms > {max_p99_ms:g} ms", numbers)
+            )
     return out
 
 
@@ -243,7 +296,8 @@ def read_day_bars(con: duckdb.DuckDBPyConnection, date: dt.date, instruments: Se
         return pd.DataFrame(columns=["ts", "date", "instrument", "open", "high", "low", "close", "volume"])
     frame = con.execute(
         "select ts, cast(date as varchar) as date, instrument, open, high, low, close, volume from market_bars "
-        "where date = ? and instrument in (select unnest(?)) order by instrument, ts", [date, list(instruments)],
+        "where date = ? and instrument in (select unnest(?)) order by instrument, ts",
+        [date, list(instruments)],
     ).df()
     frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize("UTC")
     return frame
@@ -255,7 +309,10 @@ def write_findings(
     """Replace the date's findings in one transaction; returns the (check, severity) pairs the
     date had before, so the caller raises events only for what is new."""
     con.execute(HEALTH_DDL)
-    before = {(c, s) for c, s in con.execute(f'select "check", severity from {HEALTH_TABLE} where date = ?', [date]).fetchall()}
+    before = {
+        (c, s)
+        for c, s in con.execute(f'select "check", severity from {HEALTH_TABLE} where date = ?', [date]).fetchall()
+    }
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     con.execute("begin transaction")
     try:
@@ -284,5 +341,3 @@ def read_findings(con: duckdb.DuckDBPyConnection, dates: Sequence[str] | None = 
         frame = frame[frame["date"].isin(list(dates))]
     order = frame["severity"].map(SEVERITY_ORDER).fillna(0)
     return frame.assign(_o=-order).sort_values(["date", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
-
-

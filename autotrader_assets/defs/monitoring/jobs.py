@@ -1,4 +1,5 @@
 """The health check job: the day's drift (with its check) and the health findings."""
+
 import dagster as dg
 
 from autotrader_assets.concurrency import WAREHOUSE_WRITE_TAGS

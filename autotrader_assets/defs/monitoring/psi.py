@@ -25,6 +25,7 @@ A constant reference feature (first edge == last edge) is not a division by zero
 around its value, and the finding says the PSI only measures how much of the current day moved
 off that value.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -141,8 +142,12 @@ def fit_reference(columns: Mapping[str, np.ndarray], n_bins: int = N_BINS) -> di
     if n_rows is None:
         raise DriftInputError("no feature columns to describe")
     return {
-        "n_rows": int(n_rows), "n_bins": int(n_bins), "quantile_edges": edges, "proportions": proportions,
-        "nan_rows": nan_rows, "convention": CONVENTION,
+        "n_rows": int(n_rows),
+        "n_bins": int(n_bins),
+        "quantile_edges": edges,
+        "proportions": proportions,
+        "nan_rows": nan_rows,
+        "convention": CONVENTION,
     }
 
 
@@ -172,8 +177,12 @@ class FeaturePSI:
 
     def row(self) -> dict[str, Any]:
         return {
-            "feature": self.feature, "psi": self.psi, "n_current": self.n_current, "n_nan": self.n_nan,
-            "constant_reference": self.constant_reference, "note": self.note,
+            "feature": self.feature,
+            "psi": self.psi,
+            "n_current": self.n_current,
+            "n_nan": self.n_nan,
+            "constant_reference": self.constant_reference,
+            "note": self.note,
         }
 
 
@@ -186,9 +195,7 @@ def feature_psi(
     if reference_proportions is not None:
         expected_raw = np.asarray(reference_proportions, dtype=np.float64)
         if expected_raw.size != cuts.size + 1:
-            raise DriftInputError(
-                f"{feature}: reference has {expected_raw.size} proportions for {cuts.size + 1} bins"
-            )
+            raise DriftInputError(f"{feature}: reference has {expected_raw.size} proportions for {cuts.size + 1} bins")
     else:
         expected_raw = level_proportions(e)
     expected = np.maximum(expected_raw, FLOOR)
@@ -196,15 +203,35 @@ def feature_psi(
     constant = bool(e[0] == e[-1])
     note = ""
     if constant:
-        note = (f"reference is constant ({e[0]:g}): the model learned nothing from it; the PSI only "
-                f"measures the share of values that moved off {e[0]:g}")
+        note = (
+            f"reference is constant ({e[0]:g}): the model learned nothing from it; the PSI only "
+            f"measures the share of values that moved off {e[0]:g}"
+        )
     n_valid = int(counts.sum())
     if n_valid == 0:
-        return FeaturePSI(feature, None, 0, n_nan, cuts.tolist(), expected.tolist(), [], constant,
-                          (note + "; " if note else "") + f"every current value is NaN ({n_nan} rows)")
+        return FeaturePSI(
+            feature,
+            None,
+            0,
+            n_nan,
+            cuts.tolist(),
+            expected.tolist(),
+            [],
+            constant,
+            (note + "; " if note else "") + f"every current value is NaN ({n_nan} rows)",
+        )
     actual = floored_proportions(counts)
-    return FeaturePSI(feature, psi_value(expected, actual), n_valid, n_nan, cuts.tolist(), expected.tolist(),
-                      actual.tolist(), constant, note)
+    return FeaturePSI(
+        feature,
+        psi_value(expected, actual),
+        n_valid,
+        n_nan,
+        cuts.tolist(),
+        expected.tolist(),
+        actual.tolist(),
+        constant,
+        note,
+    )
 
 
 def psi(reference: np.ndarray, current: np.ndarray, n_bins: int = N_BINS) -> float:
@@ -254,9 +281,21 @@ def drift_against(
     return DriftResult(version=version, features=out, missing_reference=missing)
 
 
-
 __all__ = [
-    "CONVENTION", "DriftInputError", "DriftResult", "FLOOR", "FeaturePSI", "N_BINS", "bin_counts", "bin_cuts",
-    "drift_against", "feature_psi", "fit_reference", "floored_proportions", "level_proportions", "psi",
-    "psi_value", "quantile_edges",
+    "CONVENTION",
+    "DriftInputError",
+    "DriftResult",
+    "FLOOR",
+    "FeaturePSI",
+    "N_BINS",
+    "bin_counts",
+    "bin_cuts",
+    "drift_against",
+    "feature_psi",
+    "fit_reference",
+    "floored_proportions",
+    "level_proportions",
+    "psi",
+    "psi_value",
+    "quantile_edges",
 ]

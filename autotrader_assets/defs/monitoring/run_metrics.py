@@ -7,6 +7,7 @@ pushed names are replaced), so a failure keeps the job's last success time. Noth
 a failed tick. The alerts built on them: ``DataPipelineFailing`` (``data_pipeline`` failed 3 times
 in a row) and ``DeploymentFailed`` (``deployment_pipeline`` failed).
 """
+
 from __future__ import annotations
 
 import time
@@ -69,6 +70,5 @@ def job_failure_metrics_sensor(context: dg.RunFailureSensorContext, settings: dg
     if not settings.pushgateway_url:
         return dg.SkipReason("AUTOTRADER_PUSHGATEWAY_URL is not set: nothing to push")
     run = context.dagster_run
-    _push(context, settings, run.job_name,
-          metrics_push.job_failure_samples(failures_in_a_row(context.instance, run)))
+    _push(context, settings, run.job_name, metrics_push.job_failure_samples(failures_in_a_row(context.instance, run)))
     return None

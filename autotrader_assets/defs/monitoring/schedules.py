@@ -1,4 +1,5 @@
 """The health check every 15 minutes, on the latest complete date (created stopped, like every schedule)."""
+
 import datetime as dt
 
 import dagster as dg

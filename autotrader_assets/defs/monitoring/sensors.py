@@ -55,8 +55,9 @@ def _value(meta: dict, key: str, default: Any = None) -> Any:
     return default if entry is None else getattr(entry, "value", entry)
 
 
-def known_good_drift(alarm: DriftAlarm, instruments: list[str], registry: RegistryResource,
-                     warehouse: WarehouseResource):
+def known_good_drift(
+    alarm: DriftAlarm, instruments: list[str], registry: RegistryResource, warehouse: WarehouseResource
+):
     """(known-good version, its drift on the alarm's rows or None, why it could not be judged)."""
     reg = registry.open()
     kg = reg.last_known_good()
@@ -68,8 +69,7 @@ def known_good_drift(alarm: DriftAlarm, instruments: list[str], registry: Regist
         return kg.version, None, "its bundle stores no feature reference"
     try:
         with warehouse.connect(read_only=True) as con:
-            frame = dr.read_features(con, dt.date.fromisoformat(alarm.date), instruments,
-                                     bundle.feature_names)
+            frame = dr.read_features(con, dt.date.fromisoformat(alarm.date), instruments, bundle.feature_names)
     except dr.DriftError as exc:
         return kg.version, None, str(exc)
     return kg.version, dr.drift_of_rows(frame, bundle.feature_names, reference, kg.version), None
@@ -112,8 +112,13 @@ def feature_drift_sensor(
             date = str(record.partition or _value(dict(evaluation.metadata), "date"))
             if f"{date}|cleared" not in cursor["seen"]:
                 cursor["seen"] = (cursor["seen"] + [f"{date}|cleared"])[-_REMEMBERED:]
-                events.record(state, "feature_drift_cleared", "info", f"feature drift under {warn:g} on {date}",
-                              {"date": date, "check_run_id": record.run_id})
+                events.record(
+                    state,
+                    "feature_drift_cleared",
+                    "info",
+                    f"feature drift under {warn:g} on {date}",
+                    {"date": date, "check_run_id": record.run_id},
+                )
             continue
         meta = dict(evaluation.metadata)
         date = str(record.partition or _value(meta, "date"))
@@ -128,30 +133,50 @@ def feature_drift_sensor(
                     notes.append(f"{alarm.run_key}: already acted on")
                     continue
                 cursor["seen"] = (cursor["seen"] + [alarm.run_key])[-_REMEMBERED:]
-                events.record(state, "feature_drift_critical", "critical",
-                              f"critical feature drift on {date}: model v{version} max PSI {alarm.max_psi:.3f} "
-                              f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(over.items(), key=lambda kv: -kv[1])[:5])})",
-                              {"date": date, "model_version": int(version), "features_over": over,
-                               "check_run_id": record.run_id})
+                events.record(
+                    state,
+                    "feature_drift_critical",
+                    "critical",
+                    f"critical feature drift on {date}: model v{version} max PSI {alarm.max_psi:.3f} "
+                    f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(over.items(), key=lambda kv: -kv[1])[:5])})",
+                    {"date": date, "model_version": int(version), "features_over": over, "check_run_id": record.run_id},
+                )
                 kg, kg_drift, kg_problem = known_good_drift(alarm, list(versions.get(version, [])), registry, warehouse)
                 decision = decide(alarm, kg, kg_drift, kg_problem, warn, WEEKLY_TRAINING_CONFIG)
-                events.record(state, "feature_drift_decision", "info",
-                              f"drift on {date}, v{version}: {decision.action} ({decision.job_name}). {decision.reason}",
-                              {"action": decision.action, "job": decision.job_name, "run_key": decision.run_key,
-                               **decision.numbers})
+                events.record(
+                    state,
+                    "feature_drift_decision",
+                    "info",
+                    f"drift on {date}, v{version}: {decision.action} ({decision.job_name}). {decision.reason}",
+                    {
+                        "action": decision.action,
+                        "job": decision.job_name,
+                        "run_key": decision.run_key,
+                        **decision.numbers,
+                    },
+                )
                 context.log.warning(decision.reason)
-                requests.append(dg.RunRequest(run_key=decision.run_key, job_name=decision.job_name,
-                                              run_config=decision.run_config, tags=decision.tags()))
+                requests.append(
+                    dg.RunRequest(
+                        run_key=decision.run_key,
+                        job_name=decision.job_name,
+                        run_config=decision.run_config,
+                        tags=decision.tags(),
+                    )
+                )
         else:
             level = str(_value(meta, "level", "warning"))
             key = f"{date}|{json.dumps(_value(meta, 'model_versions', {}), sort_keys=True)}|{level}"
             if key in cursor["seen"]:
                 continue
             cursor["seen"] = (cursor["seen"] + [key])[-_REMEMBERED:]
-            events.record(state, "feature_drift_warning", "warning",
-                          f"feature drift warning on {date}: {evaluation.description or level}",
-                          {"date": date, "level": level, "max_psi": _value(meta, "max_psi"),
-                           "check_run_id": record.run_id})
+            events.record(
+                state,
+                "feature_drift_warning",
+                "warning",
+                f"feature drift warning on {date}: {evaluation.description or level}",
+                {"date": date, "level": level, "max_psi": _value(meta, "max_psi"), "check_run_id": record.run_id},
+            )
     context.update_cursor(json.dumps(cursor))
     if not requests:
         return dg.SkipReason("; ".join(notes) if notes else "no new critical feature_drift_psi results")
@@ -193,19 +218,28 @@ def data_pipeline_failure_sensor(context: dg.RunFailureSensorContext, registry: 
             info = info.cause
         error = info.message.strip()
     error = error or context.failure_event.message or "run failed"
-    events.record(state, "run_failed", "warning",
-                  f"run {run.run_id} of {run.job_name} failed" + (f" at step {step}" if step else "") + f": {error}",
-                  {"run_id": run.run_id, "job": run.job_name, "step": step, "error": error[:2000]})
+    events.record(
+        state,
+        "run_failed",
+        "warning",
+        f"run {run.run_id} of {run.job_name} failed" + (f" at step {step}" if step else "") + f": {error}",
+        {"run_id": run.run_id, "job": run.job_name, "step": step, "error": error[:2000]},
+    )
     if run.job_name != DATA_PIPELINE:
         return
     tags = partition_tags(dict(run.tags))
     if not tags:
         return
-    recent = context.instance.get_runs(filters=dg.RunsFilter(job_name=DATA_PIPELINE, tags=tags),
-                                       limit=CONSECUTIVE_FAILURES)
+    recent = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=DATA_PIPELINE, tags=tags), limit=CONSECUTIVE_FAILURES
+    )
     if len(recent) == CONSECUTIVE_FAILURES and all(r.status == dg.DagsterRunStatus.FAILURE for r in recent):
         where = describe_partitions(tags)
-        events.record(state, "data_pipeline_failing", "critical",
-                      f"data_pipeline failed for {where} in {CONSECUTIVE_FAILURES} consecutive runs; last: {error}",
-                      {"partitions": where, "run_ids": [r.run_id for r in recent], "step": step, "error": error[:2000]})
+        events.record(
+            state,
+            "data_pipeline_failing",
+            "critical",
+            f"data_pipeline failed for {where} in {CONSECUTIVE_FAILURES} consecutive runs; last: {error}",
+            {"partitions": where, "run_ids": [r.run_id for r in recent], "step": step, "error": error[:2000]},
+        )
         context.log.error(f"data_pipeline failed {CONSECUTIVE_FAILURES} times in a row for {where}")

@@ -1,6 +1,7 @@
 """The backup job: the registry/deployment-state database and the warehouse, with a manifest of
 checksums, to AUTOTRADER_BACKUP_URI (``deploy_ops/backup.py`` does the work; the CLI's
 ``autotrader backup create`` calls the same function)."""
+
 import functools
 
 import dagster as dg

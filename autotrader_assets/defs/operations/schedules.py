@@ -1,4 +1,5 @@
 """The hourly backup: meets the recovery point objective of 1 hour (docs/runbooks/disaster-recovery.md)."""
+
 import dagster as dg
 
 from autotrader_assets.defs.operations.jobs import backup_job

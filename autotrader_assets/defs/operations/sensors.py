@@ -15,6 +15,7 @@ to :data:`MAX_RELAUNCHES` times; when the last one fails to launch too, its even
 and what the operator does. ``emergency_rollback`` is left to ``circuit_breaker_sensor``, which
 already follows and retries the runs it requests (``defs/trading/rollback_decision.py``).
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -52,12 +53,25 @@ RETRY_OF_TAG = "autotrader/launch_retry_of"
 ATTEMPT_TAG = "autotrader/launch_attempt"
 #: Tags the daemon writes for the request that made a run: the relaunch is this sensor's request,
 #: not that schedule's, sensor's tick or backfill's (a backfill would count it as its own run).
-_REQUEST_TAGS = frozenset({RUN_KEY_TAG, SENSOR_NAME_TAG, SCHEDULE_NAME_TAG, TICK_ID_TAG, BACKFILL_ID_TAG,
-                           PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG, WILL_RETRY_TAG})
+_REQUEST_TAGS = frozenset(
+    {
+        RUN_KEY_TAG,
+        SENSOR_NAME_TAG,
+        SCHEDULE_NAME_TAG,
+        TICK_ID_TAG,
+        BACKFILL_ID_TAG,
+        PARENT_RUN_ID_TAG,
+        ROOT_RUN_ID_TAG,
+        WILL_RETRY_TAG,
+    }
+)
 
 #: Every job this sensor may request again: the code location's jobs but the emergency rollback.
-RELAUNCHABLE_JOBS = [job for job in (*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs,
-                                     *monitoring_jobs, backup_job) if job.name != ROLLBACK_JOB]
+RELAUNCHABLE_JOBS = [
+    job
+    for job in (*market_data_jobs, *training_jobs, *deployment_jobs, *trading_jobs, *monitoring_jobs, backup_job)
+    if job.name != ROLLBACK_JOB
+]
 
 
 def launch_attempt(tags: Mapping[str, str]) -> int:
@@ -93,7 +107,7 @@ def launch_error(instance: dg.DagsterInstance, run_id: str, fallback: str) -> st
     request_jobs=RELAUNCHABLE_JOBS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"A failed run that never started (launch failure) -> critical event and the same run requested "
-                f"again, up to {MAX_RELAUNCHES} times; emergency_rollback is circuit_breaker_sensor's.",
+    f"again, up to {MAX_RELAUNCHES} times; emergency_rollback is circuit_breaker_sensor's.",
 )
 def run_launch_failure_sensor(context: dg.RunFailureSensorContext, registry: RegistryResource):
     run = context.dagster_run
@@ -109,25 +123,42 @@ def run_launch_failure_sensor(context: dg.RunFailureSensorContext, registry: Reg
     root = tags.get(RETRY_OF_TAG, run.run_id)
     attempt = launch_attempt(tags)
     error = launch_error(context.instance, run.run_id, context.failure_event.message or "")
-    details = {"run_id": run.run_id, "job": run.job_name, "first_run_id": root, "attempt": attempt,
-               "partition": tags.get(PARTITION_NAME_TAG), "error": error[:2000]}
+    details = {
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "first_run_id": root,
+        "attempt": attempt,
+        "partition": tags.get(PARTITION_NAME_TAG),
+        "error": error[:2000],
+    }
     state = DeploymentStateStore(registry.url)
     relaunchable = {job.name for job in RELAUNCHABLE_JOBS}
     if run.job_name not in relaunchable or attempt > MAX_RELAUNCHES:
-        why = (f"after {attempt} launches" if run.job_name in relaunchable
-               else f"{run.job_name} is not a job this sensor can request (an ad-hoc selection?)")
-        events.record(state, EVENT_KIND, "critical",
-                      f"run {run.run_id} of {run.job_name} failed to launch; gave up {why}: {error}. Fix the launch "
-                      f"(run launcher, image, task definition, code location) and launch {run.job_name} again by hand",
-                      {**details, "gave_up": True})
+        why = (
+            f"after {attempt} launches"
+            if run.job_name in relaunchable
+            else f"{run.job_name} is not a job this sensor can request (an ad-hoc selection?)"
+        )
+        events.record(
+            state,
+            EVENT_KIND,
+            "critical",
+            f"run {run.run_id} of {run.job_name} failed to launch; gave up {why}: {error}. Fix the launch "
+            f"(run launcher, image, task definition, code location) and launch {run.job_name} again by hand",
+            {**details, "gave_up": True},
+        )
         context.log.error(f"run {run.run_id} of {run.job_name} failed to launch; gave up {why}")
         return dg.SkipReason(f"gave up on run {root} of {run.job_name} {why}")
     retry = attempt  # the n-th relaunch is launch n + 1
     run_key = f"{root}-retry-{retry}"
-    events.record(state, EVENT_KIND, "critical",
-                  f"run {run.run_id} of {run.job_name} failed to launch (launch {attempt} of "
-                  f"{MAX_RELAUNCHES + 1}): {error}; requested again as {run_key}",
-                  {**details, "gave_up": False, "next_run_key": run_key})
+    events.record(
+        state,
+        EVENT_KIND,
+        "critical",
+        f"run {run.run_id} of {run.job_name} failed to launch (launch {attempt} of "
+        f"{MAX_RELAUNCHES + 1}): {error}; requested again as {run_key}",
+        {**details, "gave_up": False, "next_run_key": run_key},
+    )
     context.log.warning(f"run {run.run_id} of {run.job_name} failed to launch; requesting {run_key}")
     return dg.RunRequest(
         run_key=run_key,

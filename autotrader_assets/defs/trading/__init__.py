@@ -1,5 +1,6 @@
 """Paper trading: the deployed model trades on paper against real bars, the desk's metrics, the
 circuit breaker (check + sensor), the jobs that run them and their schedules."""
+
 from autotrader_assets.defs.trading.assets import PaperTradingConfig, paper_trading, trading_performance
 from autotrader_assets.defs.trading.checks import circuit_breaker_check
 from autotrader_assets.defs.trading.jobs import paper_trading_job, performance_report_job

@@ -3,9 +3,10 @@
 The deployment-state store (routing table, slots, events, breaker) lives at the registry URL,
 so the ``registry`` resource's ``url`` is the store every definition here opens.
 """
+
 import datetime as dt
 import math
-from typing import Any, List, Optional
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -18,32 +19,32 @@ from autotrader_assets.defs.trading.service import PaperRunReport, run_paper_tra
 from autotrader_assets.pushing import push_from_step
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import Settings
-from deploy_ops.trading.metrics import sharpe_meaningful, sharpe_text
 from deploy_ops import metrics_push
 from deploy_ops.trading.backtest import DEFAULT_INITIAL_EQUITY
 from deploy_ops.trading.breaker import BreakerStatus, BreakerStore
+from deploy_ops.trading.metrics import sharpe_meaningful, sharpe_text
 
 
 class PaperTradingConfig(dg.Config):
     """Run config of ``paper_trading``; unset costs and instruments come from the settings."""
 
-    instruments: Optional[List[str]] = None
+    instruments: list[str] | None = None
     initial_equity: float = DEFAULT_INITIAL_EQUITY
     # None: the thresholds the production model's backtest was gated with (registry params), so
     # paper trading trades the signal that was validated; 0.55/0.45 if the model has none.
-    long_threshold: Optional[float] = None
-    short_threshold: Optional[float] = None
-    allow_short: Optional[bool] = None
+    long_threshold: float | None = None
+    short_threshold: float | None = None
+    allow_short: bool | None = None
     sizing: str = "fixed"
     max_position: float = 1.0
-    fee_bps: Optional[float] = None
-    slippage_bps: Optional[float] = None
+    fee_bps: float | None = None
+    slippage_bps: float | None = None
 
 
 DEFAULT_SIGNAL = {"long_threshold": 0.55, "short_threshold": 0.45, "allow_short": True}
 
 
-def resolve_signal(config: PaperTradingConfig, model_params: Optional[dict] = None) -> dict:
+def resolve_signal(config: PaperTradingConfig, model_params: dict | None = None) -> dict:
     """Signal thresholds: the run config where set, else the production model's gated params,
     else the defaults."""
     model_params = model_params or {}
@@ -60,11 +61,13 @@ def production_params(registry: "RegistryResource") -> dict:
     return dict(production.params) if production is not None else {}
 
 
-def paper_params(config: PaperTradingConfig, settings: Settings, model_params: Optional[dict] = None) -> PaperParams:
+def paper_params(config: PaperTradingConfig, settings: Settings, model_params: dict | None = None) -> PaperParams:
     """The account's parameters: run config over settings, breaker limits from the thresholds."""
     signal = resolve_signal(config, model_params)
     return paper_params_from(
-        settings, fee_bps=config.fee_bps, slippage_bps=config.slippage_bps,
+        settings,
+        fee_bps=config.fee_bps,
+        slippage_bps=config.slippage_bps,
         initial_equity=float(config.initial_equity),
         signal=SignalParams(
             long_threshold=float(signal["long_threshold"]),
@@ -100,9 +103,16 @@ def _serving_frame(report: PaperRunReport) -> pd.DataFrame:
     rows = []
     for date, by_instrument in report.serving.items():
         for name, info in sorted(by_instrument.items()):
-            rows.append({"date": date.isoformat(), "instrument": name, "slot": info["slot"] or "-",
-                         "model_version": info["model_version"] or "-", "requests": info["n_requests"],
-                         "latency_ms": round(info["latency_ms"], 1)})
+            rows.append(
+                {
+                    "date": date.isoformat(),
+                    "instrument": name,
+                    "slot": info["slot"] or "-",
+                    "model_version": info["model_version"] or "-",
+                    "requests": info["n_requests"],
+                    "latency_ms": round(info["latency_ms"], 1),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -205,21 +215,28 @@ def paper_trading(
         meta = _day_metadata(report, date)
         meta["recomputed_from"] = report.work[0].isoformat()
         context.log_event(
-            dg.AssetMaterialization(asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(meta))
+            dg.AssetMaterialization(
+                asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(meta)
+            )
         )
     for date, outcome in report.trips:
         trip_meta = breaker_metadata(outcome.status)
         trip_meta.update(newly_tripped=outcome.newly_tripped, outcome=outcome.why, trip_date=date.isoformat())
         context.log_event(
-            dg.AssetObservation(asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(trip_meta))
+            dg.AssetObservation(
+                asset_key=context.asset_key, partition=date.isoformat(), metadata=clean_metadata(trip_meta)
+            )
         )
         log = context.log.error if outcome.newly_tripped else context.log.warning
         log(f"circuit breaker ({outcome.why}) on {date}: {outcome.status.reason}")
 
     last = report.results[-1]
     selected_last = next(r for r in reversed(report.results) if r.date in set(report.selected))
-    blocked = [f"No new orders on {r.date}: {r.block_reason}. Positions stay flat." for r in report.results
-               if r.blocked_at_start]
+    blocked = [
+        f"No new orders on {r.date}: {r.block_reason}. Positions stay flat."
+        for r in report.results
+        if r.blocked_at_start
+    ]
     metadata: dict[str, Any] = {
         "dates_computed": dg.MetadataValue.json([d.isoformat() for d in report.work]),
         "recomputed_later_dates": dg.MetadataValue.json([d.isoformat() for d in report.recomputed_later]),
@@ -235,8 +252,11 @@ def paper_trading(
         "seconds": dg.MetadataValue.json({k: round(v, 4) for k, v in report.seconds.items()}),
     }
     # The breaker state as soon as it is known; the account's numbers follow from trading_performance.
-    metadata.update(push_from_step(context, settings, metrics_push.BREAKER_JOB,
-                                   metrics_push.breaker_samples(report.breaker_after.tripped)))
+    metadata.update(
+        push_from_step(
+            context, settings, metrics_push.BREAKER_JOB, metrics_push.breaker_samples(report.breaker_after.tripped)
+        )
+    )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -280,8 +300,9 @@ def trading_performance(
     metadata: dict[str, Any] = {
         # Short enough for the asset page to draw them in place (the PNGs below open in a dialog).
         "equity": dg.MetadataValue.md(perf.sparkline_markdown(equity, "equity", kind="equity", baseline=initial)),
-        "drawdown": dg.MetadataValue.md(perf.sparkline_markdown(perf.drawdown_series(equity, initial), "drawdown",
-                                                                kind="drawdown")),
+        "drawdown": dg.MetadataValue.md(
+            perf.sparkline_markdown(perf.drawdown_series(equity, initial), "drawdown", kind="drawdown")
+        ),
         "current_equity": dg.MetadataValue.float(summary["current_equity"]),
         "total_pnl": dg.MetadataValue.float(summary["total_pnl"]),
         "daily_pnl": dg.MetadataValue.float(summary["daily_pnl"]),
@@ -292,10 +313,13 @@ def trading_performance(
         "sharpe_n_returns": int(sharpe["n_returns"]),
         "sharpe_meaningful": sharpe_meaningful(sharpe["n_returns"], settings.thresholds.min_sharpe_returns),
         "sharpe_text": sharpe_text(sharpe["value"], sharpe["n_returns"], settings.thresholds.min_sharpe_returns),
-        "win_rate": dg.MetadataValue.float(summary["win_rate"]) if summary["win_rate"] is not None else "no closed trades",
+        "win_rate": dg.MetadataValue.float(summary["win_rate"])
+        if summary["win_rate"] is not None
+        else "no closed trades",
         "max_drawdown": dg.MetadataValue.float(summary["max_drawdown"]["value"]),
         "profit_factor": (pf["value"] if isinstance(pf["value"], str) else dg.MetadataValue.float(pf["value"]))
-        if pf["value"] is not None else pf["reason"],
+        if pf["value"] is not None
+        else pf["reason"],
         "trades_per_minute": dg.MetadataValue.float(summary["trades_per_minute"]),
         "n_fills": dg.MetadataValue.int(summary["n_fills"]),
         "n_trades": dg.MetadataValue.int(summary["n_trades"]),

@@ -1,4 +1,5 @@
 """The ``circuit_breaker`` check on ``paper_trading``: red while the breaker is tripped."""
+
 import dagster as dg
 
 from autotrader_assets.defs.trading.assets import breaker_metadata, clean_metadata, paper_trading
@@ -33,8 +34,11 @@ def circuit_breaker_check(
         if latest is not None:
             date, equity, max_dd, max_loss, peak = latest
             metadata.update(
-                latest_date=str(date), latest_equity=float(equity), latest_max_drawdown=float(max_dd),
-                latest_max_day_loss=float(max_loss), peak_equity=float(peak),
+                latest_date=str(date),
+                latest_equity=float(equity),
+                latest_max_drawdown=float(max_dd),
+                latest_max_day_loss=float(max_loss),
+                peak_equity=float(peak),
             )
     return dg.AssetCheckResult(
         passed=not status.tripped,

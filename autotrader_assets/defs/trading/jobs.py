@@ -1,4 +1,5 @@
 """Trading jobs: the daily paper-trading run and the performance report."""
+
 import dagster as dg
 
 from autotrader_assets.concurrency import WAREHOUSE_WRITE_TAGS

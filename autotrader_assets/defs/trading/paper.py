@@ -13,6 +13,7 @@ open); nothing before bar ``i`` changes, so the trip is found again at the same 
 is recomputed. A day that starts while a trip is in force -- one the store still holds, or one
 found on an earlier day that no operator has reset -- places no new orders at all.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,12 @@ class SignalParams:
         # must not wait for the first tradable day to surface.
         try:
             signals_to_positions(
-                np.array([0.5]), long_threshold=self.long_threshold, short_threshold=self.short_threshold,
-                allow_short=self.allow_short, sizing=self.sizing, max_position=self.max_position,
+                np.array([0.5]),
+                long_threshold=self.long_threshold,
+                short_threshold=self.short_threshold,
+                allow_short=self.allow_short,
+                sizing=self.sizing,
+                max_position=self.max_position,
             )
         except ValueError as exc:
             raise PaperTradingError(f"invalid signal parameters: {exc}") from exc
@@ -215,9 +220,7 @@ def _check_day(day: DayInput) -> None:
         if len(bars) == 0:
             raise PaperTradingError(f"{day.date} {name}: no bars")
         if len(day.proba[name]) != len(bars):
-            raise PaperTradingError(
-                f"{day.date} {name}: {len(day.proba[name])} probabilities for {len(bars)} bars"
-            )
+            raise PaperTradingError(f"{day.date} {name}: {len(day.proba[name])} probabilities for {len(bars)} bars")
         ts = pd.DatetimeIndex(bars["ts"])
         ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
         if ts.min() < start or ts.max() >= end:

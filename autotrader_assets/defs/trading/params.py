@@ -5,6 +5,7 @@ circuit breaker's limits from ``settings.thresholds`` (``breaker_daily_loss``,
 ``breaker_drawdown``); neither ``PaperParams`` nor ``deploy_ops.trading.breaker`` keeps a default
 of its own. A run's config may override the costs, the starting capital and the signal.
 """
+
 from __future__ import annotations
 
 from autotrader_assets.defs.trading.paper import PaperParams, SignalParams

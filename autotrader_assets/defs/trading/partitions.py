@@ -1,4 +1,5 @@
 """The daily partitioning of paper trading (shared by the asset and its job)."""
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ stored account curve, fills and round trips are put back into a ``PortfolioResul
 to ``summarize``, so paper results and backtests are measured the same way, Sharpe convention
 included.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,9 +18,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from autotrader_assets.defs.trading.warehouse import ensure_tables
 from deploy_ops.trading.backtest import PortfolioResult
 from deploy_ops.trading.metrics import CRYPTO, profit_factor, summarize, win_rate
-from autotrader_assets.defs.trading.warehouse import ensure_tables
 
 #: Points drawn per curve; a year of minute bars would otherwise make a slow, multi-MB picture.
 MAX_PLOT_POINTS = 4000
@@ -81,7 +82,9 @@ def load_history(con: duckdb.DuckDBPyConnection) -> History:
     return History(account, equity, fills, trades, latest)
 
 
-def as_portfolio(equity: pd.DataFrame, fills: pd.DataFrame, trades: pd.DataFrame, initial_equity: float) -> PortfolioResult:
+def as_portfolio(
+    equity: pd.DataFrame, fills: pd.DataFrame, trades: pd.DataFrame, initial_equity: float
+) -> PortfolioResult:
     """Stored paper rows as the engine's result type, so ``deploy_ops.trading.metrics`` measures them."""
     index = pd.DatetimeIndex(equity["ts"])
     return PortfolioResult(
@@ -258,8 +261,9 @@ def _fmt_money(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
-def _spark_svg(values: np.ndarray, *, color: str, baseline: float | None, labels: tuple[str, str, str],
-               fill: bool) -> str:
+def _spark_svg(
+    values: np.ndarray, *, color: str, baseline: float | None, labels: tuple[str, str, str], fill: bool
+) -> str:
     lo, hi = float(np.min(values)), float(np.max(values))
     if baseline is not None:
         lo, hi = min(lo, baseline), max(hi, baseline)
@@ -272,23 +276,28 @@ def _spark_svg(values: np.ndarray, *, color: str, baseline: float | None, labels
     xs = np.linspace(0, SPARK_W - 1, len(values)).round().astype(int)
     ys = [y(v) for v in values]
     path = f"M{xs[0]} {ys[0]}" + "".join(
-        f"l{xs[i] - xs[i - 1]}{'' if ys[i] < ys[i - 1] else ' '}{ys[i] - ys[i - 1]}" for i in range(1, len(values)))
+        f"l{xs[i] - xs[i - 1]}{'' if ys[i] < ys[i - 1] else ' '}{ys[i] - ys[i - 1]}" for i in range(1, len(values))
+    )
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SPARK_W}" height="{SPARK_H}">']
     if baseline is not None:
         parts.append(f'<path d="M0 {y(baseline)}H{SPARK_W}" stroke="#999" stroke-dasharray="3"/>')
     if fill:
-        parts.append(f'<path d="{path}V{y(baseline if baseline is not None else lo)}H0z" '
-                     f'fill="{color}" fill-opacity=".3"/>')
+        parts.append(
+            f'<path d="{path}V{y(baseline if baseline is not None else lo)}H0z" fill="{color}" fill-opacity=".3"/>'
+        )
     parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
     top_label, bottom_label, end_label = labels
-    parts.append(f'<g font-size="10" font-family="sans-serif" fill="#888"><text y="9">{top_label}</text>'
-                 f'<text y="{SPARK_H - 1}">{bottom_label}</text>'
-                 f'<text x="{SPARK_W}" y="9" text-anchor="end">{end_label}</text></g></svg>')
+    parts.append(
+        f'<g font-size="10" font-family="sans-serif" fill="#888"><text y="9">{top_label}</text>'
+        f'<text y="{SPARK_H - 1}">{bottom_label}</text>'
+        f'<text x="{SPARK_W}" y="9" text-anchor="end">{end_label}</text></g></svg>'
+    )
     return "".join(parts)
 
 
-def sparkline_markdown(series: pd.Series, alt: str, *, kind: str, baseline: float | None = None,
-                       limit: int = INLINE_MARKDOWN_LIMIT) -> str:
+def sparkline_markdown(
+    series: pd.Series, alt: str, *, kind: str, baseline: float | None = None, limit: int = INLINE_MARKDOWN_LIMIT
+) -> str:
     """A small SVG chart of ``series`` as a Markdown image short enough for the Dagster UI to show
     on the asset page itself (under ``limit`` characters: fewer points until it fits).
 
@@ -307,8 +316,11 @@ def sparkline_markdown(series: pd.Series, alt: str, *, kind: str, baseline: floa
         picked = values[np.unique(np.linspace(0, len(values) - 1, points).round().astype(int))]
         if kind == "equity":
             first = baseline if baseline else picked[0]
-            labels = (f"max {_fmt_money(values.max())}", f"min {_fmt_money(values.min())}",
-                      f"now {_fmt_money(values[-1])} ({values[-1] / first - 1:+.1%})")
+            labels = (
+                f"max {_fmt_money(values.max())}",
+                f"min {_fmt_money(values.min())}",
+                f"now {_fmt_money(values[-1])} ({values[-1] / first - 1:+.1%})",
+            )
             svg = _spark_svg(picked, color="#1f77b4", baseline=baseline, labels=labels, fill=False)
         elif kind == "drawdown":
             labels = ("0%", f"worst {values.min():.1%}", f"now {values[-1]:.1%}")

@@ -12,6 +12,7 @@ run key twice) after a back-off that doubles per attempt, up to :attr:`RetryPoli
 the last failure's event says no more attempts follow and what the operator must do. A trip that
 is reset meanwhile stops the retries.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,8 +81,11 @@ def pending_rollbacks(
         }
         # The common event shape (kind, severity, summary, details, runbook) that alerting routes on.
         ops_events.record(
-            store.events, ALERT_EVENT, "critical",
-            f"circuit breaker tripped ({status.reason}); requesting {job_name}", alert,
+            store.events,
+            ALERT_EVENT,
+            "critical",
+            f"circuit breaker tripped ({status.reason}); requesting {job_name}",
+            alert,
         )
         requests.append(
             RollbackRequest(
@@ -160,25 +164,41 @@ def follow_up(
             notes.append(f"trip {trip_id}: emergency rollback succeeded (attempt {attempt}, run {run.run_id})")
             continue
         if run.state == "running" or (
-                run.state == "missing" and now - float(item["requested_at"]) < policy.launch_grace_seconds):
+            run.state == "missing" and now - float(item["requested_at"]) < policy.launch_grace_seconds
+        ):
             keep[key] = item
             continue
         if not item.get("reported"):
-            error = run.error or (f"run {run.run_id} failed" if run.run_id else
-                                  f"no run was launched within {policy.launch_grace_seconds:.0f} s of the request")
+            error = run.error or (
+                f"run {run.run_id} failed"
+                if run.run_id
+                else f"no run was launched within {policy.launch_grace_seconds:.0f} s of the request"
+            )
             final = attempt >= policy.max_attempts
             wait = policy.backoff_seconds * 2 ** (attempt - 1)
             item.update(reported=True, retry_at=None if final else now + wait)
-            then = (f"no more automatic attempts ({policy.max_attempts} made): roll back by hand" if final
-                    else f"attempt {attempt + 1} of {policy.max_attempts} in {wait:.0f} s")
+            then = (
+                f"no more automatic attempts ({policy.max_attempts} made): roll back by hand"
+                if final
+                else f"attempt {attempt + 1} of {policy.max_attempts} in {wait:.0f} s"
+            )
             ops_events.record(
-                store.events, RETRY_FAILED_EVENT, "critical",
+                store.events,
+                RETRY_FAILED_EVENT,
+                "critical",
                 f"emergency rollback for breaker trip {trip_id} failed (attempt {attempt} of "
                 f"{policy.max_attempts}): {truncate(error, DETAIL)}; {then}",
-                {"trip_id": trip_id, "attempt": attempt, "max_attempts": policy.max_attempts,
-                 "run_id": run.run_id, "error": truncate(error, MESSAGE), "final": final,
-                 "retry_in_seconds": None if final else wait, "job": job_name,
-                 "operator_actions": OPERATOR_ACTIONS},
+                {
+                    "trip_id": trip_id,
+                    "attempt": attempt,
+                    "max_attempts": policy.max_attempts,
+                    "run_id": run.run_id,
+                    "error": truncate(error, MESSAGE),
+                    "final": final,
+                    "retry_in_seconds": None if final else wait,
+                    "job": job_name,
+                    "operator_actions": OPERATOR_ACTIONS,
+                },
                 runbook=RETRY_RUNBOOK,
             )
             if final:
@@ -186,14 +206,31 @@ def follow_up(
                 continue
         if item.get("retry_at") is not None and now >= float(item["retry_at"]):
             attempt += 1
-            requests.append(RollbackRequest(
-                run_key=trip_run_key(trip_id, attempt), trip_id=trip_id, event_id=0,
-                tags=_tags(trip_id, attempt), alert={"trip_id": trip_id, "attempt": attempt}))
+            requests.append(
+                RollbackRequest(
+                    run_key=trip_run_key(trip_id, attempt),
+                    trip_id=trip_id,
+                    event_id=0,
+                    tags=_tags(trip_id, attempt),
+                    alert={"trip_id": trip_id, "attempt": attempt},
+                )
+            )
             item = {"attempt": attempt, "requested_at": now, "reported": False, "retry_at": None}
             notes.append(f"trip {trip_id}: emergency rollback requested again (attempt {attempt})")
         keep[key] = item
     return requests, notes, keep
 
 
-__all__ = ["ALERT_EVENT", "ATTEMPT_TAG", "AttemptRun", "RETRY_FAILED_EVENT", "ROLLBACK_JOB", "RetryPolicy",
-           "RollbackRequest", "TRIP_TAG", "follow_up", "pending_rollbacks", "trip_run_key"]
+__all__ = [
+    "ALERT_EVENT",
+    "ATTEMPT_TAG",
+    "AttemptRun",
+    "RETRY_FAILED_EVENT",
+    "ROLLBACK_JOB",
+    "RetryPolicy",
+    "RollbackRequest",
+    "TRIP_TAG",
+    "follow_up",
+    "pending_rollbacks",
+    "trip_run_key",
+]

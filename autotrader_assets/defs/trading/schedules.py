@@ -1,4 +1,5 @@
 """Trading schedules: yesterday paper-traded after the nightly data run, the weekly report."""
+
 import datetime as dt
 
 import dagster as dg

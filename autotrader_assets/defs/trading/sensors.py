@@ -6,6 +6,7 @@ dates (and, through the carried account state, of every later date) were compute
 old data. Re-running ``paper_trading`` for the earliest affected date recomputes it and every
 later computed date in one step.
 """
+
 import json
 import time
 from typing import Any, Callable
@@ -28,13 +29,13 @@ from autotrader_assets.defs.trading.rollback_decision import (
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from deploy_ops.trading.breaker import BreakerStore
 
-
 #: How often circuit_breaker_sensor looks for trips (the first part of trip-to-known-good time).
 BREAKER_SENSOR_SECONDS = 5
 
 
-def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB, retry: RetryPolicy = RetryPolicy(),
-                                 clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+def build_circuit_breaker_sensor(
+    job_name: str = ROLLBACK_JOB, retry: RetryPolicy = RetryPolicy(), clock: Callable[[], float] = time.time
+) -> dg.SensorDefinition:
     """The sensor that answers a breaker trip with an alert event and the emergency rollback job,
     and follows that run until it succeeds, retrying within ``retry`` (``rollback_decision``).
 
@@ -48,7 +49,7 @@ def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB, retry: RetryPolic
         minimum_interval_seconds=BREAKER_SENSOR_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Circuit-breaker trips in the deployment event log -> alert event + emergency rollback run, "
-                    f"retried up to {retry.max_attempts} times with a critical event per failure.",
+        f"retried up to {retry.max_attempts} times with a critical event per failure.",
     )
     def circuit_breaker_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
         event_cursor, tracked = parse_cursor(context.cursor)
@@ -64,9 +65,14 @@ def build_circuit_breaker_sensor(job_name: str = ROLLBACK_JOB, retry: RetryPolic
         context.update_cursor(json.dumps({"event": event_cursor, "trips": tracked}, sort_keys=True))
         wanted = requests + retries
         if not wanted:
-            return dg.SkipReason("; ".join(notes) or (
-                f"following the rollback of trip(s) {', '.join(sorted(tracked))}" if tracked
-                else "no new circuit-breaker trips"))
+            return dg.SkipReason(
+                "; ".join(notes)
+                or (
+                    f"following the rollback of trip(s) {', '.join(sorted(tracked))}"
+                    if tracked
+                    else "no new circuit-breaker trips"
+                )
+            )
         return [dg.RunRequest(run_key=req.run_key, job_name=job_name, tags=req.tags) for req in wanted]
 
     return circuit_breaker_sensor

@@ -7,6 +7,7 @@ Per instrument and date the day's feature rows go to the slot the routing table 
 batched HTTP requests (at most the serving batch limit of rows each), never one request per
 bar. The whole bar loop then runs inside the backtest engine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,9 @@ from autotrader_assets.defs.trading.paper import (
     plan_dates,
     run_paper_day,
 )
-from deploy_ops.trading.breaker import BreakerStatus, BreakerStore, TripOutcome
 from deploy_ops.serving.client import RoutedClient, ServingClient, ServingError
 from deploy_ops.state import DeploymentStateStore
+from deploy_ops.trading.breaker import BreakerStatus, BreakerStore, TripOutcome
 
 #: Rows per /predict request: the serving default limit (``deploy_ops.serving.DEFAULT_MAX_BATCH``),
 #: repeated because importing the serving module would load torch into every paper-trading run.
@@ -99,7 +100,11 @@ class FeatureNames:
 
 
 def predict_bars(
-    client: RoutedClient, instrument: str, features: pd.DataFrame, names: Sequence[str], max_batch: int = DEFAULT_MAX_BATCH
+    client: RoutedClient,
+    instrument: str,
+    features: pd.DataFrame,
+    names: Sequence[str],
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> ServedPrediction:
     """Score every bar with complete features on the routed slot, ``max_batch`` rows a request."""
     if max_batch < 1:
@@ -113,7 +118,7 @@ def predict_bars(
     latency = 0.0
     parts = []
     for lo in range(0, len(rows), max_batch):
-        answer = client.predict(instrument, rows[lo: lo + max_batch])
+        answer = client.predict(instrument, rows[lo : lo + max_batch])
         parts.append(np.asarray(answer.probabilities, dtype=np.float64))
         latency += answer.latency_ms
         if answer.model_version not in versions:
@@ -174,7 +179,9 @@ def run_paper_trading(
             f"recompute from the account's first date to change instruments"
         )
     if work != selected:
-        say(f"recomputing {len(work)} date(s) {work[0]}..{work[-1]} (selected {len(selected)}) to keep the chain consistent")
+        say(
+            f"recomputing {len(work)} date(s) {work[0]}..{work[-1]} (selected {len(selected)}) to keep the chain consistent"
+        )
 
     results: list[DayResult] = []
     serving: dict[dt.date, dict[str, dict[str, Any]]] = {}
@@ -203,8 +210,10 @@ def run_paper_trading(
                 served = predict_bars(client, name, bars[name], names_by_instrument[name], max_batch)
                 proba[name] = served.proba
                 day_serving[name] = {
-                    "slot": served.slot, "model_version": served.model_version,
-                    "n_requests": served.n_requests, "latency_ms": served.latency_ms,
+                    "slot": served.slot,
+                    "model_version": served.model_version,
+                    "n_requests": served.n_requests,
+                    "latency_ms": served.latency_ms,
                 }
             t2 = time.perf_counter()
             result = run_paper_day(DayInput(date, bars, proba), previous, params, view)
@@ -224,8 +233,11 @@ def run_paper_trading(
     trips = []
     for result in results:
         if result.trip is not None:
-            details = {**result.trip.to_details(), "date": result.date.isoformat(),
-                       "units": {k: s.units for k, s in result.portfolio.final_states.items()}}
+            details = {
+                **result.trip.to_details(),
+                "date": result.date.isoformat(),
+                "units": {k: s.units for k, s in result.portfolio.final_states.items()},
+            }
             trips.append((result.date, store.trip(result.trip.reason, details, at=result.trip.at)))
     after = store.status()
     seconds["breaker"] += time.perf_counter() - t0
@@ -238,8 +250,16 @@ def run_paper_trading(
     seconds["write"] += time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     return PaperRunReport(
-        selected=selected, work=work, start_from=start_from, results=results, serving=serving, trips=trips,
-        breaker_before=before, breaker_after=after, rows_written=rows, seconds=seconds,
+        selected=selected,
+        work=work,
+        start_from=start_from,
+        results=results,
+        serving=serving,
+        trips=trips,
+        breaker_before=before,
+        breaker_after=after,
+        rows_written=rows,
+        seconds=seconds,
     )
 
 

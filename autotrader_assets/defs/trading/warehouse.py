@@ -15,6 +15,7 @@ Tables (every timestamp naive UTC, like the rest of the warehouse; every row key
 :func:`replace_dates` rewrites a set of dates in ONE transaction, so a run either leaves every
 recomputed date in place or none of them.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import duckdb
 import pandas as pd
 
-from deploy_ops.trading.backtest import BacktestState
 from autotrader_assets.defs.trading.paper import AccountState, DayResult, PaperParams, confidence
+from deploy_ops.trading.backtest import BacktestState
 
 FEATURE_TABLE = "bar_features"
 
@@ -185,9 +186,7 @@ def load_account(con: duckdb.DuckDBPyConnection, date: dt.date) -> AccountState:
     ).fetchone()
     if acct is None:
         raise LookupError(f"paper account has no state for {date}")
-    rows = con.execute(
-        "select * from paper_instrument_state where date = ? order by instrument", [date]
-    ).df()
+    rows = con.execute("select * from paper_instrument_state where date = ? order by instrument", [date]).df()
     if rows.empty:
         raise LookupError(f"paper account state of {date} has no instruments")
     states = {}
@@ -319,13 +318,21 @@ def frames_for(
         info = serving.get(name, {})
         state_rows.append(
             {
-                "date": date, "instrument": name, "cash": s.cash, "units": s.units,
-                "held_target": s.held_target, "pending_target": s.pending_target,
-                "last_ts": _naive(s.last_ts), "last_close": s.last_close,
+                "date": date,
+                "instrument": name,
+                "cash": s.cash,
+                "units": s.units,
+                "held_target": s.held_target,
+                "pending_target": s.pending_target,
+                "last_ts": _naive(s.last_ts),
+                "last_close": s.last_close,
                 "open_trade_entry_ts": _naive(s.open_trade_entry_ts),
                 "open_trade_entry_price": s.open_trade_entry_price,
-                "open_trade_cash_flow": s.open_trade_cash_flow, "halted": s.halted, "ruined": s.ruined,
-                "slot": info.get("slot"), "model_version": info.get("model_version"),
+                "open_trade_cash_flow": s.open_trade_cash_flow,
+                "halted": s.halted,
+                "ruined": s.ruined,
+                "slot": info.get("slot"),
+                "model_version": info.get("model_version"),
             }
         )
         r = pf.results[name]
@@ -348,8 +355,13 @@ def frames_for(
         mean_conf, n = confidence(result.proba[name])
         confidence_rows.append(
             {
-                "date": date, "instrument": name, "mean_confidence": mean_conf, "n": n,
-                "model_version": info.get("model_version"), "slot": info.get("slot"), "computed_at": computed_at,
+                "date": date,
+                "instrument": name,
+                "mean_confidence": mean_conf,
+                "n": n,
+                "model_version": info.get("model_version"),
+                "slot": info.get("slot"),
+                "computed_at": computed_at,
             }
         )
 
@@ -380,8 +392,20 @@ def frames_for(
 
 
 _COLUMNS = {
-    "paper_fills": ["date", "instrument", "ts", "side", "units", "price", "notional", "fee", "slippage_cost",
-                    "target", "slot", "model_version"],
+    "paper_fills": [
+        "date",
+        "instrument",
+        "ts",
+        "side",
+        "units",
+        "price",
+        "notional",
+        "fee",
+        "slippage_cost",
+        "target",
+        "slot",
+        "model_version",
+    ],
     "paper_trades": ["date", "instrument", "entry_ts", "exit_ts", "side", "entry_price", "exit_price", "pnl"],
     "paper_equity": ["date", "ts", "equity", "cash", "peak_equity", "drawdown", "day_loss", "halted"],
 }
@@ -394,7 +418,10 @@ class ConcurrentUpdateError(RuntimeError):
 def account_fingerprint(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     """Which dates are computed and by which run: changes whenever any run writes the account."""
     ensure_tables(con)
-    return [tuple(r) for r in con.execute("select date, run_id, computed_at from paper_account_state order by date").fetchall()]
+    return [
+        tuple(r)
+        for r in con.execute("select date, run_id, computed_at from paper_account_state order by date").fetchall()
+    ]
 
 
 def replace_dates(

@@ -1,6 +1,7 @@
 """Training: dataset with forward-return labels, purged walk-forward CV, PyTorch candidate,
 test-period evaluation and backtest, promotion gates as blocking checks, registration, and
 the weekly retrain."""
+
 from autotrader_assets.defs.training.assets import (
     candidate_model,
     registered_model,

@@ -7,7 +7,7 @@ them all, even when someone materializes ``registered_model`` on its own.
 """
 
 import contextlib
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping
 
 import dagster as dg
 import torch
@@ -34,8 +34,8 @@ from autotrader_assets.defs.training.plots import equity_curves_png, png_markdow
 from autotrader_assets.defs.training.train import FoldReport, TrainConfig
 from autotrader_assets.resources import RegistryResource, WarehouseResource
 from autotrader_assets.settings import FEATURE_COLUMNS, PROJECT_ROOT, Settings
-from deploy_ops.trading.metrics import sharpe_text
 from deploy_ops.models.bundle import ModelBundle
+from deploy_ops.trading.metrics import sharpe_text
 
 TRAINING_GROUP = "training"
 #: Who answers for the models: the quant research team.
@@ -51,9 +51,9 @@ class TrainingDatasetConfig(dg.Config):
     instruments: list[str] = Field(
         default_factory=list, description="Instruments to include; empty = every instrument in bar_features."
     )
-    start_date: Optional[str] = Field(default=None, description="First date (YYYY-MM-DD), inclusive.")
-    end_date: Optional[str] = Field(default=None, description="Last date (YYYY-MM-DD), inclusive.")
-    last_n_days: Optional[int] = Field(
+    start_date: str | None = Field(default=None, description="First date (YYYY-MM-DD), inclusive.")
+    end_date: str | None = Field(default=None, description="Last date (YYYY-MM-DD), inclusive.")
+    last_n_days: int | None = Field(
         default=None, description="Instead of start/end: the last N days of available features."
     )
     horizon: int = Field(default=5, description="Label horizon in 1-minute bars.")
@@ -73,11 +73,11 @@ class CandidateModelConfig(dg.Config):
     seed: int = 7
     n_folds: int = 4
     test_fraction: float = Field(default=0.2, description="Share of the timeline held out as the test period.")
-    embargo_bars: Optional[int] = Field(default=None, description="Gap before validation/test; default = horizon.")
+    embargo_bars: int | None = Field(default=None, description="Gap before validation/test; default = horizon.")
     long_threshold: float = 0.55
     short_threshold: float = 0.45
     allow_short: bool = True
-    torch_threads: Optional[int] = Field(
+    torch_threads: int | None = Field(
         default=None, description="Cap torch CPU threads for this step (restored afterwards)."
     )
 
@@ -189,10 +189,14 @@ def _load_dataset_frame(warehouse: WarehouseResource, dataset: Mapping[str, Any]
     return frame
 
 
-@dg.asset(group_name=TRAINING_GROUP, kinds={"pytorch"}, owners=[TRAINING_OWNER],
-          tags={"domain": "training", "tier": "standard"},
-          # Bump when training, evaluation or the bundle format change.
-          code_version="1")
+@dg.asset(
+    group_name=TRAINING_GROUP,
+    kinds={"pytorch"},
+    owners=[TRAINING_OWNER],
+    tags={"domain": "training", "tier": "standard"},
+    # Bump when training, evaluation or the bundle format change.
+    code_version="1",
+)
 def candidate_model(
     context: dg.AssetExecutionContext,
     config: CandidateModelConfig,
@@ -240,8 +244,11 @@ def candidate_model(
         )
     bundle = outcome.bundle
     bundle.metadata.update(
-        {"dataset_fingerprint": training_dataset["fingerprint"], "label_horizon_bars": training_dataset["horizon"],
-         "dagster_run_id": context.run.run_id}
+        {
+            "dataset_fingerprint": training_dataset["fingerprint"],
+            "label_horizon_bars": training_dataset["horizon"],
+            "dagster_run_id": context.run.run_id,
+        }
     )
     artifact_uri, sha256 = reg.artifacts.put(bundle.to_bytes())
     report = outcome.report()
@@ -274,8 +281,12 @@ def candidate_model(
             "test_sharpe": _meta(test["sharpe"]),
             "sharpe_convention": f"{test['sharpe_annualization']} on {test['sharpe_returns']} returns "
             f"(n={test['sharpe_n_returns']})",
-            "test_sharpe_text": sharpe_text(test["sharpe"], test["sharpe_n_returns"],
-                                            settings.thresholds.min_sharpe_returns, returns=test["sharpe_returns"]),
+            "test_sharpe_text": sharpe_text(
+                test["sharpe"],
+                test["sharpe_n_returns"],
+                settings.thresholds.min_sharpe_returns,
+                returns=test["sharpe_returns"],
+            ),
             "test_max_drawdown": float(test["max_drawdown"]),
             "train_auc": float(report["train"]["auc"]),
             "shuffled_label_test_auc": float(report["shuffled_label_test_auc"]),
@@ -316,10 +327,14 @@ def registration_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@dg.asset(group_name=TRAINING_GROUP, kinds={"registry"}, owners=[TRAINING_OWNER],
-          tags={"domain": "training", "tier": "standard"},
-          # Bump when the gates or what is registered change.
-          code_version="1")
+@dg.asset(
+    group_name=TRAINING_GROUP,
+    kinds={"registry"},
+    owners=[TRAINING_OWNER],
+    tags={"domain": "training", "tier": "standard"},
+    # Bump when the gates or what is registered change.
+    code_version="1",
+)
 def registered_model(
     context: dg.AssetExecutionContext,
     candidate_model: dict,
@@ -356,8 +371,12 @@ def registered_model(
     )
     context.log.info(f"registered v{version.version} as {version.stage} ({version.artifact_uri})")
     return dg.Output(
-        {"version": version.version, "stage": version.stage, "artifact_uri": version.artifact_uri,
-         "sha256": candidate_model["sha256"]},
+        {
+            "version": version.version,
+            "stage": version.stage,
+            "artifact_uri": version.artifact_uri,
+            "sha256": candidate_model["sha256"],
+        },
         metadata={
             "version": version.version,
             "stage": version.stage,

@@ -8,6 +8,7 @@ gates read.
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -135,7 +136,10 @@ def train_candidate(
     """Everything ``candidate_model`` computes, for a labelled frame (see ``dataset.py``)."""
     frame = frame.sort_values(["ts", "instrument"], kind="stable").reset_index(drop=True)
     plan = purged_walk_forward(
-        frame["ts"], frame["label_end_ts"], n_folds=split.n_folds, test_fraction=split.test_fraction,
+        frame["ts"],
+        frame["label_end_ts"],
+        n_folds=split.n_folds,
+        test_fraction=split.test_fraction,
         embargo=split.embargo(),
     )
     training = train_walk_forward(frame, feature_columns, plan, train_config, on_epoch=on_epoch, on_fold=on_fold)

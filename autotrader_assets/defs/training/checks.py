@@ -1,4 +1,5 @@
 """The six promotion gates as blocking checks on ``candidate_model`` (the rules: ``gates.py``)."""
+
 import dagster as dg
 
 from autotrader_assets.defs.training.assets import candidate_model, load_candidate_bundle, meta_dict
@@ -19,9 +20,7 @@ def _gate_check(gate: str) -> dg.AssetChecksDefinition:
         passed, meta = run_gate(gate, candidate_model["report"], bundle, settings.thresholds)
         if not passed:
             context.log.error(f"promotion gate {gate} failed: {meta.get('reason')}")
-        return dg.AssetCheckResult(
-            passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=meta_dict(meta)
-        )
+        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=meta_dict(meta))
 
     return _check
 

@@ -9,6 +9,7 @@ detected instead of silently trained on.
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -71,12 +72,17 @@ def resolve_date_window(
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    return [r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_name = ? order by ordinal_position", [table]
-    ).fetchall()]
+    return [
+        r[0]
+        for r in con.execute(
+            "select column_name from information_schema.columns where table_name = ? order by ordinal_position", [table]
+        ).fetchall()
+    ]
 
 
-def available_range(con: duckdb.DuckDBPyConnection, instruments: Sequence[str] | None) -> tuple[dt.date, dt.date, list[str]]:
+def available_range(
+    con: duckdb.DuckDBPyConnection, instruments: Sequence[str] | None
+) -> tuple[dt.date, dt.date, list[str]]:
     """First and last date in ``bar_features`` and the instruments present (restricted to
     ``instruments`` when given; asking for an instrument with no rows is an error)."""
     if not _columns(con, SOURCE_TABLE):

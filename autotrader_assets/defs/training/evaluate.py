@@ -9,6 +9,7 @@ without it cannot be compared.
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from autotrader_assets.defs.training.train import classification_metrics, feature_matrix, label_vector
+from deploy_ops.models.bundle import ModelBundle
 from deploy_ops.trading.backtest import PortfolioResult, run_portfolio, signals_to_positions
 from deploy_ops.trading.metrics import CRYPTO, summarize
-from deploy_ops.models.bundle import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ def flatten_trading_summary(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def backtest_predictions(frame: pd.DataFrame, proba: np.ndarray, config: BacktestConfig) -> tuple[dict[str, Any], PortfolioResult]:
+def backtest_predictions(
+    frame: pd.DataFrame, proba: np.ndarray, config: BacktestConfig
+) -> tuple[dict[str, Any], PortfolioResult]:
     """Trade ``proba`` (one per row of ``frame``) per instrument from one account."""
     proba = np.asarray(proba, dtype=np.float64)
     if len(proba) != len(frame):
@@ -97,7 +100,9 @@ def backtest_predictions(frame: pd.DataFrame, proba: np.ndarray, config: Backtes
     if missing:
         raise ValueError(f"backtest needs columns {missing}")
     targets = signals_to_positions(
-        proba, long_threshold=config.long_threshold, short_threshold=config.short_threshold,
+        proba,
+        long_threshold=config.long_threshold,
+        short_threshold=config.short_threshold,
         allow_short=config.allow_short,
     )
     work = frame[["instrument", "ts", "open", "close"]].assign(_target=targets)
@@ -111,7 +116,9 @@ def backtest_predictions(frame: pd.DataFrame, proba: np.ndarray, config: Backtes
     return flatten_trading_summary(summarize(result, config.periods_per_year)), result
 
 
-def evaluate_bundle(bundle: ModelBundle, frame: pd.DataFrame, config: BacktestConfig, label_column: str = "label") -> Evaluation:
+def evaluate_bundle(
+    bundle: ModelBundle, frame: pd.DataFrame, config: BacktestConfig, label_column: str = "label"
+) -> Evaluation:
     """Log loss, AUC, accuracy, average confidence and the costed backtest of ``bundle`` on ``frame``."""
     if frame.empty:
         raise ValueError("cannot evaluate on zero rows")

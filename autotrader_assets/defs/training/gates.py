@@ -7,6 +7,7 @@ the registry) both call these, so a model can only reach the registry by passing
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,11 @@ class LeakageThresholds:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) and math.isfinite(float(value))
+    return (
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
 
 
 def _not_measured(name: str, value: Any, meta: dict[str, Any]) -> GateResult:
@@ -236,7 +241,9 @@ def _sharpe_from_report(report: Mapping[str, Any], thresholds: Thresholds) -> Ga
         "min_sharpe_returns": minimum,
         # Reports written before the count was kept (n None) are judged on the Sharpe as then.
         "sharpe_meaningful": n is None or sharpe_meaningful(n, minimum),
-        "candidate_sharpe_text": sharpe_text(test.get("sharpe"), n, minimum, returns=test.get("sharpe_returns") or "daily"),
+        "candidate_sharpe_text": sharpe_text(
+            test.get("sharpe"), n, minimum, returns=test.get("sharpe_returns") or "daily"
+        ),
     }
     production = report.get("production")
     if production is not None and production.get("unavailable_reason"):
@@ -270,8 +277,9 @@ def _sharpe_from_report(report: Mapping[str, Any], thresholds: Thresholds) -> Ga
     return passed, {**meta, "judged_on": "sharpe", **convention}
 
 
-def _total_return_instead(test: Mapping[str, Any], production: Mapping[str, Any] | None, floor: float,
-                          convention: dict[str, Any]) -> GateResult:
+def _total_return_instead(
+    test: Mapping[str, Any], production: Mapping[str, Any] | None, floor: float, convention: dict[str, Any]
+) -> GateResult:
     """Below ``min_sharpe_returns`` daily returns the Sharpe comparison is not applicable: an
     annualised Sharpe of 8 daily returns has a standard error near sqrt(365/8) ~ 6.8, so comparing
     two of them is a coin flip. Blocking would stop every weekly training (28 days, 30% test
@@ -291,26 +299,35 @@ def _total_return_instead(test: Mapping[str, Any], production: Mapping[str, Any]
         "judged_on": "total_return",
         "candidate_total_return": cand,
         "production_total_return": prod,
-        "warning": (f"Sharpe not applicable: insufficient data ({n} daily returns, fewer than {minimum}); "
-                    f"judged on the test period's total return after costs instead"),
+        "warning": (
+            f"Sharpe not applicable: insufficient data ({n} daily returns, fewer than {minimum}); "
+            f"judged on the test period's total return after costs instead"
+        ),
         **convention,
     }
     if not _finite(cand):
         return _not_measured("candidate total return", cand, meta)
     if production is None or not _finite(prod):
-        meta["compared_to"] = "floor (no production model)" if production is None else (
-            f"floor (production v{production['version']} total return unavailable)")
+        meta["compared_to"] = (
+            "floor (no production model)"
+            if production is None
+            else (f"floor (production v{production['version']} total return unavailable)")
+        )
         passed = float(cand) >= 0.0
         if not passed:
-            meta["reason"] = (f"test-period total return {float(cand):.2%} after costs is below 0 "
-                              f"(Sharpe not judged: {n} daily returns, fewer than {minimum})")
+            meta["reason"] = (
+                f"test-period total return {float(cand):.2%} after costs is below 0 "
+                f"(Sharpe not judged: {n} daily returns, fewer than {minimum})"
+            )
         return passed, meta
     meta["compared_to"] = f"production v{production['version']}"
     passed = float(cand) >= float(prod)
     if not passed:
-        meta["reason"] = (f"test-period total return {float(cand):.2%} after costs is below production's "
-                          f"{float(prod):.2%} on the same rows (Sharpe not judged: {n} daily returns, "
-                          f"fewer than {minimum})")
+        meta["reason"] = (
+            f"test-period total return {float(cand):.2%} after costs is below production's "
+            f"{float(prod):.2%} on the same rows (Sharpe not judged: {n} daily returns, "
+            f"fewer than {minimum})"
+        )
     return passed, meta
 
 

@@ -1,4 +1,5 @@
 """The training job, and the recipe `make run` and the weekly schedule run it with."""
+
 import dagster as dg
 
 from autotrader_assets.concurrency import WAREHOUSE_WRITE_TAGS

@@ -7,6 +7,7 @@ bars of each day (and bars before a gap) get no label and are dropped, never fil
 
 No Dagster imports: the ``training_dataset`` asset and the tests both call these functions.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,4 +64,3 @@ def build_lineage(
         "dagster_run_id": run_id,
         "artifact_sha256": candidate_sha256,
     }
-

@@ -5,6 +5,7 @@ base64 data URIs in markdown, so the Dagster UI shows them without any file serv
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import base64

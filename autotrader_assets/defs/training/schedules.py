@@ -1,4 +1,5 @@
 """The weekly retrain."""
+
 import copy
 
 import dagster as dg

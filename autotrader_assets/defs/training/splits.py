@@ -16,6 +16,7 @@ one more embargo and is never part of any fold.
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import math

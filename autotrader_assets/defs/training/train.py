@@ -9,6 +9,7 @@ early-stopped on data it never trained on.
 
 No Dagster imports.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -292,8 +293,14 @@ def train_walk_forward(
     bundle: ModelBundle | None = None
     for fold in plan.folds:
         bundle, curve = fit_model(
-            x[fold.train_idx], y[fold.train_idx], x[fold.val_idx], y[fold.val_idx],
-            feature_columns, config, on_epoch=on_epoch, label=f"fold {fold.index}",
+            x[fold.train_idx],
+            y[fold.train_idx],
+            x[fold.val_idx],
+            y[fold.val_idx],
+            feature_columns,
+            config,
+            on_epoch=on_epoch,
+            label=f"fold {fold.index}",
         )
         report = FoldReport(
             index=fold.index,

@@ -1,4 +1,5 @@
 """The boto3 plumbing every ECS/ALB operation goes through: clients, error translation, describe calls."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The ECS slot backend the rollout controller drives (services behind an ALB)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -21,8 +22,15 @@ class EcsBackend:
 
     kind = "ecs"
 
-    def __init__(self, deployer: Any, state: DeploymentStateStore, endpoints: Mapping[str, str],
-                 *, token: str | None = None, desired_count: int = 1):
+    def __init__(
+        self,
+        deployer: Any,
+        state: DeploymentStateStore,
+        endpoints: Mapping[str, str],
+        *,
+        token: str | None = None,
+        desired_count: int = 1,
+    ):
         missing = [s for s in SLOTS if not endpoints.get(s)]
         if missing:
             raise ValueError(f"ECS backend needs an endpoint URL for every slot; missing {missing}")
@@ -49,8 +57,11 @@ class EcsBackend:
             self.state.set_slot(slot, status="failed", version=str(mv.version), url=self.endpoints[slot])
             raise
         self.state.set_slot(slot, status="ready", version=str(mv.version), url=self.endpoints[slot])
-        self.state.record_event("slot_started", f"ECS slot {slot} serves {mv.version}",
-                                details={"slot": slot, "version": str(mv.version), "url": self.endpoints[slot]})
+        self.state.record_event(
+            "slot_started",
+            f"ECS slot {slot} serves {mv.version}",
+            details={"slot": slot, "version": str(mv.version), "url": self.endpoints[slot]},
+        )
         return self.endpoints[slot]
 
     def stop(self, slot: str, *, force: bool = False) -> None:
@@ -58,8 +69,11 @@ class EcsBackend:
         self.deployer.stop_slot(slot, force=force)
         if info is not None:
             self.state.set_slot_status(slot, "stopped")
-        self.state.record_event("slot_stopped", f"ECS slot {slot} scaled to zero",
-                                details={"slot": slot, "version": info.version if info else None})
+        self.state.record_event(
+            "slot_stopped",
+            f"ECS slot {slot} scaled to zero",
+            details={"slot": slot, "version": info.version if info else None},
+        )
 
     def check(self, slot: str, expected_version: str | None) -> SlotCheck:
         info = self.deployer.slot_health(slot)

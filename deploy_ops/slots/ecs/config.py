@@ -1,4 +1,5 @@
 """Where the serving slots live in AWS, and the checks on what the deployer is asked to deploy."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Runtime operations on the slots: start, stop, health, and the ALB's traffic weights."""
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ class EcsDeployer(EcsProvisioner):
         """
         check_slot(slot)
         if isinstance(desired_count, bool) or not isinstance(desired_count, int) or desired_count < 1:
-            raise ValueError(f"desired_count must be an integer >= 1 (use stop_slot to scale to zero), got {desired_count!r}")
+            raise ValueError(
+                f"desired_count must be an integer >= 1 (use stop_slot to scale to zero), got {desired_count!r}"
+            )
         validate_model(version, artifact_uri, sha256)
         operation = "start_slot"
         service = self._describe_service(operation, slot)

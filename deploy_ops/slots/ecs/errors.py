@@ -1,4 +1,5 @@
 """The one error every ECS/ALB operation raises."""
+
 from __future__ import annotations
 
 

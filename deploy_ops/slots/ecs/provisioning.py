@@ -1,4 +1,5 @@
 """Provisioning: task definition revisions that carry a model, and the blue and green services."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """What ECS and the ALB report about a slot, and the verdict on a service deployment."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

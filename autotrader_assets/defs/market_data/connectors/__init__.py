@@ -5,6 +5,7 @@ Every source implements :class:`BarSource`. :func:`get_source` builds one by nam
 or a ``"package.module:Attribute"`` string imported on first use, which lets a source that
 imports this package register itself here without a circular import.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """Helpers every connector shares: the requested time window, the per-bar checks of a JSON
 payload, the raw frame they build, and the final normalized frame."""
+
 from __future__ import annotations
 
 import math
@@ -59,9 +60,7 @@ def normalize_raw(raw: pd.DataFrame, instrument: str, source: str) -> pd.DataFra
     return normalize_bars(raw, instrument, source)
 
 
-def finish(
-    raw: pd.DataFrame, instrument: str, source: str, start: pd.Timestamp, end: pd.Timestamp
-) -> pd.DataFrame:
+def finish(raw: pd.DataFrame, instrument: str, source: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """Normalize ``raw`` (ts + OHLCV columns) and keep only bars opening in ``[start, end)``.
 
     Identical duplicates (overlapping pages) are dropped and counted, conflicting ones kept for

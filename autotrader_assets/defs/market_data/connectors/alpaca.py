@@ -4,6 +4,7 @@ Credentials come from ``ALPACA_API_KEY_ID`` / ``ALPACA_API_SECRET_KEY`` (or the 
 travel only in the ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers: never in URLs, logs,
 ``repr`` or exception messages.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,4 +1,5 @@
 """Binance spot klines (``GET /api/v3/klines``) as normalized 1-minute bars."""
+
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from autotrader_assets.defs.market_data.connectors._common import finish, finite_number, raw_bars, to_epoch_ms, utc_range
+from autotrader_assets.defs.market_data.connectors._common import (
+    finish,
+    finite_number,
+    raw_bars,
+    to_epoch_ms,
+    utc_range,
+)
 from autotrader_assets.defs.market_data.connectors.http import HttpClient, client_for
 from autotrader_assets.defs.market_data.schema import MalformedPayloadError
 from deploy_ops.text import EXCERPT, truncate
@@ -30,8 +37,7 @@ def parse_kline_rows(rows: Any, source: str = "binance", first_index: int = 0) -
     """
     if not isinstance(rows, list):
         raise MalformedPayloadError(
-            f"{source}: klines payload must be a JSON array, got {type(rows).__name__}: "
-            f"{truncate(rows, EXCERPT)}"
+            f"{source}: klines payload must be a JSON array, got {type(rows).__name__}: {truncate(rows, EXCERPT)}"
         )
     times: list[int] = []
     values: list[tuple[float, ...]] = []
@@ -52,7 +58,6 @@ def _epoch_int(value: Any, where: str) -> int:
         return int(value)
     except ValueError as exc:
         raise MalformedPayloadError(f"{where}: open time {value!r} is not an integer") from exc
-
 
 
 def binance_symbol(instrument: str) -> str:
@@ -86,9 +91,7 @@ class BinanceSource:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be within 1..1000 (Binance's maximum), got {limit}")
         if request_weight < 1 or weight_limit < request_weight:
-            raise ValueError(
-                f"need 1 <= request_weight <= weight_limit, got {request_weight} and {weight_limit}"
-            )
+            raise ValueError(f"need 1 <= request_weight <= weight_limit, got {request_weight} and {weight_limit}")
         self.base_url = base_url.rstrip("/")
         self.limit = limit
         self.weight_limit = weight_limit
@@ -130,8 +133,7 @@ class BinanceSource:
             next_cursor = last_open + _MINUTE_MS
             if next_cursor <= cursor:
                 raise MalformedPayloadError(
-                    f"{self.source_name}: page starting at {cursor} ended at {last_open}; "
-                    "pagination would not advance"
+                    f"{self.source_name}: page starting at {cursor} ended at {last_open}; pagination would not advance"
                 )
             cursor = next_cursor
         raw = pd.concat(pages, ignore_index=True) if pages else pd.DataFrame()
@@ -154,7 +156,10 @@ class BinanceSource:
             pause = (minute + 1) * 60 - now + self.weight_pause_margin
             log.info(
                 "%s: used weight %d of %d this minute; pausing %.1fs",
-                self.source_name, self.used_weight, self.weight_limit, pause,
+                self.source_name,
+                self.used_weight,
+                self.weight_limit,
+                pause,
             )
             self.http.sleep(pause)
             self.used_weight = 0

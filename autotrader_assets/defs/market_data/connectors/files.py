@@ -17,6 +17,7 @@ Accepted layouts:
 Bars are returned at the interval the file holds: a 5-minute file gives 5-minute bars, and every
 frame :class:`FileSource` returns records it in ``df.attrs["interval_seconds"]``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,9 +25,8 @@ import gzip
 import io
 import logging
 import re
-from collections.abc import Iterable
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ DEFAULT_PATTERN = "{instrument}[._-]*"
 
 #: The three unambiguous ways to give several instruments their bars, quoted by every refusal.
 HOW_TO_CONFIGURE = (
-    "give each instrument its own file (AUTOTRADER_FILE_SOURCE=\"GBPUSD=/data/gbpusd.csv,BTCUSDT=/data/btc.csv\"), "
-    "a directory and a file-name pattern (AUTOTRADER_FILE_DIR=/data AUTOTRADER_FILE_PATTERN=\"{instrument}_*.csv\"), "
+    'give each instrument its own file (AUTOTRADER_FILE_SOURCE="GBPUSD=/data/gbpusd.csv,BTCUSDT=/data/btc.csv"), '
+    'a directory and a file-name pattern (AUTOTRADER_FILE_DIR=/data AUTOTRADER_FILE_PATTERN="{instrument}_*.csv"), '
     "or a symbol column naming each row's instrument (AUTOTRADER_FILE_SYMBOL_COLUMN=symbol)"
 )
 
@@ -130,8 +130,7 @@ def _read_zip(path: Path, options: _ReadOptions) -> pd.DataFrame:
         raise MalformedPayloadError(f"{path}: not a readable zip archive: {exc}") from exc
     with archive:
         members = [
-            m for m in archive.namelist()
-            if m.lower().endswith((".csv", ".txt")) and not m.startswith("__MACOSX/")
+            m for m in archive.namelist() if m.lower().endswith((".csv", ".txt")) and not m.startswith("__MACOSX/")
         ]
         if not members:
             raise MalformedPayloadError(f"{path}: zip archive holds no CSV file")
@@ -200,7 +199,7 @@ def _table_to_bars(table: pd.DataFrame, origin: str, header_lines: int | None, o
         if not time_col:
             raise MalformedPayloadError(
                 f"{origin}: no time column; expected one of {list(TIME_COLUMNS)}, found {lowered} "
-                "(name yours with a column mapping, e.g. AUTOTRADER_FILE_COLUMNS=\"ts=<column>\")"
+                '(name yours with a column mapping, e.g. AUTOTRADER_FILE_COLUMNS="ts=<column>")'
             )
         value_cols = {c: mapped.get(c, c) for c in VALUE_COLUMNS}
         missing = [c for c in ("open", "high", "low", "close") if value_cols[c] not in picked.columns]
@@ -212,15 +211,13 @@ def _table_to_bars(table: pd.DataFrame, origin: str, header_lines: int | None, o
             if volume_like:
                 raise MalformedPayloadError(
                     f"{origin}: no 'volume' column but {volume_like} looks like one; map it "
-                    f"(AUTOTRADER_FILE_COLUMNS=\"volume={volume_like[0]}\") or load without volume "
-                    "(AUTOTRADER_FILE_COLUMNS=\"volume=\")"
+                    f'(AUTOTRADER_FILE_COLUMNS="volume={volume_like[0]}") or load without volume '
+                    '(AUTOTRADER_FILE_COLUMNS="volume=")'
                 )
             value_cols["volume"] = ""
         if options.symbol_column is not None:
             if options.symbol_column not in picked.columns:
-                raise MalformedPayloadError(
-                    f"{origin}: no symbol column {options.symbol_column!r}; found {lowered}"
-                )
+                raise MalformedPayloadError(f"{origin}: no symbol column {options.symbol_column!r}; found {lowered}")
             symbols = picked[options.symbol_column]
 
     def where(row: int) -> str:
@@ -353,9 +350,7 @@ class FileSource:
         self.path: Path | None = None
         self.paths: dict[str, list[Path]] | None = None
         if isinstance(path, Mapping):
-            self.paths = {
-                k: [Path(p) for p in (v if isinstance(v, (list, tuple)) else [v])] for k, v in path.items()
-            }
+            self.paths = {k: [Path(p) for p in (v if isinstance(v, (list, tuple)) else [v])] for k, v in path.items()}
             empty = sorted(k for k, v in self.paths.items() if not v)
             if empty:
                 raise FileSourceError(f"no file given for instrument(s) {empty}; " + HOW_TO_CONFIGURE)
@@ -387,9 +382,9 @@ class FileSource:
             if unmapped:
                 raise FileSourceError(
                     f"no file configured for instrument(s) {unmapped} (configured: {sorted(self.paths)}); "
-                    "add an entry for each, e.g. AUTOTRADER_FILE_SOURCE=\""
+                    'add an entry for each, e.g. AUTOTRADER_FILE_SOURCE="'
                     + ",".join(f"{i}=/path/to/{i}.csv" for i in instruments)
-                    + "\", or remove them from AUTOTRADER_INSTRUMENTS"
+                    + '", or remove them from AUTOTRADER_INSTRUMENTS'
                 )
 
     def files_for(self, instrument: str) -> list[Path]:
@@ -419,7 +414,7 @@ class FileSource:
             raise FileNotFoundError(
                 f"no bar file for {instrument!r} in {self.directory} matching {glob_pattern!r}"
                 + (f" (ignored unsupported: {[p.name for p in matches]})" if matches else "")
-                + "; rename the file or set AUTOTRADER_FILE_PATTERN (e.g. \"{instrument}_*.csv\")"
+                + '; rename the file or set AUTOTRADER_FILE_PATTERN (e.g. "{instrument}_*.csv")'
             )
         return files
 
@@ -453,9 +448,7 @@ class FileSource:
         return raw, interval
 
     def _refuse_overlaps(self, instrument: str, files: list[Path], frames: list[pd.DataFrame]) -> None:
-        spans = sorted(
-            (f["ts"].min(), f["ts"].max(), p) for p, f in zip(files, frames) if not f.empty
-        )
+        spans = sorted((f["ts"].min(), f["ts"].max(), p) for p, f in zip(files, frames) if not f.empty)
         for (_, prev_end, prev), (start, _, path) in zip(spans, spans[1:]):
             if start <= prev_end:
                 raise FileSourceError(

@@ -4,6 +4,7 @@ Every connector talks to its API through :class:`HttpClient` so that retry and r
 behaviour is the same everywhere and can be tested once. Sleeping and the wall clock are
 injected so tests assert the waits that would have happened instead of waiting.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -25,9 +26,7 @@ log = logging.getLogger(__name__)
 RATE_LIMIT_STATUSES = frozenset({418, 429})
 
 #: Query parameters whose values must never reach a log line or an exception message.
-SENSITIVE_PARAMS = frozenset(
-    {"apikey", "api_key", "key", "secret", "signature", "password", "token", "access_token"}
-)
+SENSITIVE_PARAMS = frozenset({"apikey", "api_key", "key", "secret", "signature", "password", "token", "access_token"})
 #: Header names (lowercase substrings) whose values are treated as secrets.
 SENSITIVE_HEADER_HINTS = ("key", "secret", "token", "auth", "cookie", "password")
 
@@ -203,7 +202,12 @@ class HttpClient:
                 break
             log.warning(
                 "%s: GET %s: %s; retry %d/%d in %.2fs",
-                self.source, safe_url, last_problem, attempt + 1, self.max_retries, delay,
+                self.source,
+                safe_url,
+                last_problem,
+                attempt + 1,
+                self.max_retries,
+                delay,
             )
             self.sleep(delay)
         raise ConnectorError(

@@ -5,6 +5,7 @@ The Client Portal gateway (``https://localhost:5000`` by default) serves
 most 1000 points, and 1-minute periods can be at most 8 hours. A day is therefore fetched as a
 sequence of windows, each filtered back to the requested ``[start, end)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,9 +53,7 @@ def parse_history(payload: Any, source: str = "ibkr", first_index: int = 0) -> p
     response's ``volumeFactor`` because the gateway reports some volumes in lots.
     """
     if not isinstance(payload, dict):
-        raise MalformedPayloadError(
-            f"{source}: history payload must be a JSON object, got {type(payload).__name__}"
-        )
+        raise MalformedPayloadError(f"{source}: history payload must be a JSON object, got {type(payload).__name__}")
     if "data" not in payload:
         if "error" in payload:
             raise ConnectorError(f"{source}: gateway refused the history request: {payload['error']}")
@@ -78,7 +77,6 @@ def parse_history(payload: Any, source: str = "ibkr", first_index: int = 0) -> p
     frame = raw_bars(pd.to_datetime(pd.Series(times, dtype="int64"), unit="ms", utc=True), values)
     frame["volume"] = frame["volume"] * factor
     return frame
-
 
 
 class IbkrSource:
@@ -137,19 +135,21 @@ class IbkrSource:
                 f"{type(payload).__name__}, expected a list"
             )
         matches = [
-            c for c in payload
-            if isinstance(c, dict) and c.get("conid") not in (None, "", -1)
+            c
+            for c in payload
+            if isinstance(c, dict)
+            and c.get("conid") not in (None, "", -1)
             and str(c.get("symbol", "")).upper() == instrument.upper()
         ]
         preferred = [
-            c for c in matches
+            c
+            for c in matches
             if any(isinstance(s, dict) and s.get("secType") == self.sec_type for s in c.get("sections") or [])
         ]
         chosen = (preferred or matches or [None])[0]
         if chosen is None:
             raise ConnectorError(
-                f"{self.source_name}: no contract with symbol {instrument!r} found; "
-                "map it explicitly in conids"
+                f"{self.source_name}: no contract with symbol {instrument!r} found; map it explicitly in conids"
             )
         conid = str(chosen["conid"])
         log.info("%s: resolved %s to conid %s", self.source_name, instrument, conid)
