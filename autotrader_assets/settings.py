@@ -421,8 +421,9 @@ class Settings:
     #: Seconds a warehouse writer or reader waits for DuckDB's file lock before failing with
     #: the holder's name (AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT).
     warehouse_lock_timeout_s: float = 300.0
-    #: Days `make run` materializes, yesterday backwards (AUTOTRADER_RUN_DAYS).
-    run_days: int = 14
+    #: Days `make run` materializes (AUTOTRADER_RUN_DAYS); None: the runner's default (the replay
+    #: source's fixed demo window, 14 days back from yesterday for other sources).
+    run_days: int | None = None
     #: Where the ``file`` market source reads (AUTOTRADER_FILE_*); empty for other sources.
     file_source: FileSourceSettings = field(default_factory=FileSourceSettings)
     #: (instrument, session calendar) pairs from AUTOTRADER_CALENDARS; see ``calendar_for``.
@@ -706,7 +707,7 @@ def load_settings() -> Settings:
         aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")) or "us-east-1",
         ecs_config=_env(ECS_CONFIG_ENV, "") or "",
         warehouse_lock_timeout_s=_env_float("AUTOTRADER_WAREHOUSE_LOCK_TIMEOUT", 300.0),
-        run_days=_env_int("AUTOTRADER_RUN_DAYS", 14),
+        run_days=None if _env("AUTOTRADER_RUN_DAYS") is None else _env_int("AUTOTRADER_RUN_DAYS", 0),
         calendars=_parse_calendars(_env("AUTOTRADER_CALENDARS")),
         alertmanager_url=_alertmanager_url(),
         runbook_base_url=(_env("AUTOTRADER_RUNBOOK_BASE_URL", "") or "").strip(),

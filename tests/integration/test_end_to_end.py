@@ -32,7 +32,14 @@ from autotrader_assets.defs.deployment import DeploymentStackResource
 from autotrader_assets.defs.market_data.partitions import range_tags
 from autotrader_assets.defs.market_data.resources import MarketSourceResource
 from autotrader_assets.defs.training.gates import GATE_NAMES
-from autotrader_assets.runner import PAPER_TRADING_CONFIG, TRAINING_RUN_CONFIG
+from autotrader_assets.runner import (
+    PAPER_TRADING_CONFIG,
+    REPLAY_PAPER_DAYS,
+    REPLAY_WINDOW_DAYS,
+    REPLAY_WINDOW_END,
+    TRAINING_RUN_CONFIG,
+    default_dates,
+)
 from autotrader_assets.settings import get_settings, load_settings
 from deploy_ops.db import make_engine
 from deploy_ops.models.registry import open_registry
@@ -60,8 +67,9 @@ torch.set_num_threads(1)
 #: days (from 03-08) seed 9 trips the leakage gate (test AUC 0.675 is 0.268 above the
 #: shuffled-label AUC, limit 0.25) and seed 8 fails the canary again (24% below live); 6 days
 #: leave only the minimum 2 daily returns.
-REPLAY_DATES = [(dt.date(2024, 3, 7) + dt.timedelta(days=i)).isoformat() for i in range(8)]
-PAPER_DATES = REPLAY_DATES[-2:]
+#: `make run` uses the same window (runner.REPLAY_WINDOW_*): this test is its proof.
+REPLAY_DATES = default_dates(REPLAY_WINDOW_DAYS, end=REPLAY_WINDOW_END)
+PAPER_DATES = REPLAY_DATES[-REPLAY_PAPER_DAYS:]
 #: Real BTCUSDT minutes: 10 days of January 2022.
 BTC_FILE = ("crypto_1m", "BTCUSDT-PERP_1m_2021-12-31_2022-02-01.csv")
 BTC_DATES = [(dt.date(2022, 1, 3) + dt.timedelta(days=i)).isoformat() for i in range(10)]

@@ -20,6 +20,24 @@ def test_days_default_to_the_settings(monkeypatch):
     assert parse_args(["--days", "2"], settings).days == 2
 
 
+def test_replay_source_runs_its_fixed_demo_window(monkeypatch):
+    """Without AUTOTRADER_RUN_DAYS the embedded default always materializes the end-to-end test's
+    window (the same run every day); a real source takes the days before yesterday."""
+    import datetime as dt
+
+    from autotrader_assets.runner import REPLAY_WINDOW_DAYS, REPLAY_WINDOW_END, default_dates
+
+    monkeypatch.delenv("AUTOTRADER_RUN_DAYS", raising=False)
+    settings = load_settings()
+    assert settings.market_source == "replay" and settings.run_days is None
+    args = parse_args([], settings)
+    assert (args.days, args.end, args.paper_days) == (REPLAY_WINDOW_DAYS, REPLAY_WINDOW_END, 2)
+    assert default_dates(args.days, end=args.end) == [f"2024-03-{d:02d}" for d in range(7, 15)]
+    other = parse_args([], dataclasses.replace(settings, market_source="binance"))
+    assert (other.days, other.end, other.paper_days) == (14, None, 3)
+    assert default_dates(2, today=dt.date(2026, 12, 2)) == ["2026-11-30", "2026-12-01"]
+
+
 def test_run_days_that_is_not_a_number_is_a_settings_error(monkeypatch):
     monkeypatch.setenv("AUTOTRADER_RUN_DAYS", "two weeks")
     with pytest.raises(SettingsError, match="AUTOTRADER_RUN_DAYS"):
