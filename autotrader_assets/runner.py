@@ -227,6 +227,16 @@ def replay_check_notes(failed: dict[str, list[str]], seed: int) -> list[str]:
 PAPER_TRADING_CONFIG: dict = {}
 
 
+def freshness_note(checks_failed: list[str], last_date: str) -> list[str]:
+    """Why ``market_bars_freshness`` warns after a run of a historical window (the replay demo)."""
+    if not any("market_bars_freshness" in c for c in checks_failed):
+        return []
+    return [
+        f"    expected: this run's window ends {last_date}, so yesterday's bars are not there; in operation "
+        "`daily_data_pipeline` fetches yesterday and `market_data_freshness_hourly` runs this check"
+    ]
+
+
 def trading_summary(path: str, lock_timeout_s: float = 300.0) -> list[str]:
     from autotrader_assets.resources import connect_waiting
 
@@ -347,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    step failed: {failed}")
         if r.name == "data_pipeline" and settings.market_source == "replay":
             for line in replay_check_notes(r.failed_partitions, settings.replay_seed):
+                print(line)
+            for line in freshness_note(r.checks_failed, dates[-1]):
                 print(line)
     from autotrader_assets.resources import WarehouseBusyError
 

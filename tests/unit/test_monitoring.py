@@ -148,3 +148,15 @@ def test_drift_findings_split_warning_and_critical():
     assert [(f.severity, list(f.details["features"])) for f in found] == [("critical", ["a"]), ("warning", ["b"])]
     assert hl.drift_findings(frame.iloc[0:0], 0.2, 0.3)[0].summary.startswith("feature drift was not computed")
     assert hl.worst_severity(found) == "critical"
+
+
+def test_win_rate_finding_with_trades_closing_on_the_same_bar():
+    """Paper trading closes several instruments' trades on one bar: repeated exit times must not
+    break the finding (make run's health check failed on them)."""
+    from autotrader_assets.defs.monitoring.health import win_rate_findings
+
+    exits = pd.date_range("2024-03-13 00:00", periods=60, freq="10min", tz="UTC").repeat(2)
+    pnl = [-1.0 if i % 4 else 1.0 for i in range(len(exits))]  # 25% winners
+    findings = win_rate_findings(pd.DataFrame({"exit_ts": exits, "pnl": pnl}), 0.5)
+    assert [f.severity for f in findings] == ["warning"]
+    assert findings[0].details["lowest"] < 0.5

@@ -165,3 +165,11 @@ def test_report_says_why_a_check_and_a_step_failed():
     assert rep.step_failures == [
         "deployment: rollout of version 2 rolled_back: stage canary failed: sharpe: 62% below live"
     ]
+
+
+def test_freshness_warning_of_a_historical_window_is_explained():
+    from autotrader_assets.runner import freshness_note
+
+    assert freshness_note(["market_bars:market_bars_completeness (WARN)"], "2024-03-14") == []
+    (line,) = freshness_note(["market_bars:market_bars_freshness (WARN)"], "2024-03-14")
+    assert "ends 2024-03-14" in line and "market_data_freshness_hourly" in line

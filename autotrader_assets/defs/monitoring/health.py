@@ -211,15 +211,17 @@ def win_rate_findings(trades: pd.DataFrame, min_win_rate: float) -> list[Finding
     below = windows[windows["win_rate"] < min_win_rate]
     if below.empty:
         return []
-    low = below["win_rate"].idxmin()
+    # Positional: several trades often close on the same bar, so exit times repeat in the index.
+    at = int(below["win_rate"].to_numpy().argmin())
+    low, worst = below.index[at], below.iloc[at]
     return [
         Finding(
             "win_rate",
             "warning",
-            f"win rate below {min_win_rate:.0%}: lowest 4-hour window {below.loc[low, 'win_rate']:.0%} "
-            f"of {int(below.loc[low, 'trades'])} trades (ending {low:%H:%M})",
+            f"win rate below {min_win_rate:.0%}: lowest 4-hour window {worst['win_rate']:.0%} "
+            f"of {int(worst['trades'])} trades (ending {low:%H:%M})",
             {
-                "lowest": round(float(below.loc[low, "win_rate"]), 6),
+                "lowest": round(float(worst["win_rate"]), 6),
                 "lowest_window_end": str(low),
                 "windows_below": int(len(below)),
                 "windows": int(len(windows)),
