@@ -18,6 +18,7 @@ any other) so that its alert can resolve; production stays on the known-good ver
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -455,7 +456,9 @@ class SlotCrashDrill(_StackDrill):
             time.sleep(poll)
         timeline.finish(timeout)
         if timeline.steps["event"].status == "not observed":
-            timeline.steps["event"].detail += (
+            timeline.steps[
+                "event"
+            ].detail += (
                 "; nothing in the platform probes slots on its own: only Prometheus' ServingSlotDown sees a dead slot"
             )
         if timeline.steps["traffic on known-good"].status == "not observed":
@@ -538,10 +541,9 @@ class ErrorRateDrill(_StackDrill):
                     # The drill is the traffic: paper trading calls the slots only on its schedule.
                     with ServingClient(self.state.get_slot(slot).url, token=self.settings.serving_token) as client:
                         for _ in range(max(1, int(self.rate * poll * 10))):
-                            try:
+                            # the injected 500s are what the drill measures, from /metrics
+                            with contextlib.suppress(ServingError):
                                 client.predict(instrument, [[0.0] * len(features)])
-                            except ServingError:
-                                pass  # the injected 500s are what the drill measures, from /metrics
                     errors, total = self._metrics(slot)
                     if total and errors / total > 0.01:
                         timeline.done(

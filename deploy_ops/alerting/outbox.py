@@ -22,6 +22,7 @@ so a database that predates them keeps working: its first flush queues its histo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -240,12 +241,10 @@ class Outbox:
         return fired, resolved
 
     def _ensure_cursor(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                if conn.execute(sa.select(cursor_table.c.name).where(cursor_table.c.name == _CURSOR)).first() is None:
-                    conn.execute(sa.insert(cursor_table).values(name=_CURSOR, last_event_id=0, updated_at=utcnow()))
-        except sa.exc.IntegrityError:
-            pass  # another process created it between our look and our insert
+        # IntegrityError: another process created it between our look and our insert.
+        with contextlib.suppress(sa.exc.IntegrityError), self.engine.begin() as conn:
+            if conn.execute(sa.select(cursor_table.c.name).where(cursor_table.c.name == _CURSOR)).first() is None:
+                conn.execute(sa.insert(cursor_table).values(name=_CURSOR, last_event_id=0, updated_at=utcnow()))
 
     @staticmethod
     def _lock_cursor(conn: sa.Connection) -> int:
